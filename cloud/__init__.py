@@ -1,0 +1,1 @@
+"""Cloud side: learner, replay buffer, services."""

@@ -1,0 +1,99 @@
+"""The learner as an aiohttp application: handlers thin, state in app keys,
+startup and cleanup of each component in ``cleanup_ctx``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, AsyncIterator
+
+from aiohttp import web
+
+from shared.config import LearnerConfig
+from shared.protocol import Limits
+
+from .buffer import ReplayBuffer
+from .gateway import robot_ws
+from .ingest import Ingest
+from .keys import BUFFER, CONFIG, INGEST, LIMITS, PUBLISHER, ROBOTS, TRAINER
+from .learner.trainer import Trainer
+from .publisher import WeightPublisher
+
+log = logging.getLogger("fleetrl.app")
+
+
+def make_app(cfg: LearnerConfig) -> web.Application:
+    app = web.Application()
+    app[CONFIG] = cfg
+    lc = cfg.limits
+    app[LIMITS] = Limits(
+        max_frame_bytes=lc.max_frame_bytes, max_decompressed_bytes=lc.max_decompressed_bytes,
+        max_chunk_rows=lc.max_chunk_rows, max_inflight_chunks=lc.max_inflight_chunks,
+    )
+    app[ROBOTS] = {}
+    app.cleanup_ctx.append(_storage)
+    app.cleanup_ctx.append(_learning)
+    app.router.add_get("/ws", robot_ws)
+    app.router.add_get("/status", status)
+    return app
+
+
+async def _storage(app: web.Application) -> AsyncIterator[None]:
+    cfg = app[CONFIG]
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    buffer = await asyncio.to_thread(
+        ReplayBuffer, cfg.data_dir / "buffer", cfg.learner.memory_capacity, cfg.learner.observation_fields
+    )
+    app[BUFFER] = buffer
+    app[INGEST] = Ingest(buffer, app[LIMITS])
+    writer = asyncio.create_task(app[INGEST].run_writer())
+    log.info("event=buffer_ready run_id=%s rows=%d report=%s", buffer.run_id, buffer.rows, buffer.store.recovery_report)
+    yield
+    writer.cancel()
+    await asyncio.gather(writer, return_exceptions=True)
+
+
+async def _learning(app: web.Application) -> AsyncIterator[None]:
+    cfg = app[CONFIG]
+    loop = asyncio.get_running_loop()
+    publisher = WeightPublisher(cfg.data_dir / "policy")
+    app[PUBLISHER] = publisher
+
+    def publish(blob) -> None:  # called on the trainer thread
+        asyncio.run_coroutine_threadsafe(publisher.publish(blob), loop)
+
+    trainer = Trainer(app[BUFFER], cfg.learner, publish, start_version=publisher.version)
+    app[TRAINER] = trainer
+    app[INGEST].on_durable = trainer.notify_data
+    trainer.start()
+    yield
+    for robot in list(app[ROBOTS].values()):
+        await robot["ws"].close(code=1001, message=b"learner shutting down")
+    trainer.stop()
+    await asyncio.to_thread(trainer.join, 10.0)
+
+
+def snapshot(app: web.Application) -> dict[str, Any]:
+    buffer, trainer, ingest = app[BUFFER], app[TRAINER], app[INGEST]
+    return {
+        "time": time.time(),
+        "run_id": buffer.run_id,
+        "data_dir": str(app[CONFIG].data_dir),
+        "buffer_rows": buffer.rows,
+        "rows_by_robot": dict(buffer.rows_by_robot),
+        "hwm": dict(buffer.store.manifest.hwm),
+        "episodes": buffer.episodes_total,
+        "success_rate": buffer.success_rate(),
+        "policy_version": app[PUBLISHER].version,
+        "updates": trainer.updates,
+        "updates_per_s": round(trainer.updates_per_s, 1),
+        "losses": trainer.last_losses,
+        "trainer_error": repr(trainer.error) if trainer.error else None,
+        "ingest": {"chunks": ingest.chunks, "rows": ingest.rows, "duplicates": ingest.duplicates},
+        "robots": {rid: {"since": r["since"], "chunks": r["chunks"], **r["status"]} for rid, r in app[ROBOTS].items()},
+    }
+
+
+async def status(request: web.Request) -> web.Response:
+    return web.json_response(snapshot(request.app))

@@ -1,0 +1,116 @@
+"""The replay buffer: durable Parquet storage composed with an in-memory sampler.
+
+Like TorchRL's buffers, storage (where rows live) and memory/sampling (how
+batches are drawn) are separate parts; the buffer only wires them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from shared.errors import SchemaError
+from shared.schema import EpisodeSpec
+
+from .memory import MemoryStore
+from .storage import SegmentStore
+
+log = logging.getLogger("fleetrl.buffer")
+
+
+class ReplayBuffer:
+    def __init__(self, root: Path, memory_capacity: int, obs_fields: list[str] | None = None):
+        self.store = SegmentStore(root)
+        self.memory_capacity = memory_capacity
+        self.requested_fields = obs_fields
+        self.spec: EpisodeSpec | None = None
+        self.memory: MemoryStore | None = None
+        self.rows_by_robot: dict[str, int] = {}
+        self.episodes: deque[dict[str, Any]] = deque(maxlen=1000)  # recent episode outcomes
+        self.episodes_total = 0
+        if self.store.manifest.spec is not None:
+            self._adopt(EpisodeSpec.from_dict(self.store.manifest.spec))
+            self._reload()
+
+    @property
+    def run_id(self) -> str:
+        return self.store.manifest.run_id
+
+    @property
+    def rows(self) -> int:
+        return self.store.rows
+
+    def hwm(self, robot_id: str) -> int:
+        return self.store.manifest.hwm.get(robot_id, 0)
+
+    def check_spec(self, spec: EpisodeSpec) -> None:
+        """The first robot fixes the run's spec; later robots must match it."""
+        if self.spec is None:
+            self._adopt(spec)
+            self.store.set_spec(spec.to_dict())
+            log.info("event=run_spec_set fields=%s action_dim=%d", list(spec.observation), spec.action_dim)
+        elif spec != self.spec:
+            raise SchemaError("robot's episode spec differs from this run's spec", code="spec_mismatch")
+
+    def _adopt(self, spec: EpisodeSpec) -> None:
+        fields = self.requested_fields or spec.state_fields
+        missing = [f for f in fields if f not in spec.state_fields]
+        if missing:
+            raise SchemaError(f"learner.observation_fields names fields robots do not record: {missing}")
+        self.spec = spec
+        self.obs_fields = fields
+        self.memory = MemoryStore(spec, fields, self.memory_capacity)
+
+    def _reload(self) -> None:
+        """Recovery: newest segments back into memory, until it is full."""
+        assert self.memory is not None
+        need, tables = self.memory_capacity, []
+        for seg in reversed(self.store.manifest.segments):
+            if need <= 0:
+                break
+            tables.append(self.store.read_segment(seg.name))
+            need -= seg.rows
+        for t in reversed(tables):
+            self._index(t)
+        for seg in self.store.manifest.segments:
+            for rid, (_, _, rows) in seg.robots.items():
+                self.rows_by_robot[rid] = self.rows_by_robot.get(rid, 0) + rows
+        log.info("event=buffer_recovered segments=%d rows=%d in_memory=%d", len(self.store.manifest.segments), self.rows, self.memory.size)
+
+    def _index(self, table: pa.Table) -> None:
+        assert self.memory is not None
+        self.memory.add(table)
+        ends = table.filter(pc.or_(table.column("terminated"), table.column("truncated")))
+        for rid, succ, ver in zip(
+            ends.column("robot_id").to_pylist(), ends.column("success").to_pylist(), ends.column("policy_version").to_pylist()
+        ):
+            self.episodes.append({"robot_id": rid, "success": bool(succ), "policy_version": ver})
+            self.episodes_total += 1
+
+    def write(self, items: list[tuple[str, int, pa.RecordBatch]]) -> None:
+        """Make chunks durable as one sealed segment, then index them. Blocking (disk)."""
+        tables, robots = [], {}
+        for rid, seq, batch in items:
+            t = pa.Table.from_batches([batch]).append_column("stream_seq", pa.array([seq] * batch.num_rows, pa.uint64()))
+            tables.append(t)
+            first, last, rows = robots.get(rid, [seq, seq, 0])
+            robots[rid] = [min(first, seq), max(last, seq), rows + batch.num_rows]
+        table = pa.concat_tables(tables)
+        self.store.write_segment(table, robots)
+        for rid, (_, _, rows) in robots.items():
+            self.rows_by_robot[rid] = self.rows_by_robot.get(rid, 0) + rows
+        self._index(table)
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        assert self.memory is not None
+        return self.memory.sample(batch_size, rng)
+
+    def success_rate(self, last: int = 50) -> float | None:
+        recent = list(self.episodes)[-last:]
+        return sum(e["success"] for e in recent) / len(recent) if recent else None

@@ -1,0 +1,141 @@
+"""Sealed Parquet segments and the manifest that names them.
+
+A segment is written under a temporary name, fsynced, renamed and the
+directory fsynced; then the manifest (segments + each robot's durable
+high-water stream sequence) is replaced atomically. A crash between the two
+leaves a stray segment that recovery reports and removes: its chunks were
+never acked, so robots resend them, and nothing is stored twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from shared.fsutil import atomic_write, fsync_dir
+
+log = logging.getLogger("fleetrl.storage")
+
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class SegmentInfo:
+    name: str
+    rows: int
+    robots: dict[str, list[int]]  # robot id -> [first seq, last seq, rows]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "rows": self.rows, "robots": self.robots}
+
+
+@dataclass
+class Manifest:
+    run_id: str
+    spec: dict[str, Any] | None = None
+    segments: list[SegmentInfo] = field(default_factory=list)
+    hwm: dict[str, int] = field(default_factory=dict)  # robot id -> highest durable stream seq
+    next_segment: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "version": MANIFEST_VERSION, "run_id": self.run_id, "spec": self.spec,
+                "segments": [s.to_dict() for s in self.segments], "hwm": self.hwm,
+                "next_segment": self.next_segment, "extra": self.extra,
+            },
+            indent=1,
+        ).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "Manifest":
+        d = json.loads(data)
+        if d.get("version") != MANIFEST_VERSION:
+            raise ValueError(f"unsupported manifest version {d.get('version')!r}")
+        return cls(
+            run_id=d["run_id"], spec=d.get("spec"),
+            segments=[SegmentInfo(s["name"], s["rows"], s["robots"]) for s in d["segments"]],
+            hwm={k: int(v) for k, v in d["hwm"].items()}, next_segment=int(d["next_segment"]),
+            extra=d.get("extra", {}),
+        )
+
+
+class SegmentStore:
+    def __init__(self, root: Path, compression: str = "zstd"):
+        self.root = Path(root)
+        self.seg_dir = self.root / "segments"
+        self.seg_dir.mkdir(parents=True, exist_ok=True)
+        self.compression = compression
+        path = self.root / MANIFEST
+        if path.exists():
+            self.manifest = Manifest.from_json(path.read_bytes())
+        else:
+            self.manifest = Manifest(run_id=os.urandom(8).hex())
+            self._commit()
+        self.recovery_report = self._recover()
+
+    @property
+    def rows(self) -> int:
+        return sum(s.rows for s in self.manifest.segments)
+
+    def _recover(self) -> dict[str, Any]:
+        known = {s.name for s in self.manifest.segments}
+        stray = []
+        for p in sorted(self.seg_dir.iterdir()):
+            if p.name not in known:
+                stray.append(p.name)
+                p.unlink()  # never acked: its robots still hold the data
+        for s in self.manifest.segments:
+            md = pq.read_metadata(self.seg_dir / s.name)  # raises if the footer is bad
+            if md.num_rows != s.rows:
+                raise RuntimeError(f"segment {s.name} has {md.num_rows} rows, manifest says {s.rows}")
+        if stray:
+            log.warning("event=stray_segments_removed count=%d names=%s", len(stray), ",".join(stray[:10]))
+            fsync_dir(self.seg_dir)
+        return {"segments": len(self.manifest.segments), "rows": self.rows, "stray_removed": stray}
+
+    def _commit(self) -> None:
+        atomic_write(self.root / MANIFEST, self.manifest.to_json())
+
+    def set_spec(self, spec: dict[str, Any]) -> None:
+        self.manifest.spec = spec
+        self._commit()
+
+    def set_extra(self, key: str, value: Any) -> None:
+        self.manifest.extra[key] = value
+        self._commit()
+
+    def write_segment(self, table: pa.Table, robots: dict[str, list[int]]) -> SegmentInfo:
+        """Seal ``table`` as a new segment and advance the robots' marks, atomically."""
+        m = self.manifest
+        name = f"seg-{m.next_segment:08d}.parquet"
+        tmp = self.seg_dir / (name + ".tmp")
+        pq.write_table(table, tmp, compression=self.compression)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.seg_dir / name)
+        fsync_dir(self.seg_dir)
+        info = SegmentInfo(name, table.num_rows, robots)
+        m.segments.append(info)
+        m.next_segment += 1
+        for rid, (_, last, _) in robots.items():
+            m.hwm[rid] = max(m.hwm.get(rid, 0), last)
+        try:
+            self._commit()
+        except BaseException:
+            # Not committed: go back to what is on disk; the renamed segment is a stray.
+            self.manifest = Manifest.from_json((self.root / MANIFEST).read_bytes())
+            raise
+        return info
+
+    def read_segment(self, name: str, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(self.seg_dir / name, columns=columns)

@@ -1,0 +1,1 @@
+"""Learning core (SAC) and the learner service."""

@@ -1,0 +1,95 @@
+"""The training thread: samples the buffer, updates SAC, hands out weights.
+
+It never blocks ingest or robots: it waits on a condition that ingest
+notifies when new rows are durable, bounded by the update-to-data ratio, and
+publishes by handing a finished blob to a callback.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from shared.config import LearnerAlgoConfig
+from shared.weights import WeightsBlob, encode_weights
+
+from ..buffer import ReplayBuffer
+from .sac import SAC, SACConfig
+
+log = logging.getLogger("fleetrl.trainer")
+
+
+class Trainer(threading.Thread):
+    def __init__(
+        self, buffer: ReplayBuffer, cfg: LearnerAlgoConfig, publish: Callable[[WeightsBlob], None], start_version: int = 0
+    ):
+        super().__init__(name="trainer", daemon=True)
+        self.buffer, self.cfg, self.publish = buffer, cfg, publish
+        self.version = start_version
+        self.updates = 0
+        self.last_losses: dict[str, float] = {}
+        self.updates_per_s = 0.0
+        self.error: BaseException | None = None
+        self._cond = threading.Condition()
+        self._stopping = False
+
+    def notify_data(self, rows: int = 0) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+
+    def _allowed(self) -> bool:
+        mem = self.buffer.memory
+        if mem is None or mem.size < self.cfg.learning_starts:
+            return False
+        return self.updates < self.cfg.utd_ratio * mem.added
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as e:
+            self.error = e
+            log.exception("event=trainer_crashed")
+
+    def _run(self) -> None:
+        torch.set_num_threads(self.cfg.threads)
+        with self._cond:
+            self._cond.wait_for(lambda: self._stopping or self._allowed())
+        if self._stopping:
+            return
+        mem = self.buffer.memory
+        assert mem is not None
+        sac = SAC(
+            mem.obs_dim, mem.act_dim,
+            SACConfig(hidden=tuple(self.cfg.hidden), lr=self.cfg.lr, gamma=self.cfg.gamma, tau=self.cfg.tau,
+                      batch_size=self.cfg.batch_size, init_alpha=self.cfg.init_alpha),
+            seed=self.cfg.seed,
+        )
+        rng = np.random.default_rng(self.cfg.seed)
+        log.info("event=training_started obs_dim=%d act_dim=%d rows=%d", mem.obs_dim, mem.act_dim, mem.size)
+        t_last, n_last = time.monotonic(), 0
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._stopping or self._allowed())
+                if self._stopping:
+                    return
+            batch = {k: torch.from_numpy(v) for k, v in self.buffer.sample(self.cfg.batch_size, rng).items()}
+            self.last_losses = sac.update(batch)
+            self.updates += 1
+            if self.updates % self.cfg.publish_every == 0:
+                self.version += 1
+                arch = {"actor": sac.actor.arch(), "obs_fields": list(self.buffer.obs_fields)}
+                self.publish(encode_weights(sac.actor_state(), self.version, arch))
+            now = time.monotonic()
+            if now - t_last >= 2.0:
+                self.updates_per_s = (self.updates - n_last) / (now - t_last)
+                t_last, n_last = now, self.updates

@@ -1,0 +1,47 @@
+"""Run the learner application until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from shared.config import LearnerConfig
+from shared.fsutil import atomic_write
+
+from .app import make_app
+
+log = logging.getLogger("fleetrl.serve")
+
+
+async def serve(cfg: LearnerConfig) -> int:
+    app = make_app(cfg)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.server.host, cfg.server.port)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    url = f"ws://{host}:{port}/ws"
+    atomic_write(cfg.data_dir / "endpoint.json", json.dumps({"url": url, "status": f"http://{host}:{port}/status"}).encode())
+    log.info("event=learner_ready url=%s data_dir=%s", url, cfg.data_dir)
+    print(f"READY {url}", flush=True)  # the demo (and scripts) wait for this line
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("event=learner_stopping")
+    await runner.cleanup()
+    return 0
+
+
+def main(cfg: LearnerConfig) -> int:
+    try:
+        return asyncio.run(serve(cfg))
+    except OSError as e:
+        print(f"cloud-learner: cannot listen on {cfg.server.host}:{cfg.server.port}: {e.strerror}", file=sys.stderr)
+        return 2

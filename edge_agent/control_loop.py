@@ -1,0 +1,110 @@
+"""The fixed-rate control loop: observe, act, clamp, step, record.
+
+It runs on its own thread and touches nothing that can block on the network
+or the disk: the policy is read by reference, chunks leave through the
+recorder's sink, and the only wait is the one that keeps the rate.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+
+import numpy as np
+
+from hal_drivers.base import Robot
+from shared.chunk import StepRecord
+from shared.config import ControlConfig
+
+from .policy_holder import PolicyHolder
+from .recorder import Recorder
+
+log = logging.getLogger("fleetrl.control")
+
+
+class ControlLoop(threading.Thread):
+    def __init__(self, robot: Robot, policy: PolicyHolder, recorder: Recorder, cfg: ControlConfig):
+        super().__init__(name="control-loop", daemon=True)
+        self.robot, self.policy, self.recorder, self.cfg = robot, policy, recorder, cfg
+        self.stop_event = threading.Event()
+        self.running = threading.Event()  # set once the first tick has run
+        self.error: BaseException | None = None
+        self.episodes = 0
+        self.successes = 0
+        self.steps = 0
+        self._period_errors: deque[float] = deque(maxlen=2000)
+        d = robot.describe()
+        self._low = np.asarray(d.action_low, np.float32)
+        self._high = np.asarray(d.action_high, np.float32)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    @property
+    def finished(self) -> bool:
+        return self.cfg.max_episodes > 0 and self.episodes >= self.cfg.max_episodes
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as e:  # surfaced by the daemon, which exits non-zero
+            self.error = e
+            log.exception("event=control_loop_crashed")
+        finally:
+            self.recorder.cut()
+
+    def _run(self) -> None:
+        rng = np.random.default_rng(self.cfg.seed)
+        period = 1.0 / self.cfg.rate_hz if self.cfg.rate_hz > 0 else 0.0
+        next_tick = time.monotonic()
+        while not self.stop_event.is_set() and not self.finished:
+            obs = self.robot.reset()
+            self.recorder.start_episode()
+            step = 0
+            while not self.stop_event.is_set():
+                if period:
+                    next_tick += period
+                    delay = next_tick - time.monotonic()
+                    if delay > 0 and self.stop_event.wait(delay):
+                        return
+                    now = time.monotonic()
+                    self._period_errors.append(now - next_tick)
+                    if now - next_tick > period:  # fell far behind: don't try to catch up in a burst
+                        next_tick = now
+                action, version = self._choose(obs, rng)
+                res = self.robot.step(action)
+                self.running.set()
+                self.recorder.add(
+                    StepRecord(
+                        obs=obs, action=action, reward=float(res.reward), next_obs=res.observation,
+                        terminated=res.terminated, truncated=res.truncated, success=res.success,
+                        policy_version=version, step=step,
+                    )
+                )
+                obs, step = res.observation, step + 1
+                self.steps += 1
+                if res.terminated or res.truncated:
+                    self.episodes += 1
+                    self.successes += int(res.success)
+                    break
+
+    def _choose(self, obs: dict[str, np.ndarray], rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        choice = None if self.steps < self.cfg.random_steps else self.policy.act(obs, self.cfg.deterministic)
+        if choice is None:
+            return self.robot.clamp(rng.uniform(self._low, self._high).astype(np.float32)), self.policy.version
+        a, version = choice
+        scaled = self._low + (a + 1.0) * 0.5 * (self._high - self._low)  # [-1, 1] -> robot units
+        return self.robot.clamp(scaled), version
+
+    def jitter(self) -> dict[str, float]:
+        """Lateness of ticks against their schedule, in milliseconds."""
+        errs = np.asarray(self._period_errors)
+        if errs.size == 0:
+            return {"p50_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0}
+        return {
+            "p50_ms": float(np.percentile(errs, 50) * 1e3),
+            "p99_ms": float(np.percentile(errs, 99) * 1e3),
+            "max_ms": float(errs.max() * 1e3),
+        }

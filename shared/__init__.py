@@ -1,0 +1,1 @@
+"""Code shared by robots and the cloud learner."""

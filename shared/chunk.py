@@ -1,0 +1,123 @@
+"""Episode chunks: steps -> Arrow record batch -> IPC stream -> zstd, and back.
+
+Decoding is strict: a chunk must match the schema its robot announced, must
+stay under the size limits, and must validate fully, or it is refused.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from .compression import compress, decompress
+from .errors import SchemaError
+from .image_codec import encode_image
+from .schema import NEXT_PREFIX, OBS_PREFIX, EpisodeSpec
+
+
+@dataclass
+class StepRecord:
+    """One transition as the control loop saw it; kept as numpy until encoding."""
+
+    obs: dict[str, np.ndarray]
+    action: np.ndarray
+    reward: float
+    next_obs: dict[str, np.ndarray]
+    terminated: bool
+    truncated: bool
+    success: bool = False
+    intervention: bool = False
+    policy_version: int = 0
+    step: int = 0
+    t_ns: int = field(default_factory=time.time_ns)
+
+
+def build_batch(spec: EpisodeSpec, robot_id: str, episode_id: str, steps: list[StepRecord]) -> pa.RecordBatch:
+    """Columnar batch for one chunk; image fields are encoded with their codec here."""
+    if not steps:
+        raise SchemaError("a chunk needs at least one step")
+    n = len(steps)
+    cols: dict[str, pa.Array] = {
+        "robot_id": pa.array([robot_id] * n, pa.string()),
+        "episode_id": pa.array([episode_id] * n, pa.string()),
+        "step": pa.array([s.step for s in steps], pa.int32()),
+        "t_ns": pa.array([s.t_ns for s in steps], pa.int64()),
+        "policy_version": pa.array([s.policy_version for s in steps], pa.int32()),
+    }
+    schema = spec.arrow_schema()
+    for prefix, attr in ((OBS_PREFIX, "obs"), (NEXT_PREFIX, "next_obs")):
+        for name, fs in spec.observation.items():
+            typ = schema.field(prefix + name).type
+            values = [getattr(s, attr)[name] for s in steps]
+            if fs.is_image:
+                cols[prefix + name] = pa.array([encode_image(v, fs) for v in values], typ)
+            else:
+                flat = np.asarray(values, dtype=np.float32).reshape(n, fs.size)
+                cols[prefix + name] = pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), fs.size)
+    act = np.asarray([s.action for s in steps], dtype=np.float32).reshape(n, spec.action_dim)
+    cols["action"] = pa.FixedSizeListArray.from_arrays(pa.array(act.ravel()), spec.action_dim)
+    cols["reward"] = pa.array([s.reward for s in steps], pa.float32())
+    for flag in ("terminated", "truncated", "success", "intervention"):
+        cols[flag] = pa.array([bool(getattr(s, flag)) for s in steps], pa.bool_())
+    return pa.RecordBatch.from_arrays([cols[f.name] for f in schema], schema=schema)
+
+
+def encode_chunk(batch: pa.RecordBatch, level: int = 3) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    return compress(sink.getvalue().to_pybytes(), level)
+
+
+def checksum(body: bytes) -> int:
+    return zlib.crc32(body) & 0xFFFFFFFF
+
+
+def decode_chunk(body: bytes, spec: EpisodeSpec, *, max_decompressed: int, max_rows: int) -> pa.RecordBatch:
+    """Inverse of :func:`encode_chunk`, refusing anything off-schema or over the limits."""
+    raw = decompress(body, max_decompressed)
+    try:
+        reader = pa.ipc.open_stream(pa.py_buffer(raw))
+        batches = list(reader)
+    except (pa.ArrowException, ValueError, OSError) as e:
+        raise SchemaError(f"chunk is not a valid Arrow IPC stream: {e}") from None
+    if len(batches) != 1:
+        raise SchemaError(f"a chunk holds exactly one record batch, got {len(batches)}")
+    batch = batches[0]
+    expected = spec.arrow_schema()
+    if not batch.schema.equals(expected, check_metadata=False):
+        raise SchemaError(_schema_diff(batch.schema, expected))
+    if batch.num_rows == 0 or batch.num_rows > max_rows:
+        raise SchemaError(f"chunk has {batch.num_rows} rows; allowed 1..{max_rows}")
+    try:
+        batch.validate(full=True)
+    except (pa.ArrowException, ValueError) as e:
+        raise SchemaError(f"chunk fails validation: {e}") from None
+    if batch.column("robot_id").null_count or any(batch.column(c).null_count for c in batch.schema.names):
+        raise SchemaError("chunk holds nulls in non-nullable columns")
+    return batch.replace_schema_metadata(expected.metadata)
+
+
+def single_value(batch: pa.RecordBatch, column: str) -> Any:
+    """The one value a per-chunk column holds (robot_id, episode_id)."""
+    uniq = batch.column(column).unique()
+    if len(uniq) != 1:
+        raise SchemaError(f"column {column!r} must hold one value per chunk, holds {len(uniq)}")
+    return uniq[0].as_py()
+
+
+def _schema_diff(got: pa.Schema, expected: pa.Schema) -> str:
+    missing = [n for n in expected.names if n not in got.names]
+    extra = [n for n in got.names if n not in expected.names]
+    if missing or extra:
+        return f"chunk schema mismatch: missing {missing}, unexpected {extra}"
+    for f in expected:
+        g = got.field(f.name)
+        if not g.type.equals(f.type) or g.nullable != f.nullable:
+            return f"chunk schema mismatch at {f.name!r}: got {g.type}, expected {f.type}"
+    return "chunk schema mismatch: column order differs"

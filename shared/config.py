@@ -1,0 +1,144 @@
+"""Config models for both daemons: one TOML file each, strict.
+
+Unknown keys and bad values are errors that name the key, so a typo in a
+config on a robot in a far-away lab fails loudly at start, not silently later.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------- edge agent
+
+
+class LinkConfig(_Strict):
+    url: str = Field("ws://127.0.0.1:8765/ws", description="learner websocket endpoint (ws:// or wss://)")
+    reconnect_min_s: float = Field(0.2, gt=0, description="first reconnect delay; doubles up to the max")
+    reconnect_max_s: float = Field(10.0, gt=0, description="longest delay between reconnect attempts")
+    status_interval_s: float = Field(2.0, gt=0, description="how often the agent reports its status")
+    connect_timeout_s: float = Field(10.0, gt=0, description="give up one connection attempt after this long")
+
+    @field_validator("url")
+    @classmethod
+    def _ws(cls, v: str) -> str:
+        if not v.startswith(("ws://", "wss://")):
+            raise ValueError("must start with ws:// or wss://")
+        return v
+
+
+class RobotConfig(_Strict):
+    driver: str = Field("mujoco_fetch", description="registered driver name")
+    name: str = Field("arm", description="unit name on this robot computer")
+    options: dict[str, Any] = Field(default_factory=dict, description="driver options, checked by the driver")
+
+
+class ControlConfig(_Strict):
+    rate_hz: float = Field(25.0, ge=0, description="control loop rate; 0 runs as fast as the robot steps (simulation)")
+    chunk_steps: int = Field(50, gt=0, le=10_000, description="steps per uploaded chunk; episode ends also cut a chunk")
+    max_episodes: int = Field(0, ge=0, description="stop after this many episodes (0: run forever)")
+    random_steps: int = Field(0, ge=0, description="uniform random actions for this many steps before any policy arrives")
+    deterministic: bool = Field(False, description="act with the policy mean instead of sampling (evaluation)")
+    seed: int = Field(0, description="seed for action sampling")
+
+
+class SpoolConfig(_Strict):
+    dir: Path = Field(Path("spool"), description="spool directory (relative paths are from the config file)")
+    fsync: Literal["always", "never"] = Field("always", description="fsync every chunk before it counts as spooled")
+    segment_bytes: int = Field(64 << 20, gt=0, description="roll to a new spool segment past this size")
+
+
+class AgentConfig(_Strict):
+    robot_id: str = Field(..., min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$", description="this robot's id")
+    link: LinkConfig = Field(default_factory=LinkConfig)
+    robot: RobotConfig = Field(default_factory=RobotConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)
+    spool: SpoolConfig = Field(default_factory=SpoolConfig)
+    state_dir: Path = Field(Path("state"), description="ledger and status files")
+
+
+# ---------------------------------------------------------------- cloud learner
+
+
+class ServerConfig(_Strict):
+    host: str = Field("127.0.0.1", description="address the gateway listens on")
+    port: int = Field(8765, ge=0, le=65535, description="port; 0 picks a free one (written to <data_dir>/endpoint)")
+
+
+class LimitsConfig(_Strict):
+    max_frame_bytes: int = Field(64 << 20, gt=1024, description="largest websocket message accepted")
+    max_decompressed_bytes: int = Field(256 << 20, gt=1024, description="largest chunk after decompression")
+    max_chunk_rows: int = Field(10_000, gt=0, description="most steps in one chunk")
+    max_inflight_chunks: int = Field(16, gt=0, description="chunks a robot may send before an ack (credit)")
+
+
+class LearnerAlgoConfig(_Strict):
+    algorithm: Literal["sac"] = Field("sac", description="training algorithm")
+    batch_size: int = Field(256, gt=0)
+    hidden: list[int] = Field(default_factory=lambda: [256, 256], description="MLP hidden layer widths")
+    lr: float = Field(3e-4, gt=0)
+    gamma: float = Field(0.98, gt=0, le=1)
+    tau: float = Field(0.005, gt=0, le=1)
+    init_alpha: float = Field(0.1, gt=0)
+    learning_starts: int = Field(1000, ge=1, description="transitions in the buffer before training starts")
+    utd_ratio: float = Field(1.0, gt=0, description="most gradient updates per transition received")
+    publish_every: int = Field(250, gt=0, description="publish new weights every this many updates")
+    observation_fields: list[str] | None = Field(None, description="state fields fed to the policy (default: all)")
+    memory_capacity: int = Field(1_000_000, gt=0, description="transitions kept in memory for sampling")
+    checkpoint_every: int = Field(5000, gt=0, description="checkpoint the learner every this many updates")
+    seed: int = 0
+    threads: int = Field(1, gt=0, description="torch CPU threads for training")
+
+
+class LearnerConfig(_Strict):
+    data_dir: Path = Field(Path("run"), description="buffer, checkpoints and logs (relative to the config file)")
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    learner: LearnerAlgoConfig = Field(default_factory=LearnerAlgoConfig)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate(model: type[M], data: dict[str, Any], source: str = "config") -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        raise ConfigError(f"{source}: {key}: {msg}{more}") from None
+
+
+def load(model: type[M], path: str | Path) -> M:
+    """Read a TOML file into ``model``; relative paths inside resolve against the file."""
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such config file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    cfg = validate(model, data, str(p))
+    return _resolve_paths(cfg, p.parent.resolve())
+
+
+def _resolve_paths(cfg: M, base: Path) -> M:
+    updates = {}
+    for name, value in cfg:
+        if isinstance(value, Path) and not value.is_absolute():
+            updates[name] = base / value
+        elif isinstance(value, BaseModel):
+            updates[name] = _resolve_paths(value, base)
+    return cfg.model_copy(update=updates) if updates else cfg

@@ -1,0 +1,212 @@
+"""The messages of link protocol v1, each to and from a :class:`Frame`.
+
+Every field is type-checked on the way in; a wrong one is a
+:class:`ProtocolError` with code ``bad_meta`` naming the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+from ..errors import ProtocolError
+from .frames import Frame, MsgType
+
+PROTOCOL_VERSIONS = (1,)  # link protocol versions this build speaks
+
+T = TypeVar("T")
+
+
+def _field(meta: dict[str, Any], key: str, typ: type[T], msg: str) -> T:
+    if key not in meta:
+        raise ProtocolError(f"{msg} lacks field {key!r}", "bad_meta")
+    v = meta[key]
+    ok = isinstance(v, typ) and not (typ is int and isinstance(v, bool))
+    if not ok:
+        raise ProtocolError(f"{msg}.{key} must be {typ.__name__}, got {type(v).__name__}", "bad_meta")
+    return v
+
+
+def _uint(meta: dict[str, Any], key: str, msg: str, hi: int = 2**63 - 1) -> int:
+    v = _field(meta, key, int, msg)
+    if not 0 <= v <= hi:
+        raise ProtocolError(f"{msg}.{key} out of range: {v}", "bad_meta")
+    return v
+
+
+@dataclass(frozen=True)
+class Hello:
+    """Robot to cloud, first: who it is, what it records, where to resume."""
+
+    TYPE: ClassVar[MsgType] = MsgType.HELLO
+    robot_id: str
+    versions: tuple[int, ...]
+    spec: dict[str, Any]
+    units: list[dict[str, Any]] = field(default_factory=list)
+    policy_version: int = 0
+    agent_version: str = ""
+
+    def meta(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["versions"] = list(self.versions)
+        return d
+
+    @classmethod
+    def parse(cls, f: Frame) -> "Hello":
+        m = f.meta
+        robot_id = _field(m, "robot_id", str, "hello")
+        if not 0 < len(robot_id) <= 128 or not all(c.isalnum() or c in "-_." for c in robot_id):
+            raise ProtocolError(f"hello.robot_id {robot_id[:40]!r} is not a valid robot id", "bad_meta")
+        versions = _field(m, "versions", list, "hello")
+        if not versions or len(versions) > 16 or not all(isinstance(v, int) and not isinstance(v, bool) for v in versions):
+            raise ProtocolError("hello.versions must be a short list of ints", "bad_meta")
+        units = _field(m, "units", list, "hello") if "units" in m else []
+        return cls(
+            robot_id=robot_id,
+            versions=tuple(versions),
+            spec=_field(m, "spec", dict, "hello"),
+            units=[u for u in units if isinstance(u, dict)],
+            policy_version=_uint(m, "policy_version", "hello") if "policy_version" in m else 0,
+            agent_version=str(m.get("agent_version", ""))[:64],
+        )
+
+
+@dataclass(frozen=True)
+class Welcome:
+    """Cloud to robot: the agreed version and the durable resume point."""
+
+    TYPE: ClassVar[MsgType] = MsgType.WELCOME
+    version: int
+    run_id: str
+    acked_seq: int  # highest stream sequence already durable in the cloud (0 = none)
+    policy_version: int
+    max_inflight: int
+
+    def meta(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def parse(cls, f: Frame) -> "Welcome":
+        m = f.meta
+        return cls(
+            version=_uint(m, "version", "welcome"),
+            run_id=_field(m, "run_id", str, "welcome"),
+            acked_seq=_uint(m, "acked_seq", "welcome"),
+            policy_version=_uint(m, "policy_version", "welcome"),
+            max_inflight=max(1, _uint(m, "max_inflight", "welcome", 1 << 16)),
+        )
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Robot to cloud: one zstd-compressed Arrow IPC chunk of an episode."""
+
+    TYPE: ClassVar[MsgType] = MsgType.CHUNK
+    seq: int  # robot stream sequence, 1, 2, 3, ... never reused
+    episode_id: str
+    rows: int
+    raw_size: int
+    crc32: int
+    body: bytes = b""
+
+    def meta(self) -> dict[str, Any]:
+        d = asdict(self)
+        del d["body"]
+        return d
+
+    @classmethod
+    def parse(cls, f: Frame) -> "Chunk":
+        m = f.meta
+        seq = _uint(m, "seq", "chunk")
+        if seq == 0:
+            raise ProtocolError("chunk.seq starts at 1", "bad_meta")
+        return cls(
+            seq=seq,
+            episode_id=_field(m, "episode_id", str, "chunk")[:128],
+            rows=_uint(m, "rows", "chunk"),
+            raw_size=_uint(m, "raw_size", "chunk"),
+            crc32=_uint(m, "crc32", "chunk", 0xFFFFFFFF),
+            body=f.body,
+        )
+
+
+@dataclass(frozen=True)
+class Ack:
+    """Cloud to robot: every chunk with seq <= this is durable; delete it."""
+
+    TYPE: ClassVar[MsgType] = MsgType.ACK
+    seq: int
+
+    def meta(self) -> dict[str, Any]:
+        return {"seq": self.seq}
+
+    @classmethod
+    def parse(cls, f: Frame) -> "Ack":
+        return cls(seq=_uint(f.meta, "seq", "ack"))
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Cloud to robot: new policy weights (safetensors), checked by sha256."""
+
+    TYPE: ClassVar[MsgType] = MsgType.POLICY
+    version: int
+    sha256: str
+    body: bytes = b""
+
+    def meta(self) -> dict[str, Any]:
+        return {"version": self.version, "sha256": self.sha256, "size": len(self.body)}
+
+    @classmethod
+    def parse(cls, f: Frame) -> "Policy":
+        size = _uint(f.meta, "size", "policy")
+        if size != len(f.body):
+            raise ProtocolError(f"policy.size {size} does not match body of {len(f.body)} bytes", "truncated")
+        return cls(
+            version=_uint(f.meta, "version", "policy"),
+            sha256=_field(f.meta, "sha256", str, "policy"),
+            body=f.body,
+        )
+
+
+@dataclass(frozen=True)
+class Status:
+    """Robot to cloud: a flat map of scalar readings (rates, counters, states)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.STATUS
+    values: dict[str, Any]
+
+    def meta(self) -> dict[str, Any]:
+        return {"values": self.values}
+
+    @classmethod
+    def parse(cls, f: Frame) -> "Status":
+        values = _field(f.meta, "values", dict, "status")
+        clean = {
+            str(k)[:64]: v for k, v in list(values.items())[:64]
+            if isinstance(v, (int, float, str, bool)) and not (isinstance(v, str) and len(v) > 256)
+        }
+        return cls(values=clean)
+
+
+@dataclass(frozen=True)
+class Reject:
+    """Either way, before a close: a reason code and a human message."""
+
+    TYPE: ClassVar[MsgType] = MsgType.REJECT
+    code: str
+    message: str
+
+    def meta(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message}
+
+    @classmethod
+    def parse(cls, f: Frame) -> "Reject":
+        return cls(
+            code=_field(f.meta, "code", str, "reject")[:64],
+            message=_field(f.meta, "message", str, "reject")[:1024],
+        )
+
+
+Message = Hello | Welcome | Chunk | Ack | Policy | Status | Reject
+PARSERS: dict[MsgType, Any] = {c.TYPE: c for c in (Hello, Welcome, Chunk, Ack, Policy, Status, Reject)}
