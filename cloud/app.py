@@ -11,21 +11,32 @@ from typing import Any, AsyncIterator
 from aiohttp import web
 
 from shared.config import LearnerConfig
+from shared.errors import ConfigError
 from shared.protocol import Limits
 
 from .buffer import ReplayBuffer
 from .gateway import robot_ws
 from .ingest import Ingest
-from .keys import BUFFER, CONFIG, INGEST, LIMITS, PUBLISHER, ROBOTS, TRAINER
+from .keys import BUFFER, CONFIG, INGEST, LIMITS, PUBLISHER, RESUME, ROBOTS, TRAINER
 from .learner.trainer import Trainer
 from .publisher import WeightPublisher
 
 log = logging.getLogger("fleetrl.app")
 
 
-def make_app(cfg: LearnerConfig) -> web.Application:
+CHECKPOINT = "checkpoints/learner.safetensors"
+
+
+def make_app(cfg: LearnerConfig, resume: bool = False) -> web.Application:
+    """The learner app; ``resume`` continues training from the data_dir's checkpoint."""
+    ckpt = cfg.data_dir / CHECKPOINT
+    if ckpt.exists() and not resume:
+        raise ConfigError(
+            f"{cfg.data_dir} holds a run with a learner checkpoint: pass --resume to continue it, or use a new data_dir"
+        )
     app = web.Application()
     app[CONFIG] = cfg
+    app[RESUME] = resume
     lc = cfg.limits
     app[LIMITS] = Limits(
         max_frame_bytes=lc.max_frame_bytes, max_decompressed_bytes=lc.max_decompressed_bytes,
@@ -63,7 +74,11 @@ async def _learning(app: web.Application) -> AsyncIterator[None]:
     def publish(blob) -> None:  # called on the trainer thread
         asyncio.run_coroutine_threadsafe(publisher.publish(blob), loop)
 
-    trainer = Trainer(app[BUFFER], cfg.learner, publish, start_version=publisher.version)
+    (cfg.data_dir / CHECKPOINT).parent.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(
+        app[BUFFER], cfg.learner, publish, start_version=publisher.version,
+        checkpoint_path=cfg.data_dir / CHECKPOINT, resume=app[RESUME],
+    )
     app[TRAINER] = trainer
     app[INGEST].on_durable = trainer.notify_data
     trainer.start()
@@ -87,6 +102,7 @@ def snapshot(app: web.Application) -> dict[str, Any]:
         "success_rate": buffer.success_rate(),
         "policy_version": app[PUBLISHER].version,
         "updates": trainer.updates,
+        "resumed_from_update": trainer.resumed_from,
         "updates_per_s": round(trainer.updates_per_s, 1),
         "losses": trainer.last_losses,
         "trainer_error": repr(trainer.error) if trainer.error else None,

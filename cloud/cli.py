@@ -30,15 +30,19 @@ def _load(config: Path) -> cfgmod.LearnerConfig:
 @app.command()
 def serve(
     config: Path = typer.Option(..., "--config", "-c", help="run TOML file (data_dir, [server], [limits], [learner])"),
+    resume: bool = typer.Option(False, "--resume", help="continue a stopped or killed run from its checkpoint"),
     log_level: str = typer.Option("INFO", help="DEBUG, INFO, WARNING or ERROR"),
 ) -> None:
-    """Serve robots and train until stopped (SIGTERM/SIGINT). Restarting on the same
-    data_dir continues the run: the buffer, robots' resume points and the policy version are kept."""
+    """Serve robots and train until stopped (SIGTERM/SIGINT).
+
+    The buffer, each robot's resume point and the policy version always survive a
+    restart on the same data_dir; --resume also continues training (model,
+    optimizer, counters, RNG) from the last checkpoint."""
     cfg = _load(config)
     setup_logs(log_level)
     from .serve import main
 
-    raise typer.Exit(main(cfg))
+    raise typer.Exit(main(cfg, resume))
 
 
 @app.command()
@@ -61,6 +65,11 @@ def demo(
 def check_config(config: Path = typer.Argument(..., help="run TOML file")) -> None:
     """Validate a run config file and print it with defaults filled in."""
     typer.echo(_load(config).model_dump_json(indent=2))
+
+
+from .export.cli import export as _export  # noqa: E402
+
+app.command("export")(_export)
 
 
 def main() -> None:

@@ -137,7 +137,7 @@ async def _watch(status_url: str, agents, learner, minutes: float, target: float
         f"{s.get('updates', 0)} updates"
     )
     console.print(f"data: Parquet segments in [cyan]{run_dir / 'learner' / 'buffer'}[/], logs in [cyan]{run_dir / 'logs'}[/]")
-    console.print(f"continue this run: cloud-learner serve --config {run_dir / 'learner.toml'}")
+    console.print(f"continue this run: cloud-learner serve --resume --config {run_dir / 'learner.toml'}")
     (run_dir / "summary.json").write_text(json.dumps({"reached_s": reached_at, "first_rate": first_rate, "status": s}, indent=1))
     return 0 if reached_at is not None else 3
 

@@ -15,10 +15,10 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from shared.errors import FleetError, ProtocolError
-from shared.protocol import Chunk, CloudConnection, Hello, Reject, Status
+from shared.protocol import Chunk, CloudConnection, Hello, Lost, Reject, Status
 from shared.schema import EpisodeSpec
 
-from .keys import BUFFER, INGEST, LIMITS, PUBLISHER, ROBOTS
+from .keys import BUFFER, CONFIG, INGEST, LIMITS, PUBLISHER, ROBOTS
 
 log = logging.getLogger("fleetrl.gateway")
 
@@ -43,7 +43,7 @@ class _Outbox:
 async def robot_ws(request: web.Request) -> web.WebSocketResponse:
     app = request.app
     limits = app[LIMITS]
-    ws = web.WebSocketResponse(max_msg_size=limits.max_frame_bytes, heartbeat=10.0, compress=False)
+    ws = web.WebSocketResponse(max_msg_size=limits.max_frame_bytes, heartbeat=app[CONFIG].server.heartbeat_s, compress=False)
     await ws.prepare(request)
     conn = CloudConnection(limits)
     robot_id = None
@@ -82,6 +82,10 @@ async def robot_ws(request: web.Request) -> web.WebSocketResponse:
             await ws.send_bytes(conn.reject(e.code, e.message))
     except (asyncio.TimeoutError, ConnectionError) as e:
         log.info("event=link_lost robot_id=%s error=%r", robot_id, e)
+    except OSError as e:  # storage failed (disk full): nothing was acked; the robot holds its data
+        log.error("event=link_hold robot_id=%s error=%r", robot_id, e)
+        if not ws.closed:
+            await ws.send_bytes(conn.reject("hold", f"learner storage unavailable ({e.strerror or e}); keep the data and retry"))
     finally:
         for t in tasks:
             t.cancel()
@@ -101,11 +105,11 @@ async def _read(app: web.Application, ws: web.WebSocketResponse, conn: CloudConn
                 return
             raise ProtocolError("text frames are not part of the protocol", "bad_frame")
         msg = conn.receive(m.data)
-        if isinstance(msg, Chunk):
+        if isinstance(msg, (Chunk, Lost)):
             if acks.qsize() >= 2 * limits.max_inflight_chunks:
                 raise ProtocolError("robot ignores its credit window", "too_many_inflight")
             fut = await ingest.accept(robot_id, msg)
-            acks.put_nowait((msg.seq, fut))
+            acks.put_nowait((msg.last if isinstance(msg, Lost) else msg.seq, fut))
             info["chunks"] += 1
         elif isinstance(msg, Status):
             info["status"] = msg.values

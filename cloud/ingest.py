@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from shared.chunk import checksum, decode_chunk, single_value
 from shared.errors import SchemaError
-from shared.protocol import Chunk, Limits
+from shared.protocol import Chunk, Limits, Lost
 
 from .buffer import ReplayBuffer
 
@@ -26,9 +26,17 @@ log = logging.getLogger("fleetrl.ingest")
 @dataclass
 class _Pending:
     robot_id: str
-    seq: int
-    batch: pa.RecordBatch
+    seq: int  # for a Lost range, its first seq
+    item: pa.RecordBatch | Lost
     done: asyncio.Future[None]
+
+    @property
+    def last(self) -> int:
+        return self.item.last if isinstance(self.item, Lost) else self.seq
+
+    @property
+    def rows(self) -> int:
+        return 0 if isinstance(self.item, Lost) else self.item.num_rows
 
 
 class Ingest:
@@ -58,34 +66,44 @@ class Ingest:
             raise SchemaError("chunk header does not match its rows", code="bad_chunk")
         return batch
 
-    async def accept(self, robot_id: str, msg: Chunk) -> asyncio.Future[None]:
-        """Validate and queue one chunk; the future resolves once it is durable.
+    async def accept(self, robot_id: str, msg: Chunk | Lost) -> asyncio.Future[None]:
+        """Validate and queue one chunk (or a reported loss); the future resolves once durable.
 
         Call in stream order per robot (one link's messages, one at a time):
         validation is awaited here, durability is not, so a link keeps
         several chunks in the writer's queue at once.
         """
+        first, last = (msg.first, msg.last) if isinstance(msg, Lost) else (msg.seq, msg.seq)
         seen = max(self._accepted.get(robot_id, 0), self.buffer.hwm(robot_id))
-        if msg.seq <= seen:  # a resend: store nothing, ack once the original is durable
+        if last <= seen:  # a resend: store nothing, ack once the original is durable
             self.duplicates += 1
-            fut = self._inflight.get((robot_id, msg.seq))
+            fut = self._inflight.get((robot_id, last))
             if fut is None:
                 fut = asyncio.get_running_loop().create_future()
                 fut.set_result(None)
             return fut
-        if msg.seq != seen + 1:
+        if first != seen + 1:
             # The spool numbers chunks without gaps; a gap means an earlier chunk
             # failed to persist. Refuse, so the robot resends from the durable mark.
-            raise SchemaError(f"stream gap: expected seq {seen + 1}, got {msg.seq}", code="stream_gap")
-        self._accepted[robot_id] = msg.seq  # claim before awaiting: a racing resend is a duplicate
-        try:
-            batch = await asyncio.to_thread(self.decode, robot_id, msg)
-        except BaseException:
-            self._accepted[robot_id] = seen
-            raise
-        fut = asyncio.get_running_loop().create_future()
-        self._inflight[(robot_id, msg.seq)] = fut
-        self._queue.put_nowait(_Pending(robot_id, msg.seq, batch, fut))
+            raise SchemaError(f"stream gap: expected seq {seen + 1}, got {first}", code="stream_gap")
+        # Claim the seq and its future before awaiting: a resend racing with this
+        # validation then waits for the same durable write instead of being acked early.
+        self._accepted[robot_id] = last
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inflight[(robot_id, last)] = fut
+        if isinstance(msg, Lost):
+            item: pa.RecordBatch | Lost = msg
+            log.error("event=robot_reported_loss robot_id=%s first=%d last=%d reason=%r", robot_id, first, last, msg.reason)
+        else:
+            try:
+                item = await asyncio.to_thread(self.decode, robot_id, msg)
+            except BaseException as e:
+                self._accepted[robot_id] = seen
+                self._inflight.pop((robot_id, last), None)
+                fut.set_exception(e if isinstance(e, Exception) else asyncio.CancelledError())
+                fut.exception()  # retrieved here; waiters see it too
+                raise
+        self._queue.put_nowait(_Pending(robot_id, first, item, fut))
         return fut
 
     def _contiguous(self, items: list[_Pending]) -> list[_Pending]:
@@ -99,14 +117,14 @@ class Ingest:
         for p in items:
             if p.seq == expect[p.robot_id]:
                 keep.append(p)
-                expect[p.robot_id] += 1
+                expect[p.robot_id] = p.last + 1
             else:
                 self._fail(p, SchemaError(f"stream gap at seq {p.seq}", code="stream_gap"))
         return keep
 
     def _fail(self, p: _Pending, exc: BaseException) -> None:
         self._accepted[p.robot_id] = self.buffer.hwm(p.robot_id)
-        self._inflight.pop((p.robot_id, p.seq), None)
+        self._inflight.pop((p.robot_id, p.last), None)
         if not p.done.done():
             p.done.set_exception(exc)
 
@@ -117,17 +135,17 @@ class Ingest:
             if not group:
                 continue
             try:
-                await asyncio.to_thread(self.buffer.write, [(p.robot_id, p.seq, p.batch) for p in group])
+                await asyncio.to_thread(self.buffer.write, [(p.robot_id, p.seq, p.item) for p in group])
             except Exception as e:  # disk full, I/O error: nothing acked, robots keep their data
                 log.error("event=segment_write_failed chunks=%d error=%r", len(group), e)
                 for p in group:
                     self._fail(p, e)
                 continue
-            rows = sum(p.batch.num_rows for p in group)
+            rows = sum(p.rows for p in group)
             self.chunks += len(group)
             self.rows += rows
             for p in group:
-                self._inflight.pop((p.robot_id, p.seq), None)
+                self._inflight.pop((p.robot_id, p.last), None)
                 if not p.done.done():
                     p.done.set_result(None)
             if self.on_durable is not None:

@@ -16,6 +16,7 @@ from .publisher import WeightPublisher
 
 CONFIG = web.AppKey("config", LearnerConfig)
 LIMITS = web.AppKey("limits", Limits)
+RESUME = web.AppKey("resume", bool)
 BUFFER = web.AppKey("buffer", ReplayBuffer)
 INGEST = web.AppKey("ingest", Ingest)
 PUBLISHER = web.AppKey("publisher", WeightPublisher)

@@ -11,6 +11,7 @@ import sys
 from aiohttp import web
 
 from shared.config import LearnerConfig
+from shared.errors import FleetError
 from shared.fsutil import atomic_write
 
 from .app import make_app
@@ -18,8 +19,8 @@ from .app import make_app
 log = logging.getLogger("fleetrl.serve")
 
 
-async def serve(cfg: LearnerConfig) -> int:
-    app = make_app(cfg)
+async def serve(cfg: LearnerConfig, resume: bool = False) -> int:
+    app = make_app(cfg, resume)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, cfg.server.host, cfg.server.port)
@@ -39,9 +40,12 @@ async def serve(cfg: LearnerConfig) -> int:
     return 0
 
 
-def main(cfg: LearnerConfig) -> int:
+def main(cfg: LearnerConfig, resume: bool = False) -> int:
     try:
-        return asyncio.run(serve(cfg))
+        return asyncio.run(serve(cfg, resume))
+    except FleetError as e:
+        print(f"cloud-learner: {e}", file=sys.stderr)
+        return 2
     except OSError as e:
         print(f"cloud-learner: cannot listen on {cfg.server.host}:{cfg.server.port}: {e.strerror}", file=sys.stderr)
         return 2

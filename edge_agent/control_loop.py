@@ -18,6 +18,7 @@ from hal_drivers.base import Robot
 from shared.chunk import StepRecord
 from shared.config import ControlConfig
 
+from .operator import OperatorControls
 from .policy_holder import PolicyHolder
 from .recorder import Recorder
 
@@ -25,10 +26,19 @@ log = logging.getLogger("fleetrl.control")
 
 
 class ControlLoop(threading.Thread):
-    def __init__(self, robot: Robot, policy: PolicyHolder, recorder: Recorder, cfg: ControlConfig):
+    def __init__(
+        self, robot: Robot, policy: PolicyHolder, recorder: Recorder, cfg: ControlConfig,
+        may_start: threading.Event | None = None, operator: OperatorControls | None = None,
+    ):
         super().__init__(name="control-loop", daemon=True)
         self.robot, self.policy, self.recorder, self.cfg = robot, policy, recorder, cfg
         self.stop_event = threading.Event()
+        # Cleared while new episodes must not start (spool full); the current one finishes.
+        self.may_start = may_start or threading.Event()
+        if may_start is None:
+            self.may_start.set()
+        self.waiting_to_start = False
+        self.operator = operator or OperatorControls()
         self.running = threading.Event()  # set once the first tick has run
         self.error: BaseException | None = None
         self.episodes = 0
@@ -41,6 +51,8 @@ class ControlLoop(threading.Thread):
 
     def stop(self) -> None:
         self.stop_event.set()
+        self.may_start.set()  # wake a loop waiting to start an episode, so it can see the stop
+        self.operator.wake()
 
     @property
     def finished(self) -> bool:
@@ -60,10 +72,22 @@ class ControlLoop(threading.Thread):
         period = 1.0 / self.cfg.rate_hz if self.cfg.rate_hz > 0 else 0.0
         next_tick = time.monotonic()
         while not self.stop_event.is_set() and not self.finished:
+            for gate in (self.may_start, self.operator.episodes_allowed):
+                if not gate.is_set():
+                    self.waiting_to_start = True
+                    gate.wait()
+                    self.waiting_to_start = False
+                    next_tick = time.monotonic()
+            if self.stop_event.is_set():
+                return
             obs = self.robot.reset()
             self.recorder.start_episode()
             step = 0
             while not self.stop_event.is_set():
+                if not self.operator.running.is_set():  # paused by an operator: hold between ticks
+                    self.operator.running.wait()
+                    next_tick = time.monotonic()
+                    continue
                 if period:
                     next_tick += period
                     delay = next_tick - time.monotonic()
@@ -76,16 +100,18 @@ class ControlLoop(threading.Thread):
                 action, version = self._choose(obs, rng)
                 res = self.robot.step(action)
                 self.running.set()
+                cut, human_reward = self.operator.take()
+                truncated = res.truncated or (cut and not res.terminated)
                 self.recorder.add(
                     StepRecord(
-                        obs=obs, action=action, reward=float(res.reward), next_obs=res.observation,
-                        terminated=res.terminated, truncated=res.truncated, success=res.success,
-                        policy_version=version, step=step,
+                        obs=obs, action=action, reward=float(res.reward) + human_reward, next_obs=res.observation,
+                        terminated=res.terminated, truncated=truncated, success=res.success,
+                        intervention=self.operator.intervention, policy_version=version, step=step,
                     )
                 )
                 obs, step = res.observation, step + 1
                 self.steps += 1
-                if res.terminated or res.truncated:
+                if res.terminated or truncated:
                     self.episodes += 1
                     self.successes += int(res.success)
                     break

@@ -7,24 +7,23 @@ worker threads). Everything else is one asyncio loop.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
+import threading
 import time
 from typing import Any
-
 
 from hal_drivers import registry
 from hal_drivers.base import Robot
 from shared.chunk import build_batch, checksum, encode_chunk
 from shared.config import AgentConfig
 from shared.errors import ConfigError, FleetError
-from shared.fsutil import atomic_write
 from shared.protocol import EdgeConnection, Limits, Policy
 from shared.weights import decode_weights
 
-from . import __version__
 from .control_loop import ControlLoop
+from .operator import OperatorControls
+from .ledger import Ledger
 from .policy_holder import PolicyHolder
 from .recorder import PendingChunk, Recorder
 from .spool import Spool
@@ -32,47 +31,78 @@ from .uplink import Uplink
 
 log = logging.getLogger("fleetrl.agent")
 
+DISK_RETRY_S = 5.0  # retry a failed spool write this often even if no ack frees space
+
 
 class Agent:
     def __init__(self, cfg: AgentConfig, drain_timeout_s: float = 30.0):
         self.cfg = cfg
         self.drain_timeout_s = drain_timeout_s
         self.limits = Limits()
+        sc = cfg.spool
+        # The spool first: after a crash, what was recorded is recovered before anything runs.
+        self.spool = Spool(
+            sc.dir, fsync=sc.fsync, fsync_interval_ms=sc.fsync_interval_ms,
+            segment_bytes=sc.segment_bytes, quota_bytes=int(sc.quota_mb * (1 << 20)),
+        )
+        self.ledger = Ledger(cfg.state_dir, cfg.robot_id)
+        self.ledger.reconcile(self.spool)
         robot = registry.create(cfg.robot.driver, cfg.robot.options, name=cfg.robot.name)
         if not isinstance(robot, Robot):
             raise ConfigError(f"robot.driver: {cfg.robot.driver!r} is not a robot driver")
         self.robot = robot
         self.desc = robot.describe()
         self.spec = self.desc.episode_spec()
-        self.spool = Spool(cfg.spool.dir, fsync=cfg.spool.fsync == "always", segment_bytes=cfg.spool.segment_bytes)
         self.policy = PolicyHolder(
             {k: v.size for k, v in self.spec.observation.items() if not v.is_image}, self.spec.action_dim
         )
-        self.ledger: dict[str, Any] = {
-            "robot_id": cfg.robot_id, "transitions": 0, "chunks": 0, "episodes": 0, "successes": 0,
-            "first_seq": None, "last_seq": 0,
-        }
-        self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self.may_start = threading.Event()
+        self.may_start.set()
+        self.operator = OperatorControls()
+        self.disk_error = ""
 
     # ---------------------------------------------------------------- pieces
 
-    def _encode_and_spool(self, pc: PendingChunk) -> int:
+    def _encode(self, pc: PendingChunk) -> tuple[int, int, bytes]:
         batch = build_batch(self.spec, self.cfg.robot_id, pc.episode_id, pc.steps)
-        body = encode_chunk(batch)
-        seq = self.spool.append(pc.episode_id, batch.num_rows, batch.nbytes, checksum(body), body)
-        led = self.ledger
-        led["transitions"] += batch.num_rows
-        led["chunks"] += 1
-        led["episodes"] += int(pc.episode_done)
-        led["successes"] += int(pc.episode_done and pc.success)
-        led["first_seq"] = led["first_seq"] or seq
-        led["last_seq"] = seq
-        self._write_ledger()
+        return batch.num_rows, batch.nbytes, encode_chunk(batch)
+
+    def _spool(self, pc: PendingChunk, rows: int, raw: int, body: bytes) -> int:
+        seq = self.spool.append(pc.episode_id, rows, raw, checksum(body), body)
+        self.ledger.record(seq, rows, pc.episode_done, pc.success)
         return seq
 
-    def _write_ledger(self) -> None:
-        self.ledger["policy_versions_used"] = list(self.policy.versions_used)
-        atomic_write(self.cfg.state_dir / "ledger.json", json.dumps(self.ledger).encode(), fsync=False)
+    async def _store(self, pc: PendingChunk, space_freed: asyncio.Event) -> int:
+        """Spool one chunk; on a full or failing disk hold it in memory, stop new
+        episodes, and retry when acks free space (or every few seconds)."""
+        rows, raw, body = await asyncio.to_thread(self._encode, pc)
+        while True:
+            try:
+                seq = await asyncio.to_thread(self._spool, pc, rows, raw, body)
+            except OSError as e:
+                if not self.disk_error:
+                    log.error("event=spool_write_failed error=%r action=holding_chunk_and_pausing_new_episodes", e)
+                self.disk_error = e.strerror or str(e)
+                self.may_start.clear()
+                space_freed.clear()
+                try:
+                    await asyncio.wait_for(space_freed.wait(), DISK_RETRY_S)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            if self.disk_error:
+                log.info("event=spool_write_recovered")
+                self.disk_error = ""
+            self._apply_quota()
+            return seq
+
+    def _apply_quota(self) -> None:
+        if self.spool.full and self.may_start.is_set():
+            log.warning("event=spool_full bytes=%d quota=%d action=no_new_episodes_until_acked", self.spool.bytes, self.spool.quota_bytes)
+            self.may_start.clear()
+        elif not self.spool.full and not self.disk_error and not self.may_start.is_set():
+            log.info("event=spool_resumed bytes=%d", self.spool.bytes)
+            self.may_start.set()
 
     async def _on_policy(self, msg: Policy) -> None:
         try:
@@ -84,6 +114,31 @@ class Agent:
         if self.policy.swap(loaded):
             log.info("event=policy_swapped version=%d", loaded.version)
 
+    def _start_ros2(self):
+        from .ros2_bridge import Ros2Bridge
+
+        r2 = self.cfg.ros2
+        assert r2 is not None
+        bridge = Ros2Bridge(self.cfg.robot_id, self._on_operator_command, namespace=r2.namespace,
+                            domain_id=r2.domain_id, backend=r2.backend, localhost_only=r2.localhost_only)
+        bridge.start()
+        return bridge
+
+    def _on_operator_command(self, cmd) -> None:
+        """ROS 2 commands (on the bridge's thread) become operator controls the loop reads."""
+        op = self.operator
+        if cmd.kind == "pause":
+            op.pause(bool(cmd.value))
+        elif cmd.kind == "stop_episode":
+            op.stop_episode()
+        elif cmd.kind == "start_episode":
+            op.start_episode()
+        elif cmd.kind == "intervention":
+            op.intervention = bool(cmd.value)
+        elif cmd.kind == "reward":
+            op.add_reward(float(cmd.value or 0.0))
+        log.info("event=operator_command kind=%s value=%r", cmd.kind, cmd.value)
+
     def status(self) -> dict[str, Any]:
         c = self.control
         j = c.jitter()
@@ -91,7 +146,19 @@ class Agent:
             "policy_version": self.policy.version, "steps": c.steps, "episodes": c.episodes,
             "successes": c.successes, "spool_bytes": self.spool.bytes, "spool_pending": self.spool.pending(),
             "acked_seq": self.spool.acked_seq, "jitter_p99_ms": round(j["p99_ms"], 3),
+            "paused": self._paused_reason(), "disk_error": self.disk_error,
+            "intervention": self.operator.intervention, "episode_step": self.recorder_step(),
         }
+
+    def _paused_reason(self) -> str:
+        if not self.operator.running.is_set():
+            return "operator_pause"
+        if self.control.waiting_to_start:
+            return "spool_full" if not self.may_start.is_set() else "waiting_for_start_episode"
+        return ""
+
+    def recorder_step(self) -> int:
+        return self.control.recorder.transitions
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -99,26 +166,41 @@ class Agent:
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[PendingChunk | None] = asyncio.Queue()
         recorder = Recorder(self.cfg.control.chunk_steps, lambda pc: loop.call_soon_threadsafe(chunks.put_nowait, pc))
-        self.control = ControlLoop(self.robot, self.policy, recorder, self.cfg.control)
+        bridge = self._start_ros2() if self.cfg.ros2 is not None else None
+        if bridge is not None:
+            from .ros2_bridge import bridged_recorder
+
+            recorder = bridged_recorder(bridge, recorder)
+        self.control = ControlLoop(self.robot, self.policy, recorder, self.cfg.control, self.may_start, self.operator)
+        space_freed = asyncio.Event()
         uplink = Uplink(
             self.cfg.link,
             lambda: EdgeConnection(self.cfg.robot_id, self.spec.to_dict(), [self.desc.to_dict()], self.limits),
             self.spool, self._on_policy, self.status, lambda: self.policy.version, self.limits,
         )
+        uplink.on_ack = lambda: (space_freed.set(), self._apply_quota())
         self.uplink = uplink
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
 
-        async def encoder() -> None:
+        async def store_chunks() -> None:
             while (pc := await chunks.get()) is not None:
-                seq = await asyncio.to_thread(self._encode_and_spool, pc)
-                log.debug("event=chunk_spooled seq=%d rows=%d", seq, len(pc.steps))
+                seq = await self._store(pc, space_freed)
+                uplink.limit_seq = seq  # counted in the ledger: now it may be sent
                 uplink.wake()
 
-        enc_task = asyncio.create_task(encoder())
+        async def ros2_status() -> None:
+            assert bridge is not None and self.cfg.ros2 is not None
+            while True:
+                bridge.publish_status({**self.status(), "link": "connected" if uplink.connected else "disconnected"})
+                await asyncio.sleep(self.cfg.ros2.status_interval_s)
+
+        store_task = asyncio.create_task(store_chunks())
         link_task = asyncio.create_task(uplink.run())
+        ros2_task = asyncio.create_task(ros2_status()) if bridge is not None else None
         log.info("event=agent_start robot_id=%s driver=%s spool_pending=%d", self.cfg.robot_id, self.desc.driver, self.spool.pending())
+        self._apply_quota()
         self.control.start()
         loop_done = asyncio.create_task(asyncio.to_thread(self.control.join))
         stop_task = asyncio.create_task(stop.wait())
@@ -126,22 +208,25 @@ class Agent:
         self.control.stop()
         await loop_done
         chunks.put_nowait(None)  # after the loop's last chunk: FIFO keeps the order
-        await enc_task
+        await store_task
         t0 = time.monotonic()
         try:
             await asyncio.wait_for(uplink.wait_drained(), self.drain_timeout_s)
             log.info("event=drained seconds=%.2f", time.monotonic() - t0)
         except asyncio.TimeoutError:
             log.warning("event=drain_timeout pending=%d (kept in the spool for the next start)", self.spool.pending())
-        link_task.cancel()
-        await asyncio.gather(link_task, return_exceptions=True)
-        self._write_ledger()
+        for t in (link_task, ros2_task):
+            if t is not None:
+                t.cancel()
+        await asyncio.gather(*(t for t in (link_task, ros2_task) if t is not None), return_exceptions=True)
+        if bridge is not None:
+            bridge.close()
+        self.ledger.save(self.policy.versions_used)
+        self.ledger.close()
         self.spool.close()
         self.robot.close()
         if self.control.error is not None:
             log.error("event=agent_exit reason=control_loop_error error=%r", self.control.error)
             return 1
-        log.info("event=agent_exit transitions=%d episodes=%d", self.ledger["transitions"], self.ledger["episodes"])
+        log.info("event=agent_exit transitions=%d episodes=%d", self.ledger.data["transitions"], self.ledger.data["episodes"])
         return 0
-
-

@@ -1,20 +1,26 @@
 """The durable outbox: append-only segment files of checksummed records.
 
-A chunk counts as recorded once its record is in a segment (and fsynced, by
+A chunk counts as recorded once its record is in a segment (fsynced, by
 default). Records are deleted only after the cloud acked them as durable,
 segment by segment. On open, a torn tail (power cut mid-write) is detected by
-length and checksum and cut; every complete record before it is kept.
+length and checksum and cut; every complete record before it is kept. A
+damaged record in the middle is moved to ``quarantine/``, its sequence
+numbers are reported as lost (so the cloud learns of it), and the records
+after it are kept.
 
-Record layout: ``len u32 | crc32 u32 | seq u64 | rows u32 | raw_size u64 |
-body_crc u32 | episode_id_len u16 | episode_id | body``, crc over all after it.
+Record layout: ``magic u32 | len u32 | crc32 u32 | seq u64 | rows u32 |
+raw_size u64 | body_crc u32 | episode_id_len u16 | episode_id | body``; the
+crc covers everything after it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import struct
 import threading
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +29,16 @@ from shared.fsutil import atomic_write, fsync_dir
 
 log = logging.getLogger("fleetrl.spool")
 
-_PREFIX = struct.Struct("<II")  # length of the rest, crc32 of the rest
+MAGIC = 0xF1EE7A11
+_PREFIX = struct.Struct("<III")  # magic, length of the rest, crc32 of the rest
+_MAGIC_BYTES = struct.pack("<I", MAGIC)
 _FIXED = struct.Struct("<QIQIH")
 _SUFFIX = ".seg"
-_ACKED = "acked"
+_MAX_RECORD = 1 << 31
+
+
+class SpoolCorrupt(Exception):
+    """A record failed its checksum when read back; it has been quarantined."""
 
 
 @dataclass(frozen=True)
@@ -46,114 +58,223 @@ class _Loc:
     length: int
 
 
+def _encode(seq: int, episode_id: str, rows: int, raw_size: int, body_crc: int, body: bytes) -> bytes:
+    eid = episode_id.encode()
+    rest = _FIXED.pack(seq, rows, raw_size, body_crc, len(eid)) + eid + body
+    return _PREFIX.pack(MAGIC, len(rest), zlib.crc32(rest)) + rest
+
+
+def _parse_at(data: bytes | memoryview, pos: int) -> tuple[int, int] | None:
+    """(seq, record length) of a valid record at ``pos``, else None."""
+    if pos + _PREFIX.size > len(data):
+        return None
+    magic, length, crc = _PREFIX.unpack_from(data, pos)
+    start = pos + _PREFIX.size
+    if magic != MAGIC or length < _FIXED.size or start + length > len(data):
+        return None
+    if zlib.crc32(data[start : start + length]) != crc:
+        return None
+    return _FIXED.unpack_from(data, start)[0], _PREFIX.size + length
+
+
 class Spool:
     """Thread-safe: the encoder thread appends, the uplink reads and acks."""
 
-    def __init__(self, directory: Path, fsync: bool = True, segment_bytes: int = 64 << 20):
+    def __init__(
+        self, directory: Path, fsync: str = "always", fsync_interval_ms: int = 100,
+        segment_bytes: int = 64 << 20, quota_bytes: int = 0,
+    ):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.fsync = fsync
-        self.segment_bytes = segment_bytes
+        self.quarantine_dir = self.dir / "quarantine"
+        if fsync not in ("always", "interval", "never"):
+            raise ValueError(f"spool fsync policy {fsync!r}: use always, interval or never")
+        self.fsync_policy, self.fsync_interval = fsync, fsync_interval_ms / 1000
+        self.segment_bytes, self.quota_bytes = segment_bytes, quota_bytes
         self._lock = threading.Lock()
         self._index: dict[int, _Loc] = {}
         self._segments: list[tuple[int, Path]] = []  # (first seq, path), in order
-        self.acked_seq = self._read_acked()
-        self.last_seq = self.acked_seq
-        self.bytes = 0
         self._active: Path | None = None
         self._fh = None
+        self._last_sync = 0.0
+        self.bytes = 0
+        state = self._read_state()
+        self.acked_seq: int = state.get("acked", 0)
+        self.lost: list[list] = state.get("lost", [])  # [first, last, reason] ranges the cloud must hear of
+        self.last_seq = max([self.acked_seq] + [r[1] for r in self.lost])
+        self.quarantined = 0
         self._recover()
 
-    # ---------------------------------------------------------------- recovery
+    # ---------------------------------------------------------------- state file
 
-    def _read_acked(self) -> int:
+    def _read_state(self) -> dict:
         try:
-            return int((self.dir / _ACKED).read_text().strip() or 0)
-        except (FileNotFoundError, ValueError):
-            return 0
+            return json.loads((self.dir / "state.json").read_text())
+        except FileNotFoundError:
+            return {}
+
+    def _write_state(self) -> None:
+        data = json.dumps({"acked": self.acked_seq, "lost": self.lost}).encode()
+        atomic_write(self.dir / "state.json", data, fsync=self.fsync_policy != "never")
+
+    # ---------------------------------------------------------------- recovery
 
     def _recover(self) -> None:
         for tmp in self.dir.glob("*.tmp"):
             tmp.unlink()
+        prev_last = self.last_seq
         for path in sorted(self.dir.glob(f"*{_SUFFIX}")):
-            first = int(path.stem)
-            good_end = self._scan(path)
+            keep_end = self._scan(path)
             size = path.stat().st_size
-            if good_end < size:
-                log.warning("event=spool_torn_tail segment=%s kept_bytes=%d cut_bytes=%d", path.name, good_end, size - good_end)
+            if keep_end < size:
+                log.warning("event=spool_torn_tail segment=%s kept_bytes=%d cut_bytes=%d", path.name, keep_end, size - keep_end)
                 with open(path, "r+b") as fh:
-                    fh.truncate(good_end)
+                    fh.truncate(keep_end)
                     os.fsync(fh.fileno())
-            if good_end == 0:
+            if keep_end == 0:
                 path.unlink()
                 continue
-            self._segments.append((first, path))
-            self.bytes += good_end
+            self._segments.append((int(path.stem), path))
+            self.bytes += keep_end
         for seq in [s for s in self._index if s <= self.acked_seq]:
             del self._index[seq]
         if self._index:
             self.last_seq = max(self.last_seq, max(self._index))
+        if self.last_seq != prev_last or self.lost:
+            self._write_state()
         self._drop_acked_segments()
 
     def _scan(self, path: Path) -> int:
-        """Index every complete record of a segment; return where the good data ends."""
+        """Index the good records of a segment; quarantine damaged ones in the middle.
+
+        Returns where the data worth keeping ends (a torn tail is cut there).
+        """
         data = path.read_bytes()
         pos = 0
-        while pos + _PREFIX.size <= len(data):
-            length, crc = _PREFIX.unpack_from(data, pos)
-            start = pos + _PREFIX.size
-            rest = data[start : start + length]
-            if length < _FIXED.size or len(rest) < length or zlib.crc32(rest) != crc:
-                break
-            seq = _FIXED.unpack_from(rest)[0]
-            if seq <= self.last_seq and seq in self._index:
-                break  # a sequence repeated means corruption; stop trusting this segment
-            self._index[seq] = _Loc(path, pos, _PREFIX.size + length)
-            self.last_seq = max(self.last_seq, seq)
-            pos = start + length
+        while pos < len(data):
+            rec = _parse_at(data, pos)
+            if rec is not None:
+                seq, length = rec
+                self._index[seq] = _Loc(path, pos, length)
+                pos += length
+                continue
+            nxt = self._resync(data, pos + 1)
+            if nxt is None:
+                if self._complete_but_damaged(data, pos):
+                    # A whole record that fails its checksum is damage, not a torn
+                    # write: it may have been sent, so its seq must not be reused.
+                    self._quarantine(path, data[pos:], pos, len(data), data)
+                return pos  # cut here: a torn tail, or a quarantined last record
+            self._quarantine(path, data[pos:nxt], pos, nxt, data)
+            pos = nxt
         return pos
+
+    @staticmethod
+    def _complete_but_damaged(data: bytes, pos: int) -> bool:
+        if pos + _PREFIX.size > len(data):
+            return False
+        magic, length, _ = _PREFIX.unpack_from(data, pos)
+        return magic == MAGIC and pos + _PREFIX.size + length == len(data)
+
+    @staticmethod
+    def _resync(data: bytes, start: int) -> int | None:
+        i = data.find(_MAGIC_BYTES, start)
+        while i != -1:
+            if _parse_at(data, i) is not None:
+                return i
+            i = data.find(_MAGIC_BYTES, i + 1)
+        return None
+
+    def _quarantine(self, path: Path, bad: bytes, pos: int, nxt: int, data: bytes) -> None:
+        before = max((s for s, loc in self._index.items() if loc.segment == path and loc.offset < pos), default=int(path.stem) - 1)
+        after = _parse_at(data, nxt)[0] if nxt < len(data) else before + 2  # type: ignore[index]
+        first, last = before + 1, after - 1
+        if any(r[0] == first and r[1] == last for r in self.lost) or last <= self.acked_seq:
+            return  # already quarantined and reported at an earlier start
+        self.quarantine_dir.mkdir(exist_ok=True)
+        (self.quarantine_dir / f"{path.stem}-{pos}.bad").write_bytes(bad)
+        self.quarantined += 1
+        if first <= last:
+            self.lost.append([first, last, f"spool record damaged on disk ({len(bad)} bytes quarantined)"])
+            self.last_seq = max(self.last_seq, last)
+        log.error("event=spool_record_quarantined segment=%s offset=%d bytes=%d lost_seqs=%d-%d",
+                  path.name, pos, len(bad), first, last)
 
     # ---------------------------------------------------------------- writing
 
+    @property
+    def full(self) -> bool:
+        return self.quota_bytes > 0 and self.bytes >= self.quota_bytes
+
     def append(self, episode_id: str, rows: int, raw_size: int, body_crc: int, body: bytes) -> int:
-        """Write one chunk durably and return its stream sequence."""
-        eid = episode_id.encode()
+        """Write one chunk durably and return its stream sequence. Raises OSError (e.g. disk full)."""
         with self._lock:
             seq = self.last_seq + 1
-            rest = _FIXED.pack(seq, rows, raw_size, body_crc, len(eid)) + eid + body
-            record = _PREFIX.pack(len(rest), zlib.crc32(rest)) + rest
-            fh = self._writer(len(record))
+            record = _encode(seq, episode_id, rows, raw_size, body_crc, body)
+            fh = self._writer(len(record), seq)
             offset = fh.tell()
-            fh.write(record)
-            fh.flush()
-            if self.fsync:
-                os.fsync(fh.fileno())
+            try:
+                fh.write(record)
+                fh.flush()
+                self._sync(fh)
+            except OSError:
+                fh.truncate(offset)  # leave no partial record behind, if the disk lets us
+                raise
             self._index[seq] = _Loc(self._active, offset, len(record))  # type: ignore[arg-type]
             self.last_seq = seq
             self.bytes += len(record)
             return seq
 
-    def _writer(self, incoming: int):
+    def _sync(self, fh) -> None:
+        now = time.monotonic()
+        if self.fsync_policy == "always" or (self.fsync_policy == "interval" and now - self._last_sync >= self.fsync_interval):
+            os.fsync(fh.fileno())
+            self._last_sync = now
+
+    def _writer(self, incoming: int, seq: int):
         if self._fh is not None and self._fh.tell() + incoming > self.segment_bytes:
-            self._fh.close()
-            self._fh = None
+            self._close_active()
         if self._fh is None:
-            path = self.dir / f"{self.last_seq + 1:020d}{_SUFFIX}"
+            path = self.dir / f"{seq:020d}{_SUFFIX}"
             self._fh = open(path, "ab")
             self._active = path
-            self._segments.append((self.last_seq + 1, path))
-            if self.fsync:
+            self._segments.append((seq, path))
+            if self.fsync_policy != "never":
                 fsync_dir(self.dir)
         return self._fh
 
+    def _close_active(self) -> None:
+        if self._fh is not None:
+            if self.fsync_policy != "never":
+                os.fsync(self._fh.fileno())
+            self._fh.close()
+            self._fh = None
+
     # ---------------------------------------------------------------- reading / acking
 
+    def lost_range(self, seq: int) -> tuple[int, int, str] | None:
+        for first, last, reason in self.lost:
+            if first <= seq <= last:
+                return first, last, reason
+        return None
+
     def read(self, seq: int) -> SpoolRecord:
+        """Read a record back, verifying its checksum; a bad one is quarantined (SpoolCorrupt)."""
         with self._lock:
             loc = self._index[seq]
         with open(loc.segment, "rb") as fh:
             fh.seek(loc.offset)
             data = fh.read(loc.length)
+        if _parse_at(data, 0) != (seq, loc.length):
+            with self._lock:
+                self.quarantine_dir.mkdir(exist_ok=True)
+                (self.quarantine_dir / f"{loc.segment.stem}-{loc.offset}.bad").write_bytes(data)
+                self.quarantined += 1
+                del self._index[seq]
+                self.lost.append([seq, seq, "spool record damaged on disk (found when read back)"])
+                self._write_state()
+            log.error("event=spool_record_quarantined segment=%s offset=%d lost_seqs=%d-%d", loc.segment.name, loc.offset, seq, seq)
+            raise SpoolCorrupt(f"spool record {seq} failed its checksum")
         rest = data[_PREFIX.size :]
         seq_, rows, raw_size, body_crc, n = _FIXED.unpack_from(rest)
         eid = rest[_FIXED.size : _FIXED.size + n].decode()
@@ -165,11 +286,12 @@ class Spool:
     def ack(self, seq: int) -> None:
         """The cloud holds everything up to ``seq`` durably: forget it here."""
         with self._lock:
+            seq = min(seq, self.last_seq)
             if seq <= self.acked_seq:
                 return
-            seq = min(seq, self.last_seq)
             self.acked_seq = seq
-            atomic_write(self.dir / _ACKED, str(seq).encode(), fsync=self.fsync)
+            self.lost = [r for r in self.lost if r[1] > seq]
+            self._write_state()
             for s in [s for s in self._index if s <= seq]:
                 del self._index[s]
             self._drop_acked_segments()
@@ -178,10 +300,9 @@ class Spool:
         """The cloud knows more than this spool (e.g. a fresh disk): never reuse a sequence."""
         with self._lock:
             if cloud_acked > self.last_seq:
+                log.warning("event=spool_behind_cloud local_last=%d cloud_acked=%d", self.last_seq, cloud_acked)
                 self.last_seq = cloud_acked
-                if self._fh is not None:
-                    self._fh.close()
-                    self._fh = None
+                self._close_active()
         self.ack(cloud_acked)
 
     def _drop_acked_segments(self) -> None:
@@ -189,9 +310,8 @@ class Spool:
         for i, (first, path) in enumerate(self._segments):
             last_in = self._segments[i + 1][0] - 1 if i + 1 < len(self._segments) else self.last_seq
             if last_in <= self.acked_seq:
-                if path == self._active and self._fh is not None:
-                    self._fh.close()
-                    self._fh = None
+                if path == self._active:
+                    self._close_active()
                 self.bytes -= path.stat().st_size
                 path.unlink()
             else:
@@ -200,6 +320,4 @@ class Spool:
 
     def close(self) -> None:
         with self._lock:
-            if self._fh is not None:
-                self._fh.close()
-                self._fh = None
+            self._close_active()

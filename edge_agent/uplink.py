@@ -19,7 +19,7 @@ from shared.protocol import EdgeConnection, Limits, Policy, Reject
 from shared.protocol.messages import Ack, Welcome
 from shared.config import LinkConfig
 
-from .spool import Spool
+from .spool import Spool, SpoolCorrupt
 
 log = logging.getLogger("fleetrl.uplink")
 
@@ -44,8 +44,11 @@ class Uplink:
         self.connected = False
         self.reconnects = 0
         self.last_error = ""
+        self.url = cfg.urls[0]
+        self.limit_seq: int = spool.last_seq  # send nothing past this (set by the recorder side)
         self._wake = asyncio.Event()
         self._acked = asyncio.Event()
+        self.on_ack: Callable[[], Any] = lambda: None
 
     def wake(self) -> None:
         """New data in the spool (call on the event loop)."""
@@ -53,7 +56,7 @@ class Uplink:
 
     async def wait_drained(self) -> None:
         """Return once the cloud has acked everything spooled so far."""
-        target = self.spool.last_seq
+        target = self.limit_seq
         while self.spool.acked_seq < target:
             self._acked.clear()
             await self._acked.wait()
@@ -77,14 +80,17 @@ class Uplink:
                 delay = self.cfg.reconnect_min_s
             self.connected = False
             self.reconnects += 1
+            urls = self.cfg.urls
+            self.url = urls[(urls.index(self.url) + 1) % len(urls)]  # the next endpoint, if several
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, self.cfg.reconnect_max_s)
 
     async def _session(self) -> None:
         conn = self.make_connection()
         async with connect(
-            self.cfg.url, max_size=self.limits.max_frame_bytes, compression=None,
-            open_timeout=self.cfg.connect_timeout_s, ping_interval=5, ping_timeout=10, close_timeout=2,
+            self.url, max_size=self.limits.max_frame_bytes, compression=None,
+            open_timeout=self.cfg.connect_timeout_s, ping_interval=self.cfg.ping_interval_s,
+            ping_timeout=self.cfg.ping_timeout_s, close_timeout=2,
         ) as ws:
             await ws.send(conn.hello(self.policy_version()))
             first = conn.receive(await asyncio.wait_for(ws.recv(), self.cfg.connect_timeout_s))
@@ -93,7 +99,7 @@ class Uplink:
             assert isinstance(first, Welcome)
             await asyncio.to_thread(self.spool.adopt_cloud_mark, first.acked_seq)
             self.connected = True
-            log.info("event=link_up url=%s acked_seq=%d pending=%d", self.cfg.url, first.acked_seq, self.spool.pending())
+            log.info("event=link_up url=%s acked_seq=%d pending=%d", self.url, first.acked_seq, self.spool.pending())
             tasks = [
                 asyncio.create_task(self._send_chunks(ws, conn)),
                 asyncio.create_task(self._send_status(ws, conn)),
@@ -113,8 +119,16 @@ class Uplink:
         while True:
             self._wake.clear()
             next_seq = max(next_seq, self.spool.acked_seq + 1)
-            while next_seq <= self.spool.last_seq and next_seq - self.spool.acked_seq - 1 < conn.max_inflight:
-                rec = await asyncio.to_thread(self.spool.read, next_seq)
+            while next_seq <= self.limit_seq and next_seq - self.spool.acked_seq - 1 < conn.max_inflight:
+                lost = self.spool.lost_range(next_seq)
+                if lost is not None:
+                    await ws.send(conn.lost(next_seq, lost[1], lost[2]))
+                    next_seq = lost[1] + 1
+                    continue
+                try:
+                    rec = await asyncio.to_thread(self.spool.read, next_seq)
+                except SpoolCorrupt:
+                    continue  # now a lost range: reported on the next pass
                 await ws.send(conn.chunk(rec.seq, rec.episode_id, rec.rows, rec.raw_size, rec.body_crc, rec.body))
                 next_seq += 1
             await self._wake.wait()
@@ -130,6 +144,7 @@ class Uplink:
             if isinstance(msg, Ack):
                 await asyncio.to_thread(self.spool.ack, msg.seq)
                 self._acked.set()
+                self.on_ack()
                 self._wake.set()  # credit freed
             elif isinstance(msg, Policy):
                 await self.on_policy(msg)

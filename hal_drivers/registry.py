@@ -17,7 +17,7 @@ from shared.errors import ConfigError
 from .base import HardwareUnit
 
 ENTRY_POINT_GROUP = "fleetrl.hal_drivers"
-_BUILTIN = {"mujoco_fetch": "hal_drivers.mujoco_fetch"}
+_BUILTIN = {"mujoco_fetch": "hal_drivers.mujoco_fetch", "ros2": "hal_drivers.ros2"}
 _registry: dict[str, type[HardwareUnit]] = {}
 
 T = TypeVar("T", bound=type[HardwareUnit])

@@ -82,6 +82,13 @@ def decode_chunk(body: bytes, spec: EpisodeSpec, *, max_decompressed: int, max_r
     """Inverse of :func:`encode_chunk`, refusing anything off-schema or over the limits."""
     raw = decompress(body, max_decompressed)
     try:
+        return _decode_ipc(raw, spec, max_rows)
+    except UnicodeDecodeError as e:
+        raise SchemaError(f"chunk holds text that is not UTF-8: {e.reason}") from None
+
+
+def _decode_ipc(raw: bytes, spec: EpisodeSpec, max_rows: int) -> pa.RecordBatch:
+    try:
         reader = pa.ipc.open_stream(pa.py_buffer(raw))
         batches = list(reader)
     except (pa.ArrowException, ValueError, OSError) as e:
@@ -89,6 +96,10 @@ def decode_chunk(body: bytes, spec: EpisodeSpec, *, max_decompressed: int, max_r
     if len(batches) != 1:
         raise SchemaError(f"a chunk holds exactly one record batch, got {len(batches)}")
     batch = batches[0]
+    if batch.get_total_buffer_size() > len(raw):
+        # Only IPC buffer compression makes a batch larger than its bytes; it would
+        # slip past the decompression bound, so chunks must not use it.
+        raise SchemaError("chunk uses Arrow IPC buffer compression, which is not allowed", code="too_large")
     expected = spec.arrow_schema()
     if not batch.schema.equals(expected, check_metadata=False):
         raise SchemaError(_schema_diff(batch.schema, expected))
@@ -98,7 +109,7 @@ def decode_chunk(body: bytes, spec: EpisodeSpec, *, max_decompressed: int, max_r
         batch.validate(full=True)
     except (pa.ArrowException, ValueError) as e:
         raise SchemaError(f"chunk fails validation: {e}") from None
-    if batch.column("robot_id").null_count or any(batch.column(c).null_count for c in batch.schema.names):
+    if any(batch.column(c).null_count for c in batch.schema.names):
         raise SchemaError("chunk holds nulls in non-nullable columns")
     return batch.replace_schema_metadata(expected.metadata)
 

@@ -24,17 +24,25 @@ class _Strict(BaseModel):
 
 class LinkConfig(_Strict):
     url: str = Field("ws://127.0.0.1:8765/ws", description="learner websocket endpoint (ws:// or wss://)")
+    fallback_urls: list[str] = Field(default_factory=list, description="other endpoints, tried in turn when one fails")
     reconnect_min_s: float = Field(0.2, gt=0, description="first reconnect delay; doubles up to the max")
     reconnect_max_s: float = Field(10.0, gt=0, description="longest delay between reconnect attempts")
     status_interval_s: float = Field(2.0, gt=0, description="how often the agent reports its status")
     connect_timeout_s: float = Field(10.0, gt=0, description="give up one connection attempt after this long")
+    ping_interval_s: float = Field(5.0, gt=0, description="keepalive ping period")
+    ping_timeout_s: float = Field(10.0, gt=0, description="a peer silent this long after a ping is dead: reconnect")
 
-    @field_validator("url")
+    @field_validator("url", "fallback_urls")
     @classmethod
-    def _ws(cls, v: str) -> str:
-        if not v.startswith(("ws://", "wss://")):
-            raise ValueError("must start with ws:// or wss://")
+    def _ws(cls, v: str | list[str]) -> str | list[str]:
+        for u in [v] if isinstance(v, str) else v:
+            if not u.startswith(("ws://", "wss://")):
+                raise ValueError(f"{u!r} must start with ws:// or wss://")
         return v
+
+    @property
+    def urls(self) -> list[str]:
+        return [self.url, *self.fallback_urls]
 
 
 class RobotConfig(_Strict):
@@ -54,8 +62,20 @@ class ControlConfig(_Strict):
 
 class SpoolConfig(_Strict):
     dir: Path = Field(Path("spool"), description="spool directory (relative paths are from the config file)")
-    fsync: Literal["always", "never"] = Field("always", description="fsync every chunk before it counts as spooled")
+    fsync: Literal["always", "interval", "never"] = Field(
+        "always", description="always: fsync every chunk; interval: at most every fsync_interval_ms; never: leave it to the OS"
+    )
+    fsync_interval_ms: int = Field(100, gt=0, description="with fsync = interval, the longest a chunk stays unsynced")
     segment_bytes: int = Field(64 << 20, gt=0, description="roll to a new spool segment past this size")
+    quota_mb: float = Field(0, ge=0, description="spool size at which no new episode starts until the cloud acks (0: no quota)")
+
+
+class Ros2BridgeConfig(_Strict):
+    namespace: str | None = Field(None, description="topic namespace (default /fleetrl/<robot_id>)")
+    domain_id: int = Field(0, ge=0, le=232, description="ROS_DOMAIN_ID to join")
+    backend: Literal["auto", "dds", "rclpy"] = Field("auto", description="rclpy if importable, else plain DDS")
+    localhost_only: bool = Field(False, description="keep DDS traffic on this computer")
+    status_interval_s: float = Field(1.0, gt=0, description="how often status is published")
 
 
 class AgentConfig(_Strict):
@@ -65,6 +85,7 @@ class AgentConfig(_Strict):
     control: ControlConfig = Field(default_factory=ControlConfig)
     spool: SpoolConfig = Field(default_factory=SpoolConfig)
     state_dir: Path = Field(Path("state"), description="ledger and status files")
+    ros2: Ros2BridgeConfig | None = Field(None, description="publish status/actions on ROS 2 and take commands from it")
 
 
 # ---------------------------------------------------------------- cloud learner
@@ -72,7 +93,8 @@ class AgentConfig(_Strict):
 
 class ServerConfig(_Strict):
     host: str = Field("127.0.0.1", description="address the gateway listens on")
-    port: int = Field(8765, ge=0, le=65535, description="port; 0 picks a free one (written to <data_dir>/endpoint)")
+    port: int = Field(8765, ge=0, le=65535, description="port; 0 picks a free one (written to <data_dir>/endpoint.json)")
+    heartbeat_s: float = Field(10.0, gt=0, description="ping robots this often; one silent for a period is dropped")
 
 
 class LimitsConfig(_Strict):
@@ -86,10 +108,10 @@ class LearnerAlgoConfig(_Strict):
     algorithm: Literal["sac"] = Field("sac", description="training algorithm")
     batch_size: int = Field(256, gt=0)
     hidden: list[int] = Field(default_factory=lambda: [256, 256], description="MLP hidden layer widths")
-    lr: float = Field(3e-4, gt=0)
+    lr: float = Field(1e-3, gt=0)
     gamma: float = Field(0.98, gt=0, le=1)
     tau: float = Field(0.005, gt=0, le=1)
-    init_alpha: float = Field(0.1, gt=0)
+    init_alpha: float = Field(0.02, gt=0)
     learning_starts: int = Field(1000, ge=1, description="transitions in the buffer before training starts")
     utd_ratio: float = Field(1.0, gt=0, description="most gradient updates per transition received")
     publish_every: int = Field(250, gt=0, description="publish new weights every this many updates")
@@ -125,9 +147,13 @@ def load(model: type[M], path: str | Path) -> M:
     """Read a TOML file into ``model``; relative paths inside resolve against the file."""
     p = Path(path)
     try:
-        data = tomllib.loads(p.read_text())
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{p}: no such config file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: not valid TOML: {e}") from None
     cfg = validate(model, data, str(p))

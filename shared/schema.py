@@ -15,6 +15,8 @@ import pyarrow as pa
 from .errors import SchemaError
 
 CODECS = ("raw", "png", "jpeg")
+MAX_FIELD_ELEMENTS = 1 << 26  # 64 Mi values: a 4K RGB camera fits, an absurd spec does not
+MAX_ACTION_DIM = 4096
 SCHEMA_VERSION = 1
 OBS_PREFIX = "obs."
 NEXT_PREFIX = "next_obs."
@@ -37,8 +39,10 @@ class FieldSpec:
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "uint8"):
             raise SchemaError(f"unsupported dtype {self.dtype!r}")
-        if not self.shape or any(int(s) <= 0 for s in self.shape):
+        if not 0 < len(self.shape) <= 4 or any(int(s) <= 0 for s in self.shape):
             raise SchemaError(f"bad shape {self.shape!r}")
+        if math.prod(self.shape) > MAX_FIELD_ELEMENTS:
+            raise SchemaError(f"field of shape {self.shape!r} is larger than {MAX_FIELD_ELEMENTS} values")
         if self.dtype == "uint8":
             if len(self.shape) != 3:
                 raise SchemaError(f"image fields are HxWxC, got shape {self.shape!r}")
@@ -72,8 +76,8 @@ class FieldSpec:
             )
         except SchemaError:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise SchemaError(f"bad field spec {d!r}: {e}") from None
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
+            raise SchemaError(f"bad field spec: {e}") from None
 
     def arrow_type(self) -> pa.DataType:
         if not self.is_image:
@@ -95,8 +99,8 @@ class EpisodeSpec:
     def __post_init__(self) -> None:
         if not self.observation:
             raise SchemaError("an episode spec needs at least one observation field")
-        if self.action_dim <= 0:
-            raise SchemaError(f"action_dim must be positive, got {self.action_dim}")
+        if not 0 < self.action_dim <= MAX_ACTION_DIM:
+            raise SchemaError(f"action_dim must be in 1..{MAX_ACTION_DIM}, got {self.action_dim}")
         for name in self.observation:
             if not name or not all(c.isalnum() or c in "_-" for c in name):
                 raise SchemaError(f"bad observation field name {name!r}")
@@ -138,7 +142,7 @@ class EpisodeSpec:
             )
         except SchemaError:
             raise
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise SchemaError(f"bad episode spec: {e}") from None
 
     def arrow_schema(self) -> pa.Schema:

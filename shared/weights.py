@@ -57,7 +57,7 @@ def decode_weights(data: bytes, expected_sha256: str, max_size: int) -> Weights:
     try:
         version = int(meta["version"])
         arch = json.loads(meta["arch"])
-    except (KeyError, ValueError, TypeError) as e:
+    except (KeyError, ValueError, TypeError, OverflowError, RecursionError) as e:
         raise WeightsError(f"bad weights metadata: {e}") from None
     if not isinstance(arch, dict):
         raise WeightsError("weights arch must be a map")
@@ -77,7 +77,7 @@ def _metadata(data: bytes) -> dict[str, str]:
         raise WeightsError("safetensors header length exceeds the data")
     try:
         header = json.loads(data[8 : 8 + n])
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise WeightsError(f"safetensors header is not JSON: {e}") from None
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(meta, dict):

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from shared.errors import SchemaError
+from shared.protocol import Lost
 from shared.schema import EpisodeSpec
 
 from .memory import MemoryStore
@@ -93,19 +94,25 @@ class ReplayBuffer:
             self.episodes.append({"robot_id": rid, "success": bool(succ), "policy_version": ver})
             self.episodes_total += 1
 
-    def write(self, items: list[tuple[str, int, pa.RecordBatch]]) -> None:
-        """Make chunks durable as one sealed segment, then index them. Blocking (disk)."""
-        tables, robots = [], {}
-        for rid, seq, batch in items:
-            t = pa.Table.from_batches([batch]).append_column("stream_seq", pa.array([seq] * batch.num_rows, pa.uint64()))
+    def write(self, items: list[tuple[str, int, pa.RecordBatch | Lost]]) -> None:
+        """Make chunks (and reported losses) durable as one sealed segment, then index them. Blocking."""
+        tables, robots, lost = [], {}, []
+        for rid, seq, item in items:
+            if isinstance(item, Lost):
+                first, last, rows = robots.get(rid, [item.first, item.last, 0])
+                robots[rid] = [min(first, item.first), max(last, item.last), rows]
+                lost.append({"robot_id": rid, "first": item.first, "last": item.last, "reason": item.reason})
+                continue
+            t = pa.Table.from_batches([item]).append_column("stream_seq", pa.array([seq] * item.num_rows, pa.uint64()))
             tables.append(t)
             first, last, rows = robots.get(rid, [seq, seq, 0])
-            robots[rid] = [min(first, seq), max(last, seq), rows + batch.num_rows]
-        table = pa.concat_tables(tables)
-        self.store.write_segment(table, robots)
+            robots[rid] = [min(first, seq), max(last, seq), rows + item.num_rows]
+        table = pa.concat_tables(tables) if tables else None
+        self.store.write_segment(table, robots, lost)
         for rid, (_, _, rows) in robots.items():
             self.rows_by_robot[rid] = self.rows_by_robot.get(rid, 0) + rows
-        self._index(table)
+        if table is not None:
+            self._index(table)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         assert self.memory is not None

@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from shared.faults import crash_point
 from shared.fsutil import atomic_write, fsync_dir
 
 log = logging.getLogger("fleetrl.storage")
@@ -43,6 +44,7 @@ class Manifest:
     spec: dict[str, Any] | None = None
     segments: list[SegmentInfo] = field(default_factory=list)
     hwm: dict[str, int] = field(default_factory=dict)  # robot id -> highest durable stream seq
+    lost: list[dict[str, Any]] = field(default_factory=list)  # ranges robots reported damaged
     next_segment: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -50,7 +52,7 @@ class Manifest:
         return json.dumps(
             {
                 "version": MANIFEST_VERSION, "run_id": self.run_id, "spec": self.spec,
-                "segments": [s.to_dict() for s in self.segments], "hwm": self.hwm,
+                "segments": [s.to_dict() for s in self.segments], "hwm": self.hwm, "lost": self.lost,
                 "next_segment": self.next_segment, "extra": self.extra,
             },
             indent=1,
@@ -64,7 +66,8 @@ class Manifest:
         return cls(
             run_id=d["run_id"], spec=d.get("spec"),
             segments=[SegmentInfo(s["name"], s["rows"], s["robots"]) for s in d["segments"]],
-            hwm={k: int(v) for k, v in d["hwm"].items()}, next_segment=int(d["next_segment"]),
+            hwm={k: int(v) for k, v in d["hwm"].items()}, lost=list(d.get("lost", [])),
+            next_segment=int(d["next_segment"]),
             extra=d.get("extra", {}),
         )
 
@@ -114,21 +117,30 @@ class SegmentStore:
         self.manifest.extra[key] = value
         self._commit()
 
-    def write_segment(self, table: pa.Table, robots: dict[str, list[int]]) -> SegmentInfo:
-        """Seal ``table`` as a new segment and advance the robots' marks, atomically."""
+    def write_segment(
+        self, table: pa.Table | None, robots: dict[str, list[int]], lost: list[dict[str, Any]] | None = None
+    ) -> SegmentInfo | None:
+        """Seal ``table`` as a new segment and advance the robots' marks, atomically.
+
+        ``table`` may be None when only lost ranges move a mark.
+        """
         m = self.manifest
-        name = f"seg-{m.next_segment:08d}.parquet"
-        tmp = self.seg_dir / (name + ".tmp")
-        pq.write_table(table, tmp, compression=self.compression)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.seg_dir / name)
-        fsync_dir(self.seg_dir)
-        info = SegmentInfo(name, table.num_rows, robots)
-        m.segments.append(info)
-        m.next_segment += 1
+        info = None
+        if table is not None and table.num_rows:
+            name = f"seg-{m.next_segment:08d}.parquet"
+            tmp = self.seg_dir / (name + ".tmp")
+            pq.write_table(table, tmp, compression=self.compression)
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.seg_dir / name)
+            fsync_dir(self.seg_dir)
+            crash_point("seal_before_manifest")
+            info = SegmentInfo(name, table.num_rows, {r: v for r, v in robots.items() if v[2]})
+            m.segments.append(info)
+            m.next_segment += 1
         for rid, (_, last, _) in robots.items():
             m.hwm[rid] = max(m.hwm.get(rid, 0), last)
+        m.lost.extend(lost or [])
         try:
             self._commit()
         except BaseException:

@@ -26,11 +26,11 @@ class SACConfig:
     """Hyper-parameters; defaults tuned for FetchReachDense (50-step episodes)."""
 
     hidden: tuple[int, ...] = (256, 256)
-    lr: float = 3e-4
+    lr: float = 1e-3
     gamma: float = 0.98
     tau: float = 0.005
-    batch_size: int = 256
-    init_alpha: float = 0.1
+    batch_size: int = 256  # for the caller's sampler; update() takes whatever batch it is given
+    init_alpha: float = 0.02
     target_entropy: float | None = None  # None -> -act_dim
 
 
@@ -105,12 +105,17 @@ class SAC:
         return float(self.log_alpha.detach().exp())
 
     def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
-        """One gradient step on critics, actor and alpha, then a soft target update."""
-        obs = batch["obs"]
-        action = batch["action"]
-        reward = batch["reward"].reshape(-1)
-        next_obs = batch["next_obs"]
-        not_done = 1.0 - batch["terminated"].reshape(-1).to(obs.dtype)
+        """One gradient step on critics, actor and alpha, then a soft target update.
+
+        ``terminated`` marks true terminal states only: time-limit truncation must be
+        0 here so the critic keeps bootstrapping through it.
+        """
+        dev = self.device
+        obs = batch["obs"].to(dev, torch.float32)
+        action = batch["action"].to(dev, torch.float32)
+        reward = batch["reward"].to(dev, torch.float32).reshape(-1)
+        next_obs = batch["next_obs"].to(dev, torch.float32)
+        not_done = 1.0 - batch["terminated"].to(dev, torch.float32).reshape(-1)
         gamma = self.cfg.gamma
         alpha = self.log_alpha.detach().exp()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -19,6 +20,7 @@ from shared.config import LearnerAlgoConfig
 from shared.weights import WeightsBlob, encode_weights
 
 from ..buffer import ReplayBuffer
+from . import checkpoint
 from .sac import SAC, SACConfig
 
 log = logging.getLogger("fleetrl.trainer")
@@ -26,17 +28,33 @@ log = logging.getLogger("fleetrl.trainer")
 
 class Trainer(threading.Thread):
     def __init__(
-        self, buffer: ReplayBuffer, cfg: LearnerAlgoConfig, publish: Callable[[WeightsBlob], None], start_version: int = 0
+        self, buffer: ReplayBuffer, cfg: LearnerAlgoConfig, publish: Callable[[WeightsBlob], None],
+        start_version: int = 0, checkpoint_path: Path | None = None, resume: bool = False,
     ):
         super().__init__(name="trainer", daemon=True)
         self.buffer, self.cfg, self.publish = buffer, cfg, publish
         self.version = start_version
+        self.checkpoint_path, self.resume = checkpoint_path, resume
+        self.resumed_from: int | None = None
+        self._sac: SAC | None = None
         self.updates = 0
         self.last_losses: dict[str, float] = {}
         self.updates_per_s = 0.0
         self.error: BaseException | None = None
         self._cond = threading.Condition()
         self._stopping = False
+
+    def save_checkpoint(self) -> None:
+        """Everything a --resume needs, atomically (on the trainer thread)."""
+        if self.checkpoint_path is None or self._sac is None:
+            return
+        t0 = time.monotonic()
+        checkpoint.save(self.checkpoint_path, {
+            "sac": self._sac.state_dict(), "rng": self._rng.bit_generator.state, "updates": self.updates,
+            "policy_version": self.version, "buffer_rows": self.buffer.rows,
+            "buffer_segments": len(self.buffer.store.manifest.segments),
+        })
+        log.info("event=checkpoint_saved updates=%d seconds=%.3f", self.updates, time.monotonic() - t0)
 
     def notify_data(self, rows: int = 0) -> None:
         with self._cond:
@@ -75,12 +93,23 @@ class Trainer(threading.Thread):
             seed=self.cfg.seed,
         )
         rng = np.random.default_rng(self.cfg.seed)
+        if self.resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
+            state = checkpoint.load(self.checkpoint_path)
+            sac.load_state_dict(state["sac"])
+            rng.bit_generator.state = state["rng"]
+            self.updates = int(state["updates"])
+            self.version = max(self.version, int(state["policy_version"]))
+            self.resumed_from = self.updates
+            log.info("event=learner_resumed updates=%d policy_version=%d buffer_rows_then=%d rows_now=%d",
+                     self.updates, self.version, state["buffer_rows"], self.buffer.rows)
+        self._sac, self._rng = sac, rng
         log.info("event=training_started obs_dim=%d act_dim=%d rows=%d", mem.obs_dim, mem.act_dim, mem.size)
         t_last, n_last = time.monotonic(), 0
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._stopping or self._allowed())
                 if self._stopping:
+                    self.save_checkpoint()
                     return
             batch = {k: torch.from_numpy(v) for k, v in self.buffer.sample(self.cfg.batch_size, rng).items()}
             self.last_losses = sac.update(batch)
@@ -89,6 +118,8 @@ class Trainer(threading.Thread):
                 self.version += 1
                 arch = {"actor": sac.actor.arch(), "obs_fields": list(self.buffer.obs_fields)}
                 self.publish(encode_weights(sac.actor_state(), self.version, arch))
+            if self.updates % self.cfg.checkpoint_every == 0:
+                self.save_checkpoint()
             now = time.monotonic()
             if now - t_last >= 2.0:
                 self.updates_per_s = (self.updates - n_last) / (now - t_last)

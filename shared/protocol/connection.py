@@ -13,7 +13,7 @@ from typing import Any
 from ..errors import ProtocolError
 from .frames import MsgType, decode_frame, encode_frame
 from .limits import Limits
-from .messages import PARSERS, PROTOCOL_VERSIONS, Ack, Chunk, Hello, Message, Policy, Reject, Status, Welcome
+from .messages import PARSERS, PROTOCOL_VERSIONS, Ack, Chunk, Hello, Lost, Message, Policy, Reject, Status, Welcome
 
 
 class State(enum.Enum):
@@ -49,6 +49,10 @@ class _Base:
         self.state = State.CLOSED
         return _encode(Reject(code, message))
 
+    def _require_open(self) -> None:
+        if self.state is not State.OPEN:
+            raise ProtocolError(f"link is {self.state.value}, not open", "bad_state")
+
 
 class EdgeConnection(_Base):
     """The robot's end: says hello, then streams chunks and takes acks and policies."""
@@ -67,6 +71,8 @@ class EdgeConnection(_Base):
         return _encode(Hello(self.robot_id, PROTOCOL_VERSIONS, self.spec, self.units, policy_version, agent_version))
 
     def receive(self, data: bytes) -> Message:
+        if self.state is State.START:
+            raise ProtocolError("nothing is expected before our hello", "bad_state")
         msg = self._parse(data)
         if self.state is State.HANDSHAKE:
             if isinstance(msg, Welcome):
@@ -88,15 +94,16 @@ class EdgeConnection(_Base):
         self._require_open()
         return _encode(Status(values))
 
-    def _require_open(self) -> None:
-        if self.state is not State.OPEN:
-            raise ProtocolError(f"link is {self.state.value}, not open", "bad_state")
+    def lost(self, first: int, last: int, reason: str) -> bytes:
+        self._require_open()
+        return _encode(Lost(first, last, reason))
+
 
 
 class CloudConnection(_Base):
     """The learner's end: takes a hello, then chunks and status; sends acks and policies."""
 
-    accepts = frozenset({MsgType.CHUNK, MsgType.STATUS, MsgType.REJECT})
+    accepts = frozenset({MsgType.CHUNK, MsgType.LOST, MsgType.STATUS, MsgType.REJECT})
 
     def __init__(self, limits: Limits | None = None):
         super().__init__(limits)
@@ -130,7 +137,9 @@ class CloudConnection(_Base):
         return _encode(Welcome(self.version, run_id, acked_seq, policy_version, self.limits.max_inflight_chunks))
 
     def ack(self, seq: int) -> bytes:
+        self._require_open()
         return _encode(Ack(seq))
 
     def policy(self, version: int, sha256: str, data: bytes) -> bytes:
+        self._require_open()
         return _encode(Policy(version, sha256, data))

@@ -31,6 +31,7 @@ class MsgType(enum.IntEnum):
     POLICY = 5
     STATUS = 6
     REJECT = 7
+    LOST = 8
 
 
 @dataclass(frozen=True)

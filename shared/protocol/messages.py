@@ -6,6 +6,7 @@ Every field is type-checked on the way in; a wrong one is a
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -13,6 +14,7 @@ from ..errors import ProtocolError
 from .frames import Frame, MsgType
 
 PROTOCOL_VERSIONS = (1,)  # link protocol versions this build speaks
+ROBOT_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")  # ASCII only: no look-alike ids
 
 T = TypeVar("T")
 
@@ -55,7 +57,7 @@ class Hello:
     def parse(cls, f: Frame) -> "Hello":
         m = f.meta
         robot_id = _field(m, "robot_id", str, "hello")
-        if not 0 < len(robot_id) <= 128 or not all(c.isalnum() or c in "-_." for c in robot_id):
+        if not ROBOT_ID.fullmatch(robot_id):
             raise ProtocolError(f"hello.robot_id {robot_id[:40]!r} is not a valid robot id", "bad_meta")
         versions = _field(m, "versions", list, "hello")
         if not versions or len(versions) > 16 or not all(isinstance(v, int) and not isinstance(v, bool) for v in versions):
@@ -208,5 +210,27 @@ class Reject:
         )
 
 
-Message = Hello | Welcome | Chunk | Ack | Policy | Status | Reject
-PARSERS: dict[MsgType, Any] = {c.TYPE: c for c in (Hello, Welcome, Chunk, Ack, Policy, Status, Reject)}
+@dataclass(frozen=True)
+class Lost:
+    """Robot to cloud: chunks ``first..last`` were damaged on the robot's disk
+    and cannot be sent. The cloud records the loss and moves its mark past it,
+    so a bad sector is reported, never silent, and never blocks the stream."""
+
+    TYPE: ClassVar[MsgType] = MsgType.LOST
+    first: int
+    last: int
+    reason: str
+
+    def meta(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def parse(cls, f: Frame) -> "Lost":
+        first, last = _uint(f.meta, "first", "lost"), _uint(f.meta, "last", "lost")
+        if not 0 < first <= last:
+            raise ProtocolError(f"lost range {first}..{last} is empty or starts at 0", "bad_meta")
+        return cls(first=first, last=last, reason=_field(f.meta, "reason", str, "lost")[:256])
+
+
+Message = Hello | Welcome | Chunk | Ack | Policy | Status | Reject | Lost
+PARSERS: dict[MsgType, Any] = {c.TYPE: c for c in (Hello, Welcome, Chunk, Ack, Policy, Status, Reject, Lost)}

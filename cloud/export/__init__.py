@@ -1,0 +1,1 @@
+"""Exports of the replay buffer to formats other tools open (MCAP for ROS 2 / Foxglove)."""

@@ -1,0 +1,72 @@
+"""Learner checkpoints without pickle: tensors in safetensors, the rest as JSON.
+
+Any nest of dicts (any scalar keys), lists, tensors and JSON scalars packs
+into one safetensors file whose metadata holds the structure; the file is
+written under a temporary name, fsynced and renamed, so a kill -9 mid-write
+leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from shared.faults import crash_point
+from shared.fsutil import fsync_dir
+
+FORMAT = "fleetrl.checkpoint.v1"
+
+
+def pack(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, torch.Tensor):
+        key = f"t{len(tensors)}"
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {"__t": key}
+    if isinstance(obj, dict):
+        return {"__d": [[pack(k, tensors), pack(v, tensors)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return {"__l": [pack(v, tensors) for v in obj], "tuple": isinstance(obj, tuple)}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot checkpoint a {type(obj).__name__}")
+
+
+def unpack(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(node, dict):
+        if "__t" in node:
+            return tensors[node["__t"]]
+        if "__d" in node:
+            return {unpack(k, tensors): unpack(v, tensors) for k, v in node["__d"]}
+        if "__l" in node:
+            items = [unpack(v, tensors) for v in node["__l"]]
+            return tuple(items) if node.get("tuple") else items
+    return node
+
+
+def save(path: Path, state: dict[str, Any]) -> None:
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = pack(state, tensors)
+    data = st_save(tensors, metadata={"format": FORMAT, "state": json.dumps(skeleton)})
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        crash_point("checkpoint_mid_write")
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def load(path: Path) -> dict[str, Any]:
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    meta = json.loads(data[8 : 8 + n]).get("__metadata__", {})
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a fleetrl checkpoint")
+    return unpack(json.loads(meta["state"]), st_load(data))

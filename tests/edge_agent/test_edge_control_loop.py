@@ -1,0 +1,247 @@
+"""The control loop thread against the real MuJoCo Fetch robot."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from edge_agent.control_loop import ControlLoop
+from edge_agent.policy_holder import PolicyHolder
+from edge_agent.recorder import PendingChunk, Recorder
+from hal_drivers import registry
+from shared.config import ControlConfig
+from shared.policy import Actor
+from shared.weights import decode_weights, encode_weights
+
+
+@pytest.fixture
+def make_robot():
+    robots = []
+
+    def _make(**opts):
+        r = registry.create("mujoco_fetch", {"seed": 0, **opts})
+        robots.append(r)
+        return r
+
+    yield _make
+    for r in robots:
+        r.close()
+
+
+class _Sink:
+    def __init__(self):
+        self.chunks: list[PendingChunk] = []
+        self.threads: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, pc: PendingChunk) -> None:
+        with self._lock:
+            self.chunks.append(pc)
+            self.threads.add(threading.current_thread().name)
+
+
+def _holder(robot) -> PolicyHolder:
+    spec = robot.describe().episode_spec()
+    return PolicyHolder({k: v.size for k, v in spec.observation.items() if not v.is_image}, spec.action_dim)
+
+
+def _loop(robot, sink, chunk_steps=7, **cfg) -> ControlLoop:
+    return ControlLoop(robot, _holder(robot), Recorder(chunk_steps, sink), ControlConfig(**cfg))
+
+
+def _episodes(chunks: list[PendingChunk]) -> dict[str, list[PendingChunk]]:
+    eps: dict[str, list[PendingChunk]] = {}
+    for c in chunks:
+        eps.setdefault(c.episode_id, []).append(c)
+    return eps
+
+
+def test_chunks_cover_every_step_once_with_right_boundaries(make_robot):
+    robot = make_robot(max_episode_steps=20)
+    sink = _Sink()
+    loop = _loop(robot, sink, chunk_steps=7, rate_hz=0, max_episodes=2, seed=3)
+    loop.start()
+    loop.join(30)
+    assert not loop.is_alive()
+    assert loop.error is None
+    assert (loop.episodes, loop.steps) == (2, 40)
+    assert sink.threads == {"control-loop"}
+
+    eps = _episodes(sink.chunks)
+    assert len(eps) == 2
+    # chunks of one episode arrive contiguously, in order
+    runs = [c.episode_id for i, c in enumerate(sink.chunks) if i == 0 or c.episode_id != sink.chunks[i - 1].episode_id]
+    assert len(runs) == len(set(runs)) == 2
+    low = np.asarray(robot.describe().action_low)
+    high = np.asarray(robot.describe().action_high)
+    for chunks in eps.values():
+        assert [len(c.steps) for c in chunks] == [7, 7, 6]  # split at chunk_steps, cut at episode end
+        assert [c.episode_done for c in chunks] == [False, False, True]
+        steps = [s for c in chunks for s in c.steps]
+        assert [s.step for s in steps] == list(range(20))  # every step exactly once
+        assert all(not (s.terminated or s.truncated) for s in steps[:-1])
+        assert steps[-1].truncated or steps[-1].terminated
+        for a, b in zip(steps, steps[1:]):
+            for k in a.next_obs:
+                np.testing.assert_array_equal(a.next_obs[k], b.obs[k])  # transitions chain
+        acts = np.stack([s.action for s in steps])
+        assert acts.shape == (20, 4)
+        assert np.all(acts >= low) and np.all(acts <= high)
+        assert acts.std() > 0.1  # random, not a constant
+        assert all(s.policy_version == 0 for s in steps)
+        assert all(np.isfinite(s.reward) for s in steps)
+        assert chunks[-1].success == steps[-1].success
+    assert sum(len(c.steps) for c in sink.chunks) == loop.steps
+
+
+def test_chunk_steps_larger_than_episode_gives_one_chunk_per_episode(make_robot):
+    robot = make_robot(max_episode_steps=12)
+    sink = _Sink()
+    loop = _loop(robot, sink, chunk_steps=50, rate_hz=0, max_episodes=3, seed=1)
+    loop.start()
+    loop.join(30)
+    assert loop.error is None
+    assert [len(c.steps) for c in sink.chunks] == [12, 12, 12]
+    assert all(c.episode_done for c in sink.chunks)
+    assert len({c.episode_id for c in sink.chunks}) == 3
+
+
+def test_same_seed_gives_same_random_actions(make_robot):
+    runs = []
+    for _ in range(2):
+        robot = make_robot(max_episode_steps=10)
+        sink = _Sink()
+        loop = _loop(robot, sink, chunk_steps=4, rate_hz=0, max_episodes=1, seed=7)
+        loop.start()
+        loop.join(30)
+        runs.append(np.stack([s.action for c in sink.chunks for s in c.steps]))
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def test_policy_actions_are_scaled_and_tagged_with_version(make_robot):
+    robot = make_robot(max_episode_steps=10)
+    sink = _Sink()
+    loop = _loop(robot, sink, chunk_steps=5, rate_hz=0, max_episodes=2, random_steps=5, seed=0)
+    actor = Actor(16, 4, hidden=(16, 16))
+    blob = encode_weights(actor.state_dict(), 3, {"actor": actor.arch(), "obs_fields": ["observation", "achieved_goal", "desired_goal"]})
+    loop.policy.swap(loop.policy.prepare(decode_weights(blob.data, blob.sha256, 1 << 30)))
+    loop.start()
+    loop.join(30)
+    assert loop.error is None
+    steps = [s for c in sink.chunks for s in c.steps]
+    assert len(steps) == 20
+    # random_steps are tagged with the version held at the time (here 3), like the policy's own steps
+    assert all(s.policy_version == 3 for s in steps)
+    acts = np.stack([s.action for s in steps])
+    assert np.all(np.abs(acts) <= 1)
+
+
+def test_fixed_rate_and_jitter(make_robot):
+    robot = make_robot(max_episode_steps=1000)
+    sink = _Sink()
+    loop = _loop(robot, sink, chunk_steps=25, rate_hz=100, max_episodes=0)
+    loop.start()
+    assert loop.running.wait(10)
+    s0, t0 = loop.steps, time.monotonic()
+    time.sleep(0.6)
+    s1, t1 = loop.steps, time.monotonic()
+    loop.stop()
+    loop.join(5)
+    assert not loop.is_alive()
+    assert loop.error is None
+    rate = (s1 - s0) / (t1 - t0)
+    assert 60 <= rate <= 130, rate
+    j = loop.jitter()
+    assert set(j) == {"p50_ms", "p99_ms", "max_ms"}
+    assert all(math.isfinite(v) for v in j.values())
+    assert j["p50_ms"] <= j["p99_ms"] <= j["max_ms"]
+    assert j["p50_ms"] < 20, j  # late by under two periods at the median
+    # the stop cut the running episode: every step went out, the last chunk is not an episode end
+    assert sum(len(c.steps) for c in sink.chunks) == loop.steps
+    assert sink.chunks[-1].episode_done is False
+
+
+def test_jitter_without_a_rate_is_zero(make_robot):
+    robot = make_robot(max_episode_steps=5)
+    loop = _loop(robot, _Sink(), rate_hz=0, max_episodes=1)
+    loop.start()
+    loop.join(30)
+    assert loop.jitter() == {"p50_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0}
+
+
+@pytest.mark.parametrize("rate_hz", [0, 20])
+def test_stop_is_prompt_and_cuts_the_partial_episode(make_robot, rate_hz):
+    robot = make_robot(max_episode_steps=100_000)
+    sink = _Sink()
+    loop = _loop(robot, sink, chunk_steps=1000, rate_hz=rate_hz, max_episodes=0)
+    loop.start()
+    assert loop.running.wait(10)
+    time.sleep(0.3)
+    t = time.monotonic()
+    loop.stop()
+    loop.join(5)
+    took = time.monotonic() - t
+    assert not loop.is_alive()
+    assert took < 0.5, took
+    assert loop.error is None
+    assert loop.episodes == 0
+    assert len(sink.chunks) >= 1
+    last = sink.chunks[-1]
+    assert last.episode_done is False and last.success is False
+    steps = [s for c in sink.chunks for s in c.steps]
+    assert len(steps) == loop.steps > 0
+    assert [s.step for s in steps] == list(range(len(steps)))
+    assert len({c.episode_id for c in sink.chunks}) == 1
+
+
+def test_a_crashing_robot_is_surfaced_and_recorded_steps_still_go_out(make_robot):
+    robot = make_robot(max_episode_steps=1000)
+    real_step = robot.step
+    calls = {"n": 0}
+
+    def step(action):
+        calls["n"] += 1
+        if calls["n"] == 13:
+            raise RuntimeError("driver fault")
+        return real_step(action)
+
+    robot.step = step  # the driver failing is the fault under test, not our code
+    sink = _Sink()
+    loop = _loop(robot, sink, chunk_steps=5, rate_hz=0, max_episodes=0)
+    loop.start()
+    loop.join(10)
+    assert not loop.is_alive()
+    assert isinstance(loop.error, RuntimeError)
+    assert sum(len(c.steps) for c in sink.chunks) == 12
+    assert sink.chunks[-1].episode_done is False
+
+
+def test_no_new_episode_while_may_start_is_clear_and_stop_still_ends_it(make_robot):
+    robot = make_robot(max_episode_steps=5)
+    sink = _Sink()
+    gate = threading.Event()  # clear: e.g. the spool is full
+    loop = ControlLoop(robot, _holder(robot), Recorder(10, sink), ControlConfig(rate_hz=0, max_episodes=0), may_start=gate)
+    loop.start()
+    time.sleep(0.2)
+    assert loop.steps == 0 and loop.waiting_to_start
+    gate.set()
+    deadline = time.monotonic() + 10
+    while loop.episodes < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    gate.clear()  # the running episode finishes, no new one starts
+    time.sleep(0.2)
+    n = loop.steps
+    assert n % 5 == 0 and loop.waiting_to_start
+    time.sleep(0.1)
+    assert loop.steps == n
+    t = time.monotonic()
+    loop.stop()
+    loop.join(5)
+    assert not loop.is_alive() and time.monotonic() - t < 0.5
+    assert loop.error is None
+    assert sum(len(c.steps) for c in sink.chunks) == n
+    assert all(c.episode_done for c in sink.chunks)

@@ -1,0 +1,49 @@
+"""The link breaks at any byte, or goes silent: nothing lost, nothing twice."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tests.faults.harness import Agent, Learner, Proxy, assert_exactly_once, wait_for
+
+
+def test_link_cut_at_random_bytes_hundreds_of_times(tmp_path: Path) -> None:
+    learner = Learner(tmp_path).start()
+    proxy = Proxy(learner.port, cut_after=(1_000, 30_000), seed=7)
+    agents = [Agent(tmp_path, f"cut-{i}", [proxy.url], episodes=60, chunk_steps=5) for i in range(2)]
+    try:
+        for a in agents:
+            a.start()
+        for a in agents:
+            assert a.wait(240) == 0, a.log.read_text()[-2000:]
+        print(f"proxy: {proxy.connections} connections, {proxy.cuts} cut at random byte offsets")
+        assert proxy.cuts >= 100
+        assert_exactly_once(learner.data_dir, agents)
+    finally:
+        proxy.close()
+        learner.stop()
+
+
+def test_half_open_link_is_detected_and_healed(tmp_path: Path) -> None:
+    """The proxy stops forwarding without closing: keepalive pings notice, the agent redials."""
+    learner = Learner(tmp_path).start()
+    proxy = Proxy(learner.port)
+    agent = Agent(tmp_path, "stall", [proxy.url], episodes=12, rate_hz=100, chunk_steps=10)
+    try:
+        agent.start()
+        wait_for(lambda: learner.status()["rows_by_robot"].get("stall", 0) >= 200, 30, "the agent to stream")
+        conns = proxy.connections
+        proxy.stall(True)
+        stalled_at = time.monotonic()
+        time.sleep(4.0)  # > ping interval + timeout (1 s + 2 s): the agent must have given up on the link
+        proxy.stall(False)
+        assert agent.wait(120) == 0, agent.log.read_text()[-2000:]
+        log = agent.log.read_text()
+        assert "event=link_down" in log, "the dead link was not detected"
+        assert proxy.connections > conns, "the agent did not redial"
+        print(f"stalled {time.monotonic() - stalled_at:.1f} s ago; connections {conns} -> {proxy.connections}")
+        assert_exactly_once(learner.data_dir, [agent])
+    finally:
+        proxy.close()
+        learner.stop()
