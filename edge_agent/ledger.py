@@ -45,9 +45,12 @@ class Ledger:
         d["episodes"] += int(episode_done)
         d["successes"] += int(episode_done and success)
         d["last_seq"] = seq
-        self._log.write(f"{seq} {rows}\n")
-        self._log.flush()
-        self.save()
+        try:  # the ledger is a record of the spool, never a reason to fail a spooled chunk
+            self._log.write(f"{seq} {rows}\n")
+            self._log.flush()
+            self.save()
+        except OSError as e:
+            log.warning("event=ledger_write_failed seq=%d error=%r (reconciled from the spool at next start)", seq, e)
 
     def reconcile(self, spool: Spool) -> None:
         """Count chunks that reached the spool but not the ledger (killed in between)."""

@@ -25,7 +25,9 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.fsutil import atomic_write, fsync_dir
+from shared.fsutil import fsync_dir
+
+from .state_slots import StateSlots
 
 log = logging.getLogger("fleetrl.spool")
 
@@ -98,24 +100,24 @@ class Spool:
         self._fh = None
         self._last_sync = 0.0
         self.bytes = 0
-        state = self._read_state()
+        self._state = StateSlots(self.dir / "state", fsync=fsync != "never")
+        state = self._state.read()
         self.acked_seq: int = state.get("acked", 0)
         self.lost: list[list] = state.get("lost", [])  # [first, last, reason] ranges the cloud must hear of
-        self.last_seq = max([self.acked_seq] + [r[1] for r in self.lost])
+        self.last_seq = max([self.acked_seq, state.get("last", 0)] + [r[1] for r in self.lost])
         self.quarantined = 0
         self._recover()
 
     # ---------------------------------------------------------------- state file
 
-    def _read_state(self) -> dict:
-        try:
-            return json.loads((self.dir / "state.json").read_text())
-        except FileNotFoundError:
-            return {}
-
     def _write_state(self) -> None:
-        data = json.dumps({"acked": self.acked_seq, "lost": self.lost}).encode()
-        atomic_write(self.dir / "state.json", data, fsync=self.fsync_policy != "never")
+        # Keep the newest lost ranges if there are absurdly many: the slot is 4 KiB.
+        while True:
+            try:
+                self._state.write({"acked": self.acked_seq, "last": self.last_seq, "lost": self.lost})
+                return
+            except ValueError:
+                self.lost = self.lost[len(self.lost) // 2 :]
 
     # ---------------------------------------------------------------- recovery
 
@@ -214,11 +216,13 @@ class Spool:
             fh = self._writer(len(record), seq)
             offset = fh.tell()
             try:
-                fh.write(record)
-                fh.flush()
+                view = memoryview(record)
+                while view:  # unbuffered: a short write is retried, a failed one raises
+                    view = view[fh.write(view) :]
                 self._sync(fh)
             except OSError:
-                fh.truncate(offset)  # leave no partial record behind, if the disk lets us
+                os.ftruncate(fh.fileno(), offset)  # shrinking needs no space: no partial record stays
+                fh.seek(offset)
                 raise
             self._index[seq] = _Loc(self._active, offset, len(record))  # type: ignore[arg-type]
             self.last_seq = seq
@@ -236,7 +240,7 @@ class Spool:
             self._close_active()
         if self._fh is None:
             path = self.dir / f"{seq:020d}{_SUFFIX}"
-            self._fh = open(path, "ab")
+            self._fh = open(path, "ab", buffering=0)
             self._active = path
             self._segments.append((seq, path))
             if self.fsync_policy != "never":

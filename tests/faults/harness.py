@@ -20,6 +20,14 @@ from typing import Any
 import pyarrow.parquet as pq
 import tomli_w
 
+LIVE: list[subprocess.Popen] = []  # every process a test started; the conftest kills leftovers
+
+
+def _track(p: subprocess.Popen) -> subprocess.Popen:
+    LIVE.append(p)
+    return p
+
+
 FAST_LINK = {"reconnect_min_s": 0.05, "reconnect_max_s": 0.3, "ping_interval_s": 1.0, "ping_timeout_s": 2.0,
              "connect_timeout_s": 3.0}
 
@@ -58,8 +66,8 @@ class Learner:
 
     def start(self, resume: bool = False) -> "Learner":
         args = [sys.executable, "-m", "cloud", "serve", "--config", str(self.cfg)] + (["--resume"] if resume else [])
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=open(self.log, "ab"),
-                                     env={**os.environ, **self.env})
+        self.proc = _track(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=open(self.log, "ab"),
+                                            env={**os.environ, **self.env}))
         line = self.proc.stdout.readline().decode()
         assert line.startswith("READY "), self.log.read_text()[-3000:]
         self.url = line.split()[1]
@@ -112,10 +120,10 @@ class Agent:
 
     def start(self, drain_timeout: float = 120, env: dict[str, str] | None = None) -> "Agent":
         self.write_config()
-        self.proc = subprocess.Popen(
+        self.proc = _track(subprocess.Popen(
             [sys.executable, "-m", "edge_agent", "run", "--config", str(self.cfg), "--drain-timeout", str(drain_timeout)],
             stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"), env={**os.environ, **(env or {})},
-        )
+        ))
         return self
 
     def wait(self, timeout: float = 180) -> int:
