@@ -38,6 +38,7 @@ class ControlLoop(threading.Thread):
         if may_start is None:
             self.may_start.set()
         self.waiting_to_start = False
+        self.sync_wait_s = 0.0
         self.operator = operator or OperatorControls()
         self.running = threading.Event()  # set once the first tick has run
         self.error: BaseException | None = None
@@ -114,7 +115,17 @@ class ControlLoop(threading.Thread):
                 if res.terminated or truncated:
                     self.episodes += 1
                     self.successes += int(res.success)
+                    if self.cfg.sync and version > 0:
+                        self._wait_for_update(version)
+                    next_tick = time.monotonic()
                     break
+
+    def _wait_for_update(self, version: int) -> None:
+        """The synchronous baseline: the robot idles until the learner has trained on its episode."""
+        t0 = time.monotonic()
+        if not self.policy.wait_newer(version, self.cfg.sync_timeout_s):
+            log.warning("event=sync_wait_timeout version=%d waited_s=%.1f", version, self.cfg.sync_timeout_s)
+        self.sync_wait_s += time.monotonic() - t0
 
     def _choose(self, obs: dict[str, np.ndarray], rng: np.random.Generator) -> tuple[np.ndarray, int]:
         choice = None if self.steps < self.cfg.random_steps else self.policy.act(obs, self.cfg.deterministic)

@@ -35,7 +35,7 @@ class PolicyHolder:
         self.action_dim = action_dim
         self.current: LoadedPolicy | None = None
         self.versions_used: list[int] = []
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
 
     @property
     def version(self) -> int:
@@ -74,7 +74,13 @@ class PolicyHolder:
                 return False
             self.current = policy
             self.versions_used.append(policy.version)
+            self._lock.notify_all()
         return True
+
+    def wait_newer(self, than: int, timeout: float) -> bool:
+        """Block until a policy newer than ``than`` is in place (synchronous mode)."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self.version > than, timeout)
 
     def act(self, obs: dict[str, np.ndarray], deterministic: bool) -> tuple[np.ndarray, int] | None:
         """The policy's action in [-1, 1] and the version that chose it; None before any policy."""

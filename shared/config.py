@@ -58,6 +58,10 @@ class ControlConfig(_Strict):
     random_steps: int = Field(0, ge=0, description="uniform random actions for this many steps before any policy arrives")
     deterministic: bool = Field(False, description="act with the policy mean instead of sampling (evaluation)")
     seed: int = Field(0, description="seed for action sampling")
+    sync: bool = Field(
+        False, description="synchronous baseline: after each episode, wait for a policy newer than the one that acted"
+    )
+    sync_timeout_s: float = Field(30.0, gt=0, description="with sync, give up waiting for a new policy after this long")
 
 
 class SpoolConfig(_Strict):
@@ -115,6 +119,9 @@ class LearnerAlgoConfig(_Strict):
     learning_starts: int = Field(1000, ge=1, description="transitions in the buffer before training starts")
     utd_ratio: float = Field(1.0, gt=0, description="most gradient updates per transition received")
     publish_every: int = Field(250, gt=0, description="publish new weights every this many updates")
+    publish_when_idle: bool = Field(
+        False, description="also publish whenever training catches up with the data (for synchronous runs)"
+    )
     observation_fields: list[str] | None = Field(None, description="state fields fed to the policy (default: all)")
     memory_capacity: int = Field(1_000_000, gt=0, description="transitions kept in memory for sampling")
     checkpoint_every: int = Field(5000, gt=0, description="checkpoint the learner every this many updates")

@@ -37,12 +37,19 @@ class Trainer(threading.Thread):
         self.checkpoint_path, self.resume = checkpoint_path, resume
         self.resumed_from: int | None = None
         self._sac: SAC | None = None
+        self._published_at = 0
         self.updates = 0
         self.last_losses: dict[str, float] = {}
         self.updates_per_s = 0.0
         self.error: BaseException | None = None
         self._cond = threading.Condition()
         self._stopping = False
+
+    def _publish(self, sac: SAC) -> None:
+        self.version += 1
+        self._published_at = self.updates
+        arch = {"actor": sac.actor.arch(), "obs_fields": list(self.buffer.obs_fields)}
+        self.publish(encode_weights(sac.actor_state(), self.version, arch))
 
     def save_checkpoint(self) -> None:
         """Everything a --resume needs, atomically (on the trainer thread)."""
@@ -106,6 +113,8 @@ class Trainer(threading.Thread):
         log.info("event=training_started obs_dim=%d act_dim=%d rows=%d", mem.obs_dim, mem.act_dim, mem.size)
         t_last, n_last = time.monotonic(), 0
         while True:
+            if self.cfg.publish_when_idle and not self._allowed() and self.updates > self._published_at:
+                self._publish(sac)  # caught up with the data: a synchronous robot is waiting for this
             with self._cond:
                 self._cond.wait_for(lambda: self._stopping or self._allowed())
                 if self._stopping:
@@ -115,9 +124,7 @@ class Trainer(threading.Thread):
             self.last_losses = sac.update(batch)
             self.updates += 1
             if self.updates % self.cfg.publish_every == 0:
-                self.version += 1
-                arch = {"actor": sac.actor.arch(), "obs_fields": list(self.buffer.obs_fields)}
-                self.publish(encode_weights(sac.actor_state(), self.version, arch))
+                self._publish(sac)
             if self.updates % self.cfg.checkpoint_every == 0:
                 self.save_checkpoint()
             now = time.monotonic()
