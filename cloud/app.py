@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from typing import Any, AsyncIterator
 
 from aiohttp import web
@@ -17,7 +18,9 @@ from shared.protocol import Limits
 from .buffer import ReplayBuffer
 from .gateway import robot_ws
 from .ingest import Ingest
-from .keys import BUFFER, CONFIG, INGEST, LIMITS, PUBLISHER, RESUME, ROBOTS, TRAINER
+from .admin import admin_token, reload_robots, tunnel
+from .keys import ADMIN_TOKEN, BUFFER, CONFIG, INGEST, LIMITS, PUBLISHER, REGISTRY, REJECTIONS, RESUME, ROBOTS, TRAINER
+from .robots import RobotRegistry
 from .learner.trainer import Trainer
 from .publisher import WeightPublisher
 
@@ -43,10 +46,16 @@ def make_app(cfg: LearnerConfig, resume: bool = False) -> web.Application:
         max_chunk_rows=lc.max_chunk_rows, max_inflight_chunks=lc.max_inflight_chunks,
     )
     app[ROBOTS] = {}
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    app[REGISTRY] = RobotRegistry(cfg.data_dir / "robots.json")
+    app[REJECTIONS] = Counter()
+    app[ADMIN_TOKEN] = admin_token(cfg.data_dir)
     app.cleanup_ctx.append(_storage)
     app.cleanup_ctx.append(_learning)
     app.router.add_get("/ws", robot_ws)
     app.router.add_get("/status", status)
+    app.router.add_post("/admin/reload", reload_robots)
+    app.router.add_get("/admin/tunnel", tunnel)
     return app
 
 
@@ -84,7 +93,7 @@ async def _learning(app: web.Application) -> AsyncIterator[None]:
     trainer.start()
     yield
     for robot in list(app[ROBOTS].values()):
-        await robot["ws"].close(code=1001, message=b"learner shutting down")
+        await robot.ws.close(code=1001, message=b"learner shutting down")
     trainer.stop()
     await asyncio.to_thread(trainer.join, 10.0)
 
@@ -107,7 +116,11 @@ def snapshot(app: web.Application) -> dict[str, Any]:
         "losses": trainer.last_losses,
         "trainer_error": repr(trainer.error) if trainer.error else None,
         "ingest": {"chunks": ingest.chunks, "rows": ingest.rows, "duplicates": ingest.duplicates},
-        "robots": {rid: {"since": r["since"], "chunks": r["chunks"], **r["status"]} for rid, r in app[ROBOTS].items()},
+        "robots": {
+            rid: {"since": r.since, "chunks": r.chunks, "authenticated": r.authenticated, **r.status}
+            for rid, r in app[ROBOTS].items()
+        },
+        "rejections": dict(app[REJECTIONS]),
     }
 
 

@@ -71,6 +71,90 @@ from .export.cli import export as _export  # noqa: E402
 
 app.command("export")(_export)
 
+robots_app = typer.Typer(help="Enroll, list and revoke robots (credentials are shown once, stored hashed).",
+                         no_args_is_help=True)
+app.add_typer(robots_app, name="robots")
+
+
+@robots_app.command("add")
+def robots_add(
+    name: str = typer.Argument(..., help="robot id (A-Z a-z 0-9 . _ -)"),
+    config: Path = typer.Option(..., "--config", "-c", help="run TOML file (its data_dir holds the robot table)"),
+    expires_days: float = typer.Option(None, help="credential lifetime in days (default: no expiry)"),
+    rotate: bool = typer.Option(False, "--rotate", help="replace the credential of an enrolled robot"),
+) -> None:
+    """Issue a credential for a robot. It is printed once; give it to `edge-agent enroll` on the robot."""
+    from .admin_client import notify_reload, registry_path
+    from .robots import RobotRegistry
+
+    cfg = _load(config)
+    try:
+        cred = RobotRegistry(registry_path(cfg)).add(name, expires_days, rotate)
+    except FleetError as e:
+        typer.echo(f"cloud-learner: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"credential for {name} (shown once, keep it secret):\n{cred}")
+    typer.echo(f"on the robot: edge-agent enroll <learner wss:// url> --config agent.toml --credential {cred}")
+    typer.echo(notify_reload(cfg))
+
+
+@robots_app.command("list")
+def robots_list(config: Path = typer.Option(..., "--config", "-c", help="run TOML file")) -> None:
+    """List enrolled robots: created, expiry, revoked, connected now."""
+    import time as _time
+
+    from .admin_client import registry_path
+    from .robots import RobotRegistry
+
+    cfg = _load(config)
+    reg = RobotRegistry(registry_path(cfg))
+    if not reg.entries:
+        typer.echo("no robots enrolled")
+    for e in reg.entries.values():
+        exp = "never" if e.expires is None else _time.strftime("%Y-%m-%d %H:%M", _time.localtime(e.expires))
+        state = "revoked" if e.revoked else ("expired" if e.refusal() else "active")
+        typer.echo(f"{e.name:<24} {state:<8} created {_time.strftime('%Y-%m-%d %H:%M', _time.localtime(e.created))}  expires {exp}")
+
+
+@robots_app.command("revoke")
+def robots_revoke(
+    name: str = typer.Argument(..., help="robot id"),
+    config: Path = typer.Option(..., "--config", "-c", help="run TOML file"),
+) -> None:
+    """Revoke a robot: it can no longer connect, and an open link is closed at once."""
+    from .admin_client import notify_reload, registry_path
+    from .robots import RobotRegistry
+
+    cfg = _load(config)
+    try:
+        RobotRegistry(registry_path(cfg)).revoke(name)
+    except FleetError as e:
+        typer.echo(f"cloud-learner: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"revoked {name}; {notify_reload(cfg)}")
+
+
+@app.command()
+def tunnel(
+    robot: str = typer.Argument(..., help="robot id (connected now)"),
+    port: int = typer.Argument(..., help="port on the robot (must be on its link.tunnel_allow list)"),
+    config: Path = typer.Option(..., "--config", "-c", help="run TOML file of the running learner"),
+    local_port: int = typer.Option(0, help="local port to listen on (0: pick one)"),
+) -> None:
+    """Reach a port on a robot (e.g. ssh) through its own outbound link: opens a local port on this host."""
+    import asyncio
+
+    from .admin_client import serve_tunnel
+
+    cfg = _load(config)
+    try:
+        asyncio.run(serve_tunnel(cfg, robot, port, local_port))
+    except FleetError as e:
+        typer.echo(f"cloud-learner: {e}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        pass
+
 
 def main() -> None:
     app()

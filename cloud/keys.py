@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from aiohttp import web
@@ -13,6 +14,7 @@ from .buffer import ReplayBuffer
 from .ingest import Ingest
 from .learner.trainer import Trainer
 from .publisher import WeightPublisher
+from .robots import RobotRegistry
 
 CONFIG = web.AppKey("config", LearnerConfig)
 LIMITS = web.AppKey("limits", Limits)
@@ -21,4 +23,7 @@ BUFFER = web.AppKey("buffer", ReplayBuffer)
 INGEST = web.AppKey("ingest", Ingest)
 PUBLISHER = web.AppKey("publisher", WeightPublisher)
 TRAINER = web.AppKey("trainer", Trainer)
-ROBOTS = web.AppKey("robots", dict[str, dict[str, Any]])  # robot id -> live link info
+ROBOTS = web.AppKey("robots", dict[str, Any])  # robot id -> live gateway.Link
+REGISTRY = web.AppKey("registry", RobotRegistry)
+REJECTIONS = web.AppKey("rejections", Counter)  # reason code -> refusals since start
+ADMIN_TOKEN = web.AppKey("admin_token", str)

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import signal
+import ssl
 import sys
 
 from aiohttp import web
@@ -14,7 +15,8 @@ from shared.config import LearnerConfig
 from shared.errors import FleetError
 from shared.fsutil import atomic_write
 
-from .app import make_app
+from .app import make_app, snapshot
+from .metrics import start_metrics
 
 log = logging.getLogger("fleetrl.serve")
 
@@ -23,11 +25,20 @@ async def serve(cfg: LearnerConfig, resume: bool = False) -> int:
     app = make_app(cfg, resume)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, cfg.server.host, cfg.server.port)
+    ssl_ctx = None
+    if cfg.server.tls_cert is not None:
+        ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_ctx.load_cert_chain(cfg.server.tls_cert, cfg.server.tls_key)
+    site = web.TCPSite(runner, cfg.server.host, cfg.server.port, ssl_context=ssl_ctx)
     await site.start()
     host, port = runner.addresses[0][:2]
-    url = f"ws://{host}:{port}/ws"
-    atomic_write(cfg.data_dir / "endpoint.json", json.dumps({"url": url, "status": f"http://{host}:{port}/status"}).encode())
+    metrics = await start_metrics(lambda: snapshot(app), cfg.metrics)  # localhost only; never fatal
+    ws_scheme, http_scheme = ("wss", "https") if ssl_ctx else ("ws", "http")
+    url = f"{ws_scheme}://{host}:{port}/ws"
+    atomic_write(cfg.data_dir / "endpoint.json", json.dumps({
+        "url": url, "status": f"{http_scheme}://{host}:{port}/status", "admin": f"{http_scheme}://{host}:{port}/admin",
+        "metrics": metrics[1] if metrics else None,
+    }).encode())
     log.info("event=learner_ready url=%s data_dir=%s", url, cfg.data_dir)
     print(f"READY {url}", flush=True)  # the demo (and scripts) wait for this line
     stop = asyncio.Event()
@@ -36,6 +47,8 @@ async def serve(cfg: LearnerConfig, resume: bool = False) -> int:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("event=learner_stopping")
+    if metrics is not None:
+        await metrics[0].cleanup()
     await runner.cleanup()
     return 0
 
@@ -43,6 +56,9 @@ async def serve(cfg: LearnerConfig, resume: bool = False) -> int:
 def main(cfg: LearnerConfig, resume: bool = False) -> int:
     try:
         return asyncio.run(serve(cfg, resume))
+    except ssl.SSLError as e:
+        print(f"cloud-learner: server.tls_cert/tls_key: cannot load: {e}", file=sys.stderr)
+        return 2
     except FleetError as e:
         print(f"cloud-learner: {e}", file=sys.stderr)
         return 2

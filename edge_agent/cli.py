@@ -23,16 +23,19 @@ app = typer.Typer(
 @app.command()
 def run(
     config: Path = typer.Option(..., "--config", "-c", help="agent TOML file (robot_id, [link], [robot], [control], [spool])"),
-    log_level: str = typer.Option("INFO", help="DEBUG, INFO, WARNING or ERROR"),
+    log_level: str = typer.Option(None, help="DEBUG, INFO, WARNING or ERROR (default: service.log_level)"),
     drain_timeout: float = typer.Option(30.0, help="seconds to wait on exit for the cloud to ack what is spooled"),
 ) -> None:
-    """Run the agent until stopped (SIGTERM/SIGINT) or until control.max_episodes is reached."""
-    setup_logs(log_level)
+    """Run the agent until stopped (SIGTERM/SIGINT) or until control.max_episodes is reached.
+
+    SIGTERM drains (a second one exits at once); SIGHUP reloads the safe part of the config."""
+    setup_logs(log_level or "INFO")
     try:
         cfg = cfgmod.load(cfgmod.AgentConfig, config)
+        setup_logs(log_level or cfg.service.log_level)
         from .daemon import Agent
 
-        agent = Agent(cfg, drain_timeout_s=drain_timeout)
+        agent = Agent(cfg, drain_timeout_s=drain_timeout, config_path=config)
     except FleetError as e:
         typer.echo(f"edge-agent: {e}", err=True)
         raise typer.Exit(2) from None
@@ -48,6 +51,80 @@ def check_config(config: Path = typer.Argument(..., help="agent TOML file")) -> 
         typer.echo(f"edge-agent: {e}", err=True)
         raise typer.Exit(2) from None
     typer.echo(cfg.model_dump_json(indent=2))
+
+
+@app.command()
+def enroll(
+    url: str = typer.Argument(..., help="the learner's websocket URL (wss://host:port/ws)"),
+    config: Path = typer.Option(..., "--config", "-c", help="agent TOML file (robot_id, state_dir)"),
+    credential: str = typer.Option(..., help="the credential `cloud-learner robots add` printed (fr1_...)"),
+    pin: str = typer.Option(None, help="expected SHA-256 of the learner's certificate (default: pin what it shows now)"),
+    check: bool = typer.Option(True, help="do a handshake to prove the credential before storing it"),
+) -> None:
+    """Store this robot's credential (mode 0600) and pin the learner's certificate."""
+    try:
+        cfg = cfgmod.load(cfgmod.AgentConfig, config)
+        from .enrollment import enroll as do_enroll
+
+        rec = do_enroll(cfg, url, credential, pin, check)
+    except FleetError as e:
+        typer.echo(f"edge-agent: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"enrolled {cfg.robot_id} with {url}" + (f"; learner certificate pinned: {rec['pin_sha256']}" if rec["pin_sha256"] else ""))
+
+
+@app.command()
+def install(
+    root: Path = typer.Option(Path("/"), help="prefix for /etc (an image being built; tests); skips user and daemon-reload"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print what would be done, do nothing"),
+    robot_id: str = typer.Option(None, help="robot_id for the config skeleton (default: this host's name)"),
+    url: str = typer.Option("wss://learner.example:8765/ws", help="learner URL for the config skeleton"),
+    driver: str = typer.Option("mujoco_fetch", help="robot driver for the config skeleton"),
+    user: str = typer.Option("fleetrl", help="system user the agent runs as"),
+    exec_path: str = typer.Option(None, "--exec", help="edge-agent executable for ExecStart (default: the one on PATH)"),
+    enable: bool = typer.Option(True, help="enable the service (start at boot)"),
+) -> None:
+    """Install the systemd unit, a config skeleton and the system user; enable the service."""
+    import socket
+
+    from .install import install as do_install
+
+    rid = robot_id or "".join(c if c.isalnum() or c in "._-" else "-" for c in socket.gethostname())
+    raise typer.Exit(do_install(root, dry_run, exec_path, user, rid, url, driver, enable, echo=typer.echo))
+
+
+@app.command()
+def check(
+    config: Path = typer.Option(..., "--config", "-c", help="agent TOML file"),
+    timeout: float = typer.Option(5.0, help="seconds for each network probe"),
+) -> None:
+    """Validate the config, probe the robot, the spool and state dirs, the link and the credential."""
+    from .check import format_table, run_checks
+
+    rows = run_checks(config, timeout)
+    typer.echo(format_table(rows))
+    raise typer.Exit(1 if any(r.ok is False for r in rows) else 0)
+
+
+@app.command()
+def status(
+    config: Path = typer.Option(..., "--config", "-c", help="agent TOML file (for its state_dir)"),
+    json_out: bool = typer.Option(False, "--json", help="print the raw status.json"),
+) -> None:
+    """Online or not, policy version, spool fill, last ack, control-loop rate and jitter (exit 3: offline)."""
+    import json
+
+    from .metrics import STATUS_FILE, format_status, read_status
+
+    try:
+        cfg = cfgmod.load(cfgmod.AgentConfig, config)
+    except FleetError as e:
+        typer.echo(f"edge-agent: {e}", err=True)
+        raise typer.Exit(2) from None
+    s = read_status(cfg.state_dir)
+    text, online = format_status(s, where=str(cfg.state_dir / STATUS_FILE))
+    typer.echo(json.dumps(s, indent=1) if json_out and s is not None else text)
+    raise typer.Exit(0 if online else 3)
 
 
 def main() -> None:

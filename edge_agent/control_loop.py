@@ -11,12 +11,14 @@ import logging
 import threading
 import time
 from collections import deque
+from typing import Callable
 
 import numpy as np
 
 from hal_drivers.base import Robot
 from shared.chunk import StepRecord
 from shared.config import ControlConfig
+from shared.faults import hang_point
 
 from .operator import OperatorControls
 from .policy_holder import PolicyHolder
@@ -42,6 +44,10 @@ class ControlLoop(threading.Thread):
         self.operator = operator or OperatorControls()
         self.running = threading.Event()  # set once the first tick has run
         self.error: BaseException | None = None
+        # Called on every tick and while holding on purpose (systemd watchdog; see
+        # edge_agent.service.Heartbeat); a hung loop stops calling it.
+        self.heartbeat: Callable[[], None] = lambda: None
+        self.heartbeat_period: float | None = None  # call it at least this often while holding
         self.episodes = 0
         self.successes = 0
         self.steps = 0
@@ -76,7 +82,7 @@ class ControlLoop(threading.Thread):
             for gate in (self.may_start, self.operator.episodes_allowed):
                 if not gate.is_set():
                     self.waiting_to_start = True
-                    gate.wait()
+                    self._hold(gate)
                     self.waiting_to_start = False
                     next_tick = time.monotonic()
             if self.stop_event.is_set():
@@ -86,7 +92,7 @@ class ControlLoop(threading.Thread):
             step = 0
             while not self.stop_event.is_set():
                 if not self.operator.running.is_set():  # paused by an operator: hold between ticks
-                    self.operator.running.wait()
+                    self._hold(self.operator.running)
                     next_tick = time.monotonic()
                     continue
                 if period:
@@ -99,8 +105,10 @@ class ControlLoop(threading.Thread):
                     if now - next_tick > period:  # fell far behind: don't try to catch up in a burst
                         next_tick = now
                 action, version = self._choose(obs, rng)
+                hang_point("control_tick")
                 res = self.robot.step(action)
                 self.running.set()
+                self.heartbeat()
                 cut, human_reward = self.operator.take()
                 truncated = res.truncated or (cut and not res.terminated)
                 self.recorder.add(
@@ -120,10 +128,23 @@ class ControlLoop(threading.Thread):
                     next_tick = time.monotonic()
                     break
 
+    def _hold(self, event: threading.Event) -> None:
+        """Wait on a gate; a deliberate wait is not a hang, so keep the heartbeat going."""
+        self.heartbeat()
+        while not event.wait(self.heartbeat_period):
+            self.heartbeat()
+
     def _wait_for_update(self, version: int) -> None:
         """The synchronous baseline: the robot idles until the learner has trained on its episode."""
         t0 = time.monotonic()
-        if not self.policy.wait_newer(version, self.cfg.sync_timeout_s):
+        deadline = t0 + self.cfg.sync_timeout_s
+        while True:  # in slices, so the heartbeat goes on during a long wait
+            left = deadline - time.monotonic()
+            newer = self.policy.wait_newer(version, max(0.0, min(left, self.heartbeat_period or left)))
+            if newer or time.monotonic() >= deadline:
+                break
+            self.heartbeat()
+        if not newer:
             log.warning("event=sync_wait_timeout version=%d waited_s=%.1f", version, self.cfg.sync_timeout_s)
         self.sync_wait_s += time.monotonic() - t0
 

@@ -8,22 +8,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
+import os
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from hal_drivers import registry
 from hal_drivers.base import Robot
 from shared.chunk import build_batch, checksum, encode_chunk
+from shared import config as cfgmod
 from shared.config import AgentConfig
+from shared.logs import set_level
 from shared.errors import ConfigError, FleetError
 from shared.protocol import EdgeConnection, Limits, Policy
 from shared.weights import decode_weights
 
+from . import enrollment
 from .control_loop import ControlLoop
 from .operator import OperatorControls
 from .ledger import Ledger
+from .metrics import RateMeter, render_metrics, start_metrics_server, summary_line, write_status
+from .service import Heartbeat, Notifier, Signals, reload_plan, watchdog_period
 from .policy_holder import PolicyHolder
 from .recorder import PendingChunk, Recorder
 from .spool import Spool
@@ -35,11 +41,20 @@ DISK_RETRY_S = 5.0  # retry a failed spool write this often even if no ack frees
 
 
 class Agent:
-    def __init__(self, cfg: AgentConfig, drain_timeout_s: float = 30.0):
+    def __init__(self, cfg: AgentConfig, drain_timeout_s: float = 30.0, config_path: Path | None = None):
         self.cfg = cfg
+        self.config_path = config_path  # re-read on SIGHUP
         self.drain_timeout_s = drain_timeout_s
         self.limits = Limits()
+        self.notifier = Notifier()
+        self.state = "starting"
+        self.last_status: dict[str, Any] | None = None
+        self.metrics_url = ""
+        self._rate = RateMeter()
+        self._last_ack: float | None = None
+        self._status_write_failed = False
         sc = cfg.spool
+        self.notifier.status("recovering the spool")
         # The spool first: after a crash, what was recorded is recovered before anything runs.
         self.spool = Spool(
             sc.dir, fsync=sc.fsync, fsync_interval_ms=sc.fsync_interval_ms,
@@ -47,6 +62,7 @@ class Agent:
         )
         self.ledger = Ledger(cfg.state_dir, cfg.robot_id)
         self.ledger.reconcile(self.spool)
+        self.notifier.status(f"connecting the robot (driver {cfg.robot.driver})")
         robot = registry.create(cfg.robot.driver, cfg.robot.options, name=cfg.robot.name)
         if not isinstance(robot, Robot):
             raise ConfigError(f"robot.driver: {cfg.robot.driver!r} is not a robot driver")
@@ -160,6 +176,71 @@ class Agent:
     def recorder_step(self) -> int:
         return self.control.recorder.transitions
 
+    # ---------------------------------------------------------------- service (systemd, status file, metrics)
+
+    def service_status(self) -> dict[str, Any]:
+        """The one snapshot behind status.json, /metrics and systemd's STATUS= line."""
+        c, up, sp = self.control, self.uplink, self.spool
+        j = c.jitter()
+        return {
+            "time": time.time(), "pid": os.getpid(), "robot_id": self.cfg.robot_id, "state": self.state,
+            "status_interval_s": self.cfg.service.status_interval_s, "metrics_url": self.metrics_url,
+            "policy_version": self.policy.version,
+            "link": {
+                "connected": up.connected, "url": up.url, "reconnects": up.reconnects, "last_error": up.last_error,
+                "last_ack_age_s": None if self._last_ack is None else round(time.monotonic() - self._last_ack, 3),
+            },
+            "spool": {
+                "bytes": sp.bytes, "quota_bytes": sp.quota_bytes, "fill": sp.bytes / sp.quota_bytes if sp.quota_bytes else None,
+                "pending_chunks": sp.pending(), "acked_seq": sp.acked_seq, "last_seq": sp.last_seq,
+            },
+            "control": {
+                "target_hz": self.cfg.control.rate_hz, "rate_hz": round(self._rate.rate, 2), "steps": c.steps,
+                "episodes": c.episodes, "jitter_p50_ms": round(j["p50_ms"], 3), "jitter_p99_ms": round(j["p99_ms"], 3),
+                "jitter_max_ms": round(j["max_ms"], 3), "paused": self._paused_reason(),
+            },
+        }
+
+    async def _publish_status(self) -> None:
+        self._rate.update(self.control.steps)
+        s = self.last_status = self.service_status()
+        self.notifier.status(summary_line(s))
+        log.debug("event=status state=%s link_up=%d policy_version=%d rate_hz=%.1f unacked=%d", s["state"],
+                  s["link"]["connected"], s["policy_version"], s["control"]["rate_hz"], s["spool"]["pending_chunks"])
+        try:
+            await asyncio.to_thread(write_status, self.cfg.state_dir, s)
+            self._status_write_failed = False
+        except OSError as e:  # a full disk must not stop the robot; say it once
+            if not self._status_write_failed:
+                log.warning("event=status_write_failed error=%r", e.strerror or str(e))
+            self._status_write_failed = True
+
+    async def _status_loop(self) -> None:
+        while True:
+            await self._publish_status()
+            await asyncio.sleep(self.cfg.service.status_interval_s)
+
+    def _reload(self) -> None:
+        """SIGHUP: apply what is safe to change in a running agent, refuse (and log) the rest."""
+        if self.config_path is None:
+            log.warning("event=reload_ignored reason=no_config_file")
+            return
+        self.notifier.reloading()
+        try:
+            new = cfgmod.load(AgentConfig, self.config_path)
+        except FleetError as e:
+            log.error("event=reload_failed error=%r action=keeping_running_config", str(e))
+        else:
+            merged, applied, refused = reload_plan(self.cfg, new)
+            for key in refused:
+                log.warning("event=reload_refused key=%s reason=restart_required action=keeping_running_value", key)
+            self.cfg = merged
+            self.uplink.cfg = merged.link
+            if "service.log_level" in applied:
+                set_level(merged.service.log_level)
+            log.info("event=reloaded applied=%s refused=%s", ",".join(applied) or "-", ",".join(refused) or "-")
+        self.notifier.ready(summary_line(self.service_status()))
+
     # ---------------------------------------------------------------- lifecycle
 
     async def run(self) -> int:
@@ -173,16 +254,46 @@ class Agent:
             recorder = bridged_recorder(bridge, recorder)
         self.control = ControlLoop(self.robot, self.policy, recorder, self.cfg.control, self.may_start, self.operator)
         space_freed = asyncio.Event()
+        credential, pin = enrollment.load(self.cfg)
         uplink = Uplink(
             self.cfg.link,
-            lambda: EdgeConnection(self.cfg.robot_id, self.spec.to_dict(), [self.desc.to_dict()], self.limits),
-            self.spool, self._on_policy, self.status, lambda: self.policy.version, self.limits,
+            lambda: EdgeConnection(self.cfg.robot_id, self.spec.to_dict(), [self.desc.to_dict()], self.limits, credential),
+            self.spool, self._on_policy, self.status, lambda: self.policy.version, self.limits, pin,
         )
-        uplink.on_ack = lambda: (space_freed.set(), self._apply_quota())
+        def on_ack() -> None:
+            self._last_ack = time.monotonic()
+            space_freed.set()
+            self._apply_quota()
+
+        uplink.on_ack = on_ack
         self.uplink = uplink
         stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+
+        def on_stop(_sig: int) -> None:
+            self.state = "draining"
+            self.notifier.stopping(f"draining: ending the episode, {self.spool.pending()} chunks unacked")
+            stop.set()
+
+        signals = Signals(loop, on_stop, self._reload)
+        ready = asyncio.Event()
+        self.control.heartbeat = Heartbeat(self.notifier, watchdog_period(), lambda: loop.call_soon_threadsafe(ready.set))
+        self.control.heartbeat_period = watchdog_period()
+        metrics = None
+        if self.cfg.service.metrics:
+            metrics = await start_metrics_server(
+                lambda: render_metrics(lambda: self.last_status), self.cfg.service.metrics_host, self.cfg.service.metrics_port
+            )
+            if metrics is not None:
+                self.metrics_url = metrics[1]
+                log.info("event=metrics_listening url=%s", self.metrics_url)
+
+        async def say_ready() -> None:
+            await ready.wait()  # the loop has run a tick (or holds on purpose): now we are a running robot
+            if self.state == "starting":
+                self.state = "running"
+            await self._publish_status()
+            self.notifier.ready(summary_line(self.last_status or self.service_status()))
+            log.info("event=ready")
 
         async def store_chunks() -> None:
             while (pc := await chunks.get()) is not None:
@@ -199,12 +310,17 @@ class Agent:
         store_task = asyncio.create_task(store_chunks())
         link_task = asyncio.create_task(uplink.run())
         ros2_task = asyncio.create_task(ros2_status()) if bridge is not None else None
+        status_task = asyncio.create_task(self._status_loop())
+        ready_task = asyncio.create_task(say_ready())
         log.info("event=agent_start robot_id=%s driver=%s spool_pending=%d", self.cfg.robot_id, self.desc.driver, self.spool.pending())
         self._apply_quota()
         self.control.start()
         loop_done = asyncio.create_task(asyncio.to_thread(self.control.join))
         stop_task = asyncio.create_task(stop.wait())
         await asyncio.wait([loop_done, stop_task], return_when=asyncio.FIRST_COMPLETED)
+        if self.state != "draining":  # the loop ended by itself (max_episodes, error)
+            self.state = "draining"
+            self.notifier.stopping(f"draining: {self.spool.pending()} chunks unacked")
         self.control.stop()
         await loop_done
         chunks.put_nowait(None)  # after the loop's last chunk: FIFO keeps the order
@@ -215,14 +331,20 @@ class Agent:
             log.info("event=drained seconds=%.2f", time.monotonic() - t0)
         except asyncio.TimeoutError:
             log.warning("event=drain_timeout pending=%d (kept in the spool for the next start)", self.spool.pending())
-        for t in (link_task, ros2_task):
+        for t in (link_task, ros2_task, status_task, ready_task):
             if t is not None:
                 t.cancel()
-        await asyncio.gather(*(t for t in (link_task, ros2_task) if t is not None), return_exceptions=True)
+        await asyncio.gather(*(t for t in (link_task, ros2_task, status_task, ready_task) if t is not None),
+                             return_exceptions=True)
         if bridge is not None:
             bridge.close()
         self.ledger.save(self.policy.versions_used)
         self.ledger.close()
+        self.state = "stopped"
+        await self._publish_status()
+        if metrics is not None:
+            await metrics[0].cleanup()
+        signals.remove()  # from here a signal ends the process the default way
         self.spool.close()
         self.robot.close()
         if self.control.error is not None:

@@ -7,19 +7,23 @@ A thin asyncio layer around :class:`shared.protocol.EdgeConnection`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
+import ssl
 from typing import Any, Awaitable, Callable
 
 import websockets
 from websockets.asyncio.client import connect
 
 from shared.errors import FleetError
-from shared.protocol import EdgeConnection, Limits, Policy, Reject
-from shared.protocol.messages import Ack, Welcome
+from shared.protocol import (
+    Ack, Challenge, EdgeConnection, Limits, Policy, Reject, TunnelClose, TunnelData, TunnelOpen, Welcome,
+)
 from shared.config import LinkConfig
 
 from .spool import Spool, SpoolCorrupt
+from .tunnel import TunnelEndpoint
 
 log = logging.getLogger("fleetrl.uplink")
 
@@ -38,6 +42,7 @@ class Uplink:
         status: Callable[[], dict[str, Any]],
         policy_version: Callable[[], int],
         limits: Limits,
+        pin_sha256: str | None = None,
     ):
         self.cfg, self.make_connection, self.spool = cfg, make_connection, spool
         self.on_policy, self.status, self.policy_version, self.limits = on_policy, status, policy_version, limits
@@ -45,6 +50,7 @@ class Uplink:
         self.reconnects = 0
         self.last_error = ""
         self.url = cfg.urls[0]
+        self.pin = (pin_sha256 or "").replace(":", "").lower()
         self.limit_seq: int = spool.last_seq  # send nothing past this (set by the recorder side)
         self._wake = asyncio.Event()
         self._acked = asyncio.Event()
@@ -68,10 +74,10 @@ class Uplink:
                 await self._session()
             except asyncio.CancelledError:
                 raise
-            except LinkRejected as e:
+            except FleetError as e:  # refused, or the learner failed a check: say so loudly
                 self.last_error = f"{e.code}: {e.message}"
                 log.error("event=link_rejected code=%s message=%r", e.code, e.message)
-            except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException, FleetError) as e:
+            except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException, ssl.SSLError) as e:
                 self.last_error = f"{type(e).__name__}: {e}"
                 log.info("event=link_down error=%r retry_in_s=%.2f", self.last_error, delay)
             else:
@@ -85,25 +91,46 @@ class Uplink:
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, self.cfg.reconnect_max_s)
 
+    def _ssl(self) -> ssl.SSLContext | None:
+        if not self.url.startswith("wss://"):
+            return None
+        ctx = ssl.create_default_context(cafile=str(self.cfg.ca_file) if self.cfg.ca_file else None)
+        if self.pin and self.cfg.ca_file is None:
+            ctx.check_hostname = False  # the pin is the trust: a self-signed learner certificate is fine
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+    def _check_pin(self, ws: Any) -> None:
+        if not self.pin or not self.url.startswith("wss://"):
+            return
+        der = ws.transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        got = hashlib.sha256(der).hexdigest()
+        if got != self.pin:
+            raise LinkRejected(f"learner certificate sha256 {got} does not match the pinned {self.pin}", "pin_mismatch")
+
     async def _session(self) -> None:
         conn = self.make_connection()
         async with connect(
-            self.url, max_size=self.limits.max_frame_bytes, compression=None,
+            self.url, ssl=self._ssl(), max_size=self.limits.max_frame_bytes, compression=None,
             open_timeout=self.cfg.connect_timeout_s, ping_interval=self.cfg.ping_interval_s,
             ping_timeout=self.cfg.ping_timeout_s, close_timeout=2,
         ) as ws:
-            await ws.send(conn.hello(self.policy_version()))
-            first = conn.receive(await asyncio.wait_for(ws.recv(), self.cfg.connect_timeout_s))
-            if isinstance(first, Reject):
-                raise LinkRejected(first.message, first.code)
-            assert isinstance(first, Welcome)
-            await asyncio.to_thread(self.spool.adopt_cloud_mark, first.acked_seq)
+            self._check_pin(ws)  # before a byte of ours goes out
+            for _ in range(2):  # challenge, then welcome
+                msg = conn.receive(await asyncio.wait_for(ws.recv(), self.cfg.connect_timeout_s))
+                if isinstance(msg, Reject):
+                    raise LinkRejected(msg.message, msg.code)
+                if isinstance(msg, Challenge):
+                    await ws.send(conn.hello(self.policy_version()))
+            assert isinstance(msg, Welcome)
+            await asyncio.to_thread(self.spool.adopt_cloud_mark, msg.acked_seq)
             self.connected = True
-            log.info("event=link_up url=%s acked_seq=%d pending=%d", self.url, first.acked_seq, self.spool.pending())
+            log.info("event=link_up url=%s acked_seq=%d pending=%d", self.url, msg.acked_seq, self.spool.pending())
+            tunnels = TunnelEndpoint(self.cfg.tunnel_allow, conn, ws.send)
             tasks = [
                 asyncio.create_task(self._send_chunks(ws, conn)),
                 asyncio.create_task(self._send_status(ws, conn)),
-                asyncio.create_task(self._receive(ws, conn)),
+                asyncio.create_task(self._receive(ws, conn, tunnels)),
             ]
             try:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -111,6 +138,7 @@ class Uplink:
                 for t in tasks:
                     t.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+                await tunnels.close()
             for t in done:
                 t.result()  # the first task to end says why the session ended
 
@@ -138,7 +166,7 @@ class Uplink:
             await ws.send(conn.status(self.status()))
             await asyncio.sleep(self.cfg.status_interval_s)
 
-    async def _receive(self, ws: Any, conn: EdgeConnection) -> None:
+    async def _receive(self, ws: Any, conn: EdgeConnection, tunnels: TunnelEndpoint) -> None:
         async for data in ws:
             msg = conn.receive(data if isinstance(data, bytes) else data.encode())
             if isinstance(msg, Ack):
@@ -148,5 +176,7 @@ class Uplink:
                 self._wake.set()  # credit freed
             elif isinstance(msg, Policy):
                 await self.on_policy(msg)
+            elif isinstance(msg, (TunnelOpen, TunnelData, TunnelClose)):
+                await tunnels.handle(msg)
             elif isinstance(msg, Reject):
                 raise LinkRejected(msg.message, msg.code)

@@ -6,13 +6,24 @@ config on a robot in a far-away lab fails loudly at start, not silently later.
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class _Strict(BaseModel):
@@ -29,6 +40,17 @@ class LinkConfig(_Strict):
     reconnect_max_s: float = Field(10.0, gt=0, description="longest delay between reconnect attempts")
     status_interval_s: float = Field(2.0, gt=0, description="how often the agent reports its status")
     connect_timeout_s: float = Field(10.0, gt=0, description="give up one connection attempt after this long")
+    credential_file: Path | None = Field(
+        None, description="robot credential from `edge-agent enroll` (default: <state_dir>/credential if present)"
+    )
+    ca_file: Path | None = Field(None, description="CA bundle that signs the learner's certificate (wss://)")
+    pin_sha256: str | None = Field(
+        None, description="pin the learner's certificate: hex SHA-256 of its DER bytes (enroll records it)"
+    )
+    allow_insecure: bool = Field(False, description="allow plain ws:// to a host other than this computer")
+    tunnel_allow: list[int] = Field(
+        default_factory=list, description="local TCP ports the cloud may reach through the reverse tunnel (e.g. [22])"
+    )
     ping_interval_s: float = Field(5.0, gt=0, description="keepalive ping period")
     ping_timeout_s: float = Field(10.0, gt=0, description="a peer silent this long after a ping is dead: reconnect")
 
@@ -43,6 +65,18 @@ class LinkConfig(_Strict):
     @property
     def urls(self) -> list[str]:
         return [self.url, *self.fallback_urls]
+
+    @model_validator(mode="after")
+    def _plain_only_locally(self) -> "LinkConfig":
+        for u in self.urls:
+            if u.startswith("ws://") and not is_loopback(urlsplit(u).hostname or "") and not self.allow_insecure:
+                raise ValueError(f"{u}: plain ws:// leaves this computer unencrypted; use wss:// or set allow_insecure")
+        if self.pin_sha256 is not None and len(self.pin_sha256.replace(":", "")) != 64:
+            raise ValueError("pin_sha256 must be 64 hex digits")
+        for port in self.tunnel_allow:
+            if not 0 < port < 65536:
+                raise ValueError(f"tunnel_allow: {port} is not a TCP port")
+        return self
 
 
 class RobotConfig(_Strict):
@@ -82,6 +116,18 @@ class Ros2BridgeConfig(_Strict):
     status_interval_s: float = Field(1.0, gt=0, description="how often status is published")
 
 
+class AgentServiceConfig(_Strict):
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="log level (reloadable with SIGHUP); `edge-agent run --log-level` overrides it"
+    )
+    status_interval_s: float = Field(
+        2.0, gt=0, description="how often <state_dir>/status.json, the metrics and systemd's STATUS= line are refreshed"
+    )
+    metrics: bool = Field(True, description="serve Prometheus metrics at http://<metrics_host>:<metrics_port>/metrics")
+    metrics_host: str = Field("127.0.0.1", description="metrics listen address; keep it on localhost")
+    metrics_port: int = Field(9184, ge=0, le=65535, description="metrics port; 0 picks a free one (written to status.json)")
+
+
 class AgentConfig(_Strict):
     robot_id: str = Field(..., min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$", description="this robot's id")
     link: LinkConfig = Field(default_factory=LinkConfig)
@@ -90,6 +136,7 @@ class AgentConfig(_Strict):
     spool: SpoolConfig = Field(default_factory=SpoolConfig)
     state_dir: Path = Field(Path("state"), description="ledger and status files")
     ros2: Ros2BridgeConfig | None = Field(None, description="publish status/actions on ROS 2 and take commands from it")
+    service: AgentServiceConfig = Field(default_factory=AgentServiceConfig, description="daemon: logs, status file, metrics")
 
 
 # ---------------------------------------------------------------- cloud learner
@@ -99,6 +146,26 @@ class ServerConfig(_Strict):
     host: str = Field("127.0.0.1", description="address the gateway listens on")
     port: int = Field(8765, ge=0, le=65535, description="port; 0 picks a free one (written to <data_dir>/endpoint.json)")
     heartbeat_s: float = Field(10.0, gt=0, description="ping robots this often; one silent for a period is dropped")
+    auth: Literal["auto", "required"] = Field(
+        "auto", description="auto: enrolled robots must prove their credential, others are let in only on loopback"
+    )
+    tls_cert: Path | None = Field(None, description="PEM certificate (chain) for wss://")
+    tls_key: Path | None = Field(None, description="PEM private key for tls_cert")
+    allow_insecure: bool = Field(False, description="serve plain ws:// on an address other than loopback")
+    handshake_timeout_s: float = Field(10.0, gt=0, description="a link that has not said hello by then is closed")
+    max_connections: int = Field(256, gt=0, description="robot links open at once; more are refused")
+
+    @model_validator(mode="after")
+    def _tls(self) -> "ServerConfig":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_cert is None and not is_loopback(self.host) and not self.allow_insecure:
+            raise ValueError(f"host {self.host}: serving plain ws:// beyond loopback needs tls_cert/tls_key or allow_insecure")
+        return self
+
+    @property
+    def required_auth(self) -> bool:
+        return self.auth == "required" or not is_loopback(self.host)
 
 
 class LimitsConfig(_Strict):
@@ -106,16 +173,17 @@ class LimitsConfig(_Strict):
     max_decompressed_bytes: int = Field(256 << 20, gt=1024, description="largest chunk after decompression")
     max_chunk_rows: int = Field(10_000, gt=0, description="most steps in one chunk")
     max_inflight_chunks: int = Field(16, gt=0, description="chunks a robot may send before an ack (credit)")
+    max_messages_per_s: float = Field(500.0, gt=0, description="messages one link may send per second (burst: 2 s worth)")
 
 
 class LearnerAlgoConfig(_Strict):
     algorithm: Literal["sac"] = Field("sac", description="training algorithm")
-    batch_size: int = Field(256, gt=0)
+    batch_size: int = Field(256, gt=0, description="transitions per gradient update")
     hidden: list[int] = Field(default_factory=lambda: [256, 256], description="MLP hidden layer widths")
-    lr: float = Field(1e-3, gt=0)
-    gamma: float = Field(0.98, gt=0, le=1)
-    tau: float = Field(0.005, gt=0, le=1)
-    init_alpha: float = Field(0.02, gt=0)
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate (actor, critics, temperature)")
+    gamma: float = Field(0.98, gt=0, le=1, description="discount factor")
+    tau: float = Field(0.005, gt=0, le=1, description="target network soft-update rate")
+    init_alpha: float = Field(0.02, gt=0, description="initial SAC entropy temperature")
     learning_starts: int = Field(1000, ge=1, description="transitions in the buffer before training starts")
     utd_ratio: float = Field(1.0, gt=0, description="most gradient updates per transition received")
     publish_every: int = Field(250, gt=0, description="publish new weights every this many updates")
@@ -125,8 +193,14 @@ class LearnerAlgoConfig(_Strict):
     observation_fields: list[str] | None = Field(None, description="state fields fed to the policy (default: all)")
     memory_capacity: int = Field(1_000_000, gt=0, description="transitions kept in memory for sampling")
     checkpoint_every: int = Field(5000, gt=0, description="checkpoint the learner every this many updates")
-    seed: int = 0
+    seed: int = Field(0, description="seed for the learner (nets, sampling)")
     threads: int = Field(1, gt=0, description="torch CPU threads for training")
+
+
+class MetricsConfig(_Strict):
+    enabled: bool = Field(True, description="serve Prometheus metrics at http://<host>:<port>/metrics")
+    host: str = Field("127.0.0.1", description="metrics listen address; keep it on localhost")
+    port: int = Field(9185, ge=0, le=65535, description="metrics port; 0 picks a free one (written to <data_dir>/endpoint.json)")
 
 
 class LearnerConfig(_Strict):
@@ -134,6 +208,10 @@ class LearnerConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     learner: LearnerAlgoConfig = Field(default_factory=LearnerAlgoConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    cluster: dict[str, Any] | None = Field(
+        None, description="multi-node run on Ray: nodes, groups, placement (checked by cloud.cluster.config)"
+    )
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -3,6 +3,9 @@
 Bytes in, messages out; messages in, bytes out. No sockets, files or clocks:
 the asyncio layers in ``edge_agent.uplink`` and ``cloud.gateway`` move the
 bytes, which is what lets the protocol be fuzzed and tested without a network.
+
+Handshake: cloud -> challenge(nonce); robot -> hello(identity, spec, proof);
+cloud -> welcome(resume point, server signature) or reject.
 """
 
 from __future__ import annotations
@@ -10,14 +13,19 @@ from __future__ import annotations
 import enum
 from typing import Any
 
+from .. import auth
 from ..errors import ProtocolError
 from .frames import MsgType, decode_frame, encode_frame
 from .limits import Limits
-from .messages import PARSERS, PROTOCOL_VERSIONS, Ack, Chunk, Hello, Lost, Message, Policy, Reject, Status, Welcome
+from .messages import (
+    PARSERS, PROTOCOL_VERSIONS, Ack, Challenge, Chunk, Hello, Lost, Message, Policy, Reject, Status,
+    TunnelClose, TunnelData, TunnelOpen, Welcome,
+)
 
 
 class State(enum.Enum):
     START = "start"
+    CHALLENGED = "challenged"
     HANDSHAKE = "handshake"
     OPEN = "open"
     CLOSED = "closed"
@@ -43,6 +51,8 @@ class _Base:
         msg = PARSERS[frame.type].parse(frame)
         if isinstance(msg, Reject):
             self.state = State.CLOSED
+        elif self.state is State.OPEN and msg.TYPE not in self.accepts:
+            raise ProtocolError(f"unexpected {msg.TYPE.name.lower()} on an open link", "bad_state")
         return msg
 
     def reject(self, code: str, message: str) -> bytes:
@@ -53,38 +63,66 @@ class _Base:
         if self.state is not State.OPEN:
             raise ProtocolError(f"link is {self.state.value}, not open", "bad_state")
 
+    def tunnel_data(self, stream: int, data: bytes) -> bytes:
+        self._require_open()
+        return _encode(TunnelData(stream, data))
+
+    def tunnel_close(self, stream: int, reason: str = "") -> bytes:
+        self._require_open()
+        return _encode(TunnelClose(stream, reason))
+
 
 class EdgeConnection(_Base):
-    """The robot's end: says hello, then streams chunks and takes acks and policies."""
+    """The robot's end: answers the challenge, then streams chunks and takes acks, policies, tunnels."""
 
-    accepts = frozenset({MsgType.ACK, MsgType.POLICY, MsgType.REJECT})
+    accepts = frozenset({MsgType.ACK, MsgType.POLICY, MsgType.REJECT, MsgType.TUNNEL_OPEN, MsgType.TUNNEL_DATA,
+                         MsgType.TUNNEL_CLOSE})
 
-    def __init__(self, robot_id: str, spec: dict[str, Any], units: list[dict[str, Any]], limits: Limits | None = None):
+    def __init__(self, robot_id: str, spec: dict[str, Any], units: list[dict[str, Any]], limits: Limits | None = None,
+                 credential: str | None = None):
         super().__init__(limits)
         self.robot_id, self.spec, self.units = robot_id, spec, units
+        self.key = auth.client_key(credential) if credential else None
         self.max_inflight = self.limits.max_inflight_chunks
+        self._server_nonce = ""
+        self._client_nonce = ""
 
     def hello(self, policy_version: int, agent_version: str = "") -> bytes:
-        if self.state is not State.START:
-            raise ProtocolError("hello is sent once, first", "bad_state")
+        if self.state is not State.CHALLENGED:
+            raise ProtocolError("hello answers the cloud's challenge, once", "bad_state")
         self.state = State.HANDSHAKE
-        return _encode(Hello(self.robot_id, PROTOCOL_VERSIONS, self.spec, self.units, policy_version, agent_version))
+        proof = ""
+        self._client_nonce = auth.nonce()
+        if self.key is not None:
+            proof = auth.prove(self.key, self.robot_id, self._server_nonce, self._client_nonce)
+        return _encode(Hello(self.robot_id, PROTOCOL_VERSIONS, self.spec, self.units, policy_version, agent_version,
+                             self._client_nonce, proof))
 
     def receive(self, data: bytes) -> Message:
-        if self.state is State.START:
-            raise ProtocolError("nothing is expected before our hello", "bad_state")
-        msg = self._parse(data)
-        if self.state is State.HANDSHAKE:
-            if isinstance(msg, Welcome):
-                if msg.version not in PROTOCOL_VERSIONS:
-                    raise ProtocolError(f"cloud chose protocol version {msg.version}, not offered", "unsupported_version")
-                self.version, self.state = msg.version, State.OPEN
-                self.max_inflight = min(msg.max_inflight, self.limits.max_inflight_chunks)
-            elif not isinstance(msg, Reject):
+        if self.state is State.HANDSHAKE or self.state is State.START:
+            msg = self._parse(data)
+            if isinstance(msg, Reject):
+                return msg
+            if self.state is State.START:
+                if not isinstance(msg, Challenge):
+                    raise ProtocolError(f"expected a challenge, got {msg.TYPE.name.lower()}", "bad_state")
+                self._server_nonce, self.state = msg.nonce, State.CHALLENGED
+                return msg
+            if not isinstance(msg, Welcome):
                 raise ProtocolError(f"expected welcome, got {msg.TYPE.name.lower()}", "bad_state")
-        elif self.state is State.OPEN and msg.TYPE not in self.accepts:
-            raise ProtocolError(f"unexpected {msg.TYPE.name.lower()} from the cloud", "bad_state")
-        return msg
+            if msg.version not in PROTOCOL_VERSIONS:
+                raise ProtocolError(f"cloud chose protocol version {msg.version}, not offered", "unsupported_version")
+            if self.key is not None:
+                expected = auth.server_signature(auth.stored_key(self.key), self.robot_id, self._server_nonce, self._client_nonce)
+                if msg.server_signature != expected:
+                    raise ProtocolError("the learner could not prove it is the one this robot enrolled with",
+                                        "learner_unverified")
+            self.version, self.state = msg.version, State.OPEN
+            self.max_inflight = min(msg.max_inflight, self.limits.max_inflight_chunks)
+            return msg
+        if self.state is State.CHALLENGED:
+            raise ProtocolError("nothing is expected before our hello", "bad_state")
+        return self._parse(data)
 
     def chunk(self, seq: int, episode_id: str, rows: int, raw_size: int, crc32: int, body: bytes) -> bytes:
         self._require_open()
@@ -99,19 +137,29 @@ class EdgeConnection(_Base):
         return _encode(Lost(first, last, reason))
 
 
-
 class CloudConnection(_Base):
-    """The learner's end: takes a hello, then chunks and status; sends acks and policies."""
+    """The learner's end: challenges, takes a hello, then chunks and status; sends acks, policies, tunnels."""
 
-    accepts = frozenset({MsgType.CHUNK, MsgType.LOST, MsgType.STATUS, MsgType.REJECT})
+    accepts = frozenset({MsgType.CHUNK, MsgType.LOST, MsgType.STATUS, MsgType.REJECT, MsgType.TUNNEL_DATA,
+                         MsgType.TUNNEL_CLOSE})
 
     def __init__(self, limits: Limits | None = None):
         super().__init__(limits)
         self.robot_id: str | None = None
+        self.hello_msg: Hello | None = None
+        self.server_nonce = ""
+
+    def challenge(self) -> bytes:
+        if self.state is not State.START:
+            raise ProtocolError("the challenge opens the link, once", "bad_state")
+        self.server_nonce, self.state = auth.nonce(), State.CHALLENGED
+        return _encode(Challenge(self.server_nonce))
 
     def receive(self, data: bytes) -> Message:
-        msg = self._parse(data)
         if self.state is State.START:
+            raise ProtocolError("send the challenge first", "bad_state")
+        msg = self._parse(data)
+        if self.state is State.CHALLENGED:
             if not isinstance(msg, Hello):
                 raise ProtocolError(f"expected hello, got {msg.TYPE.name.lower()}", "bad_state")
             common = set(msg.versions) & set(PROTOCOL_VERSIONS)
@@ -120,21 +168,27 @@ class CloudConnection(_Base):
                     f"robot speaks protocol versions {list(msg.versions)}; this learner speaks {list(PROTOCOL_VERSIONS)}",
                     "unsupported_version",
                 )
-            self.version, self.robot_id, self.state = max(common), msg.robot_id, State.HANDSHAKE
-        elif self.state is State.OPEN:
-            if msg.TYPE not in self.accepts:
-                raise ProtocolError(f"unexpected {msg.TYPE.name.lower()} from a robot", "bad_state")
-            if isinstance(msg, Chunk) and len(msg.body) > self.limits.max_frame_bytes:
-                raise ProtocolError("chunk body too large", "frame_too_large")
-        elif not isinstance(msg, Reject):
+            self.version, self.robot_id, self.hello_msg = max(common), msg.robot_id, msg
+            self.state = State.HANDSHAKE
+        elif self.state is State.HANDSHAKE and not isinstance(msg, Reject):
             raise ProtocolError("message before the welcome was sent", "bad_state")
+        elif isinstance(msg, Chunk) and len(msg.body) > self.limits.max_frame_bytes:
+            raise ProtocolError("chunk body too large", "frame_too_large")
         return msg
 
-    def welcome(self, run_id: str, acked_seq: int, policy_version: int) -> bytes:
-        if self.state is not State.HANDSHAKE or self.version is None:
+    def verify(self, stored_key: bytes) -> bool:
+        """Does the hello prove knowledge of the key whose hash is ``stored_key``?"""
+        h = self.hello_msg
+        return h is not None and bool(h.proof) and auth.verify(stored_key, h.robot_id, self.server_nonce, h.client_nonce, h.proof)
+
+    def welcome(self, run_id: str, acked_seq: int, policy_version: int, stored_key: bytes | None = None) -> bytes:
+        if self.state is not State.HANDSHAKE or self.version is None or self.hello_msg is None:
             raise ProtocolError("welcome answers a hello", "bad_state")
         self.state = State.OPEN
-        return _encode(Welcome(self.version, run_id, acked_seq, policy_version, self.limits.max_inflight_chunks))
+        sig = ""
+        if stored_key is not None:
+            sig = auth.server_signature(stored_key, self.hello_msg.robot_id, self.server_nonce, self.hello_msg.client_nonce)
+        return _encode(Welcome(self.version, run_id, acked_seq, policy_version, self.limits.max_inflight_chunks, sig))
 
     def ack(self, seq: int) -> bytes:
         self._require_open()
@@ -143,3 +197,7 @@ class CloudConnection(_Base):
     def policy(self, version: int, sha256: str, data: bytes) -> bytes:
         self._require_open()
         return _encode(Policy(version, sha256, data))
+
+    def tunnel_open(self, stream: int, port: int) -> bytes:
+        self._require_open()
+        return _encode(TunnelOpen(stream, port))

@@ -32,6 +32,10 @@ class MsgType(enum.IntEnum):
     STATUS = 6
     REJECT = 7
     LOST = 8
+    CHALLENGE = 9
+    TUNNEL_OPEN = 10
+    TUNNEL_DATA = 11
+    TUNNEL_CLOSE = 12
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,8 @@ class Hello:
     units: list[dict[str, Any]] = field(default_factory=list)
     policy_version: int = 0
     agent_version: str = ""
+    client_nonce: str = ""
+    proof: str = ""  # credential proof (shared.auth); empty for an unenrolled robot
 
     def meta(self) -> dict[str, Any]:
         d = asdict(self)
@@ -70,6 +72,8 @@ class Hello:
             units=[u for u in units if isinstance(u, dict)],
             policy_version=_uint(m, "policy_version", "hello") if "policy_version" in m else 0,
             agent_version=str(m.get("agent_version", ""))[:64],
+            client_nonce=_field(m, "client_nonce", str, "hello")[:64] if "client_nonce" in m else "",
+            proof=_field(m, "proof", str, "hello")[:128] if "proof" in m else "",
         )
 
 
@@ -83,6 +87,7 @@ class Welcome:
     acked_seq: int  # highest stream sequence already durable in the cloud (0 = none)
     policy_version: int
     max_inflight: int
+    server_signature: str = ""  # the learner's proof that it knows this robot's stored key
 
     def meta(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,6 +101,7 @@ class Welcome:
             acked_seq=_uint(m, "acked_seq", "welcome"),
             policy_version=_uint(m, "policy_version", "welcome"),
             max_inflight=max(1, _uint(m, "max_inflight", "welcome", 1 << 16)),
+            server_signature=_field(m, "server_signature", str, "welcome")[:128] if "server_signature" in m else "",
         )
 
 
@@ -232,5 +238,75 @@ class Lost:
         return cls(first=first, last=last, reason=_field(f.meta, "reason", str, "lost")[:256])
 
 
-Message = Hello | Welcome | Chunk | Ack | Policy | Status | Reject | Lost
-PARSERS: dict[MsgType, Any] = {c.TYPE: c for c in (Hello, Welcome, Chunk, Ack, Policy, Status, Reject, Lost)}
+@dataclass(frozen=True)
+class Challenge:
+    """Cloud to robot, first on every link: a fresh nonce the robot's proof must cover."""
+
+    TYPE: ClassVar[MsgType] = MsgType.CHALLENGE
+    nonce: str
+
+    def meta(self) -> dict[str, Any]:
+        return {"nonce": self.nonce}
+
+    @classmethod
+    def parse(cls, f: Frame) -> "Challenge":
+        n = _field(f.meta, "nonce", str, "challenge")
+        if not 16 <= len(n) <= 64:
+            raise ProtocolError("challenge.nonce has a bad length", "bad_meta")
+        return cls(nonce=n)
+
+
+@dataclass(frozen=True)
+class TunnelOpen:
+    """Cloud to robot: open a TCP stream to a port on the robot (its allowlist decides)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.TUNNEL_OPEN
+    stream: int
+    port: int
+
+    def meta(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def parse(cls, f: Frame) -> "TunnelOpen":
+        return cls(stream=_uint(f.meta, "stream", "tunnel_open", 2**31), port=_uint(f.meta, "port", "tunnel_open", 65535))
+
+
+@dataclass(frozen=True)
+class TunnelData:
+    """Either way: bytes of one tunnelled stream."""
+
+    TYPE: ClassVar[MsgType] = MsgType.TUNNEL_DATA
+    stream: int
+    body: bytes = b""
+
+    def meta(self) -> dict[str, Any]:
+        return {"stream": self.stream}
+
+    @classmethod
+    def parse(cls, f: Frame) -> "TunnelData":
+        return cls(stream=_uint(f.meta, "stream", "tunnel_data", 2**31), body=f.body)
+
+
+@dataclass(frozen=True)
+class TunnelClose:
+    """Either way: a tunnelled stream ended (or was refused, with the reason)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.TUNNEL_CLOSE
+    stream: int
+    reason: str = ""
+
+    def meta(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def parse(cls, f: Frame) -> "TunnelClose":
+        return cls(stream=_uint(f.meta, "stream", "tunnel_close", 2**31),
+                   reason=_field(f.meta, "reason", str, "tunnel_close")[:256] if "reason" in f.meta else "")
+
+
+Message = Hello | Welcome | Chunk | Ack | Policy | Status | Reject | Lost | Challenge | TunnelOpen | TunnelData | TunnelClose
+PARSERS: dict[MsgType, Any] = {
+    c.TYPE: c
+    for c in (Hello, Welcome, Chunk, Ack, Policy, Status, Reject, Lost, Challenge, TunnelOpen, TunnelData, TunnelClose)
+}

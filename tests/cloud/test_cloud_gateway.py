@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import errno
 import json
+import time
 
 import aiohttp
 import numpy as np
@@ -15,10 +18,12 @@ from websockets.exceptions import ConnectionClosed
 
 from cloud.app import make_app
 from cloud.buffer import ReplayBuffer
-from cloud.keys import BUFFER
+from cloud.keys import BUFFER, CONFIG, REGISTRY
+from cloud.robots import RobotRegistry
+from shared import auth
 from shared.chunk import StepRecord, build_batch, checksum, encode_chunk
 from shared.config import LearnerConfig
-from shared.protocol import Ack, EdgeConnection, Reject, Welcome
+from shared.protocol import Ack, Challenge, EdgeConnection, Reject, State, Welcome
 from shared.schema import EpisodeSpec, FieldSpec
 
 SPEC = EpisodeSpec(observation={"pos": FieldSpec((3,)), "goal": FieldSpec((3,))}, action_dim=4,
@@ -42,11 +47,13 @@ def _chunk_args(robot: str, seq: int, spec: EpisodeSpec = SPEC) -> tuple:
     return seq, eid, ROWS, batch.nbytes, checksum(body), body
 
 
-@pytest.fixture
-async def server(tmp_path):
+@contextlib.asynccontextmanager
+async def serve(tmp_path, server: dict | None = None, limits: dict | None = None):
+    """The learner on a free loopback port; ``server``/``limits`` override config sections."""
     cfg = LearnerConfig(
         data_dir=tmp_path / "run",
-        server={"host": "127.0.0.1", "port": 0},
+        server={"host": "127.0.0.1", "port": 0, **(server or {})},
+        limits=limits or {},
         learner={"learning_starts": 10**9, "hidden": [16, 16], "batch_size": 8},
     )
     app = make_app(cfg)
@@ -55,21 +62,45 @@ async def server(tmp_path):
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     host, port = runner.addresses[0][:2]
-    yield app, f"ws://{host}:{port}/ws", f"http://{host}:{port}/status"
-    await runner.cleanup()
+    try:
+        yield app, f"ws://{host}:{port}/ws", f"http://{host}:{port}/status"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def server(tmp_path):
+    async with serve(tmp_path) as s:
+        yield s
+
+
+def enroll(app, name: str) -> str:
+    """Enroll a robot the way the CLI does (robots.json), then have the learner re-read it."""
+    cred = RobotRegistry(app[CONFIG].data_dir / "robots.json").add(name)
+    app[REGISTRY].reload()
+    return cred
 
 
 class Robot:
     """A minimal robot end: the real EdgeConnection over a real websocket."""
 
-    def __init__(self, url: str, robot_id: str, spec: EpisodeSpec = SPEC):
-        self.url, self.robot_id, self.spec = url, robot_id, spec
+    def __init__(self, url: str, robot_id: str, spec: EpisodeSpec = SPEC, credential: str | None = None):
+        self.url, self.robot_id, self.spec, self.credential = url, robot_id, spec, credential
         self.ws = None
         self.conn: EdgeConnection | None = None
 
-    async def open(self):
-        self.conn = EdgeConnection(self.robot_id, self.spec.to_dict(), [{"name": "arm"}])
+    async def connect(self):
+        """Connect and take the cloud's first message: its challenge (or a reject)."""
+        self.conn = EdgeConnection(self.robot_id, self.spec.to_dict(), [{"name": "arm"}], credential=self.credential)
         self.ws = await connect(self.url, compression=None, open_timeout=TIMEOUT)
+        return await self.recv()
+
+    async def open(self):
+        """The whole handshake: challenge, hello; returns the welcome (or a reject)."""
+        first = await self.connect()
+        if isinstance(first, Reject):
+            return first
+        assert isinstance(first, Challenge), first
         await self.ws.send(self.conn.hello(0))
         return await self.recv()
 
@@ -145,6 +176,7 @@ async def test_status_on_an_empty_learner(server):
     _, _, status_url = server
     st = await _status(status_url)
     assert st["rows_by_robot"] == {} and st["buffer_rows"] == 0 and st["robots"] == {}
+    assert st["rejections"] == {}
     json.dumps(st)  # plain JSON all the way down
 
 
@@ -214,15 +246,17 @@ async def test_garbage_is_rejected_with_a_code_and_others_keep_working(server, g
 
 
 async def test_garbage_before_hello_is_rejected(server):
-    _, url, _ = server
+    _, url, status_url = server
     ws = await connect(url, compression=None, open_timeout=TIMEOUT)
-    await ws.send(b"not a frame at all")
     conn = EdgeConnection("x", SPEC.to_dict(), [])
+    assert isinstance(conn.receive(await asyncio.wait_for(ws.recv(), TIMEOUT)), Challenge)  # the cloud speaks first
+    await ws.send(b"not a frame at all")
     conn.hello(0)  # the client's state machine expects a welcome or a reject now
     msg = conn.receive(await asyncio.wait_for(ws.recv(), TIMEOUT))
     assert isinstance(msg, Reject) and msg.code == "bad_magic"
     with pytest.raises(ConnectionClosed):
         await asyncio.wait_for(ws.recv(), TIMEOUT)
+    assert (await _status(status_url))["rejections"] == {"bad_magic": 1}
 
 
 async def test_text_frame_is_rejected(server):
@@ -326,3 +360,148 @@ async def test_restart_keeps_the_durable_mark(tmp_path):
             await runner.cleanup()
     buf = ReplayBuffer(cfg.data_dir / "buffer", 1000)  # the buffer on disk holds each chunk once
     assert buf.rows == 3 * ROWS and buf.hwm("robot-a") == 3
+
+
+# ------------------------------------------------------------- handshake and auth
+
+
+async def test_cloud_sends_the_challenge_first_with_a_fresh_nonce(server):
+    _, url, _ = server
+    a, b = Robot(url, "robot-a"), Robot(url, "robot-b")
+    ca, cb = await a.connect(), await b.connect()
+    assert isinstance(ca, Challenge) and isinstance(cb, Challenge)
+    assert ca.nonce != cb.nonce
+    await a.close()
+    await b.close()
+
+
+async def test_silent_robot_is_dropped_after_the_handshake_timeout(tmp_path):
+    async with serve(tmp_path, server={"handshake_timeout_s": 0.3}) as (app, url, status_url):
+        r = Robot(url, "robot-a")
+        assert isinstance(await r.connect(), Challenge)
+        assert await r.closed()  # no hello: the learner hangs up
+        st = await _status(status_url)
+        assert st["rejections"] == {"handshake_timeout": 1} and st["robots"] == {}
+        ok = Robot(url, "robot-b")  # a robot that answers in time is served
+        assert isinstance(await ok.open(), Welcome)
+        await ok.close()
+
+
+async def test_unenrolled_robot_on_loopback_is_let_in_unauthenticated(server):
+    app, url, status_url = server
+    r = Robot(url, "robot-a")
+    welcome = await r.open()
+    assert isinstance(welcome, Welcome) and welcome.server_signature == ""
+    assert r.conn.state is State.OPEN
+    assert (await _status(status_url))["robots"]["robot-a"]["authenticated"] is False
+    await r.close()
+
+
+async def test_unenrolled_robot_is_refused_when_auth_is_required(tmp_path):
+    async with serve(tmp_path, server={"auth": "required"}) as (app, url, status_url):
+        r = Robot(url, "robot-a")
+        msg = await r.open()
+        assert isinstance(msg, Reject) and msg.code == "auth_failed"
+        assert await r.closed()
+        cred = enroll(app, "robot-b")  # an enrolled robot with its credential is served
+        ok = Robot(url, "robot-b", credential=cred)
+        assert isinstance(await ok.open(), Welcome)
+        st = await _status(status_url)
+        assert st["rejections"] == {"auth_failed": 1}
+        assert list(st["robots"]) == ["robot-b"] and st["robots"]["robot-b"]["authenticated"] is True
+        await ok.close()
+
+
+async def test_enrolled_robot_proves_its_credential_and_the_learner_signs(server):
+    app, url, status_url = server
+    cred = enroll(app, "robot-a")
+    r = Robot(url, "robot-a", credential=cred)
+    welcome = await r.open()
+    assert isinstance(welcome, Welcome)
+    assert welcome.server_signature  # checked by the EdgeConnection, or it would have raised
+    assert r.conn.state is State.OPEN
+    await r.send_chunk(1)
+    assert await r.acks(1) == [1]
+    assert (await _status(status_url))["robots"]["robot-a"]["authenticated"] is True
+    await r.close()
+
+
+@pytest.mark.parametrize("who", ["no_credential", "wrong_credential", "stored_key_as_credential"])
+async def test_enrolled_robot_that_cannot_prove_it_is_refused(server, who):
+    app, url, status_url = server
+    cred = enroll(app, "robot-a")
+    stored = auth.stored_key(auth.client_key(cred))
+    credential = {
+        "no_credential": None,
+        "wrong_credential": auth.new_credential(),
+        "stored_key_as_credential": auth.PREFIX + base64.urlsafe_b64encode(stored).decode().rstrip("="),
+    }[who]
+    r = Robot(url, "robot-a", credential=credential)
+    msg = await r.open()
+    assert isinstance(msg, Reject) and msg.code == "auth_failed"
+    assert await r.closed()
+    st = await _status(status_url)
+    assert st["rejections"] == {"auth_failed": 1} and st["robots"] == {}
+    assert _stored_rows(app) == 0
+
+
+async def test_unenrolled_robot_that_sends_a_proof_is_refused(server):
+    _, url, status_url = server
+    r = Robot(url, "robot-a", credential=auth.new_credential())
+    msg = await r.open()
+    assert isinstance(msg, Reject) and msg.code == "auth_failed"
+    assert (await _status(status_url))["rejections"] == {"auth_failed": 1}
+
+
+async def test_revoked_robot_is_refused(server):
+    app, url, status_url = server
+    cred = enroll(app, "robot-a")
+    RobotRegistry(app[CONFIG].data_dir / "robots.json").revoke("robot-a")
+    app[REGISTRY].reload()
+    r = Robot(url, "robot-a", credential=cred)
+    msg = await r.open()
+    assert isinstance(msg, Reject) and msg.code == "revoked"
+    assert await r.closed()
+    assert (await _status(status_url))["rejections"] == {"revoked": 1}
+
+
+async def test_expired_credential_is_refused(server):
+    app, url, status_url = server
+    cred = enroll(app, "robot-a")
+    app[REGISTRY].get("robot-a").expires = time.time() - 1
+    r = Robot(url, "robot-a", credential=cred)
+    msg = await r.open()
+    assert isinstance(msg, Reject) and msg.code == "credential_expired"
+    assert await r.closed()
+    assert (await _status(status_url))["rejections"] == {"credential_expired": 1}
+
+
+async def test_links_beyond_max_connections_are_refused(tmp_path):
+    async with serve(tmp_path, server={"max_connections": 1}) as (app, url, status_url):
+        a = Robot(url, "robot-a")
+        assert isinstance(await a.open(), Welcome)
+        b = Robot(url, "robot-b")
+        msg = await b.open()
+        assert isinstance(msg, Reject) and msg.code == "too_many_connections"
+        assert await b.closed()
+        await a.send_chunk(1)  # the linked robot is unaffected
+        assert await a.acks(1) == [1]
+        st = await _status(status_url)
+        assert st["rejections"] == {"too_many_connections": 1} and list(st["robots"]) == ["robot-a"]
+        await a.close()
+
+
+async def test_robot_flooding_messages_is_rate_limited(tmp_path):
+    async with serve(tmp_path, limits={"max_messages_per_s": 2}) as (app, url, status_url):
+        r = Robot(url, "robot-a")
+        assert isinstance(await r.open(), Welcome)
+        for i in range(20):
+            try:
+                await r.ws.send(r.conn.status({"i": i}))
+            except ConnectionClosed:
+                break
+        msg = await r.recv()
+        assert isinstance(msg, Reject) and msg.code == "rate_limited"
+        assert await r.closed()
+        assert (await _status(status_url))["rejections"] == {"rate_limited": 1}
+

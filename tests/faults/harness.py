@@ -49,13 +49,15 @@ def free_port() -> int:
 
 class Learner:
     def __init__(self, root: Path, port: int = 0, data_dir: Path | None = None, env: dict[str, str] | None = None,
-                 learner: dict[str, Any] | None = None, name: str = "learner"):
+                 learner: dict[str, Any] | None = None, name: str = "learner", server: dict[str, Any] | None = None,
+                 limits: dict[str, Any] | None = None):
         self.root, self.name = root, name
         self.data_dir = data_dir or root / "learner"
         self.cfg = root / f"{name}.toml"
         self.cfg.write_text(tomli_w.dumps({
             "data_dir": str(self.data_dir),
-            "server": {"port": port, "heartbeat_s": 2.0},
+            "server": {"port": port, "heartbeat_s": 2.0, **(server or {})},
+            "limits": {**(limits or {})},
             "learner": {"learning_starts": 200, "publish_every": 20, "batch_size": 32, "hidden": [32, 32],
                         "checkpoint_every": 100, **(learner or {})},
         }))
@@ -88,15 +90,19 @@ class Learner:
             assert self.proc.wait(30) == 0, self.log.read_text()[-3000:]
 
     def status(self) -> dict[str, Any]:
+        import ssl
         import urllib.request
 
-        with urllib.request.urlopen(self.url.replace("ws://", "http://").replace("/ws", "/status"), timeout=5) as r:
+        url = self.url.replace("wss://", "https://").replace("ws://", "http://").replace("/ws", "/status")
+        ctx = ssl._create_unverified_context()  # our own learner on loopback
+        with urllib.request.urlopen(url, timeout=5, context=ctx) as r:
             return json.loads(r.read())
 
 
 class Agent:
     def __init__(self, root: Path, robot_id: str, urls: list[str], episodes: int, rate_hz: float = 0,
-                 chunk_steps: int = 10, spool: dict[str, Any] | None = None, spool_dir: Path | None = None):
+                 chunk_steps: int = 10, spool: dict[str, Any] | None = None, spool_dir: Path | None = None,
+                 link: dict[str, Any] | None = None):
         self.root, self.robot_id = root, robot_id
         self.dir = root / robot_id
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -106,12 +112,13 @@ class Agent:
         self.log = self.dir / "agent.log"
         self.urls, self.episodes, self.rate_hz, self.chunk_steps = urls, episodes, rate_hz, chunk_steps
         self.spool = spool or {}
+        self.link = link or {}
         self.proc: subprocess.Popen | None = None
 
     def write_config(self) -> None:
         self.cfg.write_text(tomli_w.dumps({
             "robot_id": self.robot_id,
-            "link": {"url": self.urls[0], "fallback_urls": self.urls[1:], **FAST_LINK},
+            "link": {"url": self.urls[0], "fallback_urls": self.urls[1:], **FAST_LINK, **self.link},
             "robot": {"driver": "mujoco_fetch", "options": {"seed": abs(hash(self.robot_id)) % 1000}},
             "control": {"rate_hz": self.rate_hz, "max_episodes": self.episodes, "chunk_steps": self.chunk_steps},
             "spool": {"dir": str(self.spool_dir), **self.spool},

@@ -14,6 +14,7 @@ from shared.protocol import (
     FRAME_VERSION,
     PROTOCOL_VERSIONS,
     Ack,
+    Challenge,
     Chunk,
     CloudConnection,
     EdgeConnection,
@@ -25,6 +26,9 @@ from shared.protocol import (
     Reject,
     State,
     Status,
+    TunnelClose,
+    TunnelData,
+    TunnelOpen,
     Welcome,
     decode_frame,
     encode_frame,
@@ -54,10 +58,35 @@ def wire(msg) -> bytes:
 def handshake(cloud_limits: Limits | None = None, edge_limits: Limits | None = None):
     edge = EdgeConnection("robot-1", SPEC, UNITS, edge_limits)
     cloud = CloudConnection(cloud_limits)
+    edge.receive(cloud.challenge())
     cloud.receive(edge.hello(policy_version=0))
     edge.receive(cloud.welcome("run-1", acked_seq=0, policy_version=0))
     assert edge.state is State.OPEN and cloud.state is State.OPEN
     return edge, cloud
+
+
+def challenged(limits: Limits | None = None) -> CloudConnection:
+    """A cloud end that has sent its challenge and now waits for the hello."""
+    cloud = CloudConnection(limits)
+    cloud.challenge()
+    assert cloud.state is State.CHALLENGED
+    return cloud
+
+
+def edge_challenged(robot_id: str = "robot-1", units=()) -> EdgeConnection:
+    """An edge end that has taken a challenge and not yet said hello."""
+    edge = EdgeConnection(robot_id, SPEC, list(units))
+    edge.receive(CloudConnection().challenge())
+    assert edge.state is State.CHALLENGED
+    return edge
+
+
+def edge_waiting() -> EdgeConnection:
+    """An edge end that has answered a challenge with its hello and waits for the welcome."""
+    edge = edge_challenged()
+    edge.hello(0)
+    assert edge.state is State.HANDSHAKE
+    return edge
 
 
 def code_of(fn, *args) -> str:
@@ -74,6 +103,14 @@ def test_full_handshake_and_traffic_through_bytes():
     cloud = CloudConnection()
     assert edge.state is State.START and cloud.state is State.START
 
+    challenge_bytes = cloud.challenge()
+    assert isinstance(challenge_bytes, bytes) and challenge_bytes[:2] == b"FL"
+    assert cloud.state is State.CHALLENGED
+    challenge = edge.receive(challenge_bytes)
+    assert isinstance(challenge, Challenge)
+    assert challenge.nonce == cloud.server_nonce and challenge.nonce
+    assert edge.state is State.CHALLENGED
+
     hello_bytes = edge.hello(policy_version=7, agent_version="0.1.0")
     assert isinstance(hello_bytes, bytes) and hello_bytes[:2] == b"FL"
     assert edge.state is State.HANDSHAKE
@@ -87,6 +124,7 @@ def test_full_handshake_and_traffic_through_bytes():
     assert hello.policy_version == 7
     assert hello.agent_version == "0.1.0"
     assert tuple(hello.versions) == tuple(PROTOCOL_VERSIONS)
+    assert hello.client_nonce and hello.proof == ""  # no credential: an unenrolled robot proves nothing
     assert cloud.state is State.HANDSHAKE
     assert cloud.robot_id == "robot-1"
     assert cloud.version == max(PROTOCOL_VERSIONS)
@@ -130,24 +168,25 @@ def hello_meta(**over):
 
 def test_cloud_rejects_hello_sharing_no_protocol_version():
     foreign = [max(PROTOCOL_VERSIONS) + 1, max(PROTOCOL_VERSIONS) + 7]
-    cloud = CloudConnection()
+    cloud = challenged()
     assert code_of(cloud.receive, frame(MsgType.HELLO, hello_meta(versions=foreign))) == "unsupported_version"
     assert cloud.state is not State.HANDSHAKE and cloud.state is not State.OPEN
 
 
 def test_cloud_picks_the_highest_common_version():
     cloud = CloudConnection()
+    challenge = cloud.challenge()
     offered = [max(PROTOCOL_VERSIONS) + 5, *PROTOCOL_VERSIONS, 0]
     cloud.receive(frame(MsgType.HELLO, hello_meta(versions=offered)))
     assert cloud.version == max(PROTOCOL_VERSIONS)
     welcome = EdgeConnection("robot-1", SPEC, [])
+    welcome.receive(challenge)
     welcome.hello(0)
     assert welcome.receive(cloud.welcome("r", 0, 0)).version == max(PROTOCOL_VERSIONS)
 
 
 def test_edge_refuses_a_welcome_with_a_version_it_did_not_offer():
-    edge = EdgeConnection("robot-1", SPEC, [])
-    edge.hello(0)
+    edge = edge_waiting()
     bad = Welcome(max(PROTOCOL_VERSIONS) + 1, "run", 0, 0, 4)
     assert code_of(edge.receive, wire(bad)) == "unsupported_version"
     assert edge.state is not State.OPEN
@@ -158,7 +197,7 @@ def test_frame_version_byte_other_than_1_is_unsupported(version):
     good = wire(Ack(1))
     bad = good[:2] + bytes([version]) + good[3:]
     assert code_of(decode_frame, bad, Limits()) == "unsupported_version"
-    assert code_of(CloudConnection().receive, frame(MsgType.HELLO, hello_meta(), version=version)) == "unsupported_version"
+    assert code_of(challenged().receive, frame(MsgType.HELLO, hello_meta(), version=version)) == "unsupported_version"
 
 
 # ------------------------------------------------------------ round trips
@@ -167,7 +206,9 @@ def test_frame_version_byte_other_than_1_is_unsupported(version):
 ALL_MESSAGES = [
     Hello("robot-1", (1, 2), SPEC, [{"name": "arm"}], 5, "1.2.3"),
     Hello("r", (1,), {}, [], 0, ""),
+    Hello("robot-2", (1,), SPEC, [], 0, "", "c1" * 16, "ab" * 32),
     Welcome(1, "run-x", 99, 3, 8),
+    Welcome(1, "run-y", 0, 0, 1, "5e" * 32),
     Chunk(1, "ep-0", 1, 10, 0, b""),
     Chunk(2**40, "ep-9", 10_000, 2**33, 0xFFFFFFFF, b"\x00\xff" * 1000),
     Ack(0),
@@ -179,6 +220,14 @@ ALL_MESSAGES = [
     Reject("unsupported_version", "go away"),
     Lost(3, 9, "bad sector"),
     Lost(1, 1, ""),
+    Challenge("0f" * 16),
+    Challenge("n" * 64),
+    TunnelOpen(1, 22),
+    TunnelOpen(2**31, 65535),
+    TunnelData(7, b"\x00ssh bytes\xff"),
+    TunnelData(0, b""),
+    TunnelClose(7, "connection refused"),
+    TunnelClose(1),
 ]
 
 
@@ -210,6 +259,9 @@ def test_chunk_and_status_before_welcome_are_bad_state():
     edge = EdgeConnection("robot-1", SPEC, [])
     assert code_of(edge.chunk, 1, "ep", 1, 1, 0, b"x") == "bad_state"
     assert code_of(edge.status, {"a": 1}) == "bad_state"
+    edge.receive(CloudConnection().challenge())
+    assert code_of(edge.chunk, 1, "ep", 1, 1, 0, b"x") == "bad_state"
+    assert code_of(edge.status, {"a": 1}) == "bad_state"
     edge.hello(0)
     assert code_of(edge.chunk, 1, "ep", 1, 1, 0, b"x") == "bad_state"
     assert code_of(edge.status, {"a": 1}) == "bad_state"
@@ -230,14 +282,49 @@ def test_lost_range_must_be_non_empty_and_start_at_1(first, last):
 
 
 def test_hello_is_sent_once():
-    edge = EdgeConnection("robot-1", SPEC, [])
+    edge = edge_challenged()
     edge.hello(0)
     assert code_of(edge.hello, 0) == "bad_state"
+
+
+def test_hello_waits_for_the_challenge():
+    edge = EdgeConnection("robot-1", SPEC, [])
+    assert code_of(edge.hello, 0) == "bad_state"
+    assert edge.state is State.START
+    edge.receive(CloudConnection().challenge())
+    assert isinstance(edge.hello(0), bytes)
+    edge, _ = handshake()
+    assert code_of(edge.hello, 0) == "bad_state"
+
+
+def test_challenge_opens_the_link_once():
+    cloud = CloudConnection()
+    cloud.challenge()
+    assert code_of(cloud.challenge) == "bad_state"
+    _, cloud = handshake()
+    assert code_of(cloud.challenge) == "bad_state"
+
+
+def test_every_challenge_carries_a_fresh_nonce():
+    nonces = {CloudConnection().challenge() for _ in range(20)}
+    assert len(nonces) == 20
+
+
+@pytest.mark.parametrize(
+    "data",
+    [frame(MsgType.HELLO, hello_meta()), wire(Chunk(1, "e", 1, 1, 0, b"x")), wire(Status({})), b"garbage"],
+    ids=["hello", "chunk", "status", "garbage"],
+)
+def test_cloud_receives_nothing_before_its_challenge(data):
+    cloud = CloudConnection()
+    assert code_of(cloud.receive, data) == "bad_state"
+    assert cloud.state is State.START
 
 
 def test_cloud_refuses_a_second_hello_in_handshake_and_open():
     edge = EdgeConnection("robot-1", SPEC, [])
     cloud = CloudConnection()
+    edge.receive(cloud.challenge())
     hello = edge.hello(0)
     cloud.receive(hello)
     assert code_of(cloud.receive, hello) == "bad_state"
@@ -246,18 +333,22 @@ def test_cloud_refuses_a_second_hello_in_handshake_and_open():
 
 
 def test_cloud_refuses_anything_but_hello_first():
-    for msg in (Chunk(1, "e", 1, 1, 0, b"x"), Status({}), Ack(1), Welcome(1, "r", 0, 0, 1)):
-        assert code_of(CloudConnection().receive, wire(msg)) == "bad_state"
+    for msg in (Chunk(1, "e", 1, 1, 0, b"x"), Status({}), Ack(1), Welcome(1, "r", 0, 0, 1), Challenge("ab" * 16),
+                Lost(1, 1, "x"), TunnelData(1, b"x"), TunnelClose(1), TunnelOpen(1, 22)):
+        cloud = challenged()
+        assert code_of(cloud.receive, wire(msg)) == "bad_state"
+        assert cloud.state is State.CHALLENGED
 
 
 def test_cloud_refuses_chunk_before_it_sent_welcome():
-    cloud = CloudConnection()
+    cloud = challenged()
     cloud.receive(frame(MsgType.HELLO, hello_meta()))
     assert code_of(cloud.receive, wire(Chunk(1, "e", 1, 1, 0, b"x"))) == "bad_state"
 
 
 @pytest.mark.parametrize(
-    "msg", [Ack(1), Policy(1, "x", b"y"), Welcome(1, "r", 0, 0, 1)], ids=lambda m: type(m).__name__
+    "msg", [Ack(1), Policy(1, "x", b"y"), Welcome(1, "r", 0, 0, 1), Challenge("ab" * 16), TunnelOpen(1, 22)],
+    ids=lambda m: type(m).__name__,
 )
 def test_cloud_refuses_cloud_to_robot_messages(msg):
     _, cloud = handshake()
@@ -265,7 +356,9 @@ def test_cloud_refuses_cloud_to_robot_messages(msg):
 
 
 @pytest.mark.parametrize(
-    "msg", [Chunk(1, "e", 1, 1, 0, b"x"), Status({}), Lost(1, 2, "x"), Hello("r", (1,), {}, [], 0, ""), Welcome(1, "r", 0, 0, 1)],
+    "msg",
+    [Chunk(1, "e", 1, 1, 0, b"x"), Status({}), Lost(1, 2, "x"), Hello("r", (1,), {}, [], 0, ""), Welcome(1, "r", 0, 0, 1),
+     Challenge("ab" * 16)],
     ids=lambda m: type(m).__name__,
 )
 def test_edge_refuses_robot_to_cloud_messages_and_second_welcome(msg):
@@ -273,29 +366,71 @@ def test_edge_refuses_robot_to_cloud_messages_and_second_welcome(msg):
     assert code_of(edge.receive, wire(msg)) == "bad_state"
 
 
+def test_tunnel_messages_flow_both_ways_on_an_open_link():
+    edge, cloud = handshake()
+    assert edge.receive(cloud.tunnel_open(3, 22)) == TunnelOpen(3, 22)
+    assert edge.receive(cloud.tunnel_data(3, b"to robot")) == TunnelData(3, b"to robot")
+    assert cloud.receive(edge.tunnel_data(3, b"from robot")) == TunnelData(3, b"from robot")
+    assert cloud.receive(edge.tunnel_close(3, "eof")) == TunnelClose(3, "eof")
+    assert edge.receive(cloud.tunnel_close(3)) == TunnelClose(3, "")
+    assert edge.state is State.OPEN and cloud.state is State.OPEN
+
+
+def test_tunnel_messages_need_an_open_link():
+    edge, cloud = EdgeConnection("robot-1", SPEC, []), CloudConnection()
+    for send in (lambda: cloud.tunnel_open(1, 22), lambda: cloud.tunnel_data(1, b"x"), lambda: cloud.tunnel_close(1),
+                 lambda: edge.tunnel_data(1, b"x"), lambda: edge.tunnel_close(1)):
+        assert code_of(send) == "bad_state"
+    edge.receive(cloud.challenge())
+    cloud.receive(edge.hello(0))
+    for send in (lambda: cloud.tunnel_open(1, 22), lambda: edge.tunnel_data(1, b"x")):
+        assert code_of(send) == "bad_state"
+    assert code_of(edge.receive, wire(TunnelOpen(1, 22))) == "bad_state"
+    assert code_of(cloud.receive, wire(TunnelData(1, b"x"))) == "bad_state"
+
+
 def test_edge_expects_welcome_during_handshake():
-    edge = EdgeConnection("robot-1", SPEC, [])
-    edge.hello(0)
+    edge = edge_waiting()
     assert code_of(edge.receive, wire(Ack(1))) == "bad_state"
+    assert code_of(edge.receive, wire(Challenge("ab" * 16))) == "bad_state"
     assert edge.state is State.HANDSHAKE
 
 
 def test_welcome_answers_a_hello():
     assert code_of(CloudConnection().welcome, "run", 0, 0) == "bad_state"
+    assert code_of(challenged().welcome, "run", 0, 0) == "bad_state"
     _, cloud = handshake()
     assert code_of(cloud.welcome, "run", 0, 0) == "bad_state"
 
 
-@pytest.mark.parametrize("msg", [Ack(1), Welcome(1, "run", 0, 0, 4)], ids=lambda m: type(m).__name__)
+@pytest.mark.parametrize(
+    "msg", [Ack(1), Welcome(1, "run", 0, 0, 4), Policy(1, "x", b"y"), TunnelOpen(1, 22), Hello("r", (1,), {}, [], 0, "")],
+    ids=lambda m: type(m).__name__,
+)
 def test_edge_refuses_messages_before_it_said_hello(msg):
     edge = EdgeConnection("robot-1", SPEC, [])
+    assert code_of(edge.receive, wire(msg)) == "bad_state"  # only a challenge (or a reject) opens the link
+    assert edge.state is State.START
+    edge = edge_challenged()
+    assert code_of(edge.receive, wire(msg)) == "bad_state"  # challenged: nothing is due before our hello
+    assert edge.state is State.CHALLENGED
+
+
+@pytest.mark.parametrize("msg", [Challenge("ab" * 16), Reject("x", "y")], ids=lambda m: type(m).__name__)
+def test_edge_takes_nothing_between_challenge_and_its_hello(msg):
+    edge = edge_challenged()
     assert code_of(edge.receive, wire(msg)) == "bad_state"
+    assert edge.state is State.CHALLENGED
 
 
 @pytest.mark.parametrize("which", ["ack", "policy"])
 def test_cloud_cannot_send_ack_or_policy_before_welcome(which):
     cloud = CloudConnection()
     send = (lambda: cloud.ack(1)) if which == "ack" else (lambda: cloud.policy(1, "x", b"y"))
+    assert code_of(send) == "bad_state"
+    cloud.challenge()
+    assert code_of(send) == "bad_state"
+    cloud.receive(frame(MsgType.HELLO, hello_meta()))
     assert code_of(send) == "bad_state"
 
 
@@ -313,6 +448,7 @@ def test_reject_received_by_cloud_closes_the_connection():
 def test_reject_received_by_edge_during_handshake_closes_it():
     edge = EdgeConnection("robot-1", SPEC, [])
     cloud = CloudConnection()
+    edge.receive(cloud.challenge())
     cloud.receive(edge.hello(0))
     data = cloud.reject("spec_mismatch", "spec differs")
     assert cloud.state is State.CLOSED
@@ -321,6 +457,22 @@ def test_reject_received_by_edge_during_handshake_closes_it():
     assert edge.state is State.CLOSED
     assert code_of(edge.receive, wire(Ack(1))) == "closed"
     assert code_of(edge.chunk, 1, "ep", 1, 1, 0, b"") == "bad_state"
+
+
+def test_reject_instead_of_a_challenge_closes_the_edge():
+    edge = EdgeConnection("robot-1", SPEC, [])
+    msg = edge.receive(CloudConnection().reject("too_many_connections", "full"))
+    assert msg == Reject("too_many_connections", "full")
+    assert edge.state is State.CLOSED
+    assert code_of(edge.hello, 0) == "bad_state"
+    assert code_of(edge.receive, CloudConnection().challenge()) == "closed"
+
+
+def test_reject_received_by_cloud_while_it_waits_for_hello_closes_it():
+    cloud = challenged()
+    assert cloud.receive(wire(Reject("shutdown", "bye"))) == Reject("shutdown", "bye")
+    assert cloud.state is State.CLOSED
+    assert code_of(cloud.receive, frame(MsgType.HELLO, hello_meta())) == "closed"
 
 
 def test_reject_received_by_edge_when_open_closes_it():
@@ -380,7 +532,7 @@ def test_frame_lengths_must_match_exactly():
 
 def test_bad_magic():
     assert code_of(decode_frame, frame(MsgType.ACK, {"seq": 1}, magic=b"LF"), Limits()) == "bad_magic"
-    assert code_of(CloudConnection().receive, b"GET / HTTP/1.1\r\n\r\n") == "bad_magic"
+    assert code_of(challenged().receive, b"GET / HTTP/1.1\r\n\r\n") == "bad_magic"
 
 
 @pytest.mark.parametrize("type_", [0, max(MsgType) + 1, 99, 255])
@@ -424,11 +576,21 @@ def test_meta_must_be_a_msgpack_map(meta):
         (MsgType.HELLO, {**hello_meta(), "units": {"a": 1}}, "units"),
         (MsgType.HELLO, {**hello_meta(), "policy_version": -1}, "policy_version"),
         (MsgType.HELLO, {k: v for k, v in hello_meta().items() if k != "robot_id"}, "robot_id"),
+        (MsgType.HELLO, {**hello_meta(), "client_nonce": 5}, "client_nonce"),
+        (MsgType.HELLO, {**hello_meta(), "proof": b"\x00" * 32}, "proof"),
+        (MsgType.WELCOME, {"version": 1, "run_id": "r", "acked_seq": 0, "policy_version": 0, "max_inflight": 1,
+                           "server_signature": 1}, "server_signature"),
+        (MsgType.CHALLENGE, {}, "nonce"),
+        (MsgType.CHALLENGE, {"nonce": "x" * 15}, "nonce"),
+        (MsgType.CHALLENGE, {"nonce": "x" * 65}, "nonce"),
+        (MsgType.TUNNEL_OPEN, {"stream": 1, "port": 65536}, "port"),
+        (MsgType.TUNNEL_DATA, {"stream": -1}, "stream"),
+        (MsgType.TUNNEL_CLOSE, {"stream": 1, "reason": 3}, "reason"),
     ],
 )
 def test_wrong_field_types_are_bad_meta_naming_the_field(type_, meta, field):
     with pytest.raises(ProtocolError) as ei:
-        CloudConnection().receive(frame(type_, meta)) if type_ is MsgType.HELLO else _parse(type_, meta)
+        challenged().receive(frame(type_, meta)) if type_ is MsgType.HELLO else _parse(type_, meta)
     assert ei.value.code == "bad_meta"
     assert field in ei.value.message
 
@@ -465,25 +627,25 @@ def test_negative_and_zero_seq():
     ["", "a b", "a/b", "../x", "robot\n", "robot\x00", "r;rm -rf", "x" * 129, "tab\there", "emoji\U0001f916"],
 )
 def test_hello_robot_id_with_bad_characters_is_refused(robot_id):
-    err = pytest.raises(ProtocolError, CloudConnection().receive, frame(MsgType.HELLO, hello_meta(robot_id=robot_id))).value
+    err = pytest.raises(ProtocolError, challenged().receive, frame(MsgType.HELLO, hello_meta(robot_id=robot_id))).value
     assert err.code == "bad_meta" and "robot_id" in err.message
 
 
 @pytest.mark.parametrize("robot_id", ["a", "arm-01.lab_A", "x" * 128])
 def test_hello_accepts_valid_robot_ids(robot_id):
-    cloud = CloudConnection()
+    cloud = challenged()
     assert cloud.receive(frame(MsgType.HELLO, hello_meta(robot_id=robot_id))).robot_id == robot_id
 
 
 @pytest.mark.parametrize("robot_id", ["r\u043ebot", "\uff52obot", "robot\u00b2"])
 def test_hello_robot_id_is_ascii_like_config(robot_id):
-    err = pytest.raises(ProtocolError, CloudConnection().receive, frame(MsgType.HELLO, hello_meta(robot_id=robot_id))).value
+    err = pytest.raises(ProtocolError, challenged().receive, frame(MsgType.HELLO, hello_meta(robot_id=robot_id))).value
     assert err.code == "bad_meta"
 
 
 @pytest.mark.parametrize("versions", [[], [True], ["1"], [1.0], list(range(17)), "1", 1])
 def test_hello_versions_must_be_a_short_list_of_ints(versions):
-    err = pytest.raises(ProtocolError, CloudConnection().receive, frame(MsgType.HELLO, hello_meta(versions=versions))).value
+    err = pytest.raises(ProtocolError, challenged().receive, frame(MsgType.HELLO, hello_meta(versions=versions))).value
     assert err.code == "bad_meta" and "versions" in err.message
 
 
@@ -529,13 +691,11 @@ def feed_all(data: bytes) -> None:
     """Feed bytes to every receiving end; each must return a message or raise a FleetError."""
     from shared.protocol.messages import Message  # noqa: F401  (union type, for isinstance below)
 
-    kinds = (Hello, Welcome, Chunk, Ack, Policy, Status, Reject, Lost)
-    receivers = [CloudConnection().receive]
+    kinds = (Hello, Welcome, Chunk, Ack, Policy, Status, Reject, Lost, Challenge, TunnelOpen, TunnelData, TunnelClose)
+    receivers = [challenged().receive, EdgeConnection("robot-1", SPEC, []).receive]
     edge, cloud = handshake()
     receivers += [edge.receive, cloud.receive]
-    e2 = EdgeConnection("robot-1", SPEC, [])
-    e2.hello(0)
-    receivers.append(e2.receive)
+    receivers.append(edge_waiting().receive)
     for recv in receivers:
         try:
             out = recv(data)
@@ -574,7 +734,7 @@ def mutated_frames(draw):
             meta_len = HEADER.unpack_from(data)[3]
             new_meta = draw(st.integers(0, max(0, len(data) - 12)))
             data[2] = draw(st.sampled_from([1, 1, 1, 0, 2]))
-            data[3] = draw(st.integers(0, 9))
+            data[3] = draw(st.integers(0, max(MsgType) + 1))
             data[4:12] = struct.pack(">II", new_meta if draw(st.booleans()) else meta_len, len(data) - 12 - new_meta)
     return bytes(data)
 
@@ -593,6 +753,7 @@ msgpack_values = st.recursive(
 FIELD_NAMES = [
     "robot_id", "versions", "spec", "units", "policy_version", "agent_version", "version", "run_id", "acked_seq",
     "max_inflight", "seq", "episode_id", "rows", "raw_size", "crc32", "sha256", "size", "values", "code", "message", "first", "last", "reason",
+    "client_nonce", "proof", "server_signature", "nonce", "stream", "port",
 ]
 
 

@@ -1,0 +1,468 @@
+"""What every benchmark shares: result rows and JSON, real learner/agent processes,
+MuJoCo-rendered frames (clean and camera-noisy) and pre-filled robot spools.
+
+Process handling follows tests/faults/harness.py (copied, not imported: bench
+must not depend on the test tree).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import math
+import os
+import platform
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tomli_w
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+LIVE: list[subprocess.Popen] = []
+
+FAST_LINK = {"reconnect_min_s": 0.05, "reconnect_max_s": 0.5, "ping_interval_s": 1.0, "ping_timeout_s": 3.0,
+             "connect_timeout_s": 3.0}
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass
+class Row:
+    case: str
+    metric: str
+    value: float | None
+    unit: str = ""
+    baseline: float | None = None
+    ratio: float | None = None
+    target: str = ""
+    ok: bool | None = None  # None: reported, no target
+    note: str = ""
+
+
+@dataclass
+class Result:
+    name: str
+    quick: bool
+    rows: list[Row] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    error: str = ""
+
+    def add(self, *a: Any, **k: Any) -> Row:
+        r = Row(*a, **k)
+        self.rows.append(r)
+        return r
+
+    @property
+    def headline_ratio(self) -> float:
+        """The first row with a ratio: what the CI smoke test checks is finite."""
+        for r in self.rows:
+            if r.ratio is not None:
+                return r.ratio
+        return float("nan")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "quick": self.quick, "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(self.seconds, 1), "error": self.error,
+            "rows": [r.__dict__ for r in self.rows], "extra": self.extra, "notes": self.notes,
+            "versions": versions(), "machine": machine(),
+        }
+
+
+def fmt(x: Any) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        if not math.isfinite(x):
+            return str(x)
+        a = abs(x)
+        if a >= 1000:
+            return f"{x:,.0f}"
+        if a >= 10:
+            return f"{x:.1f}"
+        if a >= 0.1:
+            return f"{x:.2f}"
+        return f"{x:.3g}"
+    return str(x)
+
+
+def table_lines(res: Result, markdown: bool = False) -> list[str]:
+    head = ["case", "metric", "value", "unit", "baseline", "ratio", "target", "ok"]
+    body = []
+    for r in res.rows:
+        ok = "BLOCKED" if r.note.startswith("blocked") else "-" if r.ok is None else ("PASS" if r.ok else "MISS")
+        body.append([r.case, r.metric, fmt(r.value), r.unit, fmt(r.baseline), fmt(r.ratio), r.target, ok])
+    if markdown:
+        out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        out += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
+        return out
+    w = [max(len(h), *(len(row[i]) for row in body)) if body else len(h) for i, h in enumerate(head)]
+    line = lambda cells: "  ".join(c.ljust(w[i]) for i, c in enumerate(cells))  # noqa: E731
+    return [line(head), line(["-" * x for x in w]), *(line(row) for row in body)]
+
+
+def print_result(res: Result) -> None:
+    print(f"\n== {res.name}{' (quick)' if res.quick else ''}  [{res.seconds:.0f} s]")
+    if res.error:
+        print(f"ERROR: {res.error}")
+    for ln in table_lines(res):
+        print(ln)
+    for n in res.notes:
+        print(f"  note: {n}")
+    sys.stdout.flush()
+
+
+def save_result(res: Result) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = f"{res.name}{'-quick' if res.quick else ''}"
+    data = json.dumps(res.to_json(), indent=1, default=str)
+    (RESULTS / f"{stem}.json").write_text(data)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = RESULTS / f"{stem}-{stamp}.json"
+    path.write_text(data)
+    return path
+
+
+@functools.lru_cache(1)
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("fleetrl", "torch", "numpy", "pyarrow", "zstandard", "websockets", "aiohttp", "mujoco", "pillow"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        out["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                    text=True, timeout=5).stdout.strip()
+    except OSError:
+        pass
+    return out
+
+
+@functools.lru_cache(1)
+def machine() -> dict[str, Any]:
+    model = platform.processor()
+    try:
+        for ln in Path("/proc/cpuinfo").read_text().splitlines():
+            if ln.startswith("model name"):
+                model = ln.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = 0
+    try:
+        mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"cpus": os.cpu_count(), "cpu_model": model, "mem_mb": mem, "kernel": platform.release(),
+            "load_avg": os.getloadavg()}
+
+
+# ---------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str, every: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+def spawn(args: list[str], log: Path, stdout=subprocess.DEVNULL, env: dict[str, str] | None = None,
+          prefix: list[str] | None = None) -> subprocess.Popen:
+    p = subprocess.Popen((prefix or []) + args, stdout=stdout, stderr=open(log, "ab"), cwd=ROOT,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    LIVE.append(p)
+    return p
+
+
+def stop(p: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+    if p is None or p.poll() is not None:
+        return
+    p.send_signal(sig)
+    try:
+        p.wait(timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait(10)
+
+
+def kill_all() -> None:
+    while LIVE:
+        stop(LIVE.pop(), signal.SIGKILL, 10)
+
+
+def read_ready(p: subprocess.Popen, log: Path, timeout: float = 60) -> str:
+    """The first stdout line of a process that prints ``READY <url>``."""
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    sel.register(p.stdout, selectors.EVENT_READ)
+    if not sel.select(timeout):
+        raise TimeoutError(f"no READY line after {timeout} s: {log.read_text()[-2000:]}")
+    line = p.stdout.readline().decode()
+    if not line.startswith("READY "):
+        raise RuntimeError(f"process did not start: {line!r} {log.read_text()[-3000:]}")
+    return line.split()[1]
+
+
+class Learner:
+    """``python -m cloud serve`` (or the bench host, which adds a publish route) on a TOML config."""
+
+    def __init__(self, root: Path, learner: dict[str, Any] | None = None, limits: dict[str, Any] | None = None,
+                 host: str = "127.0.0.1", port: int = 0, data_dir: Path | None = None, name: str = "learner",
+                 bench_host: bool = False):
+        self.root, self.name, self.bench_host = root, name, bench_host
+        root.mkdir(parents=True, exist_ok=True)
+        self.data_dir = data_dir or root / name
+        self.cfg = root / f"{name}.toml"
+        cfg: dict[str, Any] = {
+            "data_dir": str(self.data_dir),
+            "server": {"host": host, "port": port, "heartbeat_s": 5.0},
+            "learner": {"learning_starts": 10**9, "batch_size": 256, "memory_capacity": 200_000, **(learner or {})},
+        }
+        if limits:
+            cfg["limits"] = limits
+        self.cfg.write_text(tomli_w.dumps(cfg))
+        self.log = root / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+        self.url = ""
+
+    def start(self, resume: bool = False, prefix: list[str] | None = None, timeout: float = 90) -> "Learner":
+        mod = ["bench._learner_host"] if self.bench_host else ["cloud", "serve"]
+        args = [sys.executable, "-m", *mod, "--config", str(self.cfg)] + (["--resume"] if resume else [])
+        self.proc = spawn(args, self.log, stdout=subprocess.PIPE, prefix=prefix)
+        self.url = read_ready(self.proc, self.log, timeout)
+        return self
+
+    @property
+    def http(self) -> str:
+        return self.url.replace("ws://", "http://").rsplit("/ws", 1)[0]
+
+    def status(self) -> dict[str, Any]:
+        import urllib.request
+
+        with urllib.request.urlopen(self.http + "/status", timeout=10) as r:
+            return json.loads(r.read())
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+    def kill(self) -> None:
+        stop(self.proc, signal.SIGKILL)
+
+
+def agent_config(root: Path, robot_id: str, url: str, *, camera: bool = False, codec: str = "raw",
+                 control: dict[str, Any] | None = None, link: dict[str, Any] | None = None,
+                 spool: dict[str, Any] | None = None, seed: int = 1) -> Path:
+    d = root / robot_id
+    d.mkdir(parents=True, exist_ok=True)
+    opts: dict[str, Any] = {"seed": seed}
+    if camera:
+        opts.update(camera=True, camera_size=128, camera_codec=codec)
+    cfg = {
+        "robot_id": robot_id,
+        "link": {"url": url, **FAST_LINK, **(link or {})},
+        "robot": {"driver": "mujoco_fetch", "options": opts},
+        "control": {"rate_hz": 0, "max_episodes": 1, "chunk_steps": 50, **(control or {})},
+        "spool": {"dir": str(d / "spool"), **(spool or {})},
+        "state_dir": str(d / "state"),
+        "service": {"metrics_port": 0},  # several agents on one machine
+    }
+    path = d / "agent.toml"
+    path.write_text(tomli_w.dumps(cfg))
+    return path
+
+
+def start_agent(cfg: Path, drain_timeout: float = 300, probe: Path | None = None,
+                prefix: list[str] | None = None) -> subprocess.Popen:
+    """A real edge-agent; with ``probe`` the bench wrapper that also dumps the loop's period errors."""
+    log = cfg.parent / "agent.log"
+    if probe is None and "camera = true" in cfg.read_text():
+        probe = cfg.parent / "probe.json"  # the plain agent cannot run a camera robot (see _agent_probe)
+    if probe is not None:
+        args = [sys.executable, "-m", "bench._agent_probe", str(cfg), str(probe), str(drain_timeout)]
+    else:
+        args = [sys.executable, "-m", "edge_agent", "run", "--config", str(cfg), "--drain-timeout", str(drain_timeout)]
+    return spawn(args, log, prefix=prefix)
+
+
+_TS = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+
+
+def log_events(log: Path, event: str) -> list[tuple[float, str]]:
+    """(unix time, line) of each ``event=<event>`` line of a daemon log."""
+    out = []
+    for ln in log.read_text(errors="replace").splitlines():
+        if f"event={event}" in ln:
+            m = _TS.match(ln)
+            if m:
+                t = dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                out.append((t, ln))
+    return out
+
+
+# ---------------------------------------------------------------- data
+
+
+@functools.lru_cache(4)
+def trajectory(camera: bool, steps: int, seed: int = 0) -> tuple[Any, list[dict[str, np.ndarray]]]:
+    """(episode spec, observations o_0..o_steps) from the real MuJoCo Fetch driver, random actions."""
+    from hal_drivers import registry
+
+    opts: dict[str, Any] = {"seed": seed}
+    if camera:
+        opts.update(camera=True, camera_size=128)
+    robot = registry.create("mujoco_fetch", opts)
+    try:
+        spec = robot.describe().episode_spec()
+        rng = np.random.default_rng(seed)
+        obs = [robot.reset()]
+        for i in range(steps):
+            res = robot.step(rng.uniform(-1, 1, 4).astype(np.float32))
+            obs.append(res.observation)
+            if res.terminated or res.truncated:
+                obs[-1] = robot.reset()
+    finally:
+        robot.close()
+    return spec, obs
+
+
+def add_camera_noise(frames: list[np.ndarray], sigma: float = 4.0, seed: int = 1) -> list[np.ndarray]:
+    """Sensor-like read noise (Gaussian per pixel and channel) and a small per-frame gain flicker."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for f in frames:
+        gain = 1.0 + rng.normal(0, 0.01)
+        noisy = f.astype(np.float32) * gain + rng.normal(0, sigma, f.shape)
+        out.append(np.clip(np.rint(noisy), 0, 255).astype(np.uint8))
+    return out
+
+
+def observations(kind: str, steps: int) -> tuple[Any, list[dict[str, np.ndarray]]]:
+    """kind: state | clean | noisy."""
+    spec, obs = trajectory(kind != "state", steps)
+    if kind == "noisy":
+        frames = add_camera_noise([o["camera"] for o in obs])
+        obs = [{**o, "camera": f} for o, f in zip(obs, frames)]
+    return spec, obs
+
+
+def with_codec(spec: Any, codec: str, quality: int | None = None) -> Any:
+    from shared.schema import EpisodeSpec, FieldSpec
+
+    fields = {k: (FieldSpec(v.shape, v.dtype, codec=codec, quality=quality if codec == "jpeg" else None)
+                  if v.is_image else v) for k, v in spec.observation.items()}
+    return EpisodeSpec(fields, spec.action_dim, spec.action_low, spec.action_high)
+
+
+@dataclass
+class ChunkSet:
+    spec: Any
+    chunks: list[tuple[str, int, int, bytes]]  # episode id, rows, raw size, body
+
+    @property
+    def rows(self) -> int:
+        return sum(c[1] for c in self.chunks)
+
+    @property
+    def raw_bytes(self) -> int:
+        return sum(c[2] for c in self.chunks)
+
+    @property
+    def wire_bytes(self) -> int:
+        return sum(len(c[3]) for c in self.chunks)
+
+
+def make_chunks(kind: str, transitions: int, robot_id: str, chunk_steps: int = 50, distinct: int = 100,
+                codec: str = "raw") -> ChunkSet:
+    """Episode chunks exactly as the agent encodes them (build_batch + encode_chunk), from
+    ``distinct`` real steps cycled (more than a chunk, so zstd sees no repeats in one chunk)."""
+    from shared.chunk import StepRecord, build_batch, encode_chunk
+
+    spec, obs = observations(kind, distinct)
+    if codec != "raw":
+        spec = with_codec(spec, codec, 90)
+    rng = np.random.default_rng(7)
+    chunks, t = [], 0
+    ep = 0
+    while t < transitions:
+        eid = f"bench-{ep:06d}"
+        ep += 1
+        for start in range(0, 50, chunk_steps):
+            n = min(chunk_steps, 50 - start, transitions - t)
+            if n <= 0:
+                break
+            steps = []
+            for i in range(n):
+                k = (t + i) % distinct
+                step = start + i
+                steps.append(StepRecord(obs=obs[k], action=rng.uniform(-1, 1, 4).astype(np.float32), reward=-0.1,
+                                        next_obs=obs[k + 1], terminated=False, truncated=step == 49, step=step))
+            batch = build_batch(spec, robot_id, eid, steps)
+            chunks.append((eid, n, batch.nbytes, encode_chunk(batch)))
+            t += n
+    return ChunkSet(spec, chunks)
+
+
+def prefill_spool(spool_dir: Path, cs: ChunkSet) -> None:
+    """Write chunks into a robot spool with the agent's own Spool class (not timed)."""
+    from edge_agent.spool import Spool
+    from shared.chunk import checksum
+
+    sp = Spool(spool_dir, fsync="never")
+    for eid, rows, raw, body in cs.chunks:
+        sp.append(eid, rows, raw, checksum(body), body)
+    sp.close()
+
+
+def stored_rows(data_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    import pyarrow.parquet as pq
+
+    buf = data_dir / "buffer"
+    manifest = json.loads((buf / "manifest.json").read_text())
+    rows: list[dict[str, Any]] = []
+    for s in manifest["segments"]:
+        t = pq.read_table(buf / "segments" / s["name"], columns=["robot_id", "episode_id", "step", "stream_seq"])
+        rows.extend(t.to_pylist())
+    return manifest, rows
+
+
+def count_exactly_once(data_dir: Path, robot_id: str, ledger_path: Path) -> dict[str, int]:
+    """Generated (the agent's ledger) against stored rows, duplicates by (episode, step, seq)."""
+    from collections import Counter
+
+    ledger = json.loads(ledger_path.read_text())
+    _, rows = stored_rows(data_dir)
+    mine = [r for r in rows if r["robot_id"] == robot_id]
+    keys = Counter((r["episode_id"], r["step"], r["stream_seq"]) for r in mine)
+    return {"generated": ledger["transitions"], "stored": len(mine),
+            "duplicates": sum(c - 1 for c in keys.values() if c > 1),
+            "missing": ledger["transitions"] - len(set(keys))}
+
+
+def ratio(a: float | None, b: float | None) -> float:
+    if a is None or b is None or b == 0:
+        return float("nan")
+    return a / b

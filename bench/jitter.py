@@ -1,0 +1,92 @@
+"""jitter: 50 Hz control loop lateness while uploading at full speed and swapping policies.
+
+A real edge agent (bench._agent_probe: edge_agent.daemon.Agent, which also
+dumps the loop's per-tick lateness on exit) drives the simulated Fetch arm
+with its 128x128 camera at 50 Hz against a real learner. Loaded run: the
+agent starts with a backlog of camera-noisy image chunks in its spool (so the
+uplink sends at full speed for the whole run) and the learner publishes a
+large policy several times mid-run. Baseline in the same run: the same loop,
+same learner, no backlog, no policy push. The agent and the learner are
+pinned to different cores (taskset) so the learner's work does not pose as
+robot-side jitter, as on real, separate machines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import common as C
+from .weights import make_blob, publish
+
+PIN = os.cpu_count() is not None and os.cpu_count() >= 2
+
+
+def loop_run(root: Path, learner: C.Learner, robot: str, episodes: int, backlog: C.ChunkSet | None,
+             repeat: int, blobs: list[Path], res: C.Result) -> dict:
+    cfg = C.agent_config(root, robot, learner.url, camera=True,
+                         control={"rate_hz": 50, "max_episodes": episodes, "random_steps": 10**9})
+    if backlog is not None:
+        C.prefill_spool(cfg.parent / "spool", C.ChunkSet(backlog.spec, backlog.chunks * repeat))
+    probe = cfg.parent / "probe.json"
+    agent = C.start_agent(cfg, drain_timeout=5, probe=probe, prefix=["taskset", "-c", "0"] if PIN else None)
+    log = cfg.parent / "agent.log"
+    C.wait_for(lambda: C.log_events(log, "link_up") or agent.poll() is not None, 90, "agent link")
+    rows0 = learner.status()["buffer_rows"]
+    t0 = time.time()
+    swaps = []
+    for i, blob in enumerate(blobs):
+        time.sleep(3.0)
+        swaps.append(publish(learner, blob) - t0)
+    agent.wait(episodes * 2 + 120)
+    t_end = time.time()
+    rows1 = learner.status()["buffer_rows"]
+    d = json.loads(probe.read_text())
+    errs = np.asarray(d["period_errors_s"]) * 1e3
+    swapped = [t for t, ln in C.log_events(log, "policy_swapped")]
+    return {"p50": float(np.percentile(errs, 50)), "p99": float(np.percentile(errs, 99)), "max": float(errs.max()),
+            "ticks": int(errs.size), "rows_uploaded": rows1 - rows0, "seconds": t_end - t0,
+            "swaps_published_at_s": swaps, "swaps_done": len(swapped)}
+
+
+def run(quick: bool = False) -> C.Result:
+    res = C.Result("jitter", quick)
+    episodes = 3 if quick else 15
+    params = 1_000_000 if quick else 10_000_000
+    n_swaps = 1 if quick else 3
+    with tempfile.TemporaryDirectory(prefix="fleetrl-bench-jitter-") as d:
+        root = Path(d)
+        learner = C.Learner(root, bench_host=True, limits={"max_frame_bytes": 1 << 30})
+        learner.start(prefix=["taskset", "-c", "1"] if PIN else None)
+        try:
+            idle = loop_run(root, learner, "jitter-idle", episodes, None, 0, [], res)
+            backlog = C.make_chunks("noisy", 200 if quick else 1000, "jitter-load")
+            blobs = []
+            for v in range(1, n_swaps + 1):
+                blobs.append(root / f"policy-{v}.safetensors")
+                make_blob(params, v, blobs[-1])
+            load = loop_run(root, learner, "jitter-load", episodes, backlog, 1 if quick else 6, blobs, res)
+        finally:
+            learner.stop()
+    for k in ("p50", "p99", "max"):
+        added = load[k] - idle[k]
+        res.add(f"50 Hz loop, period error {k}", "loaded (upload + swaps)", load[k], "ms", idle[k],
+                C.ratio(load[k], idle[k]), "< 2 ms added" if k == "p99" else "", (added < 2.0) if k == "p99" else None,
+                note=f"added {added:+.2f} ms")
+        res.add(f"50 Hz loop, period error {k}", "added over idle", added, "ms")
+    mb = load["rows_uploaded"] * (backlog.wire_bytes / backlog.rows) / 1e6
+    res.add("during the loaded run", "upload (wire)", mb / load["seconds"], "MB/s")
+    res.add("during the loaded run", "policy swaps done", float(load["swaps_done"]), "",
+            float(n_swaps), None, "all", load["swaps_done"] >= n_swaps)
+    res.extra = {"idle": idle, "load": load, "policy_params": params, "pinned": PIN}
+    res.notes.append(f"policy pushed: {params / 1e6:.0f}M parameters ({n_swaps}x); 100M is blocked by single-frame "
+                     "policy transfer (agent frame limit 64 MiB), to be re-run once policies travel in chunks")
+    res.notes.append("period error = lateness of each tick against its schedule (ControlLoop._period_errors); "
+                     "the robot acts with random actions so the big policy's inference is not in the loop")
+    return res

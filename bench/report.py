@@ -1,0 +1,69 @@
+"""docs/benchmarks.md from the latest full result of each benchmark (bench/results/NAME.json)."""
+
+from __future__ import annotations
+
+import json
+
+from . import common as C
+
+NAMES = ["compress", "ingest", "weights", "jitter", "async", "wan", "buffer"]
+
+HEAD = """# Benchmarks
+
+`bench/` holds fleetrl to the physical limits of the machine it runs on. Every
+figure is a ratio against a baseline measured **in the same run on the same
+machine** (absolute times on shared machines are noise). Targets come from the
+Targets table of the design (`shared/DESIGN.md`) and GitHub issue 8.
+
+## Reproduce
+
+```bash
+pip install torch==2.13.0 && pip install -e ".[test]"
+python -m bench all              # every benchmark, ~10 min on 2 cores; rewrites this page
+python -m bench ingest           # one of: compress ingest weights jitter async wan buffer
+python -m bench all --quick      # the CI smoke variants (tests/bench/test_bench_smoke.py)
+```
+
+Each run prints a table per benchmark and writes
+`bench/results/NAME.json` (and a time-stamped copy): figures, baseline, ratio,
+target, pass/fail, package versions and the machine. `wan` needs root, `tc`
+and `iptables` (`apt-get install -y iptables iproute2`); without them it says
+so and is skipped. Camera frames are rendered by MuJoCo headless
+(`MUJOCO_GL=egl`; `apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri libgl1`).
+"""
+
+
+def write_docs(total_s: float | None = None) -> None:
+    from .analysis import ANALYSIS
+
+    out = [HEAD, "## Latest results\n"]
+    machine = None
+    for name in NAMES:
+        path = C.RESULTS / f"{name}.json"
+        if not path.exists():
+            out.append(f"### {name}\n\nnot run yet\n")
+            continue
+        d = json.loads(path.read_text())
+        machine = machine or (d["machine"], d["versions"])
+        res = C.Result(name, d["quick"], rows=[C.Row(**r) for r in d["rows"]], notes=d["notes"],
+                       seconds=d["seconds"], error=d["error"])
+        out.append(f"### {name}\n\n_{d['when']}, {d['seconds']:.0f} s_\n")
+        if res.error:
+            out.append(f"**did not run:** {res.error}\n")
+        if res.rows:
+            out += table_md(res) + [""]
+        for n in res.notes:
+            out.append(f"- {n}")
+        out.append("")
+    if machine:
+        m, v = machine
+        out.append(f"Machine: {m['cpus']} CPUs ({m['cpu_model']}), {m['mem_mb']} MB RAM, Linux {m['kernel']}; "
+                   + ", ".join(f"{k} {x}" for k, x in v.items()) + "\n")
+    if total_s is not None:
+        out.append(f"`python -m bench all` took {total_s:.0f} s.\n")
+    out.append(ANALYSIS)
+    (C.ROOT / "docs" / "benchmarks.md").write_text("\n".join(out))
+
+
+def table_md(res: C.Result) -> list[str]:
+    return C.table_lines(res, markdown=True)

@@ -1,0 +1,185 @@
+"""A buffer shard: one site's gateway and replay buffer, in its own data dir.
+
+It runs the learner app (``cloud.app.make_app``) for its robot group, so robots
+at a site link to their site's node and their data is ingested, deduplicated
+and sealed there; only samples travel to the learner. Simulation rollout
+workers put chunks through the same ``Ingest``. The app's own trainer is
+parked (the cluster learner trains); its weight publisher relays the cluster's
+weights to the robots linked here.
+
+Restarting a shard (Ray restarts a killed actor) rebuilds it from its Parquet
+segments and manifest: the durability work is the recovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from aiohttp import web
+
+from shared.config import LearnerConfig
+from shared.errors import SchemaError
+from shared.protocol import Chunk
+from shared.schema import EpisodeSpec
+from shared.weights import WeightsBlob
+
+from ..app import make_app
+from ..keys import BUFFER, INGEST, PUBLISHER
+
+log = logging.getLogger("fleetrl.cluster.shard")
+
+PARKED = 1 << 62  # learning_starts for a shard's embedded trainer: never reached
+ORDER_TIMEOUT_S = 30.0
+SOURCES = "sources"  # manifest extra: robot id -> "robot" | "sim"
+
+
+def shard_config(cfg: LearnerConfig, name: str, host: str | None, port: int) -> LearnerConfig:
+    """The run config as this shard sees it: its own data dir and port, trainer parked."""
+    return cfg.model_copy(update={
+        "data_dir": Path(cfg.data_dir) / "shards" / name,
+        "server": cfg.server.model_copy(update={"port": port, "host": host or cfg.server.host}),
+        "learner": cfg.learner.model_copy(update={"learning_starts": PARKED}),
+    })
+
+
+def node_id() -> str | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # not in Ray
+        return None
+
+
+class BufferShard:
+    """Gateway + buffer for the robots routed to shard ``name``."""
+
+    def __init__(self, name: str, cfg: LearnerConfig, host: str | None = None, port: int = 0,
+                 notify: Callable[[str, dict[str, Any]], None] | None = None):
+        self.name, self.notify = name, notify
+        self.cfg = shard_config(cfg, name, host, port)
+        self._runner: web.AppRunner | None = None
+        self._url = ""
+        self._start_lock: asyncio.Lock | None = None
+        self._order: dict[str, asyncio.Condition] = {}
+        self._claimed: dict[str, int] = {}
+        self.samples_served = 0
+
+    async def _ensure(self) -> web.Application:
+        """Start the app on first use (also after a restart): recovery runs in its startup."""
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._runner is None:
+                app = make_app(self.cfg, resume=False)
+                runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, access_log=None)
+                await runner.setup()
+                site = web.TCPSite(runner, self.cfg.server.host, self.cfg.server.port)
+                await site.start()
+                host, port = runner.addresses[0][:2]
+                self._url = f"ws://{host}:{port}/ws"
+                ingest, parked = app[INGEST], app[INGEST].on_durable
+                ingest.on_durable = lambda rows: (parked and parked(rows), self._notify_learner())
+                self._runner = runner
+                log.info("event=shard_ready shard=%s url=%s rows=%d", self.name, self._url, app[BUFFER].rows)
+        return self._runner.app
+
+    def _notify_learner(self) -> None:
+        if self.notify is not None:
+            try:
+                self.notify(self.name, self._memory())
+            except Exception as e:  # the learner restarting must not fail ingest
+                log.warning("event=learner_notify_failed shard=%s error=%r", self.name, e)
+
+    def _memory(self) -> dict[str, Any]:
+        assert self._runner is not None
+        buf = self._runner.app[BUFFER]
+        mem = buf.memory
+        if mem is None:
+            return {"size": 0, "added": 0}
+        return {"size": mem.size, "added": mem.added, "obs_dim": mem.obs_dim, "act_dim": mem.act_dim,
+                "obs_fields": list(buf.obs_fields)}
+
+    async def announce(self) -> None:
+        """Tell the learner what this shard holds (at start, and after either restarts)."""
+        await self._ensure()
+        self._notify_learner()
+
+    async def endpoint(self) -> str:
+        await self._ensure()
+        return self._url
+
+    async def hello(self, robot_id: str, spec: dict[str, Any], source: str = "sim") -> int:
+        """A producer without a websocket (a rollout worker) joins: spec check, source tag, resume point."""
+        app = await self._ensure()
+        buf = app[BUFFER]
+        buf.check_spec(EpisodeSpec.from_dict(spec))
+        sources = dict(buf.store.manifest.extra.get(SOURCES, {}))
+        if sources.get(robot_id) != source:
+            sources[robot_id] = source
+            await asyncio.to_thread(buf.store.set_extra, SOURCES, sources)
+        return buf.hwm(robot_id)
+
+    async def put(self, robot_id: str, chunk: Chunk) -> int:
+        """Ingest one chunk; returns the robot's durable mark once it is stored.
+
+        Ray may start an async actor's calls out of order; Ingest needs each
+        robot's chunks in stream order, so a chunk waits for its predecessor's
+        claim (a resend at or below the mark passes at once and is dropped).
+        """
+        app = await self._ensure()
+        buf, ingest = app[BUFFER], app[INGEST]
+        cond = self._order.setdefault(robot_id, asyncio.Condition())
+        async with cond:
+            try:
+                await asyncio.wait_for(
+                    cond.wait_for(lambda: max(self._claimed.get(robot_id, 0), buf.hwm(robot_id)) >= chunk.seq - 1),
+                    ORDER_TIMEOUT_S,
+                )
+            except asyncio.TimeoutError:
+                raise SchemaError(f"stream gap: seq {chunk.seq} waited for its predecessor", code="stream_gap") from None
+            try:
+                durable = await ingest.accept(robot_id, chunk)
+                self._claimed[robot_id] = max(self._claimed.get(robot_id, 0), chunk.seq)
+            finally:
+                cond.notify_all()
+        await durable
+        return buf.hwm(robot_id)
+
+    async def sample(self, batch_size: int, seed: int) -> dict[str, np.ndarray]:
+        """A batch drawn here, so only samples leave the site."""
+        app = await self._ensure()
+        self.samples_served += batch_size
+        return app[BUFFER].sample(batch_size, np.random.default_rng(seed))
+
+    async def publish(self, blob: WeightsBlob) -> int:
+        """Relay new weights to the robots linked to this shard's gateway."""
+        app = await self._ensure()
+        await app[PUBLISHER].publish(blob)
+        return app[PUBLISHER].version
+
+    async def stats(self) -> dict[str, Any]:
+        app = await self._ensure()
+        buf = app[BUFFER]
+        return {
+            "shard": self.name, "url": self._url, "node_id": node_id(), "data_dir": str(self.cfg.data_dir),
+            "rows": buf.rows, "rows_by_robot": dict(buf.rows_by_robot), "hwm": dict(buf.store.manifest.hwm),
+            "sources": self._sources(buf), "segments": len(buf.store.manifest.segments),
+            "recovery": buf.store.recovery_report, "samples_served": self.samples_served,
+            "policy_version": app[PUBLISHER].version, "memory": self._memory(),
+        }
+
+    @staticmethod
+    def _sources(buf: Any) -> dict[str, str]:
+        """Every robot stream here and where its data comes from (robots linked over the gateway: "robot")."""
+        tagged = buf.store.manifest.extra.get(SOURCES, {})
+        return {rid: tagged.get(rid, "robot") for rid in {*buf.store.manifest.hwm, *tagged}}
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()

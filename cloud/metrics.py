@@ -1,0 +1,88 @@
+"""The learner's Prometheus endpoint, on its own localhost listener.
+
+The gateway port faces robots (often the internet); metrics stay on
+``metrics.host`` (127.0.0.1 by default), scraped by a local Prometheus or
+node agent. The numbers are the ones ``GET /status`` shows (one snapshot).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Iterator
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from shared.config import MetricsConfig
+
+log = logging.getLogger("fleetrl.metrics")
+
+
+class _LearnerCollector:
+    def __init__(self, snapshot: Callable[[], dict[str, Any]]):
+        self.snapshot = snapshot
+        self._last: tuple[float, int] | None = None
+        self.ingest_rate = 0.0
+
+    def _rate(self, rows: int) -> float:
+        now = time.monotonic()
+        if self._last is not None and now - self._last[0] > 0.5:  # scrapes closer than that keep the last rate
+            self.ingest_rate = (rows - self._last[1]) / (now - self._last[0])
+            self._last = (now, rows)
+        elif self._last is None:
+            self._last = (now, rows)
+        return self.ingest_rate
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.snapshot()
+        ing = s["ingest"]
+
+        def gauge(name: str, doc: str, value: float) -> Metric:
+            return GaugeMetricFamily(f"fleetrl_learner_{name}", doc, value=float(value))
+
+        def counter(name: str, doc: str, value: float) -> Metric:
+            return CounterMetricFamily(f"fleetrl_learner_{name}", doc, value=float(value))
+
+        yield gauge("buffer_rows", "transitions in the replay buffer", s["buffer_rows"])
+        yield counter("episodes", "episodes stored", s["episodes"])
+        yield gauge("policy_version", "latest published policy version", s["policy_version"])
+        yield counter("updates", "gradient updates (learner steps)", s["updates"])
+        yield gauge("updates_per_second", "learner steps per second", s["updates_per_s"])
+        yield counter("ingest_chunks", "chunks made durable", ing["chunks"])
+        yield counter("ingest_rows", "transitions made durable", ing["rows"])
+        yield counter("ingest_duplicates", "resent chunks recognised and dropped", ing["duplicates"])
+        yield gauge("ingest_rows_per_second", "transitions made durable per second", self._rate(ing["rows"]))
+        yield gauge("robots_linked", "robots with a live link", len(s["robots"]))
+        rej = CounterMetricFamily("fleetrl_learner_rejections", "links refused, by reason code", labels=["code"])
+        for code, n in sorted(s.get("rejections", {}).items()):
+            rej.add_metric([code], float(n))
+        yield rej
+        yield gauge("trainer_failed", "1 if the trainer thread died", int(bool(s.get("trainer_error"))))
+
+
+async def start_metrics(snapshot: Callable[[], dict[str, Any]], cfg: MetricsConfig) -> tuple[web.AppRunner, str] | None:
+    """Serve ``GET /metrics``; None (with a warning) if disabled or the port is taken: never fatal."""
+    if not cfg.enabled:
+        return None
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_LearnerCollector(snapshot))  # type: ignore[arg-type]
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, cfg.host, cfg.port).start()
+    except OSError as e:
+        log.warning("event=metrics_unavailable host=%s port=%d error=%r", cfg.host, cfg.port, e.strerror or str(e))
+        await runner.cleanup()
+        return None
+    host, port = runner.addresses[0][:2]
+    url = f"http://{host}:{port}/metrics"
+    log.info("event=metrics_listening url=%s", url)
+    return runner, url

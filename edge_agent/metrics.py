@@ -1,0 +1,182 @@
+"""Robot-side observability: ``<state_dir>/status.json``, its reader for
+``edge-agent status``, and the Prometheus endpoint.
+
+One snapshot feeds all three, so the file, the metrics and systemd's STATUS=
+line never disagree. The file is rewritten atomically (temp + rename) every
+``service.status_interval_s``; it is not fsynced: it describes the present and
+is worthless after a power cut anyway, and SD cards wear.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from shared.fsutil import atomic_write
+
+log = logging.getLogger("fleetrl.metrics")
+
+STATUS_FILE = "status.json"
+
+
+class RateMeter:
+    """Steps per second between two snapshots (the control loop keeps only a counter)."""
+
+    def __init__(self) -> None:
+        self._last: tuple[float, int] | None = None
+        self.rate = 0.0
+
+    def update(self, count: int, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        if self._last is not None and now > self._last[0]:
+            self.rate = (count - self._last[1]) / (now - self._last[0])
+        self._last = (now, count)
+        return self.rate
+
+
+def write_status(state_dir: Path, status: dict[str, Any]) -> None:
+    atomic_write(Path(state_dir) / STATUS_FILE, json.dumps(status, indent=1).encode(), fsync=False)
+
+
+def read_status(state_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((Path(state_dir) / STATUS_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def stale_after(status: dict[str, Any]) -> float:
+    """A status older than this is from an agent that is no longer running."""
+    interval = float(status.get("status_interval_s", 2.0))
+    return max(3 * interval, interval + 5.0)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def is_online(s: dict[str, Any], now: float | None = None) -> bool:
+    """Fresh, not stopped, and its process still exists (a kill -9 leaves a fresh-looking file)."""
+    now = time.time() if now is None else now
+    return s["state"] != "stopped" and now - float(s["time"]) <= stale_after(s) and pid_alive(int(s["pid"]))
+
+
+def summary_line(s: dict[str, Any]) -> str:
+    """The short form: systemd's STATUS= line and the first line of ``edge-agent status``."""
+    link, spool, ctl = s["link"], s["spool"], s["control"]
+    parts = [
+        s["state"],
+        "link up" if link["connected"] else "link down",
+        f"policy v{s['policy_version']}",
+        f"{ctl['rate_hz']:.1f} Hz",
+        f"spool {spool['pending_chunks']} unacked",
+    ]
+    if ctl.get("paused"):
+        parts.append(f"paused={ctl['paused']}")
+    return ", ".join(parts)
+
+
+def format_status(s: dict[str, Any] | None, now: float | None = None, where: str = "") -> tuple[str, bool]:
+    """Human-readable status and whether the agent is online."""
+    if s is None:
+        return f"offline (no status file{' at ' + where if where else ''}: the agent has not run here)", False
+    now = time.time() if now is None else now
+    age = max(0.0, now - float(s["time"]))
+    online = is_online(s, now)
+    head = "online" if online else f"offline (last update {age:.0f} s ago, state was {s['state']})"
+    link, spool, ctl = s["link"], s["spool"], s["control"]
+    fill = f"{spool['fill'] * 100:.1f}% of quota" if spool.get("fill") is not None else "no quota"
+    ack = f"{link['last_ack_age_s']:.1f} s before the update" if link.get("last_ack_age_s") is not None else "none yet"
+    rows = [
+        ("agent", f"{head}; pid {s['pid']}; robot {s['robot_id']}"),
+        ("link", f"{'up' if link['connected'] else 'down'} {link['url']} (reconnects {link['reconnects']})"
+                 + (f"; last error: {link['last_error']}" if link.get("last_error") and not link["connected"] else "")),
+        ("policy", f"version {s['policy_version']}"),
+        ("spool", f"{spool['bytes']} bytes ({fill}), {spool['pending_chunks']} chunks unacked, acked seq {spool['acked_seq']}"),
+        ("last ack", ack),
+        ("control", f"{ctl['rate_hz']:.1f} Hz (target {ctl['target_hz']:g}), jitter p50 {ctl['jitter_p50_ms']:.2f} ms "
+                    f"p99 {ctl['jitter_p99_ms']:.2f} ms max {ctl['jitter_max_ms']:.2f} ms"),
+        ("episodes", f"{ctl['episodes']} ({ctl['steps']} steps)" + (f"; paused: {ctl['paused']}" if ctl.get("paused") else "")),
+    ]
+    if s.get("metrics_url"):
+        rows.append(("metrics", s["metrics_url"]))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows), online
+
+
+class _AgentCollector:
+    def __init__(self, snapshot: Callable[[], dict[str, Any] | None]):
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.snapshot()
+        if not s:
+            return
+        link, spool, ctl = s["link"], s["spool"], s["control"]
+
+        def gauge(name: str, doc: str, value: float | None) -> Iterator[Metric]:
+            if value is not None:
+                yield GaugeMetricFamily(f"fleetrl_agent_{name}", doc, value=float(value))
+
+        def counter(name: str, doc: str, value: float) -> Metric:
+            return CounterMetricFamily(f"fleetrl_agent_{name}", doc, value=float(value))
+
+        info = GaugeMetricFamily("fleetrl_agent_info", "this agent (value 1)", labels=["robot_id", "state"])
+        info.add_metric([s["robot_id"], s["state"]], 1.0)
+        yield info
+        yield from gauge("link_up", "1 while the link to the learner is up", int(link["connected"]))
+        yield counter("link_reconnects", "link sessions that ended and were redialled", link["reconnects"])
+        yield from gauge("last_ack_age_seconds", "seconds since the learner last acked a chunk", link.get("last_ack_age_s"))
+        yield from gauge("policy_version", "policy version acting now", s["policy_version"])
+        yield from gauge("spool_bytes", "bytes in the durable spool", spool["bytes"])
+        yield from gauge("spool_quota_bytes", "spool quota (absent: none)", spool["quota_bytes"] or None)
+        yield from gauge("unacked_chunks", "spooled chunks the learner has not acked", spool["pending_chunks"])
+        yield from gauge("control_rate_hz", "measured control-loop rate", ctl["rate_hz"])
+        yield from gauge("control_target_rate_hz", "configured control-loop rate (0: free-running)", ctl["target_hz"])
+        jitter = GaugeMetricFamily("fleetrl_agent_control_jitter_seconds", "tick lateness against schedule", labels=["quantile"])
+        for q, key in (("0.5", "jitter_p50_ms"), ("0.99", "jitter_p99_ms"), ("1", "jitter_max_ms")):
+            jitter.add_metric([q], ctl[key] / 1e3)
+        yield jitter
+        yield counter("steps", "control steps taken", ctl["steps"])
+        yield counter("episodes", "episodes finished", ctl["episodes"])
+        yield from gauge("paused", "1 while no new episode may start (spool full, operator, disk)", int(bool(ctl.get("paused"))))
+
+
+def render_metrics(snapshot: Callable[[], dict[str, Any] | None]) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_AgentCollector(snapshot))  # type: ignore[arg-type]
+    return generate_latest(registry)
+
+
+async def start_metrics_server(render: Callable[[], bytes], host: str, port: int) -> tuple[web.AppRunner, str] | None:
+    """Serve ``GET /metrics``; None (and a warning) if the port is taken: metrics never stop a robot."""
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as e:
+        log.warning("event=metrics_unavailable host=%s port=%d error=%r", host, port, e.strerror or str(e))
+        await runner.cleanup()
+        return None
+    h, p = runner.addresses[0][:2]
+    return runner, f"http://{h}:{p}/metrics"
