@@ -31,6 +31,9 @@ def _load(config: Path) -> cfgmod.LearnerConfig:
 def serve(
     config: Path = typer.Option(..., "--config", "-c", help="run TOML file (data_dir, [server], [limits], [learner])"),
     resume: bool = typer.Option(False, "--resume", help="continue a stopped or killed run from its checkpoint"),
+    cluster: str = typer.Option(
+        None, "--cluster", help="run on Ray, placed as the run config's cluster table says: auto, ray://host:10001, or local"
+    ),
     log_level: str = typer.Option("INFO", help="DEBUG, INFO, WARNING or ERROR"),
 ) -> None:
     """Serve robots and train until stopped (SIGTERM/SIGINT).
@@ -40,6 +43,10 @@ def serve(
     optimizer, counters, RNG) from the last checkpoint."""
     cfg = _load(config)
     setup_logs(log_level)
+    if cluster:
+        from .cluster.cli import serve_cluster
+
+        raise typer.Exit(serve_cluster(cfg, cluster, resume))
     from .serve import main
 
     raise typer.Exit(main(cfg, resume))
@@ -70,6 +77,10 @@ def check_config(config: Path = typer.Argument(..., help="run TOML file")) -> No
 from .export.cli import export as _export  # noqa: E402
 
 app.command("export")(_export)
+
+from .cluster.cli import app as _cluster_app  # noqa: E402
+
+app.add_typer(_cluster_app, name="cluster")
 
 robots_app = typer.Typer(help="Enroll, list and revoke robots (credentials are shown once, stored hashed).",
                          no_args_is_help=True)
