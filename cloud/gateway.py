@@ -26,20 +26,29 @@ from .keys import BUFFER, CONFIG, INGEST, LIMITS, PUBLISHER, REGISTRY, REJECTION
 log = logging.getLogger("fleetrl.gateway")
 
 CONTROL, BULK = 0, 1
+POLICY_PART_BYTES = 4 << 20
 
 
 class Outbox:
     def __init__(self) -> None:
-        self.q: asyncio.PriorityQueue[tuple[int, int, bytes]] = asyncio.PriorityQueue()
+        self.q: asyncio.PriorityQueue[tuple[int, int, bytes, asyncio.Future[None] | None]] = asyncio.PriorityQueue()
         self._n = itertools.count()
 
     def put(self, prio: int, data: bytes) -> None:
-        self.q.put_nowait((prio, next(self._n), data))
+        self.q.put_nowait((prio, next(self._n), data, None))
+
+    async def send(self, prio: int, data: bytes) -> None:
+        """Queue and wait until sent: a bulk sender keeps one part in the queue, not the whole blob."""
+        fut = asyncio.get_running_loop().create_future()
+        self.q.put_nowait((prio, next(self._n), data, fut))
+        await fut
 
     async def pump(self, ws: web.WebSocketResponse) -> None:
         while True:
-            _, _, data = await self.q.get()
+            _, _, data, fut = await self.q.get()
             await ws.send_bytes(data)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
 
 
 @dataclass
@@ -115,7 +124,7 @@ async def robot_ws(request: web.Request) -> web.WebSocketResponse:
         tasks = [
             asyncio.create_task(link.outbox.pump(ws)),
             asyncio.create_task(_ack_in_order(conn, acks, link.outbox)),
-            asyncio.create_task(_push_policies(app, conn, link.outbox, hello.policy_version)),
+            asyncio.create_task(_push_policies(app, conn, link.outbox, hello)),
         ]
         reader = asyncio.create_task(_read(app, link, acks))
         done, _ = await asyncio.wait([reader, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -206,9 +215,22 @@ async def _ack_in_order(conn: CloudConnection, acks: asyncio.Queue, outbox: Outb
         outbox.put(CONTROL, conn.ack(seq))
 
 
-async def _push_policies(app: web.Application, conn: CloudConnection, outbox: Outbox, have: int) -> None:
+async def _push_policies(app: web.Application, conn: CloudConnection, outbox: Outbox, hello: Hello) -> None:
+    """Send each newer policy in parts; a part waits for the previous one to leave, so acks
+    overtake it and a newer version cuts in; a hello with a partial download resumes it."""
     publisher = app[PUBLISHER]
+    have = hello.policy_version
+    resume = (hello.partial_policy, hello.partial_bytes)
+    part = POLICY_PART_BYTES
     while True:
         blob = await publisher.wait_newer(have)
-        outbox.put(BULK, conn.policy(blob.version, blob.sha256, blob.data))
-        have = blob.version
+        offset = resume[1] if resume[0] == blob.version and resume[1] < len(blob.data) else 0
+        if offset:
+            log.info("event=policy_resume robot_id=%s version=%d offset=%d size=%d", hello.robot_id, blob.version, offset, len(blob.data))
+        resume = (0, 0)
+        view = memoryview(blob.data)
+        while offset < len(blob.data) and publisher.version == blob.version:
+            await outbox.send(BULK, conn.policy(blob.version, blob.sha256, len(blob.data), offset, view[offset : offset + part]))
+            offset += part
+        if offset >= len(blob.data):
+            have = blob.version

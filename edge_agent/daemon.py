@@ -20,8 +20,8 @@ from shared.chunk import build_batch, checksum, encode_chunk
 from shared import config as cfgmod
 from shared.config import AgentConfig
 from shared.logs import set_level
-from shared.errors import ConfigError, FleetError
-from shared.protocol import EdgeConnection, Limits, Policy
+from shared.errors import ConfigError, FleetError, WeightsError
+from shared.protocol import EdgeConnection, Limits
 from shared.weights import decode_weights
 
 from . import enrollment
@@ -120,12 +120,14 @@ class Agent:
             log.info("event=spool_resumed bytes=%d", self.spool.bytes)
             self.may_start.set()
 
-    async def _on_policy(self, msg: Policy) -> None:
+    async def _on_policy(self, version: int, sha256: str, data: bytes) -> None:
         try:
-            weights = await asyncio.to_thread(decode_weights, msg.body, msg.sha256, self.limits.max_weights_bytes)
+            weights = await asyncio.to_thread(decode_weights, data, sha256, self.limits.max_weights_bytes)
+            if weights.version != version:
+                raise WeightsError(f"weights say version {weights.version}, the link said {version}")
             loaded = await asyncio.to_thread(self.policy.prepare, weights)
         except FleetError as e:
-            log.error("event=policy_refused version=%d code=%s message=%r", msg.version, e.code, e.message)
+            log.error("event=policy_refused version=%d code=%s message=%r", version, e.code, e.message)
             return
         if self.policy.swap(loaded):
             log.info("event=policy_swapped version=%d", loaded.version)

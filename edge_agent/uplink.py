@@ -23,6 +23,7 @@ from shared.protocol import (
 from shared.config import LinkConfig
 
 from .spool import Spool, SpoolCorrupt
+from .policy_download import PolicyDownload
 from .tunnel import TunnelEndpoint
 
 log = logging.getLogger("fleetrl.uplink")
@@ -38,7 +39,7 @@ class Uplink:
         cfg: LinkConfig,
         make_connection: Callable[[], EdgeConnection],
         spool: Spool,
-        on_policy: Callable[[Policy], Awaitable[None]],
+        on_policy: Callable[[int, str, bytes], Awaitable[None]],
         status: Callable[[], dict[str, Any]],
         policy_version: Callable[[], int],
         limits: Limits,
@@ -50,6 +51,7 @@ class Uplink:
         self.reconnects = 0
         self.last_error = ""
         self.url = cfg.urls[0]
+        self.download = PolicyDownload(limits.max_weights_bytes)
         self.pin = (pin_sha256 or "").replace(":", "").lower()
         self.limit_seq: int = spool.last_seq  # send nothing past this (set by the recorder side)
         self._wake = asyncio.Event()
@@ -121,7 +123,7 @@ class Uplink:
                 if isinstance(msg, Reject):
                     raise LinkRejected(msg.message, msg.code)
                 if isinstance(msg, Challenge):
-                    await ws.send(conn.hello(self.policy_version()))
+                    await ws.send(conn.hello(self.policy_version(), partial=self.download.partial))
             assert isinstance(msg, Welcome)
             await asyncio.to_thread(self.spool.adopt_cloud_mark, msg.acked_seq)
             self.connected = True
@@ -175,7 +177,13 @@ class Uplink:
                 self.on_ack()
                 self._wake.set()  # credit freed
             elif isinstance(msg, Policy):
-                await self.on_policy(msg)
+                try:
+                    whole = self.download.add(msg)
+                except FleetError as e:
+                    log.error("event=policy_refused version=%d code=%s message=%r", msg.version, e.code, e.message)
+                    continue
+                if whole is not None:
+                    await self.on_policy(*whole)
             elif isinstance(msg, (TunnelOpen, TunnelData, TunnelClose)):
                 await tunnels.handle(msg)
             elif isinstance(msg, Reject):

@@ -87,7 +87,7 @@ class EdgeConnection(_Base):
         self._server_nonce = ""
         self._client_nonce = ""
 
-    def hello(self, policy_version: int, agent_version: str = "") -> bytes:
+    def hello(self, policy_version: int, agent_version: str = "", partial: tuple[int, int] = (0, 0)) -> bytes:
         if self.state is not State.CHALLENGED:
             raise ProtocolError("hello answers the cloud's challenge, once", "bad_state")
         self.state = State.HANDSHAKE
@@ -96,7 +96,7 @@ class EdgeConnection(_Base):
         if self.key is not None:
             proof = auth.prove(self.key, self.robot_id, self._server_nonce, self._client_nonce)
         return _encode(Hello(self.robot_id, PROTOCOL_VERSIONS, self.spec, self.units, policy_version, agent_version,
-                             self._client_nonce, proof))
+                             self._client_nonce, proof, *partial))
 
     def receive(self, data: bytes) -> Message:
         if self.state is State.HANDSHAKE or self.state is State.START:
@@ -194,9 +194,10 @@ class CloudConnection(_Base):
         self._require_open()
         return _encode(Ack(seq))
 
-    def policy(self, version: int, sha256: str, data: bytes) -> bytes:
+    def policy(self, version: int, sha256: str, size: int, offset: int, part: bytes) -> bytes:
+        """One part of a policy blob of ``size`` bytes, starting at ``offset``."""
         self._require_open()
-        return _encode(Policy(version, sha256, data))
+        return _encode(Policy(version, sha256, size, offset, part))
 
     def tunnel_open(self, stream: int, port: int) -> bytes:
         self._require_open()

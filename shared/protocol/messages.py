@@ -49,6 +49,8 @@ class Hello:
     agent_version: str = ""
     client_nonce: str = ""
     proof: str = ""  # credential proof (shared.auth); empty for an unenrolled robot
+    partial_policy: int = 0  # a policy version the robot has part of ...
+    partial_bytes: int = 0  # ... and how many bytes: the cloud resumes from there
 
     def meta(self) -> dict[str, Any]:
         d = asdict(self)
@@ -74,6 +76,8 @@ class Hello:
             agent_version=str(m.get("agent_version", ""))[:64],
             client_nonce=_field(m, "client_nonce", str, "hello")[:64] if "client_nonce" in m else "",
             proof=_field(m, "proof", str, "hello")[:128] if "proof" in m else "",
+            partial_policy=_uint(m, "partial_policy", "hello") if "partial_policy" in m else 0,
+            partial_bytes=_uint(m, "partial_bytes", "hello") if "partial_bytes" in m else 0,
         )
 
 
@@ -155,26 +159,32 @@ class Ack:
 
 @dataclass(frozen=True)
 class Policy:
-    """Cloud to robot: new policy weights (safetensors), checked by sha256."""
+    """Cloud to robot: one part of new policy weights (safetensors), checked by sha256 once whole.
+
+    Parts let acks and commands overtake a large policy, and let a transfer cut
+    by a broken link resume where it stopped (the hello says how far it got).
+    """
 
     TYPE: ClassVar[MsgType] = MsgType.POLICY
     version: int
     sha256: str
+    size: int  # of the whole blob
+    offset: int = 0  # where this part starts
     body: bytes = b""
 
     def meta(self) -> dict[str, Any]:
-        return {"version": self.version, "sha256": self.sha256, "size": len(self.body)}
+        return {"version": self.version, "sha256": self.sha256, "size": self.size, "offset": self.offset}
 
     @classmethod
     def parse(cls, f: Frame) -> "Policy":
         size = _uint(f.meta, "size", "policy")
-        if size != len(f.body):
-            raise ProtocolError(f"policy.size {size} does not match body of {len(f.body)} bytes", "truncated")
-        return cls(
-            version=_uint(f.meta, "version", "policy"),
-            sha256=_field(f.meta, "sha256", str, "policy"),
-            body=f.body,
-        )
+        offset = _uint(f.meta, "offset", "policy") if "offset" in f.meta else 0
+        if offset + len(f.body) > size:
+            raise ProtocolError(f"policy part {offset}+{len(f.body)} runs past its size {size}", "truncated")
+        sha = _field(f.meta, "sha256", str, "policy")
+        if len(sha) != 64:
+            raise ProtocolError("policy.sha256 must be 64 hex digits", "bad_meta")
+        return cls(version=_uint(f.meta, "version", "policy"), sha256=sha, size=size, offset=offset, body=f.body)
 
 
 @dataclass(frozen=True)

@@ -47,3 +47,22 @@ def test_half_open_link_is_detected_and_healed(tmp_path: Path) -> None:
     finally:
         proxy.close()
         learner.stop()
+
+
+def test_large_policy_arrives_in_parts_and_resumes_across_cuts(tmp_path: Path) -> None:
+    """A ~17 MB policy (5 parts) through a link cut every few MB: the robot still gets it,
+    resuming where each cut left off instead of starting over."""
+    learner = Learner(tmp_path, learner={"hidden": [2048, 2048], "publish_every": 5, "learning_starts": 50,
+                                         "batch_size": 8}).start()
+    proxy = Proxy(learner.port, cut_after=(3_000_000, 7_000_000), seed=3)
+    agent = Agent(tmp_path, "big", [proxy.url], episodes=0, rate_hz=50, chunk_steps=10)
+    try:
+        agent.start()
+        wait_for(lambda: "event=policy_swapped" in agent.log.read_text(), 120, "a large policy to arrive")
+        print(f"proxy cuts: {proxy.cuts}")
+        assert proxy.cuts >= 1
+        assert "event=policy_resume" in learner.log.read_text(), "a cut transfer resumed mid-way"
+    finally:
+        agent.kill()
+        proxy.close()
+        learner.stop()
