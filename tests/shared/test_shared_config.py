@@ -42,6 +42,7 @@ data_dir = "runs/exp1"
 
 [server]
 host = "0.0.0.0"
+allow_insecure = true
 port = 9000
 
 [limits]

@@ -146,7 +146,9 @@ def test_full_handshake_and_traffic_through_bytes():
 
     assert edge.receive(cloud.ack(13)) == Ack(13)
     weights = bytes(range(256)) * 4
-    assert edge.receive(cloud.policy(4, "ab" * 32, weights)) == Policy(4, "ab" * 32, weights)
+    assert edge.receive(cloud.policy(4, "ab" * 32, len(weights), 0, weights)) == Policy(4, "ab" * 32, len(weights), 0, weights)
+    part = cloud.policy(5, "cd" * 32, len(weights), 100, weights[100:300])
+    assert edge.receive(part) == Policy(5, "cd" * 32, len(weights), 100, weights[100:300])
     assert edge.state is State.OPEN and cloud.state is State.OPEN
 
 
@@ -207,14 +209,16 @@ ALL_MESSAGES = [
     Hello("robot-1", (1, 2), SPEC, [{"name": "arm"}], 5, "1.2.3"),
     Hello("r", (1,), {}, [], 0, ""),
     Hello("robot-2", (1,), SPEC, [], 0, "", "c1" * 16, "ab" * 32),
+    Hello("robot-3", (1,), SPEC, [], 2, "", "c1" * 16, "", 4, 1024),
     Welcome(1, "run-x", 99, 3, 8),
     Welcome(1, "run-y", 0, 0, 1, "5e" * 32),
     Chunk(1, "ep-0", 1, 10, 0, b""),
     Chunk(2**40, "ep-9", 10_000, 2**33, 0xFFFFFFFF, b"\x00\xff" * 1000),
     Ack(0),
     Ack(2**62),
-    Policy(7, "0" * 64, b"weights" * 100),
-    Policy(0, "", b""),
+    Policy(7, "0" * 64, 700, 0, b"weights" * 100),
+    Policy(0, "f" * 64, 0, 0, b""),
+    Policy(3, "a" * 64, 1000, 500, b"x" * 100),
     Status({"a": 1, "b": 2.5, "c": "x", "d": True}),
     Status({}),
     Reject("unsupported_version", "go away"),
@@ -347,7 +351,7 @@ def test_cloud_refuses_chunk_before_it_sent_welcome():
 
 
 @pytest.mark.parametrize(
-    "msg", [Ack(1), Policy(1, "x", b"y"), Welcome(1, "r", 0, 0, 1), Challenge("ab" * 16), TunnelOpen(1, 22)],
+    "msg", [Ack(1), Policy(1, "ab" * 32, 1, 0, b"y"), Welcome(1, "r", 0, 0, 1), Challenge("ab" * 16), TunnelOpen(1, 22)],
     ids=lambda m: type(m).__name__,
 )
 def test_cloud_refuses_cloud_to_robot_messages(msg):
@@ -404,7 +408,7 @@ def test_welcome_answers_a_hello():
 
 
 @pytest.mark.parametrize(
-    "msg", [Ack(1), Welcome(1, "run", 0, 0, 4), Policy(1, "x", b"y"), TunnelOpen(1, 22), Hello("r", (1,), {}, [], 0, "")],
+    "msg", [Ack(1), Welcome(1, "run", 0, 0, 4), Policy(1, "ab" * 32, 1, 0, b"y"), TunnelOpen(1, 22), Hello("r", (1,), {}, [], 0, "")],
     ids=lambda m: type(m).__name__,
 )
 def test_edge_refuses_messages_before_it_said_hello(msg):
@@ -426,7 +430,7 @@ def test_edge_takes_nothing_between_challenge_and_its_hello(msg):
 @pytest.mark.parametrize("which", ["ack", "policy"])
 def test_cloud_cannot_send_ack_or_policy_before_welcome(which):
     cloud = CloudConnection()
-    send = (lambda: cloud.ack(1)) if which == "ack" else (lambda: cloud.policy(1, "x", b"y"))
+    send = (lambda: cloud.ack(1)) if which == "ack" else (lambda: cloud.policy(1, "ab" * 32, 1, 0, b"y"))
     assert code_of(send) == "bad_state"
     cloud.challenge()
     assert code_of(send) == "bad_state"
@@ -569,7 +573,10 @@ def test_meta_must_be_a_msgpack_map(meta):
         (MsgType.CHUNK, {"seq": 1, "episode_id": "ep", "rows": [1], "raw_size": 1, "crc32": 0}, "rows"),
         (MsgType.CHUNK, {"seq": 1, "episode_id": "ep", "rows": 1, "raw_size": 1, "crc32": 2**32}, "crc32"),
         (MsgType.POLICY, {"version": 1, "sha256": 5, "size": 0}, "sha256"),
-        (MsgType.POLICY, {"version": "1", "sha256": "x", "size": 0}, "version"),
+        (MsgType.POLICY, {"version": "1", "sha256": "0" * 64, "size": 0}, "version"),
+        (MsgType.POLICY, {"version": 1, "sha256": "x", "size": 0}, "sha256"),
+        (MsgType.POLICY, {"version": 1, "sha256": "0" * 64, "size": 0, "offset": -1}, "offset"),
+        (MsgType.HELLO, {**hello_meta(), "partial_bytes": -1}, "partial_bytes"),
         (MsgType.STATUS, {"values": [1, 2]}, "values"),
         (MsgType.REJECT, {"code": "c"}, "message"),
         (MsgType.HELLO, {**hello_meta(), "spec": "not a map"}, "spec"),
@@ -649,16 +656,21 @@ def test_hello_versions_must_be_a_short_list_of_ints(versions):
     assert err.code == "bad_meta" and "versions" in err.message
 
 
-def test_policy_size_must_match_body():
+def test_policy_part_must_fit_its_declared_size():
     edge, cloud = handshake()
-    good = cloud.policy(3, "ab", b"12345")
+    sha = "ab" * 32
+    good = cloud.policy(3, sha, 5, 0, b"12345")
     meta_len = HEADER.unpack_from(good)[3]
     meta = msgpack.unpackb(good[12 : 12 + meta_len])
-    assert meta["size"] == 5
+    assert meta["size"] == 5 and meta["offset"] == 0
+    assert edge.receive(good) == Policy(3, sha, 5, 0, b"12345")
     lying = frame(MsgType.POLICY, {**meta, "size": 4}, b"12345")
     err = pytest.raises(ProtocolError, edge.receive, lying).value
     assert err.code == "truncated"
-    assert code_of(edge.receive, frame(MsgType.POLICY, {"version": 3, "sha256": "ab"}, b"12345")) == "bad_meta"
+    past_end = frame(MsgType.POLICY, {**meta, "offset": 3}, b"12345")
+    assert code_of(edge.receive, past_end) == "truncated"
+    assert edge.receive(frame(MsgType.POLICY, {**meta, "offset": 2}, b"345")) == Policy(3, sha, 5, 2, b"345")
+    assert code_of(edge.receive, frame(MsgType.POLICY, {"version": 3, "sha256": sha}, b"12345")) == "bad_meta"
 
 
 def test_status_values_are_sanitised():
@@ -753,7 +765,7 @@ msgpack_values = st.recursive(
 FIELD_NAMES = [
     "robot_id", "versions", "spec", "units", "policy_version", "agent_version", "version", "run_id", "acked_seq",
     "max_inflight", "seq", "episode_id", "rows", "raw_size", "crc32", "sha256", "size", "values", "code", "message", "first", "last", "reason",
-    "client_nonce", "proof", "server_signature", "nonce", "stream", "port",
+    "client_nonce", "proof", "server_signature", "nonce", "stream", "port", "offset", "partial_policy", "partial_bytes",
 ]
 
 
