@@ -333,6 +333,7 @@ class Agent:
             log.info("event=drained seconds=%.2f", time.monotonic() - t0)
         except asyncio.TimeoutError:
             log.warning("event=drain_timeout pending=%d (kept in the spool for the next start)", self.spool.pending())
+        await uplink.close(f"agent stopping; {self.spool.pending()} chunks left in its spool")
         for t in (link_task, ros2_task, status_task, ready_task):
             if t is not None:
                 t.cancel()

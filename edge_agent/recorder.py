@@ -41,9 +41,11 @@ class Recorder:
             self._emit(done, step.success)
 
     def cut(self) -> None:
-        """End recording mid-episode (shutdown): what was recorded still goes out."""
+        """End recording mid-episode (shutdown): what was recorded still goes out,
+        its last step marked truncated so the episode has a clean end in the data."""
         if self._steps:
-            self._emit(False, False)
+            self._steps[-1].truncated = True
+            self._emit(False, False)  # not a finished episode: the ledger does not count it as one
 
     def _emit(self, done: bool, success: bool) -> None:
         steps, self._steps = self._steps, []

@@ -57,6 +57,18 @@ class Uplink:
         self._wake = asyncio.Event()
         self._acked = asyncio.Event()
         self.on_ack: Callable[[], Any] = lambda: None
+        self._live: tuple[Any, EdgeConnection | None] = (None, None)
+
+    async def close(self, reason: str) -> None:
+        """Say why we are leaving (the learner logs it), then close the link."""
+        ws, conn = self._live
+        if ws is None or conn is None or conn.state.value != "open":
+            return
+        try:
+            await asyncio.wait_for(ws.send(conn.reject("agent_stopping", reason)), 2)
+            await asyncio.wait_for(ws.close(code=1001, reason="agent stopping"), 2)
+        except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException):
+            pass
 
     def wake(self) -> None:
         """New data in the spool (call on the event loop)."""
@@ -118,6 +130,7 @@ class Uplink:
             ping_timeout=self.cfg.ping_timeout_s, close_timeout=2,
         ) as ws:
             self._check_pin(ws)  # before a byte of ours goes out
+            self._live = (ws, conn)
             for _ in range(2):  # challenge, then welcome
                 msg = conn.receive(await asyncio.wait_for(ws.recv(), self.cfg.connect_timeout_s))
                 if isinstance(msg, Reject):

@@ -160,9 +160,11 @@ def test_fixed_rate_and_jitter(make_robot):
     assert all(math.isfinite(v) for v in j.values())
     assert j["p50_ms"] <= j["p99_ms"] <= j["max_ms"]
     assert j["p50_ms"] < 20, j  # late by under two periods at the median
-    # the stop cut the running episode: every step went out, the last chunk is not an episode end
+    # the stop cut the running episode: every step went out, the last chunk is not a finished
+    # episode, and its last step is marked truncated so the data has a clean episode end
     assert sum(len(c.steps) for c in sink.chunks) == loop.steps
     assert sink.chunks[-1].episode_done is False
+    assert sink.chunks[-1].steps[-1].truncated is True
 
 
 def test_jitter_without_a_rate_is_zero(make_robot):
