@@ -15,7 +15,6 @@ crc covers everything after it.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import struct

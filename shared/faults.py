@@ -16,31 +16,27 @@ import os
 import signal
 import threading
 
-_counts: dict[str, int] = {}
+_counts: dict[tuple[str, str], int] = {}
+
+
+def _reached(variable: str, name: str) -> bool:
+    """True the n-th time (and after) ``name`` is passed while ``variable=name[:n]`` is set."""
+    spec = os.environ.get(variable)
+    if not spec:
+        return False
+    target, _, nth = spec.partition(":")
+    if target != name:
+        return False
+    key = (variable, name)
+    _counts[key] = _counts.get(key, 0) + 1
+    return _counts[key] >= int(nth or 1)
 
 
 def crash_point(name: str) -> None:
-    spec = os.environ.get("FLEETRL_CRASH_AT")
-    if not spec:
-        return
-    target, _, nth = spec.partition(":")
-    if target != name:
-        return
-    _counts[name] = _counts.get(name, 0) + 1
-    if _counts[name] >= int(nth or 1):
+    if _reached("FLEETRL_CRASH_AT", name):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-_hang_counts: dict[str, int] = {}
-
-
 def hang_point(name: str) -> None:
-    spec = os.environ.get("FLEETRL_HANG_AT")
-    if not spec:
-        return
-    target, _, nth = spec.partition(":")
-    if target != name:
-        return
-    _hang_counts[name] = _hang_counts.get(name, 0) + 1
-    if _hang_counts[name] >= int(nth or 1):
+    if _reached("FLEETRL_HANG_AT", name):
         threading.Event().wait()  # never set: this thread is stuck, like a driver call that never returns

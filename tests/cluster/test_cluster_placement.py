@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from cloud.cluster.cli import app as _cluster_app
 from cloud.cluster.config import parse_cluster
-from cloud.cluster.placement import PlacementError, bundle, check, check_live, node_resources, render
+from cloud.cluster.placement import PlacementError, bundle, check, check_live, node_resources
 from hal_drivers.base import UnitDescription, UnitKind
 from shared.errors import ConfigError
 from shared.schema import FieldSpec

@@ -8,7 +8,6 @@ once, and each agent received and acted with a policy version > 0.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

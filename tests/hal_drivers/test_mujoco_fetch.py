@@ -14,7 +14,6 @@ import pytest
 from hal_drivers import registry
 from hal_drivers.base import StepResult, UnitKind
 from hal_drivers.mujoco_fetch import FetchConfig, FetchRobot
-from shared.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE_KEYS = ("observation", "achieved_goal", "desired_goal")

@@ -1,7 +1,6 @@
 """The rclpy backend: runs where ROS 2 is installed and sourced, skipped elsewhere."""
 
 import importlib.util
-import os
 import queue
 import random
 import time

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from websockets.asyncio.client import connect
 
-from shared.chunk import StepRecord, build_batch, checksum, encode_chunk
+from shared.chunk import StepRecord, build_batch, encode_chunk
 from shared.protocol import Challenge, EdgeConnection, Reject, Welcome
 from shared.schema import EpisodeSpec
 

@@ -13,10 +13,9 @@ import tomllib
 import urllib.request
 from pathlib import Path
 
-import pytest
 import tomli_w
 
-from tests.faults.harness import LIVE, Agent, Learner, assert_exactly_once, free_port, wait_for
+from tests.faults.harness import Agent, Learner, assert_exactly_once, free_port, wait_for
 
 
 class ServiceAgent(Agent):
@@ -39,16 +38,6 @@ class ServiceLearner(Learner):
         data = tomllib.loads(self.cfg.read_text())
         data["metrics"] = {"port": 0}
         self.cfg.write_text(tomli_w.dumps(data))
-
-
-@pytest.fixture(autouse=True)
-def _kill_leftovers():
-    yield
-    while LIVE:
-        p = LIVE.pop()
-        if p.poll() is None:
-            p.kill()
-            p.wait(10)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

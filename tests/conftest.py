@@ -1,0 +1,15 @@
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _kill_leftover_processes():
+    """A failed test must not leave an agent or learner running: an agent left
+    redialling could reach a later test's learner on a reused port."""
+    yield
+    from tests.faults.harness import LIVE
+
+    while LIVE:
+        p = LIVE.pop()
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
