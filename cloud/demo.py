@@ -98,10 +98,10 @@ async def _watch(status_url: str, agents, learner, minutes: float, target: float
     first_rate: float | None = None
     reached_at: float | None = None
     s: dict[str, Any] = {}
-    cols = (TextColumn("[bold]{task.description}"), BarColumn(bar_width=30), TextColumn("{task.fields[info]}"), TimeElapsedColumn())
+    cols = (TextColumn("[bold]{task.description}"), BarColumn(bar_width=12), TextColumn("{task.fields[info]}"), TimeElapsedColumn())
     async with aiohttp.ClientSession() as http:
         with Progress(*cols, console=console, refresh_per_second=4) as progress:
-            bar = progress.add_task("success", total=1.0, info="waiting for robots")
+            bar = progress.add_task("", total=1.0, info="waiting for robots")
             while time.monotonic() - t0 < minutes * 60:
                 dead = [p for p in (learner, *agents) if p.returncode is not None]
                 if dead:
@@ -116,9 +116,9 @@ async def _watch(status_url: str, agents, learner, minutes: float, target: float
                 if rate is not None and first_rate is None and s.get("episodes", 0) >= 20:
                     first_rate = rate
                 info = (
-                    f"steps {s.get('buffer_rows', 0):>6}  episodes {s.get('episodes', 0):>4}  "
-                    f"policy v{s.get('policy_version', 0):<3}  updates {s.get('updates', 0):>6} "
-                    f"({s.get('updates_per_s', 0):.0f}/s)  success {0 if rate is None else rate:.0%}"
+                    f"success {0 if rate is None else rate:>4.0%} | steps {s.get('buffer_rows', 0)} "
+                    f"eps {s.get('episodes', 0)} | policy v{s.get('policy_version', 0)} "
+                    f"| {s.get('updates', 0)} upd ({s.get('updates_per_s', 0):.0f}/s)"
                 )
                 progress.update(bar, completed=rate or 0.0, info=info)
                 if rate is not None and rate >= target and s.get("episodes", 0) >= 50:
