@@ -17,23 +17,11 @@ from shared import config as cfgmod
 from shared.logs import setup
 
 
-def release_gl_context() -> None:
-    """Work around a product bug: the camera robot is built (and its EGL context made
-    current) on the main thread, then stepped on the control-loop thread, where
-    eglMakeCurrent fails with EGL_BAD_ACCESS. Releasing it here lets the loop thread take it."""
-    from mujoco import egl
-    from OpenGL import EGL
-
-    EGL.eglMakeCurrent(egl.EGL_DISPLAY, EGL.EGL_NO_SURFACE, EGL.EGL_NO_SURFACE, EGL.EGL_NO_CONTEXT)
-
-
 def main() -> int:
     cfg_path, out, drain = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
     setup("INFO")
     cfg = cfgmod.load(cfgmod.AgentConfig, cfg_path)
     agent = Agent(cfg, drain_timeout_s=drain)
-    if cfg.robot.options.get("camera"):
-        release_gl_context()
     rc = asyncio.run(agent.run())
     c = agent.control
     out.write_text(json.dumps({"period_errors_s": list(c._period_errors), "steps": c.steps, "episodes": c.episodes,

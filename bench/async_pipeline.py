@@ -23,28 +23,31 @@ from pathlib import Path
 from . import common as C
 
 PIN = (os.cpu_count() or 1) >= 2
-UTD = 4
+UTD = 1  # the product default, as are the network and batch size below
 EP_STEPS = 50
 
 
 def one_mode(root: Path, sync: bool, window: float, warm: float, starts: int) -> dict:
     name = "sync" if sync else "async"
-    learner = C.Learner(root / name, learner={
+    port = C.free_port()
+    learner = C.Learner(root / name, port=port, learner={
         "learning_starts": starts, "batch_size": 256, "hidden": [256, 256], "utd_ratio": UTD,
-        "publish_every": 50, "publish_when_idle": sync, "checkpoint_every": 10**7, "threads": 1,
+        # synchronous: publish only once training has caught up with the data, as a synchronous design does
+        "publish_every": 10**9 if sync else 250, "publish_when_idle": sync, "checkpoint_every": 10**7, "threads": 1,
     })
-    learner.start(prefix=["taskset", "-c", "1"] if PIN else None)
+    control = {"rate_hz": 50, "max_episodes": 0, "sync": sync, "sync_timeout_s": 30}
+    cfg = C.agent_config(root / name, f"robot-{name}", f"ws://127.0.0.1:{port}/ws", control=control)
+    # both start at once: the agent records and redials until the learner listens
+    agent = C.start_agent(cfg, drain_timeout=5, prefix=["taskset", "-c", "0"] if PIN else None)
     try:
-        control = {"rate_hz": 50, "max_episodes": 0, "sync": sync, "sync_timeout_s": 30}
-        cfg = C.agent_config(root / name, f"robot-{name}", learner.url, control=control)
-        agent = C.start_agent(cfg, drain_timeout=5, prefix=["taskset", "-c", "0"] if PIN else None)
-        C.wait_for(lambda: learner.status()["updates"] > 0, 120, "training to start", 0.2)
+        learner.start(prefix=["taskset", "-c", "1"] if PIN else None)
+        C.wait_for(lambda: learner.status()["updates"] > 0, 120, "training to start", 0.1)
         time.sleep(warm)
         s0, t0 = learner.status(), time.monotonic()
         time.sleep(window)
         s1, t1 = learner.status(), time.monotonic()
-        C.stop(agent)
     finally:
+        C.stop(agent)
         learner.stop()
     wall = t1 - t0
     eps = s1["episodes"] - s0["episodes"]
@@ -57,7 +60,7 @@ def one_mode(root: Path, sync: bool, window: float, warm: float, starts: int) ->
 
 def run(quick: bool = False) -> C.Result:
     res = C.Result("async", quick)
-    window, warm, starts = (6.0, 1.0, 100) if quick else (40.0, 3.0, 300)
+    window, warm, starts = (2.0, 0.3, 60) if quick else (40.0, 3.0, 300)
     with tempfile.TemporaryDirectory(prefix="fleetrl-bench-async-") as d:
         a = one_mode(Path(d), False, window, warm, starts)
         s = one_mode(Path(d), True, window, warm, starts)

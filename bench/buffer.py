@@ -19,8 +19,6 @@ empty buffer (same command, empty data_dir).
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from collections import OrderedDict
@@ -105,7 +103,6 @@ def sampling(root: Path, n: int, res: C.Result, quick: bool) -> None:
     buf.check_spec(spec)
     rng = np.random.default_rng(0)
     seq, per_segment = 0, 500
-    frames = []
     for start in range(0, n, per_segment):
         items = []
         for c in range(start, min(n, start + per_segment), 50):

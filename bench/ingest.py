@@ -15,14 +15,13 @@ import asyncio
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from . import common as C
 from ._rawws import send_all
 
 FULL = {"state": 30_000, "clean": 3_000, "noisy": 2_000}
-QUICK = {"state": 600, "clean": 100, "noisy": 100}
+QUICK = {"noisy": 100}  # the smoke test: one kind is enough
 LABEL = {"state": "state-only", "clean": "128x128 RGB (MuJoCo)", "noisy": "128x128 RGB + camera noise"}
 
 

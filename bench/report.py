@@ -19,7 +19,7 @@ Targets table of the design (`shared/DESIGN.md`) and GitHub issue 8.
 
 ```bash
 pip install torch==2.13.0 && pip install -e ".[test]"
-python -m bench all              # every benchmark, ~10 min on 2 cores; rewrites this page
+python -m bench all              # every benchmark, ~6 min on 2 cores; rewrites this page
 python -m bench ingest           # one of: compress ingest weights jitter async wan buffer
 python -m bench all --quick      # the CI smoke variants (tests/bench/test_bench_smoke.py)
 ```
@@ -59,8 +59,12 @@ def write_docs(total_s: float | None = None) -> None:
         m, v = machine
         out.append(f"Machine: {m['cpus']} CPUs ({m['cpu_model']}), {m['mem_mb']} MB RAM, Linux {m['kernel']}; "
                    + ", ".join(f"{k} {x}" for k, x in v.items()) + "\n")
+    marker = C.RESULTS / "all-seconds.json"  # results/*.json are git-ignored
     if total_s is not None:
-        out.append(f"`python -m bench all` took {total_s:.0f} s.\n")
+        C.RESULTS.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"seconds": round(total_s)}))
+    if marker.exists():
+        out.append(f"The last full `python -m bench all` took {json.loads(marker.read_text())['seconds']} s on this machine.\n")
     out.append(ANALYSIS)
     (C.ROOT / "docs" / "benchmarks.md").write_text("\n".join(out))
 

@@ -151,6 +151,9 @@ def run(quick: bool = False) -> C.Result:
             ups = json.loads(record.read_text())
             count = C.count_exactly_once(learner.data_dir, robot, cfg.parent / "state" / "ledger.json")
             reconnects = len(C.log_events(log, "link_up")) - 1
+            link_events = [(round(t - heal_at, 3), ln.split("event=", 1)[1][:140])
+                           for ev in ("link_up", "link_down") for t, ln in C.log_events(log, ev)]
+            link_events.sort()
             learner.stop()
     finally:
         C.kill_all()
@@ -174,7 +177,8 @@ def run(quick: bool = False) -> C.Result:
     res.add("whole run", "stored exactly once", float(count["stored"]), "rows", float(count["generated"]), None,
             "nothing lost", ok)
     res.extra = {"count": count, "goodput_Bps": goodput, "link_Bps": LINK_BPS, "cut_s": cut_s,
-                 "samples": samples[::4], "wire_bytes_per_row": per_row, "reconnects": reconnects}
+                 "samples": samples[::4], "wire_bytes_per_row": per_row, "reconnects": reconnects,
+                 "link_events_rel_heal_s": link_events}
     res.notes.append("goodput counts chunk bodies made durable on the learner (acked), between 2 s after link up and "
                      "the cut; the link rate includes TCP/IP and websocket framing, so ~0.95x is the ceiling")
     res.notes.append("agent link settings: ping 1 s / timeout 3 s, reconnect backoff 0.1..1 s, connect timeout 2 s")

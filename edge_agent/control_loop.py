@@ -60,6 +60,7 @@ class ControlLoop(threading.Thread):
         self.stop_event.set()
         self.may_start.set()  # wake a loop waiting to start an episode, so it can see the stop
         self.operator.wake()
+        self.policy.interrupt()  # a synchronous loop waiting for a new policy must see the stop too
 
     @property
     def finished(self) -> bool:

@@ -36,6 +36,7 @@ class PolicyHolder:
         self.current: LoadedPolicy | None = None
         self.versions_used: list[int] = []
         self._lock = threading.Condition()
+        self._interrupted = False
 
     @property
     def version(self) -> int:
@@ -78,9 +79,15 @@ class PolicyHolder:
         return True
 
     def wait_newer(self, than: int, timeout: float) -> bool:
-        """Block until a policy newer than ``than`` is in place (synchronous mode)."""
+        """Block until a policy newer than ``than`` is in place (synchronous mode), or interrupted."""
         with self._lock:
-            return self._lock.wait_for(lambda: self.version > than, timeout)
+            return self._lock.wait_for(lambda: self.version > than or self._interrupted, timeout)
+
+    def interrupt(self) -> None:
+        """Wake any wait_newer for good (the agent is stopping)."""
+        with self._lock:
+            self._interrupted = True
+            self._lock.notify_all()
 
     def act(self, obs: dict[str, np.ndarray], deterministic: bool) -> tuple[np.ndarray, int] | None:
         """The policy's action in [-1, 1] and the version that chose it; None before any policy."""

@@ -41,6 +41,18 @@ def _import_gym() -> Any:
     return gym
 
 
+def _release_gl_context() -> None:
+    """Let go of the EGL context after drawing: a context can be current on one thread
+    only, and the robot is built on one thread (startup) but driven from another (the
+    control loop); each draw makes it current again."""
+    if os.environ.get("MUJOCO_GL") != "egl":
+        return
+    from mujoco import egl
+    from OpenGL import EGL
+
+    EGL.eglMakeCurrent(egl.EGL_DISPLAY, EGL.EGL_NO_SURFACE, EGL.EGL_NO_SURFACE, EGL.EGL_NO_CONTEXT)
+
+
 def _f32(x: Any) -> np.ndarray:
     return np.array(x, dtype=np.float32, copy=True)
 
@@ -86,6 +98,8 @@ class FetchRobot(Robot):
                 f"robot.options.camera: {_GL_HINT}; "
                 f"MUJOCO_GL={os.environ.get('MUJOCO_GL')!r} failed with {type(e).__name__}: {e}"
             ) from None
+        finally:
+            _release_gl_context()
         size = self.config.camera_size
         if frame is None or np.shape(frame) != (size, size, 3):
             raise ConfigError(
@@ -165,5 +179,8 @@ class FetchRobot(Robot):
         viewer = self._env.unwrapped.mujoco_renderer._viewers.get("rgb_array")
         if viewer is not None:
             viewer.make_context_current()
-        frame = self._env.render()
+        try:
+            frame = self._env.render()
+        finally:
+            _release_gl_context()
         return np.array(frame, dtype=np.uint8, copy=True)

@@ -203,6 +203,13 @@ def test_camera_renders_headless():
         assert step.observation["camera"].shape == (64, 64, 3)
         assert not np.array_equal(step.observation["camera"], frame)  # the arm moved
         assert r.describe().to_dict()["observation"]["camera"] == {"shape": [64, 64, 3], "dtype": "uint8", "codec": "jpeg", "quality": 80}
+        # built on this thread, driven from another (as the agent's control loop does), then back
+        import threading
+        frames = []
+        t = threading.Thread(target=lambda: frames.append(r.step(np.zeros(4)).observation["camera"]))
+        t.start(); t.join()
+        assert frames and frames[0].std() > 1.0, "rendering from the control thread failed"
+        assert r.step(np.zeros(4)).observation["camera"].std() > 1.0
         for x in (r, other, same):
             x.close()
         print("CAMERA-OK")
