@@ -58,6 +58,8 @@ class Uplink:
         self._acked = asyncio.Event()
         self.on_ack: Callable[[], Any] = lambda: None
         self._live: tuple[Any, EdgeConnection | None] = (None, None)
+        self._ack_to = 0
+        self._ack_arrived = asyncio.Event()
 
     async def close(self, reason: str) -> None:
         """Say why we are leaving (the learner logs it), then close the link."""
@@ -146,6 +148,7 @@ class Uplink:
                 asyncio.create_task(self._send_chunks(ws, conn)),
                 asyncio.create_task(self._send_status(ws, conn)),
                 asyncio.create_task(self._receive(ws, conn, tunnels)),
+                asyncio.create_task(self._apply_acks()),
             ]
             try:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -181,14 +184,23 @@ class Uplink:
             await ws.send(conn.status(self.status()))
             await asyncio.sleep(self.cfg.status_interval_s)
 
+    async def _apply_acks(self) -> None:
+        """Forget acked chunks in the spool; acks that arrive while one is being
+        persisted are folded into the next write (one fsync for a run of acks)."""
+        while True:
+            await self._ack_arrived.wait()
+            self._ack_arrived.clear()
+            await asyncio.to_thread(self.spool.ack, self._ack_to)
+            self._acked.set()
+            self.on_ack()
+            self._wake.set()  # credit freed
+
     async def _receive(self, ws: Any, conn: EdgeConnection, tunnels: TunnelEndpoint) -> None:
         async for data in ws:
             msg = conn.receive(data if isinstance(data, bytes) else data.encode())
             if isinstance(msg, Ack):
-                await asyncio.to_thread(self.spool.ack, msg.seq)
-                self._acked.set()
-                self.on_ack()
-                self._wake.set()  # credit freed
+                self._ack_to = max(self._ack_to, msg.seq)
+                self._ack_arrived.set()
             elif isinstance(msg, Policy):
                 try:
                     whole = self.download.add(msg)
