@@ -8,10 +8,8 @@ the first traceback. Adding a probe is adding a function that returns rows.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import shutil
-import ssl
 import time
 import uuid
 from dataclasses import dataclass
@@ -24,7 +22,9 @@ from hal_drivers import registry
 from shared import config as cfgmod
 from shared.config import AgentConfig
 from shared.errors import FleetError
-from shared.protocol import Challenge, EdgeConnection, Limits, Reject, Welcome
+from shared.protocol import EdgeConnection, Limits, Reject
+
+from .handshake import normalize_pin, open_link, peer_sha256, tls_context
 
 from .metrics import is_online, read_status
 
@@ -89,40 +89,26 @@ def check_robot(cfg: AgentConfig) -> tuple[Row, Any]:
     return Row(name, True, detail), desc
 
 
-def _ssl(cfg: AgentConfig, url: str, pin: str | None) -> ssl.SSLContext | None:
-    if not url.startswith("wss://"):
-        return None
-    ctx = ssl.create_default_context(cafile=str(cfg.link.ca_file) if cfg.link.ca_file else None)
-    if pin and cfg.link.ca_file is None:
-        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # the pin is the trust
-    return ctx
-
-
 async def _probe(cfg: AgentConfig, url: str, desc: Any, credential: str | None, pin: str | None,
                  hello: bool, timeout: float) -> tuple[Row, str | None]:
     """(link row, handshake outcome: 'welcome', a reject code, or None when no hello was sent)."""
     t0 = time.monotonic()
-    async with connect(url, ssl=_ssl(cfg, url, pin), open_timeout=timeout, compression=None, close_timeout=1) as ws:
-        if pin and url.startswith("wss://"):
-            der = ws.transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
-            if (got := hashlib.sha256(der).hexdigest()) != pin.replace(":", "").lower():
-                return Row("link", False, f"{url}: certificate sha256 {got} is not the pinned one"), None
+    ctx = tls_context(url, cfg.link.ca_file, bool(pin))
+    async with connect(url, ssl=ctx, open_timeout=timeout, compression=None, close_timeout=1) as ws:
+        got = peer_sha256(ws)
+        if pin and got is not None and got != normalize_pin(pin):
+            return Row("link", False, f"{url}: certificate sha256 {got} is not the pinned one"), None
         opened = (time.monotonic() - t0) * 1e3
         if not hello:
             why = "no robot description (driver failed)" if desc is None else "the running agent holds the link"
             return Row("link", True, f"{url}: websocket open in {opened:.0f} ms; handshake skipped: {why}"), None
         conn = EdgeConnection(cfg.robot_id, desc.episode_spec().to_dict(), [desc.to_dict()], Limits(), credential)
-        for _ in range(3):
-            msg = conn.receive(await asyncio.wait_for(ws.recv(), timeout))
-            if isinstance(msg, Challenge):
-                await ws.send(conn.hello(0))
-            elif isinstance(msg, Reject):
-                return Row("link", False, f"{url}: refused: {msg.code}: {msg.message}"), msg.code
-            elif isinstance(msg, Welcome):
-                ms = (time.monotonic() - t0) * 1e3
-                return Row("link", True, f"{url}: welcome in {ms:.0f} ms (run {msg.run_id}, acked seq {msg.acked_seq}, "
-                                         f"policy v{msg.policy_version})"), "welcome"
-        return Row("link", False, f"{url}: no welcome after the hello"), None
+        msg = await open_link(ws, conn, timeout)
+        if isinstance(msg, Reject):
+            return Row("link", False, f"{url}: refused: {msg.code}: {msg.message}"), msg.code
+        ms = (time.monotonic() - t0) * 1e3
+        return Row("link", True, f"{url}: welcome in {ms:.0f} ms (run {msg.run_id}, acked seq {msg.acked_seq}, "
+                                 f"policy v{msg.policy_version})"), "welcome"
 
 
 def check_link(cfg: AgentConfig, desc: Any, credential: str | None, pin: str | None, agent_running: bool,

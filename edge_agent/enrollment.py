@@ -4,7 +4,6 @@ and the learner's certificate pin, and prove both work with one handshake."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import ssl
@@ -16,7 +15,9 @@ from shared import auth
 from shared.config import AgentConfig
 from shared.errors import ConfigError, FleetError
 from shared.fsutil import atomic_write
-from shared.protocol import Challenge, EdgeConnection, Reject, Welcome
+from shared.protocol import EdgeConnection, Reject
+
+from .handshake import normalize_pin, open_link, peer_sha256, tls_context
 
 CREDENTIAL = "credential"
 LEARNER = "learner.json"
@@ -56,30 +57,17 @@ def _write_secret(path: Path, text: str) -> None:
 
 async def _probe(url: str, robot_id: str, credential: str, pin: str | None, ca_file: Path | None) -> str | None:
     """Handshake once; return the learner certificate's sha256 (wss) after checking the credential."""
-    ctx = None
-    if url.startswith("wss://"):
-        ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-        if ca_file is None:
-            ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # trust on first use, then pinned
     # An empty spec is enough to test the credential: the learner checks identity first.
     conn = EdgeConnection(robot_id, {}, [], credential=credential)
-    async with connect(url, ssl=ctx, open_timeout=10, compression=None) as ws:
-        seen = None
-        if ctx is not None:
-            seen = hashlib.sha256(ws.transport.get_extra_info("ssl_object").getpeercert(binary_form=True)).hexdigest()
-            if pin and seen != pin:
-                raise ConfigError(f"learner certificate sha256 {seen} does not match --pin {pin}")
-        for _ in range(2):
-            msg = conn.receive(await asyncio.wait_for(ws.recv(), 10))
-            if isinstance(msg, Challenge):
-                await ws.send(conn.hello(0))
-            elif isinstance(msg, Reject):
-                if msg.code in ("auth_failed", "revoked", "credential_expired"):
-                    raise ConfigError(f"the learner refused this credential: {msg.message} ({msg.code})")
-                return seen  # identity passed; the empty spec was what it refused
-            elif isinstance(msg, Welcome):
-                return seen
-    return seen
+    # With no CA, trust the certificate seen now (it gets pinned) or the --pin given.
+    async with connect(url, ssl=tls_context(url, ca_file, trust_by_pin=True), open_timeout=10, compression=None) as ws:
+        seen = peer_sha256(ws)
+        if pin and seen is not None and seen != normalize_pin(pin):
+            raise ConfigError(f"learner certificate sha256 {seen} does not match --pin {pin}")
+        msg = await open_link(ws, conn, 10)
+        if isinstance(msg, Reject) and msg.code in ("auth_failed", "revoked", "credential_expired"):
+            raise ConfigError(f"the learner refused this credential: {msg.message} ({msg.code})")
+        return seen  # welcomed, or identity passed and the empty spec was what it refused
 
 
 def enroll(cfg: AgentConfig, url: str, credential: str, pin: str | None = None, check: bool = True) -> dict:

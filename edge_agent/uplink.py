@@ -7,7 +7,6 @@ A thin asyncio layer around :class:`shared.protocol.EdgeConnection`.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import random
 import ssl
@@ -17,12 +16,11 @@ import websockets
 from websockets.asyncio.client import connect
 
 from shared.errors import FleetError
-from shared.protocol import (
-    Ack, Challenge, EdgeConnection, Limits, Policy, Reject, TunnelClose, TunnelData, TunnelOpen, Welcome,
-)
+from shared.protocol import Ack, EdgeConnection, Limits, Policy, Reject, TunnelClose, TunnelData, TunnelOpen
 from shared.config import LinkConfig
 
 from .spool import Spool, SpoolCorrupt
+from .handshake import normalize_pin, open_link, peer_sha256, tls_context
 from .policy_download import PolicyDownload
 from .tunnel import TunnelEndpoint
 
@@ -52,7 +50,7 @@ class Uplink:
         self.last_error = ""
         self.url = cfg.urls[0]
         self.download = PolicyDownload(limits.max_weights_bytes)
-        self.pin = (pin_sha256 or "").replace(":", "").lower()
+        self.pin = normalize_pin(pin_sha256)
         self.limit_seq: int = spool.last_seq  # send nothing past this (set by the recorder side)
         self._wake = asyncio.Event()
         self._acked = asyncio.Event()
@@ -107,39 +105,23 @@ class Uplink:
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, self.cfg.reconnect_max_s)
 
-    def _ssl(self) -> ssl.SSLContext | None:
-        if not self.url.startswith("wss://"):
-            return None
-        ctx = ssl.create_default_context(cafile=str(self.cfg.ca_file) if self.cfg.ca_file else None)
-        if self.pin and self.cfg.ca_file is None:
-            ctx.check_hostname = False  # the pin is the trust: a self-signed learner certificate is fine
-            ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-
     def _check_pin(self, ws: Any) -> None:
-        if not self.pin or not self.url.startswith("wss://"):
-            return
-        der = ws.transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
-        got = hashlib.sha256(der).hexdigest()
-        if got != self.pin:
+        got = peer_sha256(ws)
+        if self.pin and got is not None and got != self.pin:
             raise LinkRejected(f"learner certificate sha256 {got} does not match the pinned {self.pin}", "pin_mismatch")
 
     async def _session(self) -> None:
         conn = self.make_connection()
         async with connect(
-            self.url, ssl=self._ssl(), max_size=self.limits.max_frame_bytes, compression=None,
+            self.url, ssl=tls_context(self.url, self.cfg.ca_file, bool(self.pin)), max_size=self.limits.max_frame_bytes, compression=None,
             open_timeout=self.cfg.connect_timeout_s, ping_interval=self.cfg.ping_interval_s,
             ping_timeout=self.cfg.ping_timeout_s, close_timeout=2,
         ) as ws:
             self._check_pin(ws)  # before a byte of ours goes out
             self._live = (ws, conn)
-            for _ in range(2):  # challenge, then welcome
-                msg = conn.receive(await asyncio.wait_for(ws.recv(), self.cfg.connect_timeout_s))
-                if isinstance(msg, Reject):
-                    raise LinkRejected(msg.message, msg.code)
-                if isinstance(msg, Challenge):
-                    await ws.send(conn.hello(self.policy_version(), partial=self.download.partial))
-            assert isinstance(msg, Welcome)
+            msg = await open_link(ws, conn, self.cfg.connect_timeout_s, self.policy_version(), self.download.partial)
+            if isinstance(msg, Reject):
+                raise LinkRejected(msg.message, msg.code)
             await asyncio.to_thread(self.spool.adopt_cloud_mark, msg.acked_seq)
             self.connected = True
             log.info("event=link_up url=%s acked_seq=%d pending=%d", self.url, msg.acked_seq, self.spool.pending())
