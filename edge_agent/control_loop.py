@@ -51,6 +51,7 @@ class ControlLoop(threading.Thread):
         self.episodes = 0
         self.successes = 0
         self.steps = 0
+        self.episode_step = 0  # steps taken in the current episode (for status)
         self._period_errors: deque[float] = deque(maxlen=2000)
         d = robot.describe()
         self._low = np.asarray(d.action_low, np.float32)
@@ -121,6 +122,7 @@ class ControlLoop(threading.Thread):
                 )
                 obs, step = res.observation, step + 1
                 self.steps += 1
+                self.episode_step = step
                 if res.terminated or truncated:
                     self.episodes += 1
                     self.successes += int(res.success)

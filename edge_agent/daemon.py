@@ -165,7 +165,7 @@ class Agent:
             "successes": c.successes, "spool_bytes": self.spool.bytes, "spool_pending": self.spool.pending(),
             "acked_seq": self.spool.acked_seq, "jitter_p99_ms": round(j["p99_ms"], 3),
             "paused": self._paused_reason(), "disk_error": self.disk_error,
-            "intervention": self.operator.intervention, "episode_step": self.recorder_step(),
+            "intervention": self.operator.intervention, "episode_step": self.control.episode_step,
         }
 
     def _paused_reason(self) -> str:
@@ -174,9 +174,6 @@ class Agent:
         if self.control.waiting_to_start:
             return "spool_full" if not self.may_start.is_set() else "waiting_for_start_episode"
         return ""
-
-    def recorder_step(self) -> int:
-        return self.control.recorder.transitions
 
     # ---------------------------------------------------------------- service (systemd, status file, metrics)
 
