@@ -15,6 +15,7 @@ crc covers everything after it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import struct
@@ -24,7 +25,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.fsutil import fsync_dir
+from shared.fsutil import atomic_write, fsync_dir
 
 from .state_slots import StateSlots
 
@@ -102,7 +103,9 @@ class Spool:
         self._state = StateSlots(self.dir / "state", fsync=fsync != "never")
         state = self._state.read()
         self.acked_seq: int = state.get("acked", 0)
-        self.lost: list[list] = state.get("lost", [])  # [first, last, reason] ranges the cloud must hear of
+        # [first, last, reason] ranges the cloud must hear of; their own file, so the
+        # fixed-size state slot never has to make room by forgetting one.
+        self.lost: list[list] = [r for r in self._read_lost() if r[1] > self.acked_seq]
         self.last_seq = max([self.acked_seq, state.get("last", 0)] + [r[1] for r in self.lost])
         self.quarantined = 0
         self._recover()
@@ -110,13 +113,19 @@ class Spool:
     # ---------------------------------------------------------------- state file
 
     def _write_state(self) -> None:
-        # Keep the newest lost ranges if there are absurdly many: the slot is 4 KiB.
-        while True:
-            try:
-                self._state.write({"acked": self.acked_seq, "last": self.last_seq, "lost": self.lost})
-                return
-            except ValueError:
-                self.lost = self.lost[len(self.lost) // 2 :]
+        self._state.write({"acked": self.acked_seq, "last": self.last_seq})
+
+    def _read_lost(self) -> list[list]:
+        path = self.dir / "lost.json"
+        return json.loads(path.read_text()) if path.exists() else []
+
+    def _write_lost(self) -> None:
+        """Rare (a quarantine, or an ack past a lost range). A stale file on a full disk
+        is harmless: ranges at or below the acked mark are dropped when it is read."""
+        try:
+            atomic_write(self.dir / "lost.json", json.dumps(self.lost).encode(), fsync=self.fsync_policy != "never")
+        except OSError as e:
+            log.warning("event=spool_lost_list_write_failed error=%r", e)
 
     # ---------------------------------------------------------------- recovery
 
@@ -143,6 +152,7 @@ class Spool:
             self.last_seq = max(self.last_seq, max(self._index))
         if self.last_seq != prev_last or self.lost:
             self._write_state()
+            self._write_lost()
         self._drop_acked_segments()
 
     def _scan(self, path: Path) -> int:
@@ -262,9 +272,20 @@ class Spool:
         return None
 
     def read(self, seq: int) -> SpoolRecord:
-        """Read a record back, verifying its checksum; a bad one is quarantined (SpoolCorrupt)."""
+        """Read a record back, verifying its checksum; a bad one is quarantined (SpoolCorrupt).
+
+        A sequence that should be here but is not (its file lost outside our
+        control) is reported as lost the same way, so the stream never stalls on it.
+        """
         with self._lock:
-            loc = self._index[seq]
+            loc = self._index.get(seq)
+            if loc is None:
+                if not (self.acked_seq < seq <= self.last_seq) or self.lost_range(seq) is not None:
+                    raise KeyError(seq)  # acked, already reported lost, or never written
+                self.lost.append([seq, seq, "spool record missing from disk"])
+                self._write_lost()
+                log.error("event=spool_record_missing lost_seqs=%d-%d", seq, seq)
+                raise SpoolCorrupt(f"spool record {seq} is not on disk")
         with open(loc.segment, "rb") as fh:
             fh.seek(loc.offset)
             data = fh.read(loc.length)
@@ -275,7 +296,7 @@ class Spool:
                 self.quarantined += 1
                 del self._index[seq]
                 self.lost.append([seq, seq, "spool record damaged on disk (found when read back)"])
-                self._write_state()
+                self._write_lost()
             log.error("event=spool_record_quarantined segment=%s offset=%d lost_seqs=%d-%d", loc.segment.name, loc.offset, seq, seq)
             raise SpoolCorrupt(f"spool record {seq} failed its checksum")
         rest = data[_PREFIX.size :]
@@ -293,7 +314,10 @@ class Spool:
             if seq <= self.acked_seq:
                 return
             self.acked_seq = seq
-            self.lost = [r for r in self.lost if r[1] > seq]
+            still_lost = [r for r in self.lost if r[1] > seq]
+            if still_lost != self.lost:
+                self.lost = still_lost
+                self._write_lost()
             self._write_state()
             for s in [s for s in self._index if s <= seq]:
                 del self._index[s]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.spool import Spool
+from edge_agent.spool import Spool, SpoolCorrupt
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -474,3 +474,39 @@ def test_record_damaged_after_it_was_written_is_caught_on_read(tmp_path):
     sp2.ack(5)  # once the cloud is past it, the loss no longer needs reporting
     assert sp2.lost_range(2) is None
     sp2.close()
+
+
+def test_many_lost_ranges_are_all_kept_across_reopen(tmp_path):
+    """Loss reports live in their own file: none is dropped to fit the fixed-size state slot."""
+    sp = Spool(tmp_path, segment_bytes=1 << 30)
+    for _ in range(400):
+        sp.append("e", 1, 1, 0, b"x" * 10)
+    for seq in range(2, 400, 2):  # every other record damaged when read back
+        loc = sp._index[seq]
+        with open(loc.segment, "r+b") as fh:
+            fh.seek(loc.offset + loc.length - 1)
+            last = fh.read(1)[0]
+            fh.seek(loc.offset + loc.length - 1)
+            fh.write(bytes([last ^ 0xFF]))
+        with pytest.raises(SpoolCorrupt):
+            sp.read(seq)
+    sp.close()
+    again = Spool(tmp_path)
+    assert all(again.lost_range(seq) is not None for seq in range(2, 400, 2))
+    assert again.lost_range(3) is None and again.read(3).seq == 3
+
+
+def test_a_record_missing_from_disk_is_reported_lost_not_a_crash(tmp_path):
+    sp = Spool(tmp_path, segment_bytes=200)
+    for _ in range(6):
+        sp.append("e", 1, 1, 0, b"x" * 50)
+    victim = sp._index[3]
+    sp.close()
+    reopened = Spool(tmp_path)
+    victim.segment.unlink()  # lost outside our control after the index was built
+    reopened._index.pop(3)
+    with pytest.raises(SpoolCorrupt):
+        reopened.read(3)
+    assert reopened.lost_range(3) is not None
+    with pytest.raises(KeyError):
+        reopened.read(3)  # now a reported loss, like any other
