@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import time
 from pathlib import Path
 
 from aiohttp import web
 
+from cloud.admin import ADMIN_URL
 from cloud.app import make_app
 from cloud.keys import PUBLISHER
 from shared import config as cfgmod
@@ -44,6 +46,10 @@ async def main(config: Path, resume: bool) -> None:
     site = web.TCPSite(runner, cfg.server.host, cfg.server.port)
     await site.start()
     host, port = runner.addresses[0][:2]
+    admin = app[ADMIN_URL]  # /status lives on the loopback admin listener, as with `cloud-learner serve`
+    (cfg.data_dir / "endpoint.json").write_text(json.dumps({
+        "url": f"ws://{host}:{port}/ws", "status": f"{admin}/status", "admin": f"{admin}/admin", "pid": os.getpid(),
+    }))
     print(f"READY ws://{host}:{port}/ws", flush=True)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -23,9 +23,12 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import tomli_w
+
+from shared.config import is_loopback
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -239,7 +242,8 @@ class Learner:
         self.cfg = root / f"{name}.toml"
         cfg: dict[str, Any] = {
             "data_dir": str(self.data_dir),
-            "server": {"host": host, "port": port, "heartbeat_s": 5.0},
+            # unenrolled bench robots: opted in explicitly, and only a loopback learner may be open
+            "server": {"host": host, "port": port, "heartbeat_s": 5.0, "auth": "open" if is_loopback(host) else "required"},
             "learner": {"learning_starts": 10**9, "batch_size": 256, "memory_capacity": 200_000, **(learner or {})},
         }
         if limits:
@@ -261,9 +265,13 @@ class Learner:
         return self.url.replace("ws://", "http://").rsplit("/ws", 1)[0]
 
     def status(self) -> dict[str, Any]:
+        """/status from the learner's loopback admin listener (endpoint.json), with the admin token."""
         import urllib.request
 
-        with urllib.request.urlopen(self.http + "/status", timeout=10) as r:
+        endpoint = json.loads((self.data_dir / "endpoint.json").read_text())
+        token = (self.data_dir / "admin_token").read_text().strip()
+        req = urllib.request.Request(endpoint["status"], headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
             return json.loads(r.read())
 
     def stop(self) -> None:
@@ -283,7 +291,8 @@ def agent_config(root: Path, robot_id: str, url: str, *, camera: bool = False, c
         opts.update(camera=True, camera_size=128, camera_codec=codec)
     cfg = {
         "robot_id": robot_id,
-        "link": {"url": url, **FAST_LINK, **(link or {})},
+        # a robot without a credential takes weights only from a learner on this computer, opted in
+        "link": {"url": url, **FAST_LINK, "allow_unauthenticated": is_loopback(urlsplit(url).hostname or ""), **(link or {})},
         "robot": {"driver": "mujoco_fetch", "options": opts},
         "control": {"rate_hz": 0, "max_episodes": 1, "chunk_steps": 50, **(control or {})},
         "spool": {"dir": str(d / "spool"), **(spool or {})},

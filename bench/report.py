@@ -13,7 +13,7 @@ HEAD = """# Benchmarks
 `bench/` holds fleetrl to the physical limits of the machine it runs on. Every
 figure is a ratio against a baseline measured **in the same run on the same
 machine** (absolute times on shared machines are noise). Targets come from the
-Targets table of the design (`shared/DESIGN.md`) and GitHub issue 8.
+Targets table of the design (`docs/architecture.md`) and GitHub issue 8.
 
 ## Reproduce
 

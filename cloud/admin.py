@@ -1,6 +1,7 @@
-"""Admin endpoints for the CLI on the learner host: reload the robot table,
-and bridge a reverse tunnel. Loopback only, and only with the admin token
-from ``<data_dir>/admin_token`` (mode 0600)."""
+"""The admin listener for the CLI on the learner host: status, reload the robot
+table, bridge a reverse tunnel. Its own socket on loopback (``[admin]``), never
+the robot-facing port, and every request needs the admin token from
+``<data_dir>/admin_token`` (mode 0600)."""
 
 from __future__ import annotations
 
@@ -10,63 +11,76 @@ import itertools
 import logging
 import os
 from pathlib import Path
+from typing import AsyncIterator
 
 from aiohttp import WSMsgType, web
 
 from shared.config import is_loopback
+from shared.errors import ConfigError
 
-from .gateway import BULK, CONTROL
-from .keys import ADMIN_TOKEN, REGISTRY, ROBOTS
+from . import access
+from .gateway import BULK, CONTROL, TunnelInbox
+from .keys import ADMIN_TOKEN, CONFIG, REGISTRY, ROBOTS
 
 log = logging.getLogger("fleetrl.admin")
 _streams = itertools.count(1)
+MAIN = web.AppKey("learner_app", web.Application)  # the admin app's handle on the learner app
+ADMIN_URL = web.AppKey("admin_url", str)  # set on the learner app once the admin listener is up
+MIN_TOKEN_CHARS = 32
 
 
 def admin_token(data_dir: Path) -> str:
+    """The admin token (created 0600 on first start); a short or open one is refused, not used."""
     path = data_dir / "admin_token"
     if not path.exists():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(os.urandom(24).hex())
-    return path.read_text().strip()
+    if path.stat().st_mode & 0o077:
+        raise ConfigError(f"{path}: the admin token is readable by others; chmod 600 it")
+    token = path.read_text().strip()
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ConfigError(f"{path}: the admin token is empty or shorter than {MIN_TOKEN_CHARS} characters; "
+                          "delete the file and the learner writes a new one")
+    return token
 
 
-def _check(request: web.Request) -> None:
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ")
-    if not is_loopback(request.remote or "") or not hmac.compare_digest(given, request.app[ADMIN_TOKEN]):
+def _check(request: web.Request) -> web.Application:
+    """The learner app, for a request that carries the admin token."""
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").encode()
+    if not is_loopback(request.remote or "") or not hmac.compare_digest(given, request.app[ADMIN_TOKEN].encode()):
         raise web.HTTPForbidden(text="admin endpoints need loopback and the admin token")
+    return request.app[MAIN]
 
 
 async def reload_robots(request: web.Request) -> web.Response:
     """Re-read robots.json; links of robots that may no longer connect close at once."""
-    _check(request)
-    app = request.app
-    registry = app[REGISTRY]
-    registry.reload()
-    closed = []
-    for rid, link in list(app[ROBOTS].items()):
-        entry = registry.get(rid)
-        refusal = entry.refusal() if entry is not None else (("revoked", "robot removed") if link.authenticated else None)
-        if refusal is not None:
-            link.outbox.put(CONTROL, link.conn.reject(*refusal))
-            await asyncio.sleep(0)  # let the pump send the reason before the close
-            await link.ws.close(code=4003, message=refusal[0].encode())
-            closed.append(rid)
-            log.warning("event=link_closed_by_admin robot_id=%s code=%s", rid, refusal[0])
-    return web.json_response({"robots": len(registry.entries), "closed": closed})
+    app = _check(request)
+    if not access.reload(app):
+        raise web.HTTPInternalServerError(text="robots.json does not parse; the learner keeps its previous table")
+    closed = await access.sweep(app)
+    return web.json_response({"robots": len(app[REGISTRY].entries), "closed": closed})
+
+
+async def status(request: web.Request) -> web.Response:
+    from .app import snapshot
+
+    return web.json_response(snapshot(_check(request)))
 
 
 async def tunnel(request: web.Request) -> web.WebSocketResponse:
     """One tunnelled TCP stream: this websocket <-> the robot's link <-> a port on the robot."""
-    _check(request)
+    app = _check(request)
     robot, port = request.query.get("robot", ""), int(request.query.get("port", "0"))
-    link = request.app[ROBOTS].get(robot)
+    link = app[ROBOTS].get(robot)
     if link is None:
         raise web.HTTPNotFound(text=f"robot {robot!r} is not connected")
+    if not link.authenticated and not app[CONFIG].server.open:
+        raise web.HTTPForbidden(text=f"robot {robot!r} did not prove a credential")
     ws = web.WebSocketResponse(max_msg_size=1 << 20)
     await ws.prepare(request)
     stream = next(_streams)
-    inbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+    inbox = TunnelInbox()  # bounded: a stream whose client lags is closed
     link.tunnels[stream] = inbox
     link.outbox.put(CONTROL, link.conn.tunnel_open(stream, port))
     log.info("event=tunnel_open robot_id=%s port=%d stream=%d", robot, port, stream)
@@ -93,3 +107,30 @@ async def tunnel(request: web.Request) -> web.WebSocketResponse:
             link.outbox.put(CONTROL, link.conn.tunnel_close(stream, "client closed"))
         await ws.close()
     return ws
+
+
+def url_host(host: str) -> str:
+    """``host`` as it goes in a URL (IPv6 in brackets)."""
+    return f"[{host}]" if ":" in host else host
+
+
+async def admin_listener(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the admin app on ``[admin]`` host:port (loopback); its URL in ``app[ADMIN_URL]``."""
+    cfg = app[CONFIG].admin
+    admin = web.Application()
+    admin[MAIN], admin[ADMIN_TOKEN] = app, app[ADMIN_TOKEN]
+    admin.router.add_get("/status", status)
+    admin.router.add_post("/admin/reload", reload_robots)
+    admin.router.add_get("/admin/tunnel", tunnel)
+    runner = web.AppRunner(admin, handle_signals=False, shutdown_timeout=1.0, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, cfg.host, cfg.port).start()
+    except OSError as e:
+        await runner.cleanup()
+        raise ConfigError(f"admin.host/admin.port: cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e}") from None
+    host, port = runner.addresses[0][:2]
+    app[ADMIN_URL] = f"http://{url_host(host)}:{port}"
+    log.info("event=admin_listening url=%s", app[ADMIN_URL])
+    yield
+    await runner.cleanup()

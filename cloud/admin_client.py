@@ -1,53 +1,111 @@
-"""The CLI side of admin work on the learner host: robots table edits that a
-running learner picks up at once, and the local end of a reverse tunnel."""
+"""The CLI side of admin work on the learner host, through the learner's
+loopback admin listener (endpoint.json, admin token): robots table edits that a
+running learner picks up at once (or a loud failure), its status, and the local
+end of a reverse tunnel."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import ssl
+import os
+import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from shared.config import LearnerConfig
-from shared.errors import ConfigError
+from shared.errors import ConfigError, FleetError
 
 
-def _endpoint(cfg: LearnerConfig) -> tuple[str, str] | None:
-    """(admin base URL, token) of a learner running on this data_dir, if any."""
+class AdminError(FleetError):
+    code = "admin_failed"
+
+
+def _endpoint(cfg: LearnerConfig) -> tuple[str, str, dict] | None:
+    """(admin base URL, token, endpoint record) of a learner that ran on this data_dir, if any."""
     ep, tok = cfg.data_dir / "endpoint.json", cfg.data_dir / "admin_token"
     if not ep.exists() or not tok.exists():
         return None
-    admin = json.loads(ep.read_text()).get("admin")
-    return (admin, tok.read_text().strip()) if admin else None
+    try:
+        record = json.loads(ep.read_text())
+    except ValueError:
+        return None
+    admin = record.get("admin")
+    return (admin, tok.read_text().strip(), record) if admin else None
 
 
-def _ssl_off() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # loopback to our own learner
-    return ctx
+def _alive(record: dict) -> bool:
+    """Whether the learner that wrote endpoint.json still runs (its pid, else its admin port)."""
+    pid = record.get("pid")
+    if isinstance(pid, int) and pid > 0:
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True  # someone else's process with that pid: assume the learner
+    u = urlsplit(record.get("admin", ""))
+    try:
+        socket.create_connection((u.hostname or "127.0.0.1", u.port or 80), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def _headers(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 async def _reload(base: str, token: str) -> dict:
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{base}/reload", headers={"Authorization": f"Bearer {token}"}, ssl=_ssl_off(),
-                             timeout=aiohttp.ClientTimeout(total=5)) as r:
-            r.raise_for_status()
+        async with http.post(f"{base}/reload", headers=_headers(token), timeout=aiohttp.ClientTimeout(total=5)) as r:
+            if r.status != 200:
+                raise AdminError(f"{base}/reload answered {r.status} {(await r.text())[:200]}")
             return await r.json()
 
 
-def notify_reload(cfg: LearnerConfig) -> str:
-    """Tell a running learner to re-read robots.json; a line saying what happened."""
+def notify_reload(cfg: LearnerConfig, change: str = "the change") -> str:
+    """Tell a running learner to re-read robots.json; a line saying what happened.
+
+    Raises AdminError when a learner runs but did not confirm: a revocation
+    that silently missed the learner would leave the credential working."""
     ep = _endpoint(cfg)
-    if ep is None:
-        return "no learner is running on this data_dir; it will read the change when it starts"
+    if ep is None or not _alive(ep[2]):
+        return f"no learner is running on this data_dir; it will read {change} when it starts"
+    base, token, record = ep
     try:
-        res = asyncio.run(_reload(*ep))
-    except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
-        return "the learner is not reachable; it will read the change when it starts"
+        res = asyncio.run(_reload(base, token))
+    except (AdminError, aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
+        raise AdminError(
+            f"{change} did NOT reach the running learner (pid {record.get('pid', '?')}, {base}): {e}. "
+            "It re-reads robots.json by itself within seconds while it runs; check its log for "
+            "event=robots_reloaded, or restart it"
+        ) from None
     closed = ", ".join(res["closed"]) or "none"
     return f"the running learner reloaded its robot table (links closed: {closed})"
+
+
+def fetch_status(cfg: LearnerConfig) -> dict:
+    """The running learner's /status, from its admin listener (with the admin token)."""
+    ep = _endpoint(cfg)
+    if ep is None or not _alive(ep[2]):
+        raise ConfigError(f"no learner is running on {cfg.data_dir}: start `cloud-learner serve` first")
+    base, token, record = ep
+
+    async def get() -> dict:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(record.get("status") or base.rsplit("/admin", 1)[0] + "/status", headers=_headers(token),
+                                timeout=aiohttp.ClientTimeout(total=5)) as r:
+                if r.status != 200:
+                    raise AdminError(f"/status answered {r.status} {(await r.text())[:200]}")
+                return await r.json()
+
+    try:
+        return asyncio.run(get())
+    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
+        raise AdminError(f"the learner's admin listener {base} is not reachable: {e}") from None
 
 
 async def serve_tunnel(cfg: LearnerConfig, robot: str, port: int, local_port: int, ready=None) -> None:
@@ -55,13 +113,13 @@ async def serve_tunnel(cfg: LearnerConfig, robot: str, port: int, local_port: in
     ep = _endpoint(cfg)
     if ep is None:
         raise ConfigError(f"no learner is running on {cfg.data_dir}: start `cloud-learner serve` first")
-    base, token = ep
+    base, token, _ = ep
     url = base.replace("http", "ws", 1) + f"/tunnel?robot={robot}&port={port}"
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         async with aiohttp.ClientSession() as http:
             try:
-                ws = await http.ws_connect(url, headers={"Authorization": f"Bearer {token}"}, ssl=_ssl_off())
+                ws = await http.ws_connect(url, headers=_headers(token))  # plain http: the admin listener is loopback
             except aiohttp.WSServerHandshakeError as e:
                 writer.close()
                 print(f"tunnel: {e.status} {e.message}")

@@ -15,11 +15,14 @@ from shared.config import LearnerConfig
 from shared.errors import ConfigError
 from shared.protocol import Limits
 
+from .admission import SourceCounter
 from .buffer import ReplayBuffer
 from .gateway import robot_ws
 from .ingest import Ingest
-from .admin import admin_token, reload_robots, tunnel
-from .keys import ADMIN_TOKEN, BUFFER, CONFIG, INGEST, LIMITS, PUBLISHER, REGISTRY, REJECTIONS, RESUME, ROBOTS, TRAINER
+from .quotas import Quotas
+from .access import follow_robots
+from .admin import admin_listener, admin_token
+from .keys import HANDSHAKES, ADMIN_TOKEN, BUFFER, CONFIG, INGEST, LIMITS, PUBLISHER, REGISTRY, REJECTIONS, RESUME, ROBOTS, TRAINER
 from .robots import RobotRegistry
 from .learner.trainer import Trainer
 from .publisher import WeightPublisher
@@ -49,13 +52,17 @@ def make_app(cfg: LearnerConfig, resume: bool = False) -> web.Application:
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     app[REGISTRY] = RobotRegistry(cfg.data_dir / "robots.json")
     app[REJECTIONS] = Counter()
+    app[HANDSHAKES] = SourceCounter(cfg.server.max_pending_handshakes, cfg.server.max_pending_per_source)
     app[ADMIN_TOKEN] = admin_token(cfg.data_dir)
     app.cleanup_ctx.append(_storage)
     app.cleanup_ctx.append(_learning)
-    app.router.add_get("/ws", robot_ws)
-    app.router.add_get("/status", status)
-    app.router.add_post("/admin/reload", reload_robots)
-    app.router.add_get("/admin/tunnel", tunnel)
+    app.cleanup_ctx.append(follow_robots)
+    app.cleanup_ctx.append(admin_listener)  # /status and /admin/*: loopback, token; never on the robot port
+    app.router.add_get("/ws", robot_ws)  # the only route robots (and the internet) can reach
+    if cfg.server.open:
+        log.warning("event=auth_open server.auth=open: robots without a credential may link, send data and get "
+                    "weights; the learner listens on %s (loopback) only. Use auth = \"required\" for real robots.",
+                    cfg.server.host)
     return app
 
 
@@ -66,7 +73,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         ReplayBuffer, cfg.data_dir / "buffer", cfg.learner.memory_capacity, cfg.learner.observation_fields
     )
     app[BUFFER] = buffer
-    app[INGEST] = Ingest(buffer, app[LIMITS])
+    app[INGEST] = Ingest(buffer, app[LIMITS], quotas=Quotas.from_config(cfg.limits))
     writer = asyncio.create_task(app[INGEST].run_writer())
     log.info("event=buffer_ready run_id=%s rows=%d report=%s", buffer.run_id, buffer.rows, buffer.store.recovery_report)
     yield
@@ -81,12 +88,12 @@ async def _learning(app: web.Application) -> AsyncIterator[None]:
     app[PUBLISHER] = publisher
 
     def publish(blob) -> None:  # called on the trainer thread
-        asyncio.run_coroutine_threadsafe(publisher.publish(blob), loop)
+        asyncio.run_coroutine_threadsafe(publisher.publish(blob), loop).add_done_callback(_publish_done)
 
     (cfg.data_dir / CHECKPOINT).parent.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(
         app[BUFFER], cfg.learner, publish, start_version=publisher.version,
-        checkpoint_path=cfg.data_dir / CHECKPOINT, resume=app[RESUME],
+        checkpoint_path=cfg.data_dir / CHECKPOINT, resume=app[RESUME], published=publisher.latest,
     )
     app[TRAINER] = trainer
     app[INGEST].on_durable = trainer.notify_data
@@ -96,6 +103,12 @@ async def _learning(app: web.Application) -> AsyncIterator[None]:
         await robot.ws.close(code=1001, message=b"learner shutting down")
     trainer.stop()
     await asyncio.to_thread(trainer.join, 10.0)
+
+
+def _publish_done(fut) -> None:
+    """Failed writes are handled in the publisher; anything else is a bug: say so, once per failure."""
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("event=publish_crashed error=%r", fut.exception())
 
 
 def snapshot(app: web.Application) -> dict[str, Any]:
@@ -112,17 +125,18 @@ def snapshot(app: web.Application) -> dict[str, Any]:
         "policy_version": app[PUBLISHER].version,
         "updates": trainer.updates,
         "resumed_from_update": trainer.resumed_from,
+        "resumed_from_policy": trainer.resumed_from_policy,
+        "publish_failures": app[PUBLISHER].failures,
+        "last_publish_error": app[PUBLISHER].last_error or None,
+        "storage": {"holding": ingest.holding, "write_failures": ingest.write_failures,
+                    "last_write_error": ingest.last_write_error or None},
         "updates_per_s": round(trainer.updates_per_s, 1),
         "losses": trainer.last_losses,
         "trainer_error": repr(trainer.error) if trainer.error else None,
         "ingest": {"chunks": ingest.chunks, "rows": ingest.rows, "duplicates": ingest.duplicates},
         "robots": {
-            rid: {"since": r.since, "chunks": r.chunks, "authenticated": r.authenticated, **r.status}
+            rid: {"since": r.since, "chunks": r.chunks, "authenticated": r.authenticated, "reported": r.status}
             for rid, r in app[ROBOTS].items()
         },
-        "rejections": dict(app[REJECTIONS]),
+        "rejections": dict(app[REJECTIONS].items()),
     }
-
-
-async def status(request: web.Request) -> web.Response:
-    return web.json_response(snapshot(request.app))

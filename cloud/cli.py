@@ -95,7 +95,7 @@ def robots_add(
     rotate: bool = typer.Option(False, "--rotate", help="replace the credential of an enrolled robot"),
 ) -> None:
     """Issue a credential for a robot. It is printed once; give it to `edge-agent enroll` on the robot."""
-    from .admin_client import notify_reload, registry_path
+    from .admin_client import registry_path
     from .robots import RobotRegistry
 
     cfg = _load(config)
@@ -105,8 +105,20 @@ def robots_add(
         typer.echo(f"cloud-learner: {e}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"credential for {name} (shown once, keep it secret):\n{cred}")
-    typer.echo(f"on the robot: edge-agent enroll <learner wss:// url> --config agent.toml --credential {cred}")
-    typer.echo(notify_reload(cfg))
+    typer.echo("on the robot: edge-agent enroll <learner wss:// url> --config agent.toml, and paste it at the prompt "
+               "(or --credential-file FILE, or --credential - to read it from stdin)")
+    _notify(cfg, f"the new credential for {name}")
+
+
+def _notify(cfg: cfgmod.LearnerConfig, change: str, prefix: str = "") -> None:
+    """Tell a running learner; exit 1, loudly, if one runs and did not confirm."""
+    from .admin_client import notify_reload
+
+    try:
+        typer.echo(prefix + notify_reload(cfg, change))
+    except FleetError as e:
+        typer.echo(f"cloud-learner: {e}", err=True)
+        raise typer.Exit(1) from None
 
 
 @robots_app.command("list")
@@ -133,7 +145,7 @@ def robots_revoke(
     config: Path = typer.Option(..., "--config", "-c", help="run TOML file"),
 ) -> None:
     """Revoke a robot: it can no longer connect, and an open link is closed at once."""
-    from .admin_client import notify_reload, registry_path
+    from .admin_client import registry_path
     from .robots import RobotRegistry
 
     cfg = _load(config)
@@ -142,7 +154,22 @@ def robots_revoke(
     except FleetError as e:
         typer.echo(f"cloud-learner: {e}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(f"revoked {name}; {notify_reload(cfg)}")
+    _notify(cfg, f"the revocation of {name}", prefix=f"revoked {name} in robots.json; ")
+
+
+@app.command()
+def status(config: Path = typer.Option(..., "--config", "-c", help="run TOML file of the running learner")) -> None:
+    """The running learner's status as JSON (from its loopback admin listener, with the admin token)."""
+    import json
+
+    from .admin_client import fetch_status
+
+    cfg = _load(config)
+    try:
+        typer.echo(json.dumps(fetch_status(cfg), indent=1))
+    except FleetError as e:
+        typer.echo(f"cloud-learner: {e}", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()

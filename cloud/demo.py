@@ -24,7 +24,8 @@ def _write_configs(run_dir: Path, robots: int, rate_hz: float, task: str, seed: 
     learner = run_dir / "learner.toml"
     learner.write_text(tomli_w.dumps({
         "data_dir": "learner",
-        "server": {"host": "127.0.0.1", "port": 0},
+        # unenrolled simulated robots: the learner opts in to open mode, which binds loopback only
+        "server": {"host": "127.0.0.1", "port": 0, "auth": "open"},
         "learner": {"seed": seed},
     }))
     agents = []
@@ -32,7 +33,9 @@ def _write_configs(run_dir: Path, robots: int, rate_hz: float, task: str, seed: 
         p = run_dir / f"agent-{i}.toml"
         p.write_text(tomli_w.dumps({
             "robot_id": f"sim-{i}",
-            "link": {"url": "ws://127.0.0.1:0/ws"},  # replaced once the learner has its port
+            # replaced once the learner has its port; a robot without a credential takes weights
+            # only from a learner on this computer, and only when told so
+            "link": {"url": "ws://127.0.0.1:0/ws", "allow_unauthenticated": True},
             "robot": {"driver": "mujoco_fetch", "options": {"task": task, "seed": seed * 100 + i}},
             "control": {"rate_hz": rate_hz, "random_steps": 500, "seed": seed * 100 + i},
             "spool": {"dir": f"robots/sim-{i}/spool"},
@@ -43,16 +46,16 @@ def _write_configs(run_dir: Path, robots: int, rate_hz: float, task: str, seed: 
 
 
 def _set_url(path: Path, url: str) -> None:
-    import tomllib
+    from shared.config import read_toml
 
-    d = tomllib.loads(path.read_text())
+    d = read_toml(path.read_text())
     d["link"]["url"] = url
     path.write_text(tomli_w.dumps(d))
 
 
 async def _start(args: list[str], log: Path) -> asyncio.subprocess.Process:
     log.parent.mkdir(parents=True, exist_ok=True)
-    fh = open(log, "ab")
+    fh = await asyncio.to_thread(open, log, "ab")
     return await asyncio.create_subprocess_exec(
         sys.executable, *args, stdout=asyncio.subprocess.PIPE, stderr=fh, start_new_session=True
     )
@@ -73,6 +76,8 @@ async def _demo(robots: int, minutes: float, target: float, rate_hz: float, task
     learner_cfg, agent_cfgs = _write_configs(run_dir, robots, rate_hz, task, seed)
     logs = run_dir / "logs"
     console.print(f"[bold]fleetrl demo[/]: 1 learner + {robots} simulated Fetch-{task} robots; run dir [cyan]{run_dir}[/]")
+    console.print("[yellow]open mode[/]: the learner lets robots in without a credential and listens on 127.0.0.1 only "
+                  "(real robots: server.auth = \"required\" and `cloud-learner robots add`)")
     learner = await _start(["-m", "cloud", "serve", "--config", str(learner_cfg)], logs / "learner.log")
     agents: list[asyncio.subprocess.Process] = []
     try:
@@ -82,18 +87,20 @@ async def _demo(robots: int, minutes: float, target: float, rate_hz: float, task
             console.print(f"[red]the learner did not start[/]; see {logs / 'learner.log'}")
             return 1
         url = line.split()[1].decode()
-        status_url = url.replace("ws://", "http://").replace("/ws", "/status")
+        data_dir = run_dir / "learner"  # /status is on the learner's loopback admin listener, with its token
+        status = (json.loads((data_dir / "endpoint.json").read_text())["status"], (data_dir / "admin_token").read_text().strip())
         for i, p in enumerate(agent_cfgs):
             _set_url(p, url)
             agents.append(await _start(["-m", "edge_agent", "run", "--config", str(p)], logs / f"agent-{i}.log"))
-        return await _watch(status_url, agents, learner, minutes, target, run_dir)
+        return await _watch(status, agents, learner, minutes, target, run_dir)
     finally:
         for a in agents:
             await _stop(a, 30)
         await _stop(learner, 30)
 
 
-async def _watch(status_url: str, agents, learner, minutes: float, target: float, run_dir: Path) -> int:
+async def _watch(status: tuple[str, str], agents, learner, minutes: float, target: float, run_dir: Path) -> int:
+    status_url, token = status
     t0 = time.monotonic()
     first_rate: float | None = None
     reached_at: float | None = None
@@ -108,7 +115,7 @@ async def _watch(status_url: str, agents, learner, minutes: float, target: float
                     console.print(f"[red]a process exited early[/] (code {dead[0].returncode}); logs in {run_dir / 'logs'}")
                     return 1
                 try:
-                    async with http.get(status_url) as r:
+                    async with http.get(status_url, headers={"Authorization": f"Bearer {token}"}) as r:
                         s = await r.json()
                 except aiohttp.ClientError:
                     pass

@@ -16,17 +16,20 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from shared.config import is_loopback
+from shared.auth import certificate_sha256
 from shared.errors import FleetError, ProtocolError
+from shared.lograte import LogLimiter
 from shared.protocol import Chunk, CloudConnection, Hello, Lost, Reject, Status, TunnelClose, TunnelData
 from shared.schema import EpisodeSpec
 
-from .keys import BUFFER, CONFIG, INGEST, LIMITS, PUBLISHER, REGISTRY, REJECTIONS, ROBOTS
+from .keys import HANDSHAKES, BUFFER, CONFIG, INGEST, LIMITS, PUBLISHER, REGISTRY, REJECTIONS, ROBOTS
 
 log = logging.getLogger("fleetrl.gateway")
+LOGS = LogLimiter(1.0)  # a flapping link or a full disk: one line per kind and robot per second
 
 CONTROL, BULK = 0, 1
 POLICY_PART_BYTES = 4 << 20
+TUNNEL_QUEUE_BYTES = 4 << 20  # per tunnel stream, robot -> admin client, not yet sent on
 
 
 class Outbox:
@@ -61,10 +64,39 @@ class Link:
     outbox: Outbox
     remote: str | None
     authenticated: bool
+    stored_key: bytes | None = None  # the key it proved: a rotation or removal closes this link
     since: float = field(default_factory=time.time)
     chunks: int = 0
     status: dict[str, Any] = field(default_factory=dict)
-    tunnels: dict[int, asyncio.Queue[bytes | None]] = field(default_factory=dict)
+    tunnels: dict[int, "TunnelInbox"] = field(default_factory=dict)
+
+
+class TunnelInbox:
+    """One tunnel stream's bytes from the robot, waiting for the admin client.
+
+    Bounded: a robot that sends faster than the client reads must not grow
+    the learner's memory; past ``max_bytes`` the stream is closed."""
+
+    def __init__(self, max_bytes: int = TUNNEL_QUEUE_BYTES):
+        self.q: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.bytes, self.max_bytes = 0, max_bytes
+
+    def put(self, data: bytes) -> bool:
+        """Queue ``data``; False (nothing queued) when it would pass the bound."""
+        if self.bytes + len(data) > self.max_bytes:
+            return False
+        self.bytes += len(data)
+        self.q.put_nowait(data)
+        return True
+
+    def end(self) -> None:
+        self.q.put_nowait(None)
+
+    async def get(self) -> bytes | None:
+        data = await self.q.get()
+        if data is not None:
+            self.bytes -= len(data)
+        return data
 
 
 class RateLimit:
@@ -87,28 +119,74 @@ def _refuse(app: web.Application, code: str) -> None:
     app[REJECTIONS][code] += 1
 
 
+class _ClosedBeforeHello(Exception):
+    """The peer went away before its hello: counted as such, not as a protocol fault."""
+
+
+def _cause_first(t: asyncio.Task[Any]) -> int:
+    """Order finished link tasks so the one that says why the link ended is raised:
+    a failed write (hold) or a refusal before the connection errors it caused."""
+    if t.cancelled() or t.exception() is None:
+        return 3
+    e = t.exception()
+    return 0 if isinstance(e, OSError) and not isinstance(e, ConnectionError) else 1 if isinstance(e, FleetError) else 2
+
+
+async def _say(ws: web.WebSocketResponse, data: bytes) -> None:
+    """A last word (a reject) to a peer that may already be gone: losing it is not another fault."""
+    if not ws.closed:
+        try:
+            await ws.send_bytes(data)
+        except (ConnectionError, RuntimeError):
+            pass
+
+
 async def robot_ws(request: web.Request) -> web.WebSocketResponse:
     app = request.app
     limits, server = app[LIMITS], app[CONFIG].server
-    ws = web.WebSocketResponse(max_msg_size=limits.max_frame_bytes, heartbeat=server.heartbeat_s, compress=False)
+    # aiohttp refuses a message of exactly max_msg_size; the documented limit is inclusive.
+    ws = web.WebSocketResponse(max_msg_size=limits.max_frame_bytes + 1, heartbeat=server.heartbeat_s, compress=False)
     await ws.prepare(request)
-    conn = CloudConnection(limits)
+    conn = CloudConnection(limits, channel=certificate_sha256(server.tls_cert))  # binds the robot's proof to our cert
     link: Link | None = None
     robot_id = None
     tasks: list[asyncio.Task[Any]] = []
+    pending, source = app[HANDSHAKES], request.remote or "?"
+    waiting = False  # holds a pending-handshake slot (until its hello authenticates)
     try:
+        why = pending.admit(source)
+        if why is not None:
+            raise ProtocolError(f"too many links waiting to authenticate: {why}", "too_many_handshakes")
+        waiting = True
         if len(app[ROBOTS]) >= server.max_connections:
             raise ProtocolError(f"the learner serves at most {server.max_connections} robot links", "too_many_connections")
         await ws.send_bytes(conn.challenge())
         first = await asyncio.wait_for(ws.receive(), server.handshake_timeout_s)
+        if first.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED) or (
+            first.type is WSMsgType.ERROR and isinstance(ws.exception(), ConnectionError)
+        ):
+            raise _ClosedBeforeHello(repr(ws.exception()) if first.type is WSMsgType.ERROR else "closed")
         if first.type is WSMsgType.ERROR:
-            raise ProtocolError(f"websocket error: {ws.exception()}", "frame_too_large")
+            err = ws.exception()
+            if "size" in str(err).lower():
+                raise ProtocolError(f"a message larger than limits.max_frame_bytes ({limits.max_frame_bytes})", "frame_too_large")
+            raise ProtocolError(f"websocket error: {err}", "bad_frame")
         if first.type is not WSMsgType.BINARY:
             raise ProtocolError("expected a binary hello", "bad_state")
+        hello_cap = app[CONFIG].limits.max_hello_bytes
+        if len(first.data) > hello_cap:  # read under max_frame_bytes: aiohttp fixes the limit at prepare
+            raise ProtocolError(f"hello of {len(first.data)} bytes exceeds limits.max_hello_bytes ({hello_cap})", "hello_too_large")
         hello = conn.receive(first.data)
         assert isinstance(hello, Hello)
         robot_id = hello.robot_id
-        stored, authenticated = _authenticate(app, conn, hello, request.remote)
+        stored, authenticated = _authenticate(app, conn, hello)
+        pending.release(source)
+        waiting = False
+        if not hello.spec:  # `edge-agent enroll` proves its credential without a robot attached: not a fault
+            log.info("event=credential_checked robot_id=%s authenticated=%s remote=%s", robot_id, authenticated, request.remote)
+            await ws.send_bytes(conn.reject("credential_ok",
+                                            "credential accepted; a hello without an episode spec only checks it"))
+            return ws
         buffer = app[BUFFER]
         buffer.check_spec(EpisodeSpec.from_dict(hello.spec))
         old = app[ROBOTS].get(robot_id)
@@ -116,55 +194,70 @@ async def robot_ws(request: web.Request) -> web.WebSocketResponse:
             log.warning("event=robot_reconnected_while_linked robot_id=%s (closing the older link)", robot_id)
             await old.ws.close(code=4000, message=b"replaced by a newer link")
         await ws.send_bytes(conn.welcome(buffer.run_id, buffer.hwm(robot_id), app[PUBLISHER].version, stored))
-        link = Link(robot_id, ws, conn, Outbox(), request.remote, authenticated)
+        link = Link(robot_id, ws, conn, Outbox(), request.remote, authenticated, stored)
         app[ROBOTS][robot_id] = link
-        log.info("event=robot_linked robot_id=%s acked_seq=%d remote=%s authenticated=%s",
+        LOGS.log(log, logging.INFO, ("robot_linked", robot_id),
+                 "event=robot_linked robot_id=%s acked_seq=%d remote=%s authenticated=%s",
                  robot_id, buffer.hwm(robot_id), request.remote, authenticated)
         acks: asyncio.Queue[tuple[int, asyncio.Future[None]]] = asyncio.Queue()
         tasks = [
             asyncio.create_task(link.outbox.pump(ws)),
             asyncio.create_task(_ack_in_order(conn, acks, link.outbox)),
-            asyncio.create_task(_push_policies(app, conn, link.outbox, hello)),
         ]
-        reader = asyncio.create_task(_read(app, link, acks))
-        done, _ = await asyncio.wait([reader, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        for t in done:
+        if authenticated or server.open:  # weights go only to a robot that proved itself
+            tasks.append(asyncio.create_task(_push_policies(app, conn, link.outbox, hello)))
+        tasks.append(asyncio.create_task(_read(app, link, acks)))  # in `tasks`: cancelled and retrieved below
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for t in sorted(done, key=_cause_first):
             t.result()
+    except _ClosedBeforeHello as e:  # a cut or a port probe, not a refusal
+        _refuse(app, "closed_before_hello")
+        LOGS.log(log, logging.INFO, ("closed_before_hello", request.remote),
+                 "event=link_closed_before_hello remote=%s detail=%s", request.remote, e)
     except FleetError as e:
         _refuse(app, e.code)
-        log.warning("event=link_refused robot_id=%s remote=%s code=%s message=%r", robot_id, request.remote, e.code, e.message)
-        if not ws.closed:
-            await ws.send_bytes(conn.reject(e.code, e.message))
+        LOGS.log(log, logging.WARNING, ("link_refused", robot_id, e.code),
+                 "event=link_refused robot_id=%s remote=%s code=%s message=%r", robot_id, request.remote, e.code, e.message)
+        await _say(ws, conn.reject(e.code, e.message))
     except asyncio.TimeoutError:
         _refuse(app, "handshake_timeout")
-        log.warning("event=link_refused remote=%s code=handshake_timeout", request.remote)
+        LOGS.log(log, logging.WARNING, ("handshake_timeout", request.remote),
+                 "event=link_refused remote=%s code=handshake_timeout", request.remote)
     except ConnectionError as e:
-        log.info("event=link_lost robot_id=%s error=%r", robot_id, e)
+        LOGS.log(log, logging.INFO, ("link_lost", robot_id), "event=link_lost robot_id=%s error=%r", robot_id, e)
     except OSError as e:  # storage failed (disk full): nothing was acked; the robot holds its data
-        log.error("event=link_hold robot_id=%s error=%r", robot_id, e)
-        if not ws.closed:
-            await ws.send_bytes(conn.reject("hold", f"learner storage unavailable ({e.strerror or e}); keep the data and retry"))
+        LOGS.log(log, logging.ERROR, ("link_hold", robot_id),
+                 "event=link_hold robot_id=%s error=%r action=robot_keeps_its_data_and_retries_with_backoff", robot_id, e)
+        await _say(ws, conn.reject("hold", f"learner storage unavailable ({e.strerror or e}); keep the data and retry"))
     finally:
+        if waiting:
+            pending.release(source)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if link is not None:
-            for q in link.tunnels.values():
-                q.put_nowait(None)
-            if app[ROBOTS].get(link.robot_id) is link:
-                del app[ROBOTS][link.robot_id]
+            _forget(app, link)
         await ws.close()
     return ws
 
 
-def _authenticate(app: web.Application, conn: CloudConnection, hello: Hello, remote: str | None) -> tuple[bytes | None, bool]:
-    """The robot's stored key if it proved its credential; refuse anyone who may not be let in."""
+def _forget(app: web.Application, link: Link) -> None:
+    """A link that ended: its tunnels end, and it leaves the table unless a newer link replaced it."""
+    for q in link.tunnels.values():
+        q.end()
+    if app[ROBOTS].get(link.robot_id) is link:
+        del app[ROBOTS][link.robot_id]
+
+
+def _authenticate(app: web.Application, conn: CloudConnection, hello: Hello) -> tuple[bytes | None, bool]:
+    """The robot's stored key if it proved its credential; refuse anyone who may not be let in.
+
+    The source address plays no part: behind a proxy or a port-forward every client is 127.0.0.1."""
     entry = app[REGISTRY].get(hello.robot_id)
-    required = app[CONFIG].server.required_auth or not is_loopback(remote or "")
     if entry is None:
-        if hello.proof or required:
+        if hello.proof or not app[CONFIG].server.open:
             raise ProtocolError("unknown robot or wrong credential", "auth_failed")
-        return None, False  # an unenrolled robot on loopback (demo, tests): allowed by server.auth = "auto"
+        return None, False  # server.auth = "open" (a loopback-only learner: demo, tests)
     stored = bytes.fromhex(entry.stored_key)
     if not conn.verify(stored):
         raise ProtocolError("unknown robot or wrong credential", "auth_failed")
@@ -199,10 +292,18 @@ async def _read(app: web.Application, link: Link, acks: asyncio.Queue) -> None:
             link.status = msg.values
         elif isinstance(msg, (TunnelData, TunnelClose)):
             q = link.tunnels.get(msg.stream)
-            if q is not None:
-                q.put_nowait(msg.body if isinstance(msg, TunnelData) else None)
-                if isinstance(msg, TunnelClose) and msg.reason:
+            if q is None:
+                continue
+            if isinstance(msg, TunnelClose):
+                q.end()
+                if msg.reason:
                     log.info("event=tunnel_closed robot_id=%s stream=%d reason=%r", link.robot_id, msg.stream, msg.reason)
+            elif not q.put(msg.body):  # the client does not keep up: close the stream, not the link
+                del link.tunnels[msg.stream]
+                q.end()
+                why = f"tunnel stream over {q.max_bytes} bytes queued for a slow client"
+                link.outbox.put(CONTROL, link.conn.tunnel_close(msg.stream, why))
+                log.warning("event=tunnel_closed robot_id=%s stream=%d reason=%r", link.robot_id, msg.stream, why)
         elif isinstance(msg, Reject):
             log.info("event=robot_closed robot_id=%s code=%s message=%r", link.robot_id, msg.code, msg.message)
             return
@@ -230,7 +331,8 @@ async def _push_policies(app: web.Application, conn: CloudConnection, outbox: Ou
         resume = (0, 0)
         view = memoryview(blob.data)
         while offset < len(blob.data) and publisher.version == blob.version:
-            await outbox.send(BULK, conn.policy(blob.version, blob.sha256, len(blob.data), offset, view[offset : offset + part]))
+            chunk = view[offset : offset + part]  # a view, not a copy: msgpack copies it once
+            await outbox.send(BULK, conn.policy(blob.version, blob.sha256, len(blob.data), offset, chunk))  # type: ignore[arg-type]
             offset += part
         if offset >= len(blob.data):
             have = blob.version

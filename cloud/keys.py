@@ -10,6 +10,7 @@ from aiohttp import web
 from shared.config import LearnerConfig
 from shared.protocol import Limits
 
+from .admission import SourceCounter
 from .buffer import ReplayBuffer
 from .ingest import Ingest
 from .learner.trainer import Trainer
@@ -25,5 +26,6 @@ PUBLISHER = web.AppKey("publisher", WeightPublisher)
 TRAINER = web.AppKey("trainer", Trainer)
 ROBOTS = web.AppKey("robots", dict[str, Any])  # robot id -> live gateway.Link
 REGISTRY = web.AppKey("registry", RobotRegistry)
-REJECTIONS = web.AppKey("rejections", Counter)  # reason code -> refusals since start
+REJECTIONS = web.AppKey("rejections", Counter[str])  # reason code -> refusals since start
 ADMIN_TOKEN = web.AppKey("admin_token", str)
+HANDSHAKES = web.AppKey("handshakes", SourceCounter)  # links not yet authenticated, per source address

@@ -2,7 +2,7 @@
 
 The gateway port faces robots (often the internet); metrics stay on
 ``metrics.host`` (127.0.0.1 by default), scraped by a local Prometheus or
-node agent. The numbers are the ones ``GET /status`` shows (one snapshot).
+node agent. The numbers are the ones the admin listener's ``/status`` shows (one snapshot).
 """
 
 from __future__ import annotations
@@ -60,6 +60,13 @@ class _LearnerCollector:
             rej.add_metric([code], float(n))
         yield rej
         yield gauge("trainer_failed", "1 if the trainer thread died", int(bool(s.get("trainer_error"))))
+        yield counter("publish_failures", "policy publishes whose write failed (robots stay on the previous one)",
+                      s.get("publish_failures", 0))
+        storage = s.get("storage", {})
+        yield counter("segment_write_failures", "buffer segment writes that failed (disk full: robots held)",
+                      storage.get("write_failures", 0))
+        yield gauge("storage_holding", "1 while buffer writes fail and robots are told to hold",
+                    int(bool(storage.get("holding"))))
 
 
 async def start_metrics(snapshot: Callable[[], dict[str, Any]], cfg: MetricsConfig) -> tuple[web.AppRunner, str] | None:

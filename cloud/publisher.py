@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 from shared.fsutil import atomic_write
+from shared.lograte import LogLimiter
 from shared.weights import WeightsBlob, sha256
 
 log = logging.getLogger("fleetrl.publisher")
@@ -24,7 +25,11 @@ class WeightPublisher:
         self.dir = Path(policy_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.latest: WeightsBlob | None = self._load()
+        self.failures = 0  # publishes whose write failed (shown in /status and the metrics)
+        self.last_error = ""  # the latest failure, cleared by the next good publish
+        self._logs = LogLimiter(60.0)  # a full disk fails every publish: one line a minute per kind
         self._cond = asyncio.Condition()
+        self._writing = asyncio.Lock()
 
     @property
     def version(self) -> int:
@@ -42,17 +47,44 @@ class WeightPublisher:
         return WeightsBlob(int(m["version"]), m["sha256"], blob)
 
     def _persist(self, blob: WeightsBlob) -> None:
-        atomic_write(self.dir / "latest.safetensors", blob.data)
-        atomic_write(self.dir / "latest.json", json.dumps({"version": blob.version, "sha256": blob.sha256}).encode())
+        try:
+            atomic_write(self.dir / "latest.safetensors", blob.data)
+            atomic_write(self.dir / "latest.json", json.dumps({"version": blob.version, "sha256": blob.sha256}).encode())
+        except OSError:
+            for name in ("latest.safetensors.tmp", "latest.json.tmp"):  # a torn temp file must not hold the space
+                try:
+                    (self.dir / name).unlink(missing_ok=True)
+                except OSError:
+                    pass
+            raise
 
-    async def publish(self, blob: WeightsBlob) -> None:
+    async def publish(self, blob: WeightsBlob) -> bool:
+        """Persist, then hand out. A failed write (disk full) keeps robots on the
+        previous version: it is logged (once a minute per kind), counted and shown
+        in /status, and the next publish tries again."""
+        async with self._writing:  # one write at a time: they share temp names, and the newest must land last
+            return await self._publish(blob)
+
+    async def _publish(self, blob: WeightsBlob) -> bool:
         if blob.version <= self.version:
-            return
-        await asyncio.to_thread(self._persist, blob)
+            return False
+        try:
+            await asyncio.to_thread(self._persist, blob)
+        except OSError as e:
+            self.failures += 1
+            self.last_error = f"v{blob.version}: {type(e).__name__}: {e.strerror or e}"
+            self._logs.log(log, logging.ERROR, ("publish_failed", type(e), e.errno),
+                      "event=publish_failed version=%d error=%r failures=%d action=robots_stay_on_v%d",
+                      blob.version, e.strerror or str(e), self.failures, self.version)
+            return False
+        if self.last_error:
+            log.info("event=publish_recovered version=%d failures_so_far=%d", blob.version, self.failures)
+            self.last_error = ""
         async with self._cond:
             self.latest = blob
             self._cond.notify_all()
         log.info("event=policy_published version=%d bytes=%d", blob.version, len(blob.data))
+        return True
 
     async def wait_newer(self, than: int) -> WeightsBlob:
         async with self._cond:

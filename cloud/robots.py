@@ -1,14 +1,14 @@
 """The table of enrolled robots: stored keys (hashes only), expiry, revocation.
 
 ``robots.json`` in the data directory, mode 0600, replaced atomically. The
-CLI edits it; a running learner re-reads it when told (``/admin/reload``)
-and closes the links of robots that lost their right to connect.
+CLI edits it; a running learner re-reads it when told (``/admin/reload``) and
+on its own when the file changes (``cloud.access``), and closes the links of
+robots that lost their right to connect.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,6 +16,7 @@ from pathlib import Path
 from shared import auth
 from shared.errors import ConfigError
 from shared.fsutil import atomic_write
+from shared.ids import RULE as ID_RULE
 from shared.protocol.messages import ROBOT_ID
 
 
@@ -43,14 +44,16 @@ class RobotRegistry:
         self.reload()
 
     def reload(self) -> None:
-        if self.path.exists():
-            data = json.loads(self.path.read_text())
-            self.entries = {k: RobotEntry(**v) for k, v in data.get("robots", {}).items()}
+        if not self.path.exists():  # removed: nobody is enrolled any more
+            self.entries = {}
+            return
+        data = json.loads(self.path.read_text())
+        self.entries = {k: RobotEntry(**v) for k, v in data.get("robots", {}).items()}
 
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.path, json.dumps({"robots": {k: asdict(v) for k, v in self.entries.items()}}, indent=1).encode())
-        os.chmod(self.path, 0o600)
+        data = json.dumps({"robots": {k: asdict(v) for k, v in self.entries.items()}}, indent=1).encode()
+        atomic_write(self.path, data, mode=0o600)  # 0600 from creation: never readable by others, not even briefly
 
     def get(self, name: str) -> RobotEntry | None:
         return self.entries.get(name)
@@ -58,7 +61,7 @@ class RobotRegistry:
     def add(self, name: str, expires_days: float | None = None, rotate: bool = False) -> str:
         """Issue a credential for ``name``; returned once, only its hash is kept."""
         if not ROBOT_ID.fullmatch(name):
-            raise ConfigError(f"robot name {name!r}: use 1-128 of A-Z a-z 0-9 . _ -")
+            raise ConfigError(f"robot name {name!r}: use {ID_RULE}")
         old = self.entries.get(name)
         if old is not None and not old.revoked and not rotate:
             raise ConfigError(f"robot {name!r} is already enrolled; pass --rotate to issue a new credential")

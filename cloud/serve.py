@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -15,6 +16,8 @@ from shared.config import LearnerConfig
 from shared.errors import FleetError
 from shared.fsutil import atomic_write
 
+from .admin import ADMIN_URL, url_host
+from .admission import robot_site
 from .app import make_app, snapshot
 from .metrics import start_metrics
 
@@ -23,20 +26,23 @@ log = logging.getLogger("fleetrl.serve")
 
 async def serve(cfg: LearnerConfig, resume: bool = False) -> int:
     app = make_app(cfg, resume)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0, access_log=None)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0, access_log=None,
+                           keepalive_timeout=cfg.server.header_timeout_s)  # an idle or half-sent later request
     await runner.setup()
     ssl_ctx = None
     if cfg.server.tls_cert is not None:
         ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_ctx.load_cert_chain(cfg.server.tls_cert, cfg.server.tls_key)
-    site = web.TCPSite(runner, cfg.server.host, cfg.server.port, ssl_context=ssl_ctx)
+    site = robot_site(runner, cfg.server, ssl_context=ssl_ctx)  # socket caps and a header deadline
     await site.start()
     host, port = runner.addresses[0][:2]
     metrics = await start_metrics(lambda: snapshot(app), cfg.metrics)  # localhost only; never fatal
-    ws_scheme, http_scheme = ("wss", "https") if ssl_ctx else ("ws", "http")
-    url = f"{ws_scheme}://{host}:{port}/ws"
-    atomic_write(cfg.data_dir / "endpoint.json", json.dumps({
-        "url": url, "status": f"{http_scheme}://{host}:{port}/status", "admin": f"{http_scheme}://{host}:{port}/admin",
+    ws_scheme = "wss" if ssl_ctx else "ws"
+    url = f"{ws_scheme}://{url_host(host)}:{port}/ws"
+    admin = app[ADMIN_URL]  # its own loopback listener: the robot port serves only /ws
+    endpoint = cfg.data_dir / "endpoint.json"
+    atomic_write(endpoint, json.dumps({
+        "url": url, "status": f"{admin}/status", "admin": f"{admin}/admin", "pid": os.getpid(),
         "metrics": metrics[1] if metrics else None,
     }).encode())
     log.info("event=learner_ready url=%s data_dir=%s", url, cfg.data_dir)
@@ -50,6 +56,7 @@ async def serve(cfg: LearnerConfig, resume: bool = False) -> int:
     if metrics is not None:
         await metrics[0].cleanup()
     await runner.cleanup()
+    endpoint.unlink(missing_ok=True)  # a stopped learner: the CLI can say so truthfully
     return 0
 
 

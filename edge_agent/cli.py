@@ -53,11 +53,41 @@ def check_config(config: Path = typer.Argument(..., help="agent TOML file")) -> 
     typer.echo(cfg.model_dump_json(indent=2))
 
 
+def _read_credential(given: str | None, path: Path | None) -> str:
+    """The credential from a file, stdin or a prompt: not from argv, which every user sees in `ps`."""
+    import getpass
+    import sys
+
+    from shared.errors import ConfigError
+
+    if path is not None:
+        if given is not None:
+            raise ConfigError("--credential and --credential-file: give one of them")
+        try:
+            return path.read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"--credential-file: {path}: {e.strerror or e}") from None
+    if given is not None and given != "-":
+        typer.echo("edge-agent: warning: --credential on the command line shows in `ps` and the shell history; "
+                   "use --credential-file FILE or --credential - (stdin)", err=True)
+        return given
+    if given is None and sys.stdin.isatty():
+        return getpass.getpass("credential (fr1_..., from `cloud-learner robots add`): ").strip()
+    text = sys.stdin.readline().strip()
+    if not text:
+        raise ConfigError("no credential on stdin: pipe it in (--credential -), or use --credential-file FILE")
+    return text
+
+
 @app.command()
 def enroll(
     url: str = typer.Argument(..., help="the learner's websocket URL (wss://host:port/ws)"),
     config: Path = typer.Option(..., "--config", "-c", help="agent TOML file (robot_id, state_dir)"),
-    credential: str = typer.Option(..., help="the credential `cloud-learner robots add` printed (fr1_...)"),
+    credential: str = typer.Option(
+        None, help="`-` reads the credential from stdin; a literal fr1_... works but shows in `ps` and shell history "
+        "(default: prompt for it, or read stdin when it is not a terminal)",
+    ),
+    credential_file: Path = typer.Option(None, help="read the credential `cloud-learner robots add` printed from this file"),
     pin: str = typer.Option(None, help="expected SHA-256 of the learner's certificate (default: pin what it shows now)"),
     check: bool = typer.Option(True, help="do a handshake to prove the credential before storing it"),
 ) -> None:
@@ -66,7 +96,7 @@ def enroll(
         cfg = cfgmod.load(cfgmod.AgentConfig, config)
         from .enrollment import enroll as do_enroll
 
-        rec = do_enroll(cfg, url, credential, pin, check)
+        rec = do_enroll(cfg, url, _read_credential(credential, credential_file), pin, check)
     except FleetError as e:
         typer.echo(f"edge-agent: {e}", err=True)
         raise typer.Exit(2) from None

@@ -58,7 +58,7 @@ class Agent:
         # The spool first: after a crash, what was recorded is recovered before anything runs.
         self.spool = Spool(
             sc.dir, fsync=sc.fsync, fsync_interval_ms=sc.fsync_interval_ms,
-            segment_bytes=sc.segment_bytes, quota_bytes=int(sc.quota_mb * (1 << 20)),
+            segment_bytes=sc.segment_bytes, quota_bytes=None if sc.quota_mb is None else int(sc.quota_mb * (1 << 20)),
         )
         self.ledger = Ledger(cfg.state_dir, cfg.robot_id)
         self.ledger.reconcile(self.spool)
@@ -70,7 +70,8 @@ class Agent:
         self.desc = robot.describe()
         self.spec = self.desc.episode_spec()
         self.policy = PolicyHolder(
-            {k: v.size for k, v in self.spec.observation.items() if not v.is_image}, self.spec.action_dim
+            {k: v.size for k, v in self.spec.observation.items() if not v.is_image}, self.spec.action_dim,
+            max_params=cfg.link.max_policy_params, max_version_jump=cfg.link.max_policy_version_jump,
         )
         self.may_start = threading.Event()
         self.may_start.set()
@@ -172,7 +173,9 @@ class Agent:
         if not self.operator.running.is_set():
             return "operator_pause"
         if self.control.waiting_to_start:
-            return "spool_full" if not self.may_start.is_set() else "waiting_for_start_episode"
+            if self.may_start.is_set():
+                return "waiting_for_start_episode"
+            return "spool_disk_error" if self.disk_error else "spool_full"
         return ""
 
     # ---------------------------------------------------------------- service (systemd, status file, metrics)
@@ -187,11 +190,14 @@ class Agent:
             "policy_version": self.policy.version,
             "link": {
                 "connected": up.connected, "url": up.url, "reconnects": up.reconnects, "last_error": up.last_error,
+                "refused": up.refused, "learner_holding": up.holding,
                 "last_ack_age_s": None if self._last_ack is None else round(time.monotonic() - self._last_ack, 3),
+                "policy_refused_reason": up.policy_refused_reason,  # weights from an unproven learner are refused
             },
             "spool": {
                 "bytes": sp.bytes, "quota_bytes": sp.quota_bytes, "fill": sp.bytes / sp.quota_bytes if sp.quota_bytes else None,
                 "pending_chunks": sp.pending(), "acked_seq": sp.acked_seq, "last_seq": sp.last_seq,
+                "disk_error": self.disk_error,
             },
             "control": {
                 "target_hz": self.cfg.control.rate_hz, "rate_hz": round(self._rate.rate, 2), "steps": c.steps,

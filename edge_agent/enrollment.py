@@ -1,19 +1,23 @@
 """Enrollment on the robot: store the credential the learner issued (0600)
-and the learner's certificate pin, and prove both work with one handshake."""
+and the learner's certificate pin, and prove both work with one handshake
+that must end in a signed Welcome (a rejection proves nothing about who sent it)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import ssl
 from pathlib import Path
+from typing import Any
 
 from websockets.asyncio.client import connect
+from websockets.exceptions import WebSocketException
 
 from shared import auth
 from shared.config import AgentConfig
-from shared.errors import ConfigError, FleetError
+from shared.errors import ConfigError, FleetError, ProtocolError
 from shared.fsutil import atomic_write
 from shared.protocol import EdgeConnection, Reject
 
@@ -55,19 +59,48 @@ def _write_secret(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-async def _probe(url: str, robot_id: str, credential: str, pin: str | None, ca_file: Path | None) -> str | None:
-    """Handshake once; return the learner certificate's sha256 (wss) after checking the credential."""
-    # An empty spec is enough to test the credential: the learner checks identity first.
-    conn = EdgeConnection(robot_id, {}, [], credential=credential)
-    # With no CA, trust the certificate seen now (it gets pinned) or the --pin given.
-    async with connect(url, ssl=tls_context(url, ca_file, trust_by_pin=True), open_timeout=10, compression=None) as ws:
+async def _probe(url: str, robot_id: str, credential: str, pin: str | None, ca_file: Path | None,
+                 spec: dict[str, Any], units: list[dict[str, Any]]) -> str | None:
+    """Handshake once, as the agent will; return the learner certificate's sha256 (wss).
+
+    Only a Welcome whose signature checks counts: it proves the far end holds this robot's
+    stored key and sees the same certificate we do, so neither an impostor nor a relay
+    that shows its own certificate can get its certificate pinned here."""
+    conn = EdgeConnection(robot_id, spec, units, credential=credential)
+    # With no CA, trust the certificate seen now (it gets pinned, once the welcome proves it) or the --pin given.
+    async with connect(url, ssl=tls_context(url, ca_file, trust_by_pin=True), open_timeout=10, compression=None,
+                       close_timeout=2) as ws:
         seen = peer_sha256(ws)
         if pin and seen is not None and seen != normalize_pin(pin):
             raise ConfigError(f"learner certificate sha256 {seen} does not match --pin {pin}")
-        msg = await open_link(ws, conn, 10)
-        if isinstance(msg, Reject) and msg.code in ("auth_failed", "revoked", "credential_expired"):
-            raise ConfigError(f"the learner refused this credential: {msg.message} ({msg.code})")
-        return seen  # welcomed, or identity passed and the empty spec was what it refused
+        try:
+            msg = await open_link(ws, conn, 10)
+        except ProtocolError as e:
+            raise ConfigError(f"the learner at {url} did not prove it holds this robot's enrollment ({e.code}: "
+                              f"{e.message}); a relay or an impostor may sit in between. Nothing stored") from None
+        if isinstance(msg, Reject):
+            raise ConfigError(f"the learner refused this robot: {msg.message} ({msg.code}). Nothing stored")
+        with contextlib.suppress(WebSocketException):
+            await ws.send(conn.reject("enrolled", "enrollment check done"))  # a clean goodbye, logged by the learner
+        return seen
+
+
+def _describe(cfg: AgentConfig) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The episode spec the agent will announce: the learner welcomes only a robot it can take."""
+    from hal_drivers import registry
+
+    try:
+        unit = registry.create(cfg.robot.driver, cfg.robot.options, name=cfg.robot.name)
+        try:
+            desc = unit.describe()
+        finally:
+            unit.close()
+    except FleetError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any driver failure is reported, with the way around it
+        raise ConfigError(f"robot.driver {cfg.robot.driver}: cannot describe the robot for the enrollment "
+                          f"handshake ({type(e).__name__}: {e}); fix the driver, or enroll with --no-check") from None
+    return desc.episode_spec().to_dict(), [desc.to_dict()]
 
 
 def enroll(cfg: AgentConfig, url: str, credential: str, pin: str | None = None, check: bool = True) -> dict:
@@ -78,10 +111,11 @@ def enroll(cfg: AgentConfig, url: str, credential: str, pin: str | None = None, 
     seen = None
     if check:
         try:
-            seen = asyncio.run(_probe(url, cfg.robot_id, credential, pin, cfg.link.ca_file))
+            spec, units = _describe(cfg)
+            seen = asyncio.run(_probe(url, cfg.robot_id, credential, pin, cfg.link.ca_file, spec, units))
         except FleetError:
             raise
-        except (OSError, asyncio.TimeoutError, ssl.SSLError) as e:
+        except (OSError, asyncio.TimeoutError, ssl.SSLError, WebSocketException) as e:
             raise ConfigError(f"cannot reach the learner at {url}: {e}") from None
     _write_secret(cfg.link.credential_file or cfg.state_dir / CREDENTIAL, credential + "\n")
     record = {"url": url, "robot_id": cfg.robot_id, "pin_sha256": pin or seen}

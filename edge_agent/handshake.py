@@ -36,10 +36,11 @@ def peer_sha256(ws: Any) -> str | None:
 
 async def open_link(ws: Any, conn: EdgeConnection, timeout: float, policy_version: int = 0,
                     partial: tuple[int, int] = (0, 0)) -> Welcome | Reject:
-    """Answer the learner's challenge; its Welcome, or the Reject it sent instead."""
+    """Answer the learner's challenge; its Welcome, or the Reject it sent instead. The proof and
+    the welcome's signature are bound to the certificate this link sees (a relay fails both)."""
     msg = conn.receive(await asyncio.wait_for(ws.recv(), timeout))
     if isinstance(msg, Challenge):
-        await ws.send(conn.hello(policy_version, partial=partial))
+        await ws.send(conn.hello(policy_version, partial=partial, channel=peer_sha256(ws) or ""))
         msg = conn.receive(await asyncio.wait_for(ws.recv(), timeout))
     assert isinstance(msg, (Welcome, Reject))  # the connection refuses anything else at this stage
     return msg

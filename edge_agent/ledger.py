@@ -71,4 +71,7 @@ class Ledger:
         atomic_write(self.dir / "ledger.json", json.dumps(self.data).encode(), fsync=False)
 
     def close(self) -> None:
-        self._log.close()
+        try:  # closing flushes: on a full disk that fails, and must not stop a shutdown
+            self._log.close()
+        except OSError as e:
+            log.warning("event=ledger_close_failed error=%r (reconciled from the spool at next start)", e)

@@ -87,6 +87,10 @@ def summary_line(s: dict[str, Any]) -> str:
     ]
     if ctl.get("paused"):
         parts.append(f"paused={ctl['paused']}")
+    if link.get("refused"):
+        parts.append(f"REFUSED by the learner ({link['refused']})")
+    elif link.get("learner_holding"):
+        parts.append("learner storage full: holding data")
     return ", ".join(parts)
 
 
@@ -140,6 +144,10 @@ class _AgentCollector:
         yield info
         yield from gauge("link_up", "1 while the link to the learner is up", int(link["connected"]))
         yield counter("link_reconnects", "link sessions that ended and were redialled", link["reconnects"])
+        yield from gauge("link_refused", "1 while the learner refuses this robot (why: status link.refused)",
+                         int(bool(link.get("refused"))))
+        yield from gauge("learner_holding", "1 while the learner's storage fails and it keeps nothing (disk full)",
+                         int(bool(link.get("learner_holding"))))
         yield from gauge("last_ack_age_seconds", "seconds since the learner last acked a chunk", link.get("last_ack_age_s"))
         yield from gauge("policy_version", "policy version acting now", s["policy_version"])
         yield from gauge("spool_bytes", "bytes in the durable spool", spool["bytes"])

@@ -16,10 +16,13 @@ import numpy as np
 import torch
 
 from shared.errors import WeightsError
-from shared.policy import Actor, build_actor
+from shared.policy import Actor, actor_shapes, build_actor, param_count
 from shared.weights import Weights
 
 log = logging.getLogger("fleetrl.policy")
+
+MAX_PARAMS = 200_000_000  # link.max_policy_params: twice bench/weights.py's largest (100M) policy
+MAX_VERSION_JUMP = 1_000_000  # link.max_policy_version_jump: a learner publishes far fewer between two links
 
 
 @dataclass(frozen=True)
@@ -30,9 +33,11 @@ class LoadedPolicy:
 
 
 class PolicyHolder:
-    def __init__(self, state_fields: dict[str, int], action_dim: int):
+    def __init__(self, state_fields: dict[str, int], action_dim: int, max_params: int = MAX_PARAMS,
+                 max_version_jump: int = MAX_VERSION_JUMP):
         self.state_fields = state_fields  # name -> flat size, for checking an update fits
         self.action_dim = action_dim
+        self.max_params, self.max_version_jump = max_params, max_version_jump
         self.current: LoadedPolicy | None = None
         self.versions_used: list[int] = []
         self._lock = threading.Condition()
@@ -44,28 +49,44 @@ class PolicyHolder:
         return cur.version if cur else 0
 
     def prepare(self, weights: Weights) -> LoadedPolicy:
-        """Build and load the new network; raises WeightsError if it does not fit this robot."""
+        """Check, build and load the new network; raises WeightsError if it does not fit this robot.
+
+        Everything that sizes memory (layer widths, depth, parameter count) is checked
+        against the blob's own tensors before a network is built, and any failure past
+        that point is still a WeightsError: a bad blob never takes the link down.
+        """
+        if weights.version > self.version + self.max_version_jump:
+            raise WeightsError(f"policy version {weights.version} jumps more than {self.max_version_jump} past "
+                               f"the current {self.version} (link.max_policy_version_jump)", code="version_jump")
         arch = weights.arch
         try:
             fields = tuple(str(f) for f in arch["obs_fields"])
-            actor = build_actor(arch["actor"])
+            shapes = actor_shapes(arch["actor"])
         except (KeyError, TypeError, ValueError) as e:
             raise WeightsError(f"weights carry an unusable architecture: {e}") from None
+        n = param_count(shapes)
+        if n > self.max_params:
+            raise WeightsError(f"policy has {n} parameters, more than this robot's limit {self.max_params} "
+                               f"(link.max_policy_params)", code="too_large")
+        got = {k: tuple(v.shape) for k, v in weights.tensors.items()}
+        if got != shapes:
+            diff = sorted(set(got.items()) ^ set(shapes.items()))[:3]
+            raise WeightsError(f"weights do not match the architecture they carry (first differences: {diff})")
         unknown = [f for f in fields if f not in self.state_fields]
         if unknown:
-            raise WeightsError(f"policy reads fields this robot does not have: {unknown}")
+            raise WeightsError(f"policy reads fields this robot does not have: {unknown[:8]}")
         obs_dim = sum(self.state_fields[f] for f in fields)
-        if actor.arch().get("obs_dim") != obs_dim or actor.arch().get("act_dim") != self.action_dim:
-            raise WeightsError(
-                f"policy shape {actor.arch().get('obs_dim')}->{actor.arch().get('act_dim')} "
-                f"does not fit this robot ({obs_dim}->{self.action_dim})"
-            )
-        try:
-            actor.load_state_dict(weights.tensors, strict=True)
-        except RuntimeError as e:
-            raise WeightsError(f"weights do not match the architecture: {str(e).splitlines()[0]}") from None
+        a_obs, a_act = arch["actor"]["obs_dim"], arch["actor"]["act_dim"]  # checked by actor_shapes
+        if (a_obs, a_act) != (obs_dim, self.action_dim):
+            raise WeightsError(f"policy shape {a_obs}->{a_act} does not fit this robot ({obs_dim}->{self.action_dim})")
         if not all(torch.isfinite(t).all() for t in weights.tensors.values()):
             raise WeightsError("weights contain NaN or inf")
+        try:
+            actor = build_actor(arch["actor"], self.max_params)
+            actor.load_state_dict(weights.tensors, strict=True)
+        except Exception as e:  # noqa: BLE001 - out of memory, dtype trouble: refuse, keep the old policy
+            first_line = (str(e).splitlines() or [""])[0][:200]
+            raise WeightsError(f"cannot load the policy: {type(e).__name__}: {first_line}") from None
         actor.eval()
         return LoadedPolicy(weights.version, actor, fields)
 

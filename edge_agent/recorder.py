@@ -22,7 +22,7 @@ class PendingChunk:
 
 
 class Recorder:
-    def __init__(self, chunk_steps: int, sink: Callable[[PendingChunk], None]):
+    def __init__(self, chunk_steps: int, sink: Callable[[PendingChunk], object]):  # what the sink returns is ignored
         self.chunk_steps = chunk_steps
         self.sink = sink
         self.episode_id = ""

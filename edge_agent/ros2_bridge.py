@@ -64,7 +64,7 @@ class Ros2Bridge:
         namespace: str | None = None,
         domain_id: int = 0,
         backend: str = "auto",
-        localhost_only: bool = False,
+        localhost_only: bool = True,
         backend_impl: Backend | None = None,
     ):
         ns = namespace or "/fleetrl/" + re.sub(r"[^A-Za-z0-9_]", "_", robot_id)

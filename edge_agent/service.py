@@ -16,18 +16,13 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 
-from shared.config import AgentConfig
+from shared.config import AGENT_RELOADABLE, AgentConfig
 
 log = logging.getLogger("fleetrl.service")
 
-# Keys SIGHUP may change in a running agent. Anything else (robot_id, driver,
-# spool, state_dir, control, link URLs, metrics listener) needs a restart: the
-# running value is kept and the refusal is logged.
-RELOADABLE = frozenset({
-    "service.log_level", "service.status_interval_s",
-    "link.reconnect_min_s", "link.reconnect_max_s", "link.status_interval_s",
-    "link.connect_timeout_s", "link.ping_interval_s", "link.ping_timeout_s",
-})
+# Keys SIGHUP may change in a running agent (defined with the config models, which
+# the docs generator also reads); anything else needs a restart.
+RELOADABLE = AGENT_RELOADABLE
 
 
 class Notifier:

@@ -18,10 +18,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import struct
 import threading
 import time
 import zlib
+from typing import BinaryIO
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +39,7 @@ _MAGIC_BYTES = struct.pack("<I", MAGIC)
 _FIXED = struct.Struct("<QIQIH")
 _SUFFIX = ".seg"
 _MAX_RECORD = 1 << 31
+DEFAULT_QUOTA_SHARE = 0.5  # of the disk free at start (plus what the spool holds), when spool.quota_mb is unset
 
 
 class SpoolCorrupt(Exception):
@@ -84,20 +87,23 @@ class Spool:
 
     def __init__(
         self, directory: Path, fsync: str = "always", fsync_interval_ms: int = 100,
-        segment_bytes: int = 64 << 20, quota_bytes: int = 0,
+        segment_bytes: int = 64 << 20, quota_bytes: int | None = 0,
     ):
+        """``quota_bytes``: 0 for none; None for the default, a share of the disk
+        (a robot the learner refuses must not record until its disk is full)."""
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.quarantine_dir = self.dir / "quarantine"
         if fsync not in ("always", "interval", "never"):
             raise ValueError(f"spool fsync policy {fsync!r}: use always, interval or never")
         self.fsync_policy, self.fsync_interval = fsync, fsync_interval_ms / 1000
-        self.segment_bytes, self.quota_bytes = segment_bytes, quota_bytes
+        self.segment_bytes = segment_bytes
+        self.quota_bytes: int = 0 if quota_bytes is None else quota_bytes  # None: set below, once the spool is read
         self._lock = threading.Lock()
         self._index: dict[int, _Loc] = {}
         self._segments: list[tuple[int, Path]] = []  # (first seq, path), in order
         self._active: Path | None = None
-        self._fh = None
+        self._fh: BinaryIO | None = None
         self._last_sync = 0.0
         self.bytes = 0
         self._state = StateSlots(self.dir / "state", fsync=fsync != "never")
@@ -109,6 +115,11 @@ class Spool:
         self.last_seq = max([self.acked_seq, state.get("last", 0)] + [r[1] for r in self.lost])
         self.quarantined = 0
         self._recover()
+        if quota_bytes is None:
+            free = shutil.disk_usage(self.dir).free
+            self.quota_bytes = int((free + self.bytes) * DEFAULT_QUOTA_SHARE)
+            log.info("event=spool_quota quota_bytes=%d source=default (%.0f%% of the free disk; set spool.quota_mb to change)",
+                     self.quota_bytes, DEFAULT_QUOTA_SHARE * 100)
 
     # ---------------------------------------------------------------- state file
 

@@ -30,6 +30,8 @@ class StateSlots:
                 fh.write(b"\0" * (2 * SLOT))
                 fh.flush()
                 os.fsync(fh.fileno())
+        else:
+            self.read()  # learn the newest generation: a first write must not land under an older slot
 
     def read(self) -> dict[str, Any]:
         data = self.path.read_bytes()

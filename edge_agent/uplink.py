@@ -16,6 +16,7 @@ import websockets
 from websockets.asyncio.client import connect
 
 from shared.errors import FleetError
+from shared.lograte import LogLimiter
 from shared.protocol import Ack, EdgeConnection, Limits, Policy, Reject, TunnelClose, TunnelData, TunnelOpen
 from shared.config import LinkConfig
 
@@ -25,6 +26,12 @@ from .policy_download import PolicyDownload
 from .tunnel import TunnelEndpoint
 
 log = logging.getLogger("fleetrl.uplink")
+_LOGS = LogLimiter(1.0)  # link churn: one line per kind per second, with a count of the rest
+_REFUSED = LogLimiter(30.0)  # a refused robot says so twice a minute for as long as it lasts
+
+# Rejections that end by themselves: keep the data, back off, retry.
+TRANSIENT = frozenset({"hold", "stream_gap", "rate_limited", "too_many_connections", "too_many_inflight",
+                       "handshake_timeout", "agent_stopping"})
 
 
 class LinkRejected(FleetError):
@@ -48,6 +55,9 @@ class Uplink:
         self.connected = False
         self.reconnects = 0
         self.last_error = ""
+        self.refused = ""  # "code: message" while the learner refuses this robot (cleared by a welcome)
+        self.holding = False  # the learner's storage is failing: it keeps nothing, we keep our data
+        self._progress = False  # an ack or a policy part arrived in this session
         self.url = cfg.urls[0]
         self.download = PolicyDownload(limits.max_weights_bytes)
         self.pin = normalize_pin(pin_sha256)
@@ -58,6 +68,7 @@ class Uplink:
         self._live: tuple[Any, EdgeConnection | None] = (None, None)
         self._ack_to = 0
         self._ack_arrived = asyncio.Event()
+        self.policy_refused_reason = ""  # set while weights and commands from this learner are refused
 
     async def close(self, reason: str) -> None:
         """Say why we are leaving (the learner logs it), then close the link."""
@@ -82,28 +93,65 @@ class Uplink:
             await self._acked.wait()
 
     async def run(self) -> None:
+        """Redial forever. The backoff starts afresh only after a session that
+        moved data (an ack, a policy part) or stayed up a while without being refused: a learner
+        that holds (disk full) or refuses us is retried ever more slowly."""
         delay = self.cfg.reconnect_min_s
         while True:
+            self._progress = False
+            started = asyncio.get_running_loop().time()
+            rejected, down = False, ""
             try:
                 await self._session()
             except asyncio.CancelledError:
                 raise
-            except FleetError as e:  # refused, or the learner failed a check: say so loudly
-                self.last_error = f"{e.code}: {e.message}"
-                log.error("event=link_rejected code=%s message=%r", e.code, e.message)
+            except FleetError as e:
+                rejected = True
+                self._rejected(e, delay)
             except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException, ssl.SSLError) as e:
-                self.last_error = f"{type(e).__name__}: {e}"
-                log.info("event=link_down error=%r retry_in_s=%.2f", self.last_error, delay)
-            else:
+                self.last_error = down = f"{type(e).__name__}: {e}"
+            lasted = asyncio.get_running_loop().time() - started
+            if not rejected and (self._progress or (self.connected and lasted >= self.cfg.reconnect_max_s)):
                 delay = self.cfg.reconnect_min_s
-            if self.connected:  # it had worked: start the backoff afresh
-                delay = self.cfg.reconnect_min_s
+            if down:
+                _LOGS.log(log, logging.INFO, ("link_down", self.url), "event=link_down error=%r retry_in_s=%.2f",
+                          down, delay)
             self.connected = False
             self.reconnects += 1
             urls = self.cfg.urls
             self.url = urls[(urls.index(self.url) + 1) % len(urls)]  # the next endpoint, if several
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, self.cfg.reconnect_max_s)
+
+    def _rejected(self, e: FleetError, delay: float) -> None:
+        """The learner said no: a hold or a gap is waited out; any other refusal
+        (spec_mismatch, auth_failed, revoked...) is shown in the status and
+        repeated in the log, because the robot keeps recording into its spool."""
+        self.last_error = f"{e.code}: {e.message}"
+        if e.code in TRANSIENT:
+            self.refused = ""
+            self.holding = e.code == "hold"
+            _LOGS.log(log, logging.WARNING, ("link_rejected", e.code), "event=link_rejected code=%s message=%r "
+                      "action=keeping_the_data_retry_in_s=%.2f", e.code, e.message, delay)
+            return
+        self.refused = self.last_error
+        _REFUSED.log(log, logging.ERROR, ("robot_refused", e.code), "event=robot_refused code=%s message=%r "
+                     "action=recording_into_the_spool_until_its_quota pending_chunks=%d spool_bytes=%d quota_bytes=%d",
+                     e.code, e.message, self.spool.pending(), self.spool.bytes, self.spool.quota_bytes)
+
+    def _trusted(self, conn: EdgeConnection) -> bool:
+        """Whether to take weights and commands: the learner proved it holds this robot's entry (a
+        credential), or the config opts in for a learner on this computer (link.allow_unauthenticated)."""
+        if conn.key is not None or self.cfg.allow_unauthenticated:
+            self.policy_refused_reason = ""
+            return True
+        reason = ("no credential: the learner did not prove itself; enroll this robot "
+                  "(or set link.allow_unauthenticated for a learner on this computer)")
+        if self.policy_refused_reason != reason:  # once, not on every reconnect
+            log.warning("event=policy_refused_unauthenticated url=%s reason=%r (data still uploads if the learner allows)",
+                        self.url, reason)
+        self.policy_refused_reason = reason
+        return False
 
     def _check_pin(self, ws: Any) -> None:
         got = peer_sha256(ws)
@@ -123,13 +171,21 @@ class Uplink:
             if isinstance(msg, Reject):
                 raise LinkRejected(msg.message, msg.code)
             await asyncio.to_thread(self.spool.adopt_cloud_mark, msg.acked_seq)
+            self._acked.set()  # the welcome's mark may be the ack a cut swallowed: a drain waiting on it ends
+            self.on_ack()
             self.connected = True
-            log.info("event=link_up url=%s acked_seq=%d pending=%d", self.url, msg.acked_seq, self.spool.pending())
-            tunnels = TunnelEndpoint(self.cfg.tunnel_allow, conn, ws.send)
+            if self.refused:
+                log.info("event=robot_accepted previously_refused=%r", self.refused)
+            self.refused = ""
+            _LOGS.log(log, logging.INFO, ("link_up", self.url), "event=link_up url=%s acked_seq=%d pending=%d",
+                      self.url, msg.acked_seq, self.spool.pending())
+            trusted = self._trusted(conn)
+            tunnels = TunnelEndpoint(self.cfg.tunnel_allow if trusted else [], conn, ws.send, self.cfg.tunnel_max_streams)
+            receiver = asyncio.create_task(self._receive(ws, conn, tunnels))
             tasks = [
                 asyncio.create_task(self._send_chunks(ws, conn)),
                 asyncio.create_task(self._send_status(ws, conn)),
-                asyncio.create_task(self._receive(ws, conn, tunnels)),
+                receiver,
                 asyncio.create_task(self._apply_acks()),
             ]
             try:
@@ -139,8 +195,8 @@ class Uplink:
                     t.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
                 await tunnels.close()
-            for t in done:
-                t.result()  # the first task to end says why the session ended
+            for t in sorted(done, key=lambda t: t is not receiver):
+                t.result()  # the receiver first: a reject says why, not the "link is closed" it causes in the senders
 
     async def _send_chunks(self, ws: Any, conn: EdgeConnection) -> None:
         next_seq = self.spool.acked_seq + 1
@@ -173,6 +229,10 @@ class Uplink:
             await self._ack_arrived.wait()
             self._ack_arrived.clear()
             await asyncio.to_thread(self.spool.ack, self._ack_to)
+            self._progress = True
+            if self.holding:
+                log.info("event=learner_storing_again")
+                self.holding = False
             self._acked.set()
             self.on_ack()
             self._wake.set()  # credit freed
@@ -180,17 +240,24 @@ class Uplink:
     async def _receive(self, ws: Any, conn: EdgeConnection, tunnels: TunnelEndpoint) -> None:
         async for data in ws:
             msg = conn.receive(data if isinstance(data, bytes) else data.encode())
+            if isinstance(msg, (Ack, Policy)):
+                self._progress = True  # data moved: after this session the backoff starts afresh
             if isinstance(msg, Ack):
                 self._ack_to = max(self._ack_to, msg.seq)
                 self._ack_arrived.set()
             elif isinstance(msg, Policy):
+                if self.policy_refused_reason:  # an unauthenticated learner: its weights are not taken
+                    continue
                 try:
                     whole = self.download.add(msg)
                 except FleetError as e:
                     log.error("event=policy_refused version=%d code=%s message=%r", msg.version, e.code, e.message)
                     continue
                 if whole is not None:
-                    await self.on_policy(*whole)
+                    try:
+                        await self.on_policy(*whole)
+                    except Exception as e:  # noqa: BLE001 - a bad blob must not cut the link; the current policy stays
+                        log.error("event=policy_refused version=%d code=load_failed message=%r", whole[0], f"{type(e).__name__}: {e}")
             elif isinstance(msg, (TunnelOpen, TunnelData, TunnelClose)):
                 await tunnels.handle(msg)
             elif isinstance(msg, Reject):

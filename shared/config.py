@@ -7,7 +7,7 @@ config on a robot in a far-away lab fails loudly at start, not silently later.
 from __future__ import annotations
 
 import ipaddress
-import tomllib
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 from typing import Any, Literal, TypeVar
@@ -15,6 +15,12 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (Ubuntu 22.04, ROS 2 Humble robot computers)
+    import tomli as tomllib
+from .ids import PATTERN as ID_PATTERN, RULE as ID_RULE
 
 
 def is_loopback(host: str) -> bool:
@@ -48,8 +54,19 @@ class LinkConfig(_Strict):
         None, description="pin the learner's certificate: hex SHA-256 of its DER bytes (enroll records it)"
     )
     allow_insecure: bool = Field(False, description="allow plain ws:// to a host other than this computer")
+    allow_unauthenticated: bool = Field(
+        False, description="take weights and commands from a learner that did not prove itself (no credential); "
+        "only for a learner on this computer: the demo, tests",
+    )
     tunnel_allow: list[int] = Field(
         default_factory=list, description="local TCP ports the cloud may reach through the reverse tunnel (e.g. [22])"
+    )
+    tunnel_max_streams: int = Field(16, gt=0, le=4096, description="tunnelled streams open at once; more are refused")
+    max_policy_params: int = Field(
+        200_000_000, gt=0, description="refuse a policy with more parameters (checked before the network is built)"
+    )
+    max_policy_version_jump: int = Field(
+        1_000_000, gt=0, description="refuse a policy whose version is more than this above the current one"
     )
     ping_interval_s: float = Field(5.0, gt=0, description="keepalive ping period")
     ping_timeout_s: float = Field(10.0, gt=0, description="a peer silent this long after a ping is dead: reconnect")
@@ -71,6 +88,10 @@ class LinkConfig(_Strict):
         for u in self.urls:
             if u.startswith("ws://") and not is_loopback(urlsplit(u).hostname or "") and not self.allow_insecure:
                 raise ValueError(f"{u}: plain ws:// leaves this computer unencrypted; use wss:// or set allow_insecure")
+        if self.allow_unauthenticated:
+            for u in self.urls:
+                if not is_loopback(urlsplit(u).hostname or ""):
+                    raise ValueError(f"allow_unauthenticated: {u} is not on this computer; enroll the robot instead")
         if self.pin_sha256 is not None and len(self.pin_sha256.replace(":", "")) != 64:
             raise ValueError("pin_sha256 must be 64 hex digits")
         for port in self.tunnel_allow:
@@ -105,14 +126,19 @@ class SpoolConfig(_Strict):
     )
     fsync_interval_ms: int = Field(100, gt=0, description="with fsync = interval, the longest a chunk stays unsynced")
     segment_bytes: int = Field(64 << 20, gt=0, description="roll to a new spool segment past this size")
-    quota_mb: float = Field(0, ge=0, description="spool size at which no new episode starts until the cloud acks (0: no quota)")
+    quota_mb: float | None = Field(
+        None, ge=0, description="spool size at which no new episode starts until the cloud acks "
+        "(unset: half the disk space free when the agent starts, counting what the spool holds; 0: no quota)",
+    )
 
 
 class Ros2BridgeConfig(_Strict):
     namespace: str | None = Field(None, description="topic namespace (default /fleetrl/<robot_id>)")
     domain_id: int = Field(0, ge=0, le=232, description="ROS_DOMAIN_ID to join")
     backend: Literal["auto", "dds", "rclpy"] = Field("auto", description="rclpy if importable, else plain DDS")
-    localhost_only: bool = Field(False, description="keep DDS traffic on this computer")
+    localhost_only: bool = Field(
+        True, description="keep DDS traffic on this computer; false takes commands from any host on the network (docs/ros2.md)"
+    )
     status_interval_s: float = Field(1.0, gt=0, description="how often status is published")
 
 
@@ -128,8 +154,18 @@ class AgentServiceConfig(_Strict):
     metrics_port: int = Field(9184, ge=0, le=65535, description="metrics port; 0 picks a free one (written to status.json)")
 
 
+# Keys SIGHUP may change in a running agent. Anything else (robot_id, driver,
+# spool, state_dir, control, link URLs, metrics listener) needs a restart: the
+# running value is kept and the refusal is logged.
+AGENT_RELOADABLE = frozenset({
+    "service.log_level", "service.status_interval_s",
+    "link.reconnect_min_s", "link.reconnect_max_s", "link.status_interval_s",
+    "link.connect_timeout_s", "link.ping_interval_s", "link.ping_timeout_s",
+})
+
+
 class AgentConfig(_Strict):
-    robot_id: str = Field(..., min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$", description="this robot's id")
+    robot_id: str = Field(..., min_length=1, max_length=128, pattern=ID_PATTERN, description="this robot's id (" + ID_RULE + ")")
     link: LinkConfig = Field(default_factory=LinkConfig)
     robot: RobotConfig = Field(default_factory=RobotConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)
@@ -146,14 +182,33 @@ class ServerConfig(_Strict):
     host: str = Field("127.0.0.1", description="address the gateway listens on")
     port: int = Field(8765, ge=0, le=65535, description="port; 0 picks a free one (written to <data_dir>/endpoint.json)")
     heartbeat_s: float = Field(10.0, gt=0, description="ping robots this often; one silent for a period is dropped")
-    auth: Literal["auto", "required"] = Field(
-        "auto", description="auto: enrolled robots must prove their credential, others are let in only on loopback"
+    auth: Literal["required", "open"] = Field(
+        "required",
+        description="required: every robot proves its enrolled credential, whatever its address; "
+        "open: unenrolled robots are let in too (loopback host only: the demo, tests)",
     )
     tls_cert: Path | None = Field(None, description="PEM certificate (chain) for wss://")
     tls_key: Path | None = Field(None, description="PEM private key for tls_cert")
     allow_insecure: bool = Field(False, description="serve plain ws:// on an address other than loopback")
     handshake_timeout_s: float = Field(10.0, gt=0, description="a link that has not said hello by then is closed")
     max_connections: int = Field(256, gt=0, description="robot links open at once; more are refused")
+    max_pending_handshakes: int = Field(
+        32, gt=0, description="links between upgrade and authenticated hello, in total; more are refused (too_many_handshakes)"
+    )
+    max_pending_per_source: int = Field(8, gt=0, description="such unauthenticated links from one source address")
+    max_sockets: int = Field(1024, gt=0, description="TCP connections to the robot port at once; more are closed at accept")
+    max_sockets_per_source: int = Field(
+        128, gt=0, description="TCP connections from one source address (a site behind one NAT address shares it)"
+    )
+    header_timeout_s: float = Field(10.0, gt=0, description="a connection must send its HTTP request headers (and finish TLS) within this")
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _no_auto(cls, v: Any) -> Any:
+        if v == "auto":  # it let any loopback client in: behind a proxy or port-forward, that is everyone
+            raise ValueError('"auto" was removed: use "required" (every robot proves a credential) '
+                             'or "open" (unenrolled robots allowed; loopback host only)')
+        return v
 
     @model_validator(mode="after")
     def _tls(self) -> "ServerConfig":
@@ -161,11 +216,14 @@ class ServerConfig(_Strict):
             raise ValueError("tls_cert and tls_key go together")
         if self.tls_cert is None and not is_loopback(self.host) and not self.allow_insecure:
             raise ValueError(f"host {self.host}: serving plain ws:// beyond loopback needs tls_cert/tls_key or allow_insecure")
+        if self.auth == "open" and not is_loopback(self.host):
+            raise ValueError(f'server.auth = "open" needs a loopback server.host, not {self.host}; use "required"')
         return self
 
     @property
-    def required_auth(self) -> bool:
-        return self.auth == "required" or not is_loopback(self.host)
+    def open(self) -> bool:
+        """Unenrolled robots may link (and get weights): only ever on a loopback-bound learner."""
+        return self.auth == "open"
 
 
 class LimitsConfig(_Strict):
@@ -174,6 +232,16 @@ class LimitsConfig(_Strict):
     max_chunk_rows: int = Field(10_000, gt=0, description="most steps in one chunk")
     max_inflight_chunks: int = Field(16, gt=0, description="chunks a robot may send before an ack (credit)")
     max_messages_per_s: float = Field(500.0, gt=0, description="messages one link may send per second (burst: 2 s worth)")
+    max_hello_bytes: int = Field(64 << 10, ge=1024, description="largest hello (before the robot is authenticated)")
+    robot_disk_bytes: int = Field(
+        1 << 40, ge=0, description="disk one robot's stored data may use (0: no quota); over it the robot holds its data (quota_exceeded)"
+    )
+    robot_segments_per_min: int = Field(
+        6000, ge=0, description="segments holding one robot's data sealed per minute (0: no quota); more: quota_exceeded"
+    )
+    robot_loss_reports_per_min: int = Field(
+        60, ge=0, description="lost-range reports one robot may file per minute (0: no quota); more: quota_exceeded"
+    )
 
 
 class LearnerAlgoConfig(_Strict):
@@ -203,12 +271,25 @@ class MetricsConfig(_Strict):
     port: int = Field(9185, ge=0, le=65535, description="metrics port; 0 picks a free one (written to <data_dir>/endpoint.json)")
 
 
+class AdminConfig(_Strict):
+    host: str = Field("127.0.0.1", description="admin listener (/status, /admin/*; token required); loopback only")
+    port: int = Field(0, ge=0, le=65535, description="admin port; 0 picks a free one (written to <data_dir>/endpoint.json)")
+
+    @field_validator("host")
+    @classmethod
+    def _loopback(cls, v: str) -> str:
+        if not is_loopback(v):
+            raise ValueError(f"{v}: the admin listener stays on loopback (127.0.0.1 or ::1)")
+        return v
+
+
 class LearnerConfig(_Strict):
     data_dir: Path = Field(Path("run"), description="buffer, checkpoints and logs (relative to the config file)")
     server: ServerConfig = Field(default_factory=ServerConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     learner: LearnerAlgoConfig = Field(default_factory=LearnerAlgoConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig, description="admin listener for the CLI on the learner host")
     cluster: dict[str, Any] | None = Field(
         None, description="multi-node run on Ray: nodes, groups, placement (checked by cloud.cluster.config)"
     )
@@ -226,6 +307,12 @@ def validate(model: type[M], data: dict[str, Any], source: str = "config") -> M:
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
         raise ConfigError(f"{source}: {key}: {msg}{more}") from None
+
+
+def read_toml(text: str) -> dict[str, Any]:
+    """TOML text as a dict (tomllib, or tomli on Python 3.10)."""
+    data: dict[str, Any] = tomllib.loads(text)
+    return data
 
 
 def load(model: type[M], path: str | Path) -> M:
@@ -246,7 +333,7 @@ def load(model: type[M], path: str | Path) -> M:
 
 
 def _resolve_paths(cfg: M, base: Path) -> M:
-    updates = {}
+    updates: dict[str, Any] = {}
     for name, value in cfg:
         if isinstance(value, Path) and not value.is_absolute():
             updates[name] = base / value

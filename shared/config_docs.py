@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from .config import AgentConfig, LearnerConfig
+from .config import AGENT_RELOADABLE, AgentConfig, LearnerConfig
 
 HEADER = """\
 # Configuration
@@ -118,10 +118,8 @@ def undocumented() -> list[str]:
 
 
 def render() -> str:
-    from edge_agent.service import RELOADABLE  # the reload rules live with the daemon
-
     out = [HEADER, "## Edge agent (`agent.toml`)\n"]
-    _section(AgentConfig, "", RELOADABLE, out)
+    _section(AgentConfig, "", AGENT_RELOADABLE, out)
     out.append("## Cloud learner (`run.toml`)\n")
     _section(LearnerConfig, "", frozenset(), out)
     return "\n".join(out).rstrip() + "\n"

@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import TextIO
 
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 
-def _to_journal(stream) -> bool:
+def _to_journal(stream: TextIO) -> bool:
     """True when ``stream`` is the journal stream systemd connected (device:inode match)."""
     spec = os.environ.get("JOURNAL_STREAM", "")
     try:
@@ -46,7 +47,7 @@ class OneLineFormatter(logging.Formatter):
         return line
 
 
-def setup(level: str = "INFO", stream=None) -> None:
+def setup(level: str = "INFO", stream: TextIO | None = None) -> None:
     stream = stream or sys.stderr
     handler = logging.StreamHandler(stream)
     handler.setFormatter(OneLineFormatter(_to_journal(stream)))

@@ -17,6 +17,7 @@ ARCH_KIND = "mlp_gaussian"
 LOG_STD_MIN = -20.0
 LOG_STD_MAX = 2.0
 _LOG_2 = math.log(2.0)
+MAX_HIDDEN_LAYERS = 64  # a deeper MLP is not a policy this build trains; parameters are capped separately
 
 
 class Actor(nn.Module):
@@ -78,15 +79,40 @@ class Actor(nn.Module):
         }
 
 
-def _positive_int(arch: dict, key: str) -> int:
+def _positive_int(arch: dict[str, Any], key: str) -> int:
     value = arch.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"policy arch field {key!r} must be a positive int, got {value!r}")
     return value
 
 
-def build_actor(arch: dict) -> Actor:
-    """Rebuild an :class:`Actor` from ``arch``; raises ValueError on anything it can't honour."""
+def actor_shapes(arch: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of the :class:`Actor` that ``arch`` describes, computed without
+    allocating it, so weights from the wire are checked before a network is built."""
+    obs_dim, act_dim, hidden = _checked(arch)
+    shapes: dict[str, tuple[int, ...]] = {}
+    last = obs_dim
+    for i, h in enumerate(hidden):  # trunk = Linear, ReLU, Linear, ReLU, ...
+        shapes[f"trunk.{2 * i}.weight"], shapes[f"trunk.{2 * i}.bias"] = (h, last), (h,)
+        last = h
+    shapes["head.weight"], shapes["head.bias"] = (2 * act_dim, last), (2 * act_dim,)
+    return shapes
+
+
+def param_count(shapes: dict[str, tuple[int, ...]]) -> int:
+    return sum(math.prod(s) for s in shapes.values())
+
+
+def build_actor(arch: dict[str, Any], max_params: int | None = None) -> Actor:
+    """Rebuild an :class:`Actor` from ``arch``; raises ValueError on anything it can't honour,
+    including more than ``max_params`` parameters (checked before any memory is taken)."""
+    obs_dim, act_dim, hidden = _checked(arch)
+    if max_params is not None and (n := param_count(actor_shapes(arch))) > max_params:
+        raise ValueError(f"policy arch has {n} parameters, more than the limit {max_params}")
+    return Actor(obs_dim, act_dim, hidden)
+
+
+def _checked(arch: dict[str, Any]) -> tuple[int, int, list[int]]:
     if not isinstance(arch, dict):
         raise ValueError(f"policy arch must be a dict, got {type(arch).__name__}")
     kind = arch.get("kind")
@@ -104,5 +130,7 @@ def build_actor(arch: dict) -> Actor:
     if not isinstance(hidden, (list, tuple)) or not all(
         isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden
     ):
-        raise ValueError(f"policy arch field 'hidden' must be a list of positive ints, got {hidden!r}")
-    return Actor(obs_dim, act_dim, hidden)
+        raise ValueError(f"policy arch field 'hidden' must be a list of positive ints, got {str(hidden)[:80]}")
+    if len(hidden) > MAX_HIDDEN_LAYERS:
+        raise ValueError(f"policy arch has {len(hidden)} hidden layers, at most {MAX_HIDDEN_LAYERS}")
+    return obs_dim, act_dim, list(hidden)

@@ -104,9 +104,17 @@ class EpisodeSpec:
         for name in self.observation:
             if not name or not all(c.isalnum() or c in "_-" for c in name):
                 raise SchemaError(f"bad observation field name {name!r}")
-        for bound in (self.action_low, self.action_high):
+        for name, bound in (("action_low", self.action_low), ("action_high", self.action_high)):
             if bound and len(bound) != self.action_dim:
                 raise SchemaError("action bounds do not match action_dim")
+            bad = [i for i, x in enumerate(bound) if not math.isfinite(x)]
+            if bad:  # the run's first robot fixes the spec: NaN or inf would poison every normalised action
+                raise SchemaError(f"{name}[{bad[0]}] is {bound[bad[0]]}: action bounds must be finite numbers")
+        if self.action_low and self.action_high:
+            flipped = [i for i, (lo, hi) in enumerate(zip(self.action_low, self.action_high)) if lo > hi]
+            if flipped:
+                i = flipped[0]
+                raise SchemaError(f"action_low[{i}] ({self.action_low[i]}) is above action_high[{i}] ({self.action_high[i]})")
 
     @property
     def state_fields(self) -> list[str]:

@@ -25,6 +25,21 @@ from .storage import SegmentStore
 log = logging.getLogger("fleetrl.buffer")
 
 
+def spec_difference(run: EpisodeSpec, robot: EpisodeSpec) -> str:
+    """The first field that differs, with both values: what an operator needs to fix the robot or start a new run."""
+    a, b = run.to_dict(), robot.to_dict()
+    ra, rb = a.pop("observation"), b.pop("observation")
+    for name in list(ra) + [n for n in rb if n not in ra]:
+        if ra.get(name) != rb.get(name):
+            return f"observation.{name}: run has {ra.get(name, 'no such field')}, robot has {rb.get(name, 'no such field')}"
+    if list(ra) != list(rb):
+        return f"observation field order: run has {list(ra)}, robot has {list(rb)}"
+    for key in a:
+        if a[key] != b.get(key):
+            return f"{key}: run has {a[key]}, robot has {b.get(key)}"
+    return "specs differ"
+
+
 class ReplayBuffer:
     def __init__(self, root: Path, memory_capacity: int, obs_fields: list[str] | None = None):
         self.store = SegmentStore(root)
@@ -50,6 +65,10 @@ class ReplayBuffer:
     def hwm(self, robot_id: str) -> int:
         return self.store.manifest.hwm.get(robot_id, 0)
 
+    def robot_bytes(self, robot_id: str) -> int:
+        """Disk bytes of this robot's stored rows (its share of each segment)."""
+        return (self.store.manifest.robot_bytes or {}).get(robot_id, 0)
+
     def check_spec(self, spec: EpisodeSpec) -> None:
         """The first robot fixes the run's spec; later robots must match it."""
         if self.spec is None:
@@ -57,7 +76,8 @@ class ReplayBuffer:
             self.store.set_spec(spec.to_dict())
             log.info("event=run_spec_set fields=%s action_dim=%d", list(spec.observation), spec.action_dim)
         elif spec != self.spec:
-            raise SchemaError("robot's episode spec differs from this run's spec", code="spec_mismatch")
+            raise SchemaError(f"robot's episode spec differs from this run's spec: {spec_difference(self.spec, spec)}",
+                              code="spec_mismatch")
 
     def _adopt(self, spec: EpisodeSpec) -> None:
         fields = self.requested_fields or spec.state_fields
@@ -96,7 +116,9 @@ class ReplayBuffer:
 
     def write(self, items: list[tuple[str, int, pa.RecordBatch | Lost]]) -> None:
         """Make chunks (and reported losses) durable as one sealed segment, then index them. Blocking."""
-        tables, robots, lost = [], {}, []
+        tables: list[pa.Table] = []
+        robots: dict[str, list[int]] = {}
+        lost: list[dict[str, Any]] = []
         for rid, seq, item in items:
             if isinstance(item, Lost):
                 first, last, rows = robots.get(rid, [item.first, item.last, 0])

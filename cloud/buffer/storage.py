@@ -47,13 +47,14 @@ class Manifest:
     lost: list[dict[str, Any]] = field(default_factory=list)  # ranges robots reported damaged
     next_segment: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+    robot_bytes: dict[str, int] | None = None  # robot id -> disk bytes of its rows (segment size, shared by rows)
 
     def to_json(self) -> bytes:
         return json.dumps(
             {
                 "version": MANIFEST_VERSION, "run_id": self.run_id, "spec": self.spec,
                 "segments": [s.to_dict() for s in self.segments], "hwm": self.hwm, "lost": self.lost,
-                "next_segment": self.next_segment, "extra": self.extra,
+                "next_segment": self.next_segment, "extra": self.extra, "robot_bytes": self.robot_bytes,
             },
             indent=1,
         ).encode()
@@ -69,6 +70,7 @@ class Manifest:
             hwm={k: int(v) for k, v in d["hwm"].items()}, lost=list(d.get("lost", [])),
             next_segment=int(d["next_segment"]),
             extra=d.get("extra", {}),
+            robot_bytes=None if d.get("robot_bytes") is None else {k: int(v) for k, v in d["robot_bytes"].items()},
         )
 
 
@@ -82,9 +84,10 @@ class SegmentStore:
         if path.exists():
             self.manifest = Manifest.from_json(path.read_bytes())
         else:
-            self.manifest = Manifest(run_id=os.urandom(8).hex())
+            self.manifest = Manifest(run_id=os.urandom(8).hex(), robot_bytes={})
             self._commit()
         self.recovery_report = self._recover()
+        self._account()
 
     @property
     def rows(self) -> int:
@@ -105,6 +108,20 @@ class SegmentStore:
             log.warning("event=stray_segments_removed count=%d names=%s", len(stray), ",".join(stray[:10]))
             fsync_dir(self.seg_dir)
         return {"segments": len(self.manifest.segments), "rows": self.rows, "stray_removed": stray}
+
+    def _account(self) -> None:
+        """A manifest from before per-robot accounting: charge its segments now."""
+        if self.manifest.robot_bytes is None:
+            self.manifest.robot_bytes = {}
+            for seg in self.manifest.segments:
+                self._charge(seg, (self.seg_dir / seg.name).stat().st_size)
+
+    def _charge(self, seg: SegmentInfo, size: int) -> None:
+        """Add a segment's disk bytes to its robots, shared by their rows (what the disk quota counts)."""
+        assert self.manifest.robot_bytes is not None
+        for rid, (_, _, rows) in seg.robots.items():
+            share = size * rows // max(seg.rows, 1)
+            self.manifest.robot_bytes[rid] = self.manifest.robot_bytes.get(rid, 0) + share
 
     def _commit(self) -> None:
         atomic_write(self.root / MANIFEST, self.manifest.to_json())
@@ -138,6 +155,7 @@ class SegmentStore:
             info = SegmentInfo(name, table.num_rows, {r: v for r, v in robots.items() if v[2]})
             m.segments.append(info)
             m.next_segment += 1
+            self._charge(info, (self.seg_dir / name).stat().st_size)
         for rid, (_, last, _) in robots.items():
             m.hwm[rid] = max(m.hwm.get(rid, 0), last)
         m.lost.extend(lost or [])
@@ -146,6 +164,7 @@ class SegmentStore:
         except BaseException:
             # Not committed: go back to what is on disk; the renamed segment is a stray.
             self.manifest = Manifest.from_json((self.root / MANIFEST).read_bytes())
+            self._account()
             raise
         return info
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 import threading
@@ -50,7 +51,7 @@ def show(
         if live:
             import ray
 
-            ray.init(address=live, logging_level="ERROR")
+            ray.init(address=live, logging_level=logging.ERROR)
             try:
                 check_live(cluster, ray.nodes())
                 typer.echo("live Ray cluster: OK")
@@ -68,6 +69,9 @@ def serve_cluster(cfg: cfgmod.LearnerConfig, address: str, resume: bool = False)
     try:
         cluster = parse_cluster(cfg.cluster)
         check(cluster)
+        from .runtime import check_shards
+
+        check_shards(cfg, cluster)  # before Ray starts: a shard beyond loopback without TLS is refused
     except FleetError as e:
         print(f"cloud-learner: {e}", file=sys.stderr)
         return 2
@@ -77,13 +81,18 @@ def serve_cluster(cfg: cfgmod.LearnerConfig, address: str, resume: bool = False)
         print("cloud-learner: --cluster needs Ray: pip install 'fleetrl[cluster]'", file=sys.stderr)
         return 2
     from .channels import NAMESPACE
+    from .ray_env import ensure_ray_temp_root
     from .runtime import ClusterRuntime
 
     if resume:
         print("cloud-learner: note: on a cluster, shards and policy versions always resume; "
               "the learner restarts training from the shards' data", file=sys.stderr)
-    ray.init(address=None if address == "local" else address, namespace=NAMESPACE,
-             **({"include_dashboard": False} if address == "local" else {}))
+    if address == "local":
+        ensure_ray_temp_root()
+    if address == "local":
+        ray.init(namespace=NAMESPACE, include_dashboard=False)
+    else:
+        ray.init(address=address, namespace=NAMESPACE)
     runtime = ClusterRuntime(cfg, cluster)
     try:
         runtime.start()

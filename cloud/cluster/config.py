@@ -88,7 +88,8 @@ class ShardPlacement(Placement):
 
     name: str = Field(..., pattern=_NAME)
     robot_ids: list[str] = Field(..., min_length=1, description="robot id patterns (fnmatch) routed here")
-    host: str | None = Field(None, description="gateway address on its node (default: the learner's server.host)")
+    host: str | None = Field(None, description="gateway address on its node (default: the learner's server.host); "
+                             "beyond loopback it needs the run's server.tls_cert/tls_key (or server.allow_insecure)")
     port: int = Field(0, ge=0, le=65535, description="gateway port on its node; 0 picks a free one")
     replicas: Literal[1] = 1  # type: ignore[assignment]
 

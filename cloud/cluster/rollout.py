@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 import hal_drivers
+from hal_drivers.base import Robot
 from edge_agent.policy_holder import PolicyHolder
 from shared.chunk import StepRecord, build_batch, checksum, encode_chunk
 from shared.protocol import Chunk
@@ -42,10 +43,12 @@ class RolloutWorker:
     def __init__(self, index: int, cfg: RolloutPlacement, sink: Sink, chunk_steps: int = 50, seed: int = 0):
         self.robot_id = f"sim-worker-{index}"
         self.cfg, self.sink, self.chunk_steps = cfg, sink, chunk_steps
-        self.envs = [
-            hal_drivers.create(cfg.driver, {**cfg.options, "seed": seed + 1000 * index + i})
-            for i in range(cfg.envs_per_worker)
-        ]
+        self.envs: list[Robot] = []
+        for i in range(cfg.envs_per_worker):
+            unit = hal_drivers.create(cfg.driver, {**cfg.options, "seed": seed + 1000 * index + i})
+            if not isinstance(unit, Robot):
+                raise TypeError(f"rollout driver {cfg.driver!r} makes a {type(unit).__name__}, not a robot")
+            self.envs.append(unit)
         desc = self.envs[0].describe()
         self.spec = desc.episode_spec()
         self.low, self.high = np.asarray(desc.action_low, np.float32), np.asarray(desc.action_high, np.float32)

@@ -22,7 +22,7 @@ from .learner import LearnerWorker, NotifyLearner
 from .placement import PlacementError, bundle, check, check_live, node_key
 from .publisher import ClusterPublisher
 from .rollout import RolloutWorker
-from .shard import BufferShard
+from .shard import BufferShard, shard_config
 
 log = logging.getLogger("fleetrl.cluster.runtime")
 
@@ -42,6 +42,13 @@ class ClusterRolloutWorker(RolloutWorker):
 def _actor_options(p: Placement) -> dict[str, Any]:
     b = bundle(p)
     return {"num_cpus": b.pop("CPU", 0), "num_gpus": b.pop("GPU", 0), "resources": b}
+
+
+def check_shards(cfg: LearnerConfig, cluster: ClusterConfig) -> None:
+    """Each shard's own learner config must pass the single learner's checks (TLS beyond loopback...):
+    refused here, before any actor exists, with the shard named."""
+    for s in cluster.placement.shards:
+        shard_config(cfg, s.name, s.host, s.port)
 
 
 class ClusterRuntime:
@@ -82,6 +89,7 @@ class ClusterRuntime:
         import ray
 
         check(self.cluster)
+        check_shards(self.cfg, self.cluster)
         check_live(self.cluster, ray.nodes())
         try:
             self._start()

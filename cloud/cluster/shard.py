@@ -15,20 +15,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 from aiohttp import web
+from pydantic import ValidationError
 
 from shared.config import LearnerConfig
-from shared.errors import SchemaError
+from shared.errors import ConfigError, SchemaError
 from shared.protocol import Chunk
 from shared.schema import EpisodeSpec
 from shared.weights import WeightsBlob
 
+from ..admission import robot_site
 from ..app import make_app
-from ..keys import BUFFER, INGEST, PUBLISHER
+from ..keys import BUFFER, INGEST, PUBLISHER, REGISTRY
+from ..robots import RobotRegistry
 
 log = logging.getLogger("fleetrl.cluster.shard")
 
@@ -38,12 +42,39 @@ SOURCES = "sources"  # manifest extra: robot id -> "robot" | "sim"
 
 
 def shard_config(cfg: LearnerConfig, name: str, host: str | None, port: int) -> LearnerConfig:
-    """The run config as this shard sees it: its own data dir and port, trainer parked."""
-    return cfg.model_copy(update={
-        "data_dir": Path(cfg.data_dir) / "shards" / name,
-        "server": cfg.server.model_copy(update={"port": port, "host": host or cfg.server.host}),
-        "learner": cfg.learner.model_copy(update={"learning_starts": PARKED}),
-    })
+    """The run config as this shard sees it: its own data dir, address and port, trainer parked.
+
+    Validated again as a whole, so every check of a single learner's config
+    (no plain ws:// beyond loopback without allow_insecure, auth "open" only on
+    loopback, ...) holds for each shard's own address too."""
+    data = cfg.model_dump()
+    data["data_dir"] = Path(cfg.data_dir) / "shards" / name
+    data["server"] = {**data["server"], "port": port, "host": host or cfg.server.host}
+    data["learner"] = {**data["learner"], "learning_starts": PARKED}
+    if isinstance(data.get("admin"), dict):
+        data["admin"] = {**data["admin"], "port": 0}  # several shards may share a node: each its own admin port
+    try:
+        return LearnerConfig.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"cluster shard {name!r} ({key}): {err['msg'].removeprefix('Value error, ')}") from None
+
+
+def registry_file(cfg: LearnerConfig) -> Path:
+    """The run's one robot table (what `cloud-learner robots add --config run.toml` writes): every shard reads it."""
+    from ..admin_client import registry_path
+
+    return registry_path(cfg)
+
+
+def tls_context(server: Any) -> ssl.SSLContext | None:
+    """The server-side TLS context of ``server.tls_cert``/``tls_key``, if set (as ``cloud-learner serve``)."""
+    if server.tls_cert is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(server.tls_cert, server.tls_key)
+    return ctx
 
 
 def node_id() -> str | None:
@@ -62,6 +93,7 @@ class BufferShard:
                  notify: Callable[[str, dict[str, Any]], None] | None = None):
         self.name, self.notify = name, notify
         self.cfg = shard_config(cfg, name, host, port)
+        self.registry = registry_file(cfg)
         self._runner: web.AppRunner | None = None
         self._url = ""
         self._start_lock: asyncio.Lock | None = None
@@ -76,14 +108,23 @@ class BufferShard:
         async with self._start_lock:
             if self._runner is None:
                 app = make_app(self.cfg, resume=False)
-                runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, access_log=None)
+                app[REGISTRY] = RobotRegistry(self.registry)  # the run's table: enrolment and revocation reach here
+                server = self.cfg.server
+                runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, access_log=None,
+                                       keepalive_timeout=server.header_timeout_s)
                 await runner.setup()
-                site = web.TCPSite(runner, self.cfg.server.host, self.cfg.server.port)
-                await site.start()
+                tls = tls_context(server)
+                await robot_site(runner, server, ssl_context=tls).start()  # the same caps as a single learner
                 host, port = runner.addresses[0][:2]
-                self._url = f"ws://{host}:{port}/ws"
+                host = f"[{host}]" if ":" in host else host
+                self._url = f"{'wss' if tls else 'ws'}://{host}:{port}/ws"
                 ingest, parked = app[INGEST], app[INGEST].on_durable
-                ingest.on_durable = lambda rows: (parked and parked(rows), self._notify_learner())
+                def on_durable(rows: int) -> None:
+                    if parked is not None:
+                        parked(rows)
+                    self._notify_learner()
+
+                ingest.on_durable = on_durable
                 self._runner = runner
                 log.info("event=shard_ready shard=%s url=%s rows=%d", self.name, self._url, app[BUFFER].rows)
         return self._runner.app

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from cloud.buffer.storage import MANIFEST, Manifest
 from shared.errors import ConfigError
+from shared.ids import RULE, is_safe_id
 from shared.schema import EpisodeSpec
 
 
@@ -63,6 +64,11 @@ class BufferEpisodes:
         order: dict[tuple[str, str], list[int]] = defaultdict(list)
         for i, key in enumerate(zip(table.column("robot_id").to_pylist(), table.column("episode_id").to_pylist())):
             order[key].append(i)
+        bad = [(rid, eid) for rid, eid in order if not (is_safe_id(rid) and is_safe_id(eid))]
+        if bad:  # checked before the first file is written: a bad id writes nothing
+            rid, eid = bad[0]
+            raise ConfigError(f"robot {str(rid)[:40]!r} episode {str(eid)[:40]!r} is not a safe id ({RULE}); "
+                              f"{len(bad)} such episode(s), nothing exported; select others with --robot/--episode")
         for (rid, eid), rows in order.items():
             ep = table.take(pa.array(rows))
             ep = ep.take(pc.sort_indices(ep, sort_keys=[("step", "ascending")]))

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 
 from hal_drivers.ros2 import types
+from shared.errors import ConfigError
+from shared.ids import check_id
 from shared.schema import NEXT_PREFIX, OBS_PREFIX, EpisodeSpec, FieldSpec
 
 from .episodes import Episode
@@ -97,8 +99,22 @@ def _observation(f: _File, spec: EpisodeSpec, row: dict[str, Any], prefix: str, 
         f.write(f"/fleetrl/obs/{name}", ros_type, msg, t_ns)
 
 
+def episode_path(out_dir: Path, robot_id: str, episode_id: str) -> Path:
+    """``<out>/<robot_id>/<episode_id>.mcap``; ConfigError unless both are safe ids and the path stays under out."""
+    for kind, value in (("robot id", robot_id), ("episode id", episode_id)):
+        try:
+            check_id(kind, value)
+        except ValueError as e:
+            raise ConfigError(f"export: {e}") from None
+    path = Path(out_dir) / robot_id / f"{episode_id}.mcap"
+    root, real = Path(out_dir).resolve(), path.resolve()
+    if not real.is_relative_to(root) or real.parent.parent != root:
+        raise ConfigError(f"export: {robot_id}/{episode_id}.mcap would land outside {root}")
+    return path
+
+
 def write_episode(ep: Episode, spec: EpisodeSpec, out_dir: Path) -> Path:
-    path = Path(out_dir) / ep.robot_id / f"{ep.episode_id}.mcap"
+    path = episode_path(out_dir, ep.robot_id, ep.episode_id)
     f = _File(path)
     try:
         rows = ep.table.to_pylist()
@@ -128,4 +144,4 @@ def export_mcap(episodes: list[Episode] | Any, spec: EpisodeSpec, out_dir: Path)
     return report
 
 
-__all__ = ["ExportReport", "export_mcap", "write_episode"]
+__all__ = ["ExportReport", "episode_path", "export_mcap", "write_episode"]

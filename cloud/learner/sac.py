@@ -96,8 +96,8 @@ class SAC:
             lr=cfg.lr,
             fused=True,
         )
-        self._critic_params = list(self.critic.parameters())
-        self._target_params = list(self.critic_target.parameters())
+        self._critic_params: list[torch.Tensor] = list(self.critic.parameters())
+        self._target_params: list[torch.Tensor] = list(self.critic_target.parameters())
         self.updates = 0
 
     @property

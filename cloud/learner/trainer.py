@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from shared.config import LearnerAlgoConfig
-from shared.weights import WeightsBlob, encode_weights
+from shared.errors import WeightsError
+from shared.weights import WeightsBlob, decode_weights, encode_weights
 
 from ..buffer import ReplayBuffer
 from . import checkpoint
@@ -30,12 +31,15 @@ class Trainer(threading.Thread):
     def __init__(
         self, buffer: ReplayBuffer, cfg: LearnerAlgoConfig, publish: Callable[[WeightsBlob], None],
         start_version: int = 0, checkpoint_path: Path | None = None, resume: bool = False,
+        published: WeightsBlob | None = None,
     ):
         super().__init__(name="trainer", daemon=True)
         self.buffer, self.cfg, self.publish = buffer, cfg, publish
         self.version = start_version
         self.checkpoint_path, self.resume = checkpoint_path, resume
         self.resumed_from: int | None = None
+        self.published = published  # the newest policy robots already have (from an earlier run), if any
+        self.resumed_from_policy: int | None = None  # its version, when training continues from its weights
         self._sac: SAC | None = None
         self._published_at = 0
         self.updates = 0
@@ -62,6 +66,55 @@ class Trainer(threading.Thread):
             "buffer_segments": len(self.buffer.store.manifest.segments),
         })
         log.info("event=checkpoint_saved updates=%d seconds=%.3f", self.updates, time.monotonic() - t0)
+
+    def _restore(self, sac: SAC, rng: np.random.Generator) -> None:
+        """Continue from the checkpoint, and never behind the policy robots already
+        run: a published policy newer than the checkpoint (or with no checkpoint
+        at all) gives the actor its weights. Whatever happens is logged."""
+        ckpt_version = 0
+        if self.resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
+            state = checkpoint.load(self.checkpoint_path)
+            sac.load_state_dict(state["sac"])
+            rng.bit_generator.state = state["rng"]
+            self.updates = int(state["updates"])
+            ckpt_version = int(state["policy_version"])
+            self.version = max(self.version, ckpt_version)
+            self.resumed_from = self.updates
+            log.info("event=learner_resumed updates=%d policy_version=%d buffer_rows_then=%d rows_now=%d",
+                     self.updates, self.version, state["buffer_rows"], self.buffer.rows)
+        blob = self.published
+        if blob is None or blob.version <= ckpt_version:
+            return
+        what = "resume_without_checkpoint" if self.resumed_from is None else "checkpoint_behind_published_policy"
+        try:
+            weights = decode_weights(blob.data, blob.sha256, len(blob.data))
+            if weights.arch.get("obs_fields") != list(self.buffer.obs_fields):
+                raise WeightsError(f"observation fields {weights.arch.get('obs_fields')} differ from this run's "
+                                   f"{list(self.buffer.obs_fields)}")
+            with torch.no_grad():
+                sac.actor.load_state_dict(weights.tensors)
+        except (WeightsError, RuntimeError) as e:
+            log.error("event=%s checkpoint_version=%d published_version=%d error=%r action=training_without_it; "
+                      "v%d onwards will not build on v%d", what, ckpt_version, blob.version, str(e), blob.version + 1,
+                      blob.version)
+            return
+        self.resumed_from_policy = blob.version
+        log.log(logging.INFO if what == "resume_without_checkpoint" else logging.WARNING,  # the former was said at start
+                "event=%s checkpoint_version=%s updates=%d action=continuing_from_published_policy_v%d "
+                "(actor weights; critics %s)", what, ckpt_version or "none", self.updates, blob.version,
+                "from the checkpoint" if self.resumed_from is not None else "start fresh")
+
+    def start(self) -> None:
+        """Say at once what a start without a checkpoint will train from (training waits for data)."""
+        if self.checkpoint_path is None or not self.checkpoint_path.exists():
+            if self.published is not None:
+                log.warning("event=resume_without_checkpoint checkpoint=none published_policy=v%d "
+                            "action=training_continues_from_published_policy_v%d", self.published.version,
+                            self.published.version)
+            elif self.resume:
+                log.warning("event=resume_without_checkpoint checkpoint=none published_policy=none "
+                            "action=training_starts_from_fresh_weights")
+        super().start()
 
     def notify_data(self, rows: int = 0) -> None:
         with self._cond:
@@ -100,15 +153,7 @@ class Trainer(threading.Thread):
             seed=self.cfg.seed,
         )
         rng = np.random.default_rng(self.cfg.seed)
-        if self.resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
-            state = checkpoint.load(self.checkpoint_path)
-            sac.load_state_dict(state["sac"])
-            rng.bit_generator.state = state["rng"]
-            self.updates = int(state["updates"])
-            self.version = max(self.version, int(state["policy_version"]))
-            self.resumed_from = self.updates
-            log.info("event=learner_resumed updates=%d policy_version=%d buffer_rows_then=%d rows_now=%d",
-                     self.updates, self.version, state["buffer_rows"], self.buffer.rows)
+        self._restore(sac, rng)
         self._sac, self._rng = sac, rng
         log.info("event=training_started obs_dim=%d act_dim=%d rows=%d", mem.obs_dim, mem.act_dim, mem.size)
         t_last, n_last = time.monotonic(), 0

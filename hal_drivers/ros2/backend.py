@@ -46,7 +46,7 @@ def rclpy_available() -> bool:
     return importlib.util.find_spec("rclpy") is not None
 
 
-def open_backend(kind: str, domain_id: int, node_name: str, localhost_only: bool = False, key: str = "backend") -> Backend:
+def open_backend(kind: str, domain_id: int, node_name: str, localhost_only: bool = True, key: str = "backend") -> Backend:
     """Open the configured backend; ``auto`` prefers rclpy (a ROS 2 install) over plain DDS."""
     if kind == "auto":
         kind = "rclpy" if rclpy_available() else "dds"

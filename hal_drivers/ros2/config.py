@@ -63,7 +63,7 @@ class ObservationTopic(_Strict):
     qos: QosConfig = Field(default_factory=QosConfig)
     # JointState: joint order in the observation, and which arrays (concatenated per array).
     joints: list[str] = Field(default_factory=list)
-    arrays: list[Literal["position", "velocity", "effort"]] = Field(default_factory=lambda: ["position"])
+    arrays: list[Literal["position", "velocity", "effort"]] = Field(default_factory=lambda: ["position"])  # type: ignore[arg-type]
     # Float64MultiArray: expected length.
     size: int | None = Field(None, gt=0)
     # Images: the size the policy sees (messages of another size are refused), channels and codec.

@@ -22,6 +22,8 @@ from cyclonedds.pub import DataWriter
 from cyclonedds.sub import DataReader
 from cyclonedds.topic import Topic
 
+from shared.errors import ConfigError
+
 from . import types
 from .backend import Backend, MessageCallback, Publisher
 from .config import QosConfig
@@ -59,7 +61,7 @@ def _field_type(node: tuple[Any, Any]) -> Any:
     if kind == 1:  # BASE: (name, string bound)
         name, bound = detail
         if name == "string":
-            return T.bounded_str[bound] if bound else str
+            return T.bounded_str[bound] if bound else str  # type: ignore[misc]  # cyclonedds types are subscripted at run time
         if name not in _BASE:
             raise TypeError(f"ROS base type {name!r} has no DDS mapping here")
         return _BASE[name]
@@ -67,8 +69,8 @@ def _field_type(node: tuple[Any, Any]) -> Any:
         return _struct(detail)
     inner, n = detail
     if kind == 3:  # ARRAY
-        return T.array[_field_type(inner), n]
-    return T.sequence[_field_type(inner), n] if n else T.sequence[_field_type(inner)]  # SEQUENCE
+        return T.array[_field_type(inner), n]  # type: ignore[misc]
+    return T.sequence[_field_type(inner), n] if n else T.sequence[_field_type(inner)]  # type: ignore[misc]  # SEQUENCE
 
 
 def _struct(ros_type: str) -> type[IdlStruct]:
@@ -94,8 +96,8 @@ def _carrier(ros_type: str) -> type[IdlStruct]:
                 dict(base.__annotations__), dataclassify=False,
             )
             cls.serialize = lambda self, *a, **k: self.data  # type: ignore[method-assign]
-            cls.deserialize = classmethod(lambda c, data, *a, **k: _Cdr(bytes(data)))  # type: ignore[method-assign]
-            cls.deserialize_key = classmethod(lambda c, *a, **k: None)  # type: ignore[method-assign]  # ROS types are keyless
+            cls.deserialize = classmethod(lambda c, data, *a, **k: _Cdr(bytes(data)))  # type: ignore[method-assign,assignment]
+            cls.deserialize_key = classmethod(lambda c, *a, **k: None)  # type: ignore[method-assign,assignment]  # ROS types are keyless
             _structs[key] = cls
         return _structs[key]
 
@@ -116,40 +118,42 @@ class _DdsPublisher(Publisher):
 
     def publish(self, cdr: bytes) -> None:
         sample = self._cls.__new__(self._cls)
-        sample.data = cdr
+        sample.data = cdr  # type: ignore[attr-defined]  # the raw-CDR struct made in _struct
         self._writer.write(sample)
 
 
 class _Domains:
-    """Loopback-only domains are process-wide in Cyclone: share one per id, refcounted."""
+    """Loopback-only domains are process-wide in Cyclone: one per id, made on first use and
+    kept for the life of the process (so a later participant cannot silently get another config)."""
 
-    held: dict[int, list[Any]] = {}
+    held: dict[int, Any] = {}
 
     @classmethod
     def acquire(cls, domain_id: int) -> None:
+        """Make ``domain_id`` loopback-only in this process; ConfigError if it is already open
+        with other settings (joining it would put this participant on the network)."""
         with _lock:
             if domain_id in cls.held:
-                cls.held[domain_id][1] += 1
                 return
             try:
-                cls.held[domain_id] = [Domain(domain_id, LOOPBACK_XML), 1]
+                cls.held[domain_id] = Domain(domain_id, LOOPBACK_XML)
             except Exception as e:  # the domain already exists in this process with its own config
-                log.warning("event=ros2_localhost_only_ignored domain=%d reason=%r", domain_id, e)
+                raise ConfigError(
+                    f"localhost_only: DDS domain {domain_id} is already open in this process with network settings "
+                    f"(another ROS 2 participant, e.g. the robot driver, opened it first), so it cannot be kept on "
+                    f"loopback ({e}); use another domain_id, or set localhost_only = false to accept the network"
+                ) from None
+            log.info("event=ros2_localhost_only domain=%d interface=127.0.0.1 multicast=false", domain_id)
 
     @classmethod
     def release(cls, domain_id: int) -> None:
-        with _lock:
-            entry = cls.held.get(domain_id)
-            if entry is not None:
-                entry[1] -= 1
-                if entry[1] == 0:
-                    del cls.held[domain_id]
+        """Kept: dropping the domain would let the next participant recreate it from the environment."""
 
 
 class DdsBackend(Backend):
     name = "dds"
 
-    def __init__(self, domain_id: int, localhost_only: bool = False):
+    def __init__(self, domain_id: int, localhost_only: bool = True):
         self.domain_id, self.localhost_only = domain_id, localhost_only
         if localhost_only:
             _Domains.acquire(domain_id)

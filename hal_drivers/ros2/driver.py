@@ -165,7 +165,8 @@ class Ros2Robot(Robot):
     def close(self) -> None:
         self._closed.set()
         self._store.close()
-        backend, self._backend = getattr(self, "_backend", None), None
+        backend: Backend | None = getattr(self, "_backend", None)
+        self._backend = None  # type: ignore[assignment]  # closed: nothing may use it again
         if backend is not None:
             backend.close()
         self.state = "closed"

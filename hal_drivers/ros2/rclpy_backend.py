@@ -50,14 +50,14 @@ class _RclpyPublisher(Publisher):
 class RclpyBackend(Backend):
     name = "rclpy"
 
-    def __init__(self, domain_id: int, node_name: str, localhost_only: bool = False):
+    def __init__(self, domain_id: int, node_name: str, localhost_only: bool = True):
         import rclpy
         from rclpy.context import Context
         from rclpy.executors import SingleThreadedExecutor
 
-        if localhost_only:
-            os.environ.setdefault("ROS_LOCALHOST_ONLY", "1")  # read by the rmw at init (Humble, Iron)
-            os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # Jazzy and later
+        if localhost_only:  # set, not defaulted: an inherited ROS_LOCALHOST_ONLY=0 must not open it to the LAN
+            os.environ["ROS_LOCALHOST_ONLY"] = "1"  # read by the rmw at init (Humble, Iron)
+            os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"  # Jazzy and later
         self._ctx = Context()
         rclpy.init(context=self._ctx, domain_id=domain_id)
         self._node = rclpy.create_node(node_name, context=self._ctx)

@@ -48,7 +48,7 @@ class _Base:
         if self.state is State.CLOSED:
             raise ProtocolError("connection is closed", "closed")
         frame = decode_frame(data, self.limits)
-        msg = PARSERS[frame.type].parse(frame)
+        msg: Message = PARSERS[frame.type].parse(frame)
         if isinstance(msg, Reject):
             self.state = State.CLOSED
         elif self.state is State.OPEN and msg.TYPE not in self.accepts:
@@ -86,15 +86,19 @@ class EdgeConnection(_Base):
         self.max_inflight = self.limits.max_inflight_chunks
         self._server_nonce = ""
         self._client_nonce = ""
+        self._channel = ""
 
-    def hello(self, policy_version: int, agent_version: str = "", partial: tuple[int, int] = (0, 0)) -> bytes:
+    def hello(self, policy_version: int, agent_version: str = "", partial: tuple[int, int] = (0, 0),
+              channel: str = "") -> bytes:
+        """``channel``: SHA-256 (hex) of the learner certificate this link sees, "" on plain ws://;
+        the proof and the welcome's signature both cover it (see shared.auth)."""
         if self.state is not State.CHALLENGED:
             raise ProtocolError("hello answers the cloud's challenge, once", "bad_state")
         self.state = State.HANDSHAKE
         proof = ""
-        self._client_nonce = auth.nonce()
+        self._client_nonce, self._channel = auth.nonce(), channel
         if self.key is not None:
-            proof = auth.prove(self.key, self.robot_id, self._server_nonce, self._client_nonce)
+            proof = auth.prove(self.key, self.robot_id, self._server_nonce, self._client_nonce, channel)
         return _encode(Hello(self.robot_id, PROTOCOL_VERSIONS, self.spec, self.units, policy_version, agent_version,
                              self._client_nonce, proof, *partial))
 
@@ -113,8 +117,8 @@ class EdgeConnection(_Base):
             if msg.version not in PROTOCOL_VERSIONS:
                 raise ProtocolError(f"cloud chose protocol version {msg.version}, not offered", "unsupported_version")
             if self.key is not None:
-                expected = auth.server_signature(auth.stored_key(self.key), self.robot_id, self._server_nonce, self._client_nonce)
-                if msg.server_signature != expected:
+                if not auth.check_server_signature(auth.stored_key(self.key), self.robot_id, self._server_nonce,
+                                                   self._client_nonce, self._channel, msg.server_signature):
                     raise ProtocolError("the learner could not prove it is the one this robot enrolled with",
                                         "learner_unverified")
             self.version, self.state = msg.version, State.OPEN
@@ -143,8 +147,10 @@ class CloudConnection(_Base):
     accepts = frozenset({MsgType.CHUNK, MsgType.LOST, MsgType.STATUS, MsgType.REJECT, MsgType.TUNNEL_DATA,
                          MsgType.TUNNEL_CLOSE})
 
-    def __init__(self, limits: Limits | None = None):
+    def __init__(self, limits: Limits | None = None, channel: str = ""):
+        """``channel``: SHA-256 (hex) of this learner's own TLS certificate, "" on plain ws://."""
         super().__init__(limits)
+        self.channel = channel
         self.robot_id: str | None = None
         self.hello_msg: Hello | None = None
         self.server_nonce = ""
@@ -179,7 +185,8 @@ class CloudConnection(_Base):
     def verify(self, stored_key: bytes) -> bool:
         """Does the hello prove knowledge of the key whose hash is ``stored_key``?"""
         h = self.hello_msg
-        return h is not None and bool(h.proof) and auth.verify(stored_key, h.robot_id, self.server_nonce, h.client_nonce, h.proof)
+        return h is not None and bool(h.proof) and auth.verify(
+            stored_key, h.robot_id, self.server_nonce, h.client_nonce, h.proof, self.channel)
 
     def welcome(self, run_id: str, acked_seq: int, policy_version: int, stored_key: bytes | None = None) -> bytes:
         if self.state is not State.HANDSHAKE or self.version is None or self.hello_msg is None:
@@ -187,7 +194,8 @@ class CloudConnection(_Base):
         self.state = State.OPEN
         sig = ""
         if stored_key is not None:
-            sig = auth.server_signature(stored_key, self.hello_msg.robot_id, self.server_nonce, self.hello_msg.client_nonce)
+            sig = auth.server_signature(stored_key, self.hello_msg.robot_id, self.server_nonce, self.hello_msg.client_nonce,
+                                        self.channel)
         return _encode(Welcome(self.version, run_id, acked_seq, policy_version, self.limits.max_inflight_chunks, sig))
 
     def ack(self, seq: int) -> bytes:

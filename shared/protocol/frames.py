@@ -46,7 +46,7 @@ class Frame:
 
 
 def encode_frame(type_: MsgType, meta: dict[str, Any], body: bytes = b"") -> bytes:
-    packed = msgpack.packb(meta, use_bin_type=True)
+    packed: bytes = msgpack.packb(meta, use_bin_type=True)
     return HEADER.pack(MAGIC, FRAME_VERSION, int(type_), len(packed), len(body)) + packed + body
 
 

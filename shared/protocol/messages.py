@@ -6,15 +6,15 @@ Every field is type-checked on the way in; a wrong one is a
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from ..errors import ProtocolError
+from ..ids import SAFE_ID
 from .frames import Frame, MsgType
 
 PROTOCOL_VERSIONS = (1,)  # link protocol versions this build speaks
-ROBOT_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")  # ASCII only: no look-alike ids
+ROBOT_ID = SAFE_ID  # ids become file names: shared.ids says which are safe
 
 T = TypeVar("T")
 
@@ -26,7 +26,8 @@ def _field(meta: dict[str, Any], key: str, typ: type[T], msg: str) -> T:
     ok = isinstance(v, typ) and not (typ is int and isinstance(v, bool))
     if not ok:
         raise ProtocolError(f"{msg}.{key} must be {typ.__name__}, got {type(v).__name__}", "bad_meta")
-    return v
+    checked: T = v
+    return checked
 
 
 def _uint(meta: dict[str, Any], key: str, msg: str, hi: int = 2**63 - 1) -> int:
@@ -132,9 +133,12 @@ class Chunk:
         seq = _uint(m, "seq", "chunk")
         if seq == 0:
             raise ProtocolError("chunk.seq starts at 1", "bad_meta")
+        episode_id = _field(m, "episode_id", str, "chunk")
+        if not SAFE_ID.fullmatch(episode_id):
+            raise ProtocolError(f"chunk.episode_id {episode_id[:40]!r} is not a valid episode id", "bad_meta")
         return cls(
             seq=seq,
-            episode_id=_field(m, "episode_id", str, "chunk")[:128],
+            episode_id=episode_id,
             rows=_uint(m, "rows", "chunk"),
             raw_size=_uint(m, "raw_size", "chunk"),
             crc32=_uint(m, "crc32", "chunk", 0xFFFFFFFF),

@@ -18,7 +18,8 @@ from websockets.exceptions import ConnectionClosed
 
 from cloud.app import make_app
 from cloud.buffer import ReplayBuffer
-from cloud.keys import BUFFER, CONFIG, REGISTRY
+from cloud.admin import ADMIN_URL
+from cloud.keys import ADMIN_TOKEN, BUFFER, CONFIG, REGISTRY
 from cloud.robots import RobotRegistry
 from shared import auth
 from shared.chunk import StepRecord, build_batch, checksum, encode_chunk
@@ -52,7 +53,7 @@ async def serve(tmp_path, server: dict | None = None, limits: dict | None = None
     """The learner on a free loopback port; ``server``/``limits`` override config sections."""
     cfg = LearnerConfig(
         data_dir=tmp_path / "run",
-        server={"host": "127.0.0.1", "port": 0, **(server or {})},
+        server={"host": "127.0.0.1", "port": 0, "auth": "open", **(server or {})},  # unenrolled test robots: opted in
         limits=limits or {},
         learner={"learning_starts": 10**9, "hidden": [16, 16], "batch_size": 8},
     )
@@ -62,8 +63,10 @@ async def serve(tmp_path, server: dict | None = None, limits: dict | None = None
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     host, port = runner.addresses[0][:2]
+    status_url = StatusURL(app[ADMIN_URL] + "/status")  # the admin listener, not the robot port
+    status_url.token = app[ADMIN_TOKEN]
     try:
-        yield app, f"ws://{host}:{port}/ws", f"http://{host}:{port}/status"
+        yield app, f"ws://{host}:{port}/ws", status_url
     finally:
         await runner.cleanup()
 
@@ -131,9 +134,15 @@ class Robot:
             await self.ws.close()
 
 
-async def _status(url: str) -> dict:
+class StatusURL(str):
+    """The admin listener's /status URL, with the admin token it needs."""
+
+    token = ""
+
+
+async def _status(url: StatusURL) -> dict:
     async with aiohttp.ClientSession() as s:
-        async with s.get(url) as r:
+        async with s.get(url, headers={"Authorization": f"Bearer {url.token}"}) as r:
             assert r.status == 200
             assert r.content_type == "application/json"
             return await r.json()
@@ -340,7 +349,7 @@ async def test_storage_failure_holds_the_robot_and_resend_lands_once(server, mon
 
 
 async def test_restart_keeps_the_durable_mark(tmp_path):
-    cfg = LearnerConfig(data_dir=tmp_path / "run", server={"port": 0},
+    cfg = LearnerConfig(data_dir=tmp_path / "run", server={"port": 0, "auth": "open"},
                         learner={"learning_starts": 10**9, "hidden": [16, 16]})
     for expect_acked, seqs in ((0, (1, 2)), (2, (3,))):
         app = make_app(cfg)
@@ -387,7 +396,7 @@ async def test_silent_robot_is_dropped_after_the_handshake_timeout(tmp_path):
         await ok.close()
 
 
-async def test_unenrolled_robot_on_loopback_is_let_in_unauthenticated(server):
+async def test_unenrolled_robot_is_let_in_unauthenticated_in_open_mode(server):
     app, url, status_url = server
     r = Robot(url, "robot-a")
     welcome = await r.open()

@@ -3,6 +3,7 @@ learner sampling from both sites, weight sync to a sim worker, shard restart."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections import Counter
 import tempfile
@@ -19,6 +20,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from cloud.cluster.channels import ShardChannel  # noqa: E402
 from cloud.cluster.config import parse_cluster  # noqa: E402
 from cloud.cluster.placement import PlacementError, node_resources  # noqa: E402
+from cloud.cluster.ray_env import ensure_ray_temp_root  # noqa: E402
 from cloud.cluster.runtime import ClusterRuntime  # noqa: E402
 from shared.chunk import StepRecord, build_batch, checksum, encode_chunk  # noqa: E402
 from shared.config import LearnerConfig  # noqa: E402
@@ -51,6 +53,11 @@ def ray_cluster():
     # A fresh short temp dir: Ray's socket paths must stay under 108 bytes, and a
     # stale ray_current_cluster file from a killed run must not be picked up.
     tmp = tempfile.mkdtemp(prefix="ray-")
+    # Ray also writes ray_current_cluster under its default temp root, whatever
+    # temp_dir says; point that root at our fresh folder, which we make exist.
+    saved = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = tmp
+    ensure_ray_temp_root()
     nodes = parse_cluster(cluster_table()).nodes
     common = {"object_store_memory": 100 * MB}
     r0 = node_resources(nodes[0])
@@ -67,6 +74,10 @@ def ray_cluster():
         ray.shutdown()
         c.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
+        if saved is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = saved
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ def learner(tmp_path: Path):
     cfg = tmp_path / "learner.toml"
     cfg.write_text(tomli_w.dumps({
         "data_dir": "learner",
-        "server": {"port": 0},
+        "server": {"port": 0, "auth": "open"},  # unenrolled robots on a loopback learner: opted in on both sides
         "learner": {"learning_starts": 100, "publish_every": 10, "batch_size": 64, "hidden": [64, 64]},
     }))
     proc = _start(["-m", "cloud", "serve", "--config", str(cfg)], tmp_path / "learner.log")
@@ -46,7 +46,7 @@ def _agent_config(tmp_path: Path, i: int, url: str) -> Path:
     p = tmp_path / f"agent-{i}.toml"
     p.write_text(tomli_w.dumps({
         "robot_id": f"robot-{i}",
-        "link": {"url": url},
+        "link": {"url": url, "allow_unauthenticated": True},
         "robot": {"driver": "mujoco_fetch", "options": {"seed": i}},
         "control": {"rate_hz": 100, "max_episodes": EPISODES, "chunk_steps": 20, "random_steps": 0, "seed": i},
         "spool": {"dir": f"agent-{i}/spool"},

@@ -3,6 +3,9 @@ and recovers, damaged spool records are quarantined and reported, never silent."
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import os
 import subprocess
 import time
@@ -10,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import Agent, Learner, assert_exactly_once, free_port, stored_rows, wait_for
+from tests.faults.harness import (Agent, Learner, Proxy, assert_exactly_once, assert_logs_quiet, free_port, stored_rows,
+                                 wait_for)
 
 
 @pytest.fixture
@@ -39,7 +43,8 @@ def _grow(mnt: Path, size: str) -> None:
 def test_robot_spool_disk_full_pauses_then_recovers(tmp_path: Path, tmpfs) -> None:
     spool = tmpfs("spool", "160k")
     port = free_port()
-    agent = Agent(tmp_path, "full", [f"ws://127.0.0.1:{port}/ws"], episodes=30, chunk_steps=10, spool_dir=spool)
+    agent = Agent(tmp_path, "full", [f"ws://127.0.0.1:{port}/ws"], episodes=30, chunk_steps=10, spool_dir=spool,
+                  spool={"quota_mb": 0})  # no quota: the disk's own limit is what is tested
     agent.start()
     # No learner yet: the spool fills to ENOSPC; the agent must hold, not crash.
     wait_for(lambda: "event=spool_write_failed" in agent.log.read_text(), 60, "the spool disk to fill")
@@ -76,21 +81,80 @@ def test_spool_quota_stops_new_episodes_until_acked(tmp_path: Path) -> None:
         learner.stop()
 
 
+HOLD_S = 5.0
+MAX_S = 1.0  # the agent's link.reconnect_max_s in the hold test
+
+
 def test_cloud_disk_full_holds_robots_then_recovers(tmp_path: Path, tmpfs) -> None:
+    """A full learner disk: robots are told to hold, back off across redials (not
+    4 a second), both sides say so in their status, and the logs stay readable."""
     data = tmpfs("cloud", "400k")
     learner = Learner(tmp_path, data_dir=data / "run", learner={"learning_starts": 10**9}).start()
-    agent = Agent(tmp_path, "hold", [learner.url], episodes=40, chunk_steps=10)
+    proxy = Proxy(learner.port)  # counts the robot's connections
+    agent = Agent(tmp_path, "hold", [proxy.url], episodes=40, chunk_steps=10, link={"reconnect_max_s": MAX_S})
     try:
         agent.start()
         wait_for(lambda: "event=segment_write_failed" in learner.log.read_text(), 90, "the cloud disk to fill")
         assert "code=hold" in learner.log.read_text() or "event=link_hold" in learner.log.read_text()
         assert learner.proc.poll() is None, "the learner crashed on a full disk"
+        conns = proxy.connections
+        time.sleep(HOLD_S)  # watching the robot wait out the hold: its redials follow the backoff
+        conns = proxy.connections - conns
+        # 0.05 s doubling to MAX_S (+-20% jitter): at most ~5 quick tries, then one per 0.8 * MAX_S.
+        bound = 5 + HOLD_S / (0.8 * MAX_S) + 1
+        print(f"in a {HOLD_S} s hold: {conns} connections (bound {bound:.0f})")
+        assert conns <= bound, f"{conns} reconnects in a {HOLD_S} s hold"
+        failed = learner.status()["storage"]["write_failures"]
+        assert failed <= proxy.connections, "each redial resends at most one window: at most one failed write"
+        s = learner.status()
+        assert s["storage"]["holding"] and "No space" in s["storage"]["last_write_error"], s["storage"]
+        robot = json.loads((agent.state_dir / "status.json").read_text())
+        assert robot["link"]["learner_holding"] and robot["link"]["last_error"].startswith("hold"), robot["link"]
         _grow(data, "64m")
         assert agent.wait(180) == 0, agent.log.read_text()[-2000:]
         assert not [p for p in (data / "run" / "buffer" / "segments").iterdir() if p.suffix == ".tmp"]
         assert_exactly_once(learner.data_dir, [agent])
+        assert not learner.status()["storage"]["holding"]
+        assert_logs_quiet(learner.log)
+        assert_logs_quiet(agent.log)
+        robot_log = agent.log.read_text()
+        # The robot hears the cause (hold), not its symptoms (a gap in what was stored, a closed link).
+        assert "bad_state" not in robot_log and "stream_gap" not in robot_log
     finally:
+        proxy.close()
         learner.stop()
+
+
+def test_publish_failure_is_logged_once_counted_and_recovers(tmp_path: Path, tmpfs, caplog) -> None:
+    """The learner's policy directory on a full disk: every publish fails with a real
+    OSError; robots stay on the last good version, and the operator is told."""
+    from cloud.publisher import WeightPublisher
+    from shared.weights import WeightsBlob, sha256
+
+    mnt = tmpfs("policy", "64k")
+
+    def blob(version: int, size: int) -> WeightsBlob:
+        data = os.urandom(size)
+        return WeightsBlob(version, sha256(data), data)
+
+    async def run() -> WeightPublisher:
+        pub = WeightPublisher(mnt / "policy")
+        assert await pub.publish(blob(1, 1000))
+        for v in range(2, 12):
+            assert not await pub.publish(blob(v, 200_000)), "a publish that could not be written"
+        assert pub.version == 1 and pub.failures == 10 and "No space" in pub.last_error
+        assert not list((mnt / "policy").glob("*.tmp")), "a failed write leaves no temp file holding the space"
+        assert await pub.publish(blob(12, 1000)), "the next publish that fits goes out"
+        assert pub.version == 12 and pub.last_error == ""
+        return pub
+
+    with caplog.at_level(logging.INFO, logger="fleetrl.publisher"):
+        pub = asyncio.run(run())
+    lines = [r.getMessage() for r in caplog.records if r.name == "fleetrl.publisher"]
+    failed = [m for m in lines if "event=publish_failed" in m]
+    assert len(failed) == 1 and "version=2" in failed[0] and "robots_stay_on_v1" in failed[0], lines
+    assert any("event=publish_recovered version=12" in m for m in lines), lines
+    assert WeightPublisher(mnt / "policy").version == pub.version == 12, "the recovered version is the one on disk"
 
 
 def test_torn_tail_and_flipped_byte_in_the_spool(tmp_path: Path) -> None:
