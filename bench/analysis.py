@@ -170,7 +170,7 @@ Recovery of 1M transitions takes a few seconds, close to a cold start
 orders of magnitude below memory because the product seals each group commit
 as **one Parquet row group**: a uniformly random batch touches most row
 groups, and each touch decodes hundreds of frames to use one. The product has
-no image sampler yet (`MemoryStore` holds state only). To close it: write
+no image sampler yet (its memory ring, `RingStorage`, holds state only). To close it: write
 image segments with small row groups (e.g. 64 rows) and sample by row group
 (draw row groups, then rows within them, RLPD-style mixing keeps it unbiased
 enough), keep a decoded-frame LRU, and keep recent frames in memory as uint8

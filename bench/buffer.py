@@ -2,10 +2,11 @@
 
 Sampling: camera-noisy image transitions are sealed into Parquet segments by
 the product's own ReplayBuffer.write (the layout ingest produces). The
-product's sampler holds state fields only (``cloud/buffer/memory.py``:
-"images stay on disk for now"), so this benchmark samples batches of 256
-(both frames, action, reward, done) from the segments with the sampler the
-design describes: random rows, their row groups decoded through an LRU that
+product's memory ring holds state fields only (``cloud/buffer/writer.py``:
+"images stay on disk"), so this benchmark samples batches of 256 (both
+frames, action, reward, done) from the segments with an image replay that is
+a ``SampleSource`` like the product's buffers: random rows (the product's
+``UniformSampler``), their row groups decoded through an LRU that
 holds ~10 % of the data. Baseline in the same run: the same batches gathered
 from the same frames held in memory as uint8 arrays.
 
@@ -28,22 +29,30 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cloud.buffer import Batch, Dims, SampleSource, UniformSampler
+
 from . import common as C
 
 BATCH = 256
 
 
 class DiskSampler:
-    """Uniform random rows from sealed segments; decoded row groups in an LRU (bench-side)."""
+    """Image replay: uniform random rows from sealed segments; decoded row groups in an LRU (bench-side).
 
-    def __init__(self, seg_dir: Path, segments: list, cache_rows: int, img_shape: tuple[int, ...]):
+    A ``cloud.buffer.SampleSource`` like the product's buffers, drawing rows with the product's sampler.
+    """
+
+    def __init__(self, paths: list[Path], cache_rows: int, img_shape: tuple[int, ...], act_dim: int = 4):
         self.groups = []  # (path, row group index, rows)
-        for s in segments:
-            md = pq.read_metadata(seg_dir / s.name)
+        for p in paths:
+            md = pq.read_metadata(p)
             for i in range(md.num_row_groups):
-                self.groups.append((seg_dir / s.name, i, md.row_group(i).num_rows))
+                self.groups.append((p, i, md.row_group(i).num_rows))
         self.starts = np.cumsum([0] + [g[2] for g in self.groups])
         self.total = int(self.starts[-1])
+        self.segment_count = len(paths)
+        self.dims = Dims(int(np.prod(img_shape)), act_dim, ("camera",))
+        self.sampler = UniformSampler()
         self.cache: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
         self.cache_rows, self.cached_rows = cache_rows, 0
         self.shape = img_shape
@@ -73,8 +82,14 @@ class DiskSampler:
             self.cached_rows -= len(old["reward"])
         return g
 
-    def sample(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        rows = rng.integers(0, self.total, BATCH)
+    @property
+    def size(self) -> int:
+        return self.total
+
+    added = rows = size
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
+        rows = self.sampler.indices(self.total, batch_size, rng)
         gi = np.searchsorted(self.starts, rows, side="right") - 1
         out = {k: [] for k in ("obs", "next_obs", "action", "reward", "terminated")}
         for g in np.unique(gi):
@@ -112,17 +127,18 @@ def sampling(root: Path, n: int, res: C.Result, quick: bool) -> None:
             seq += 1
             items.append(("img-robot", seq, build_batch(spec, "img-robot", f"ep{c // 50}", steps)))
         buf.write(items)
-    segs = buf.store.manifest.segments
-    drop_page_cache([buf.store.seg_dir / s.name for s in segs])
-    sampler = DiskSampler(buf.store.seg_dir, segs, cache_rows=max(BATCH, n // 10), img_shape=(128, 128, 3))
+    paths = buf.segment_paths()
+    drop_page_cache(paths)
+    sampler = DiskSampler(paths, cache_rows=max(BATCH, n // 10), img_shape=(128, 128, 3))
+    assert isinstance(sampler, SampleSource)  # the protocol the trainer samples through
     # memory baseline: the same frames as uint8 arrays (each transition's own obs/next_obs frames)
     idx = np.arange(n) % 200
     stack = np.stack([o["camera"] for o in obs[:201]])
     mem = {"obs": stack[idx], "next_obs": stack[idx + 1], "action": rng.uniform(-1, 1, (n, 4)).astype(np.float32),
            "reward": np.zeros(n, np.float32), "terminated": np.zeros(n, bool)}
 
-    def mem_sample(r: np.random.Generator) -> dict[str, np.ndarray]:
-        rows = r.integers(0, n, BATCH)
+    def mem_sample(batch_size: int, r: np.random.Generator) -> Batch:
+        rows = r.integers(0, n, batch_size)
         return {k: v[rows] for k, v in mem.items()}
 
     budget = 1.5 if quick else 8.0
@@ -131,7 +147,7 @@ def sampling(root: Path, n: int, res: C.Result, quick: bool) -> None:
         r = np.random.default_rng(1)
         k, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < budget or k < 2:
-            b = fn(r)
+            b = fn(BATCH, r)
             assert b["obs"].shape == (BATCH, 128, 128, 3)
             k += 1
         return k / (time.perf_counter() - t0)
@@ -142,9 +158,9 @@ def sampling(root: Path, n: int, res: C.Result, quick: bool) -> None:
     label = f"batch {BATCH}, 128x128 RGB, {n} transitions on disk, LRU 10%"
     res.add(label, "batches/s from Parquet segments", disk, "1/s", base, disk / base, "report", None)
     res.add(label, "image MB/s delivered", disk * mb, "MB/s", base * mb, disk / base)
-    res.extra["sampling"] = {"transitions": n, "segments": len(segs), "row_groups": len(sampler.groups),
+    res.extra["sampling"] = {"transitions": n, "segments": sampler.segment_count, "row_groups": len(sampler.groups),
                              "row_group_loads": sampler.loads, "disk_batches_per_s": disk, "memory_batches_per_s": base,
-                             "segment_bytes": sum((buf.store.seg_dir / s.name).stat().st_size for s in segs)}
+                             "segment_bytes": sum(p.stat().st_size for p in paths)}
 
 
 def synthetic_batch(schema: pa.Schema, n: int, first: int, rng: np.random.Generator) -> pa.RecordBatch:

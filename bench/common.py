@@ -1,8 +1,8 @@
 """What every benchmark shares: result rows and JSON, real learner/agent processes,
 MuJoCo-rendered frames (clean and camera-noisy) and pre-filled robot spools.
 
-Process handling follows tests/faults/harness.py (copied, not imported: bench
-must not depend on the test tree).
+Processes, waits and the exactly-once count come from the shared harness
+package (harness/, beside tests/ and bench/; not part of the installed product).
 """
 
 from __future__ import annotations
@@ -13,12 +13,8 @@ import json
 import math
 import os
 import platform
-import re
-import signal
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -28,12 +24,14 @@ from urllib.parse import urlsplit
 import numpy as np
 import tomli_w
 
+import harness
+from harness import count_exactly_once, free_port, kill_all, log_events, read_ready, spawn, stop, wait_for  # noqa: F401
 from shared.config import is_loopback
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = harness.procs.ROOT
 RESULTS = ROOT / "bench" / "results"
-LIVE: list[subprocess.Popen] = []
 
+# Looser than the tests' harness.FAST_LINK: a WAN-like or loaded benchmark link must not flap.
 FAST_LINK = {"reconnect_min_s": 0.05, "reconnect_max_s": 0.5, "ping_interval_s": 1.0, "ping_timeout_s": 3.0,
              "connect_timeout_s": 3.0}
 
@@ -176,109 +174,23 @@ def machine() -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- processes
+# Starting, stopping and waiting on real processes is the test harness's (harness/), shared with tests/.
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Learner(harness.Learner):
+    """``python -m cloud serve`` (or the bench host, which adds a publish route) on a TOML config:
+    no training unless a benchmark asks, a big in-memory buffer."""
 
-
-def wait_for(predicate, timeout: float, what: str, every: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(every)
-
-
-def spawn(args: list[str], log: Path, stdout=subprocess.DEVNULL, env: dict[str, str] | None = None,
-          prefix: list[str] | None = None) -> subprocess.Popen:
-    p = subprocess.Popen((prefix or []) + args, stdout=stdout, stderr=open(log, "ab"), cwd=ROOT,
-                         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
-    LIVE.append(p)
-    return p
-
-
-def stop(p: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
-    if p is None or p.poll() is not None:
-        return
-    p.send_signal(sig)
-    try:
-        p.wait(timeout)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait(10)
-
-
-def kill_all() -> None:
-    while LIVE:
-        stop(LIVE.pop(), signal.SIGKILL, 10)
-
-
-def read_ready(p: subprocess.Popen, log: Path, timeout: float = 60) -> str:
-    """The first stdout line of a process that prints ``READY <url>``."""
-    import selectors
-
-    sel = selectors.DefaultSelector()
-    sel.register(p.stdout, selectors.EVENT_READ)
-    if not sel.select(timeout):
-        raise TimeoutError(f"no READY line after {timeout} s: {log.read_text()[-2000:]}")
-    line = p.stdout.readline().decode()
-    if not line.startswith("READY "):
-        raise RuntimeError(f"process did not start: {line!r} {log.read_text()[-3000:]}")
-    return line.split()[1]
-
-
-class Learner:
-    """``python -m cloud serve`` (or the bench host, which adds a publish route) on a TOML config."""
+    DEFAULTS = {"learning_starts": 10**9, "batch_size": 256, "memory_capacity": 200_000}
+    HEARTBEAT_S = 5.0
+    CLEAN_EXIT = False  # a benchmark reports its figures; the fault suites check clean exits
 
     def __init__(self, root: Path, learner: dict[str, Any] | None = None, limits: dict[str, Any] | None = None,
                  host: str = "127.0.0.1", port: int = 0, data_dir: Path | None = None, name: str = "learner",
                  bench_host: bool = False):
-        self.root, self.name, self.bench_host = root, name, bench_host
-        root.mkdir(parents=True, exist_ok=True)
-        self.data_dir = data_dir or root / name
-        self.cfg = root / f"{name}.toml"
-        cfg: dict[str, Any] = {
-            "data_dir": str(self.data_dir),
-            # unenrolled bench robots: opted in explicitly, and only a loopback learner may be open
-            "server": {"host": host, "port": port, "heartbeat_s": 5.0, "auth": "open" if is_loopback(host) else "required"},
-            "learner": {"learning_starts": 10**9, "batch_size": 256, "memory_capacity": 200_000, **(learner or {})},
-        }
-        if limits:
-            cfg["limits"] = limits
-        self.cfg.write_text(tomli_w.dumps(cfg))
-        self.log = root / f"{name}.log"
-        self.proc: subprocess.Popen | None = None
-        self.url = ""
-
-    def start(self, resume: bool = False, prefix: list[str] | None = None, timeout: float = 90) -> "Learner":
-        mod = ["bench._learner_host"] if self.bench_host else ["cloud", "serve"]
-        args = [sys.executable, "-m", *mod, "--config", str(self.cfg)] + (["--resume"] if resume else [])
-        self.proc = spawn(args, self.log, stdout=subprocess.PIPE, prefix=prefix)
-        self.url = read_ready(self.proc, self.log, timeout)
-        return self
-
-    @property
-    def http(self) -> str:
-        return self.url.replace("ws://", "http://").rsplit("/ws", 1)[0]
-
-    def status(self) -> dict[str, Any]:
-        """/status from the learner's loopback admin listener (endpoint.json), with the admin token."""
-        import urllib.request
-
-        endpoint = json.loads((self.data_dir / "endpoint.json").read_text())
-        token = (self.data_dir / "admin_token").read_text().strip()
-        req = urllib.request.Request(endpoint["status"], headers={"Authorization": f"Bearer {token}"})
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return json.loads(r.read())
-
-    def stop(self) -> None:
-        stop(self.proc)
-
-    def kill(self) -> None:
-        stop(self.proc, signal.SIGKILL)
+        super().__init__(root, port=port, data_dir=data_dir, learner=learner, name=name, limits=limits, host=host)
+        if bench_host:
+            self.MODULE = ["bench._learner_host"]
 
 
 def agent_config(root: Path, robot_id: str, url: str, *, camera: bool = False, codec: str = "raw",
@@ -315,21 +227,6 @@ def start_agent(cfg: Path, drain_timeout: float = 300, probe: Path | None = None
     else:
         args = [sys.executable, "-m", "edge_agent", "run", "--config", str(cfg), "--drain-timeout", str(drain_timeout)]
     return spawn(args, log, prefix=prefix)
-
-
-_TS = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
-
-
-def log_events(log: Path, event: str) -> list[tuple[float, str]]:
-    """(unix time, line) of each ``event=<event>`` line of a daemon log."""
-    out = []
-    for ln in log.read_text(errors="replace").splitlines():
-        if f"event={event}" in ln:
-            m = _TS.match(ln)
-            if m:
-                t = dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-                out.append((t, ln))
-    return out
 
 
 # ---------------------------------------------------------------- data
@@ -406,9 +303,9 @@ class ChunkSet:
 
 def make_chunks(kind: str, transitions: int, robot_id: str, chunk_steps: int = 50, distinct: int = 100,
                 codec: str = "raw") -> ChunkSet:
-    """Episode chunks exactly as the agent encodes them (build_batch + encode_chunk), from
+    """Episode chunks exactly as the agent encodes them (shared.chunk.make_chunk), from
     ``distinct`` real steps cycled (more than a chunk, so zstd sees no repeats in one chunk)."""
-    from shared.chunk import StepRecord, build_batch, encode_chunk
+    from shared.chunk import StepRecord, make_chunk
 
     spec, obs = observations(kind, distinct)
     if codec != "raw":
@@ -429,8 +326,8 @@ def make_chunks(kind: str, transitions: int, robot_id: str, chunk_steps: int = 5
                 step = start + i
                 steps.append(StepRecord(obs=obs[k], action=rng.uniform(-1, 1, 4).astype(np.float32), reward=-0.1,
                                         next_obs=obs[k + 1], terminated=False, truncated=step == 49, step=step))
-            batch = build_batch(spec, robot_id, eid, steps)
-            chunks.append((eid, n, batch.nbytes, encode_chunk(batch)))
+            c = make_chunk(spec, robot_id, eid, steps)
+            chunks.append((eid, c.rows, c.raw_size, c.body))
             t += n
     return ChunkSet(spec, chunks)
 
@@ -444,31 +341,6 @@ def prefill_spool(spool_dir: Path, cs: ChunkSet) -> None:
     for eid, rows, raw, body in cs.chunks:
         sp.append(eid, rows, raw, checksum(body), body)
     sp.close()
-
-
-def stored_rows(data_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    import pyarrow.parquet as pq
-
-    buf = data_dir / "buffer"
-    manifest = json.loads((buf / "manifest.json").read_text())
-    rows: list[dict[str, Any]] = []
-    for s in manifest["segments"]:
-        t = pq.read_table(buf / "segments" / s["name"], columns=["robot_id", "episode_id", "step", "stream_seq"])
-        rows.extend(t.to_pylist())
-    return manifest, rows
-
-
-def count_exactly_once(data_dir: Path, robot_id: str, ledger_path: Path) -> dict[str, int]:
-    """Generated (the agent's ledger) against stored rows, duplicates by (episode, step, seq)."""
-    from collections import Counter
-
-    ledger = json.loads(ledger_path.read_text())
-    _, rows = stored_rows(data_dir)
-    mine = [r for r in rows if r["robot_id"] == robot_id]
-    keys = Counter((r["episode_id"], r["step"], r["stream_seq"]) for r in mine)
-    return {"generated": ledger["transitions"], "stored": len(mine),
-            "duplicates": sum(c - 1 for c in keys.values() if c > 1),
-            "missing": ledger["transitions"] - len(set(keys))}
 
 
 def ratio(a: float | None, b: float | None) -> float:

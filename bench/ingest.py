@@ -51,7 +51,7 @@ def run_kind(kind: str, n: int, root: Path, res: C.Result) -> None:
         if rc != 0 or not up or not drained:
             raise RuntimeError(f"agent exited {rc}: {log.read_text()[-2000:]}")
         secs = drained[0][0] - up[0][0]
-        count = C.count_exactly_once(learner.data_dir, robot, cfg.parent / "state" / "ledger.json")
+        count = C.count_exactly_once(learner.data_dir, robot, cfg.parent / "state")
     finally:
         learner.stop()
     rows = count["generated"]

@@ -149,7 +149,7 @@ def run(quick: bool = False) -> C.Result:
                 raise RuntimeError("the backlog drained before the cut: make it larger")
             C.stop(relay)
             ups = json.loads(record.read_text())
-            count = C.count_exactly_once(learner.data_dir, robot, cfg.parent / "state" / "ledger.json")
+            count = C.count_exactly_once(learner.data_dir, robot, cfg.parent / "state")
             reconnects = len(C.log_events(log, "link_up")) - 1
             link_events = [(round(t - heal_at, 3), ln.split("event=", 1)[1][:140])
                            for ev in ("link_up", "link_down") for t, ln in C.log_events(log, ev)]

@@ -18,6 +18,8 @@ from typing import Any, AsyncIterator
 
 from aiohttp import web
 
+from shared.errors import FleetError
+
 from .gateway import CONTROL, Link
 from .keys import REGISTRY, ROBOTS
 from .robots import RobotRegistry
@@ -44,19 +46,34 @@ def refusal(link: Link, registry: RobotRegistry) -> tuple[str, str] | None:
     return None
 
 
+CLOSE_TIMEOUT_S = 5.0  # a revoked peer that stops reading must not hold up the other closes
+
+
+async def _close(link: Link, why: tuple[str, str]) -> None:
+    try:  # the reason first (it overtakes queued policy parts), then the close; a peer that stops reading gets neither
+        await asyncio.wait_for(link.outbox.send(CONTROL, link.conn.reject(*why)), CLOSE_TIMEOUT_S)
+        await asyncio.wait_for(link.ws.close(code=4003, message=why[0].encode()), CLOSE_TIMEOUT_S)
+    except asyncio.TimeoutError:  # the peer does not read: drop the transport; the link's handler ends
+        req = getattr(link.ws, "_req", None)  # aiohttp offers no public handle on the transport
+        if req is not None and req.transport is not None:
+            req.transport.abort()
+
+
 async def sweep(app: web.Application) -> list[str]:
-    """Close the links that lost their right to be open; their robot ids."""
-    registry, closed = app[REGISTRY], []
+    """Close the links that lost their right to be open, all at once; their robot ids."""
+    registry, closing = app[REGISTRY], {}
     for rid, link in list(app[ROBOTS].items()):
-        why = refusal(link, registry)
+        try:
+            why = refusal(link, registry)
+        except Exception:  # noqa: BLE001 - one odd link must not stop the checks of the others
+            log.exception("event=access_check_failed robot_id=%s", rid)
+            why = ("revoked", "the learner could not check this link's right to stay open")
         if why is None or link.ws.closed:
             continue
-        link.outbox.put(CONTROL, link.conn.reject(*why))
-        await asyncio.sleep(0)  # let the pump send the reason before the close
-        await link.ws.close(code=4003, message=why[0].encode())
-        closed.append(rid)
         log.warning("event=link_closed_by_access robot_id=%s code=%s", rid, why[0])
-    return closed
+        closing[rid] = _close(link, why)
+    await asyncio.gather(*closing.values(), return_exceptions=True)
+    return list(closing)
 
 
 def _identity(path: os.PathLike[str]) -> tuple[int, int, int, int] | None:
@@ -72,10 +89,12 @@ def reload(app: web.Application) -> bool:
     registry = app[REGISTRY]
     try:
         registry.reload()
-    except (OSError, ValueError, TypeError) as e:
+    except (OSError, FleetError) as e:
         log.error("event=robots_reload_failed path=%s error=%r (keeping the previous table)", registry.path, e)
         return False
-    log.info("event=robots_reloaded robots=%d", len(registry.entries))
+    for name, why in registry.invalid.items():
+        log.error("event=robot_entry_invalid robot_id=%s error=%r action=refused_until_fixed", name, why)
+    log.info("event=robots_reloaded robots=%d invalid=%d", len(registry.entries), len(registry.invalid))
     return True
 
 

@@ -17,6 +17,7 @@ from aiohttp import WSMsgType, web
 
 from shared.config import is_loopback
 from shared.errors import ConfigError
+from shared.tasks import until_first_done
 
 from . import access
 from .gateway import BULK, CONTROL, TunnelInbox
@@ -91,18 +92,15 @@ async def tunnel(request: web.Request) -> web.WebSocketResponse:
 
     async def client_to_robot() -> None:
         async for m in ws:
-            if m.type is WSMsgType.BINARY:
-                link.outbox.put(BULK, link.conn.tunnel_data(stream, m.data))
+            if m.type is WSMsgType.BINARY:  # one message at a time: a slow robot link slows the client, not our memory
+                await link.outbox.send(BULK, link.conn.tunnel_data(stream, m.data))
 
-    down, up = asyncio.create_task(robot_to_client()), asyncio.create_task(client_to_robot())
+    down = asyncio.ensure_future(robot_to_client())
+    robot_ended = False
     try:
-        await asyncio.wait([down, up], return_when=asyncio.FIRST_COMPLETED)
+        robot_ended = down in await until_first_done(down, client_to_robot())
     finally:
         link.tunnels.pop(stream, None)
-        robot_ended = down.done()
-        for t in (down, up):
-            t.cancel()
-        await asyncio.gather(down, up, return_exceptions=True)
         if not robot_ended and link.conn.state.value == "open":
             link.outbox.put(CONTROL, link.conn.tunnel_close(stream, "client closed"))
         await ws.close()

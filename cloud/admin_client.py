@@ -16,6 +16,7 @@ import aiohttp
 
 from shared.config import LearnerConfig
 from shared.errors import ConfigError, FleetError
+from shared.tasks import until_first_done
 
 
 class AdminError(FleetError):
@@ -137,11 +138,7 @@ async def serve_tunnel(cfg: LearnerConfig, robot: str, port: int, local_port: in
                         await writer.drain()
                 writer.close()
 
-            tasks = [asyncio.create_task(up()), asyncio.create_task(down())]
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await until_first_done(up(), down())
             writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", local_port)

@@ -12,6 +12,7 @@ most ``per_source`` of each from one address and the learner at most
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections import Counter
 from typing import Any, Callable
@@ -26,8 +27,22 @@ LOGS = LogLimiter(1.0)  # a flood must not flood the log: one line per kind and 
 HEADER_END = b"\r\n\r\n"
 
 
+def source_key(address: str) -> str:
+    """What counts as one source: an IPv4 address, or an IPv6 /64 (one host usually holds a whole
+    /64, so counting single IPv6 addresses would let it open sockets without limit)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:  # ::ffff:a.b.c.d is an IPv4 peer on a dual-stack socket
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 class SourceCounter:
-    """Slots held per source address, at most ``per_source`` each and ``total`` in all."""
+    """Slots held per source (see :func:`source_key`), at most ``per_source`` each and ``total`` in all."""
 
     def __init__(self, total: int, per_source: int):
         self.total, self.per_source = total, per_source
@@ -35,8 +50,9 @@ class SourceCounter:
         self.held = 0
         self.refused = 0
 
-    def admit(self, source: str) -> str | None:
-        """Take a slot for ``source``; None on success, else why not."""
+    def admit(self, address: str) -> str | None:
+        """Take a slot for ``address``'s source; None on success, else why not."""
+        source = source_key(address)
         if self.by_source[source] >= self.per_source:
             self.refused += 1
             return f"{self.by_source[source]} already open from {source} (at most {self.per_source})"
@@ -47,7 +63,8 @@ class SourceCounter:
         self.held += 1
         return None
 
-    def release(self, source: str) -> None:
+    def release(self, address: str) -> None:
+        source = source_key(address)
         self.held -= 1
         self.by_source[source] -= 1
         if self.by_source[source] <= 0:

@@ -7,7 +7,8 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from typing import Any, AsyncIterator
+from functools import partial
+from typing import AsyncIterator
 
 from aiohttp import web
 
@@ -26,6 +27,7 @@ from .keys import HANDSHAKES, ADMIN_TOKEN, BUFFER, CONFIG, INGEST, LIMITS, PUBLI
 from .robots import RobotRegistry
 from .learner.trainer import Trainer
 from .publisher import WeightPublisher
+from .status import LearnerStatus
 
 log = logging.getLogger("fleetrl.app")
 
@@ -33,8 +35,11 @@ log = logging.getLogger("fleetrl.app")
 CHECKPOINT = "checkpoints/learner.safetensors"
 
 
-def make_app(cfg: LearnerConfig, resume: bool = False) -> web.Application:
-    """The learner app; ``resume`` continues training from the data_dir's checkpoint."""
+def make_app(cfg: LearnerConfig, resume: bool = False, with_trainer: bool = True) -> web.Application:
+    """The learner app; ``resume`` continues training from the data_dir's checkpoint.
+
+    ``with_trainer=False``: gateway, buffer and weight publisher only (a cluster
+    shard: the cluster learner trains and its weights are relayed here)."""
     ckpt = cfg.data_dir / CHECKPOINT
     if ckpt.exists() and not resume:
         raise ConfigError(
@@ -55,7 +60,7 @@ def make_app(cfg: LearnerConfig, resume: bool = False) -> web.Application:
     app[HANDSHAKES] = SourceCounter(cfg.server.max_pending_handshakes, cfg.server.max_pending_per_source)
     app[ADMIN_TOKEN] = admin_token(cfg.data_dir)
     app.cleanup_ctx.append(_storage)
-    app.cleanup_ctx.append(_learning)
+    app.cleanup_ctx.append(partial(_learning, with_trainer=with_trainer))
     app.cleanup_ctx.append(follow_robots)
     app.cleanup_ctx.append(admin_listener)  # /status and /admin/*: loopback, token; never on the robot port
     app.router.add_get("/ws", robot_ws)  # the only route robots (and the internet) can reach
@@ -75,13 +80,13 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     app[BUFFER] = buffer
     app[INGEST] = Ingest(buffer, app[LIMITS], quotas=Quotas.from_config(cfg.limits))
     writer = asyncio.create_task(app[INGEST].run_writer())
-    log.info("event=buffer_ready run_id=%s rows=%d report=%s", buffer.run_id, buffer.rows, buffer.store.recovery_report)
+    log.info("event=buffer_ready run_id=%s rows=%d report=%s", buffer.run_id, buffer.rows, buffer.recovery_report)
     yield
     writer.cancel()
     await asyncio.gather(writer, return_exceptions=True)
 
 
-async def _learning(app: web.Application) -> AsyncIterator[None]:
+async def _learning(app: web.Application, with_trainer: bool = True) -> AsyncIterator[None]:
     cfg = app[CONFIG]
     loop = asyncio.get_running_loop()
     publisher = WeightPublisher(cfg.data_dir / "policy")
@@ -90,19 +95,22 @@ async def _learning(app: web.Application) -> AsyncIterator[None]:
     def publish(blob) -> None:  # called on the trainer thread
         asyncio.run_coroutine_threadsafe(publisher.publish(blob), loop).add_done_callback(_publish_done)
 
-    (cfg.data_dir / CHECKPOINT).parent.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(
-        app[BUFFER], cfg.learner, publish, start_version=publisher.version,
-        checkpoint_path=cfg.data_dir / CHECKPOINT, resume=app[RESUME], published=publisher.latest,
-    )
-    app[TRAINER] = trainer
-    app[INGEST].on_durable = trainer.notify_data
-    trainer.start()
+    trainer = None
+    if with_trainer:
+        (cfg.data_dir / CHECKPOINT).parent.mkdir(parents=True, exist_ok=True)
+        trainer = Trainer(
+            app[BUFFER], cfg.learner, publish, start_version=publisher.version,
+            checkpoint_path=cfg.data_dir / CHECKPOINT, resume=app[RESUME], published=publisher.latest,
+        )
+        app[TRAINER] = trainer
+        app[INGEST].on_durable = trainer.notify_data
+        trainer.start()
     yield
     for robot in list(app[ROBOTS].values()):
         await robot.ws.close(code=1001, message=b"learner shutting down")
-    trainer.stop()
-    await asyncio.to_thread(trainer.join, 10.0)
+    if trainer is not None:
+        trainer.stop()
+        await asyncio.to_thread(trainer.join, 10.0)
 
 
 def _publish_done(fut) -> None:
@@ -111,28 +119,28 @@ def _publish_done(fut) -> None:
         log.error("event=publish_crashed error=%r", fut.exception())
 
 
-def snapshot(app: web.Application) -> dict[str, Any]:
-    buffer, trainer, ingest = app[BUFFER], app[TRAINER], app[INGEST]
+def snapshot(app: web.Application) -> LearnerStatus:
+    buffer, trainer, ingest = app[BUFFER], app.get(TRAINER), app[INGEST]
     return {
         "time": time.time(),
         "run_id": buffer.run_id,
         "data_dir": str(app[CONFIG].data_dir),
         "buffer_rows": buffer.rows,
         "rows_by_robot": dict(buffer.rows_by_robot),
-        "hwm": dict(buffer.store.manifest.hwm),
+        "hwm": buffer.marks(),
         "episodes": buffer.episodes_total,
         "success_rate": buffer.success_rate(),
         "policy_version": app[PUBLISHER].version,
-        "updates": trainer.updates,
-        "resumed_from_update": trainer.resumed_from,
-        "resumed_from_policy": trainer.resumed_from_policy,
+        "updates": trainer.updates if trainer else 0,
+        "resumed_from_update": trainer.resumed_from if trainer else None,
+        "resumed_from_policy": trainer.resumed_from_policy if trainer else None,
         "publish_failures": app[PUBLISHER].failures,
         "last_publish_error": app[PUBLISHER].last_error or None,
         "storage": {"holding": ingest.holding, "write_failures": ingest.write_failures,
                     "last_write_error": ingest.last_write_error or None},
-        "updates_per_s": round(trainer.updates_per_s, 1),
-        "losses": trainer.last_losses,
-        "trainer_error": repr(trainer.error) if trainer.error else None,
+        "updates_per_s": round(trainer.updates_per_s, 1) if trainer else 0.0,
+        "losses": trainer.last_losses if trainer else {},
+        "trainer_error": repr(trainer.error) if trainer and trainer.error else None,
         "ingest": {"chunks": ingest.chunks, "rows": ingest.rows, "duplicates": ingest.duplicates},
         "robots": {
             rid: {"since": r.since, "chunks": r.chunks, "authenticated": r.authenticated, "reported": r.status}

@@ -130,9 +130,15 @@ def robots_list(config: Path = typer.Option(..., "--config", "-c", help="run TOM
     from .robots import RobotRegistry
 
     cfg = _load(config)
-    reg = RobotRegistry(registry_path(cfg))
-    if not reg.entries:
+    try:
+        reg = RobotRegistry(registry_path(cfg))
+    except FleetError as err:
+        typer.echo(f"cloud-learner: {err}", err=True)
+        raise typer.Exit(2) from None
+    if not reg.entries and not reg.invalid:
         typer.echo("no robots enrolled")
+    for name, why in reg.invalid.items():
+        typer.echo(f"{name:<24} INVALID  refused until fixed: {why}")
     for e in reg.entries.values():
         exp = "never" if e.expires is None else _time.strftime("%Y-%m-%d %H:%M", _time.localtime(e.expires))
         state = "revoked" if e.revoked else ("expired" if e.refusal() else "active")

@@ -1,4 +1,6 @@
-"""The robot websocket endpoint: a thin asyncio layer over CloudConnection.
+"""The robot websocket endpoint: a thin asyncio layer over CloudConnection and the
+stream rules of :mod:`shared.protocol.stream` (ack order and credit, policy parts and
+resume, the message rate); this file moves bytes and counts refusals.
 
 One outbox per link, control before bulk: acks and rejects overtake queued
 policy bytes. Every refusal sends a reason code and a message, counts it,
@@ -17,10 +19,13 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from shared.auth import certificate_sha256
-from shared.errors import FleetError, ProtocolError
+from shared.errors import FleetError, InvalidState, ProtocolError
 from shared.lograte import LogLimiter
 from shared.protocol import Chunk, CloudConnection, Hello, Lost, Reject, Status, TunnelClose, TunnelData
+from shared.protocol.codes import RejectCode
+from shared.protocol.stream import POLICY_PART_BYTES, AckOrder, PolicySender, RateLimit
 from shared.schema import EpisodeSpec
+from shared.tasks import until_first_done
 
 from .keys import HANDSHAKES, BUFFER, CONFIG, INGEST, LIMITS, PUBLISHER, REGISTRY, REJECTIONS, ROBOTS
 
@@ -28,7 +33,6 @@ log = logging.getLogger("fleetrl.gateway")
 LOGS = LogLimiter(1.0)  # a flapping link or a full disk: one line per kind and robot per second
 
 CONTROL, BULK = 0, 1
-POLICY_PART_BYTES = 4 << 20
 TUNNEL_QUEUE_BYTES = 4 << 20  # per tunnel stream, robot -> admin client, not yet sent on
 
 
@@ -99,24 +103,8 @@ class TunnelInbox:
         return data
 
 
-class RateLimit:
-    """Token bucket: ``rate`` messages per second, bursts of two seconds' worth."""
-
-    def __init__(self, rate: float):
-        self.rate, self.tokens, self.t = rate, 2 * rate, time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(2 * self.rate, self.tokens + (now - self.t) * self.rate)
-        self.t = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
-
-
 def _refuse(app: web.Application, code: str) -> None:
-    app[REJECTIONS][code] += 1
+    app[REJECTIONS][str(code)] += 1  # the plain wire string: a RejectCode and its value are one key
 
 
 class _ClosedBeforeHello(Exception):
@@ -125,10 +113,13 @@ class _ClosedBeforeHello(Exception):
 
 def _cause_first(t: asyncio.Task[Any]) -> int:
     """Order finished link tasks so the one that says why the link ended is raised:
-    a failed write (hold) or a refusal before the connection errors it caused."""
+    a failed write (hold) or a refusal before the connection errors it caused, and
+    those before an InvalidState (a send on a link that already closed)."""
     if t.cancelled() or t.exception() is None:
         return 3
     e = t.exception()
+    if isinstance(e, InvalidState):
+        return 2
     return 0 if isinstance(e, OSError) and not isinstance(e, ConnectionError) else 1 if isinstance(e, FleetError) else 2
 
 
@@ -150,16 +141,15 @@ async def robot_ws(request: web.Request) -> web.WebSocketResponse:
     conn = CloudConnection(limits, channel=certificate_sha256(server.tls_cert))  # binds the robot's proof to our cert
     link: Link | None = None
     robot_id = None
-    tasks: list[asyncio.Task[Any]] = []
     pending, source = app[HANDSHAKES], request.remote or "?"
     waiting = False  # holds a pending-handshake slot (until its hello authenticates)
     try:
         why = pending.admit(source)
         if why is not None:
-            raise ProtocolError(f"too many links waiting to authenticate: {why}", "too_many_handshakes")
+            raise ProtocolError(f"too many links waiting to authenticate: {why}", RejectCode.TOO_MANY_HANDSHAKES)
         waiting = True
         if len(app[ROBOTS]) >= server.max_connections:
-            raise ProtocolError(f"the learner serves at most {server.max_connections} robot links", "too_many_connections")
+            raise ProtocolError(f"the learner serves at most {server.max_connections} robot links", RejectCode.TOO_MANY_CONNECTIONS)
         await ws.send_bytes(conn.challenge())
         first = await asyncio.wait_for(ws.receive(), server.handshake_timeout_s)
         if first.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED) or (
@@ -169,13 +159,14 @@ async def robot_ws(request: web.Request) -> web.WebSocketResponse:
         if first.type is WSMsgType.ERROR:
             err = ws.exception()
             if "size" in str(err).lower():
-                raise ProtocolError(f"a message larger than limits.max_frame_bytes ({limits.max_frame_bytes})", "frame_too_large")
-            raise ProtocolError(f"websocket error: {err}", "bad_frame")
+                raise ProtocolError(f"a message larger than limits.max_frame_bytes ({limits.max_frame_bytes})",
+                                    RejectCode.FRAME_TOO_LARGE)
+            raise ProtocolError(f"websocket error: {err}", RejectCode.BAD_FRAME)
         if first.type is not WSMsgType.BINARY:
-            raise ProtocolError("expected a binary hello", "bad_state")
+            raise ProtocolError("expected a binary hello", RejectCode.BAD_STATE)
         hello_cap = app[CONFIG].limits.max_hello_bytes
         if len(first.data) > hello_cap:  # read under max_frame_bytes: aiohttp fixes the limit at prepare
-            raise ProtocolError(f"hello of {len(first.data)} bytes exceeds limits.max_hello_bytes ({hello_cap})", "hello_too_large")
+            raise ProtocolError(f"hello of {len(first.data)} bytes exceeds limits.max_hello_bytes ({hello_cap})", RejectCode.HELLO_TOO_LARGE)
         hello = conn.receive(first.data)
         assert isinstance(hello, Hello)
         robot_id = hello.robot_id
@@ -184,43 +175,42 @@ async def robot_ws(request: web.Request) -> web.WebSocketResponse:
         waiting = False
         if not hello.spec:  # `edge-agent enroll` proves its credential without a robot attached: not a fault
             log.info("event=credential_checked robot_id=%s authenticated=%s remote=%s", robot_id, authenticated, request.remote)
-            await ws.send_bytes(conn.reject("credential_ok",
+            await ws.send_bytes(conn.reject(RejectCode.CREDENTIAL_OK,
                                             "credential accepted; a hello without an episode spec only checks it"))
             return ws
         buffer = app[BUFFER]
         buffer.check_spec(EpisodeSpec.from_dict(hello.spec))
-        old = app[ROBOTS].get(robot_id)
+        # Into the table before any await: every live link of a robot is either in the table
+        # (where revocation and /status find it) or being closed by the link that replaced it.
+        link = Link(robot_id, ws, conn, Outbox(), request.remote, authenticated, stored)
+        old, app[ROBOTS][robot_id] = app[ROBOTS].get(robot_id), link
         if old is not None:
             log.warning("event=robot_reconnected_while_linked robot_id=%s (closing the older link)", robot_id)
             await old.ws.close(code=4000, message=b"replaced by a newer link")
         await ws.send_bytes(conn.welcome(buffer.run_id, buffer.hwm(robot_id), app[PUBLISHER].version, stored))
-        link = Link(robot_id, ws, conn, Outbox(), request.remote, authenticated, stored)
-        app[ROBOTS][robot_id] = link
         LOGS.log(log, logging.INFO, ("robot_linked", robot_id),
                  "event=robot_linked robot_id=%s acked_seq=%d remote=%s authenticated=%s",
                  robot_id, buffer.hwm(robot_id), request.remote, authenticated)
         acks: asyncio.Queue[tuple[int, asyncio.Future[None]]] = asyncio.Queue()
-        tasks = [
-            asyncio.create_task(link.outbox.pump(ws)),
-            asyncio.create_task(_ack_in_order(conn, acks, link.outbox)),
-        ]
+        order = AckOrder(limits.max_inflight_chunks)
+        aws = [link.outbox.pump(ws), _ack_in_order(conn, order, acks, link.outbox), _read(app, link, order, acks)]
         if authenticated or server.open:  # weights go only to a robot that proved itself
-            tasks.append(asyncio.create_task(_push_policies(app, conn, link.outbox, hello)))
-        tasks.append(asyncio.create_task(_read(app, link, acks)))  # in `tasks`: cancelled and retrieved below
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for t in sorted(done, key=_cause_first):
+            aws.append(_push_policies(app, conn, link.outbox, hello))
+        for t in sorted(await until_first_done(*aws), key=_cause_first):
             t.result()
     except _ClosedBeforeHello as e:  # a cut or a port probe, not a refusal
-        _refuse(app, "closed_before_hello")
+        _refuse(app, RejectCode.CLOSED_BEFORE_HELLO)
         LOGS.log(log, logging.INFO, ("closed_before_hello", request.remote),
                  "event=link_closed_before_hello remote=%s detail=%s", request.remote, e)
+    except InvalidState as e:  # a send after the link closed (the robot said goodbye): gone, not a fault
+        LOGS.log(log, logging.INFO, ("link_lost", robot_id), "event=link_lost robot_id=%s error=%r", robot_id, e)
     except FleetError as e:
         _refuse(app, e.code)
         LOGS.log(log, logging.WARNING, ("link_refused", robot_id, e.code),
                  "event=link_refused robot_id=%s remote=%s code=%s message=%r", robot_id, request.remote, e.code, e.message)
         await _say(ws, conn.reject(e.code, e.message))
     except asyncio.TimeoutError:
-        _refuse(app, "handshake_timeout")
+        _refuse(app, RejectCode.HANDSHAKE_TIMEOUT)
         LOGS.log(log, logging.WARNING, ("handshake_timeout", request.remote),
                  "event=link_refused remote=%s code=handshake_timeout", request.remote)
     except ConnectionError as e:
@@ -228,13 +218,10 @@ async def robot_ws(request: web.Request) -> web.WebSocketResponse:
     except OSError as e:  # storage failed (disk full): nothing was acked; the robot holds its data
         LOGS.log(log, logging.ERROR, ("link_hold", robot_id),
                  "event=link_hold robot_id=%s error=%r action=robot_keeps_its_data_and_retries_with_backoff", robot_id, e)
-        await _say(ws, conn.reject("hold", f"learner storage unavailable ({e.strerror or e}); keep the data and retry"))
+        await _say(ws, conn.reject(RejectCode.HOLD, f"learner storage unavailable ({e.strerror or e}); keep the data and retry"))
     finally:
         if waiting:
             pending.release(source)
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         if link is not None:
             _forget(app, link)
         await ws.close()
@@ -256,37 +243,35 @@ def _authenticate(app: web.Application, conn: CloudConnection, hello: Hello) -> 
     entry = app[REGISTRY].get(hello.robot_id)
     if entry is None:
         if hello.proof or not app[CONFIG].server.open:
-            raise ProtocolError("unknown robot or wrong credential", "auth_failed")
+            raise ProtocolError("unknown robot or wrong credential", RejectCode.AUTH_FAILED)
         return None, False  # server.auth = "open" (a loopback-only learner: demo, tests)
     stored = bytes.fromhex(entry.stored_key)
     if not conn.verify(stored):
-        raise ProtocolError("unknown robot or wrong credential", "auth_failed")
+        raise ProtocolError("unknown robot or wrong credential", RejectCode.AUTH_FAILED)
     refusal = entry.refusal()
     if refusal is not None:
         raise ProtocolError(refusal[1], refusal[0])
     return stored, True
 
 
-async def _read(app: web.Application, link: Link, acks: asyncio.Queue) -> None:
-    ingest, limits = app[INGEST], app[LIMITS]
-    bucket = RateLimit(app[CONFIG].limits.max_messages_per_s)
+async def _read(app: web.Application, link: Link, order: AckOrder, acks: asyncio.Queue) -> None:
+    ingest = app[INGEST]
+    bucket = RateLimit(app[CONFIG].limits.max_messages_per_s, time.monotonic())
     async for m in link.ws:
         if m.type is not WSMsgType.BINARY:
             if m.type is WSMsgType.ERROR:
                 err = link.ws.exception()
-                code = "frame_too_large" if "size" in str(err).lower() else "bad_frame"
+                code = RejectCode.FRAME_TOO_LARGE if "size" in str(err).lower() else RejectCode.BAD_FRAME
                 raise ProtocolError(f"websocket error: {err}", code)
             if m.type is WSMsgType.CLOSE:
                 return
-            raise ProtocolError("text frames are not part of the protocol", "bad_frame")
-        if not bucket.take():
-            raise ProtocolError(f"more than {bucket.rate:g} messages per second", "rate_limited")
+            raise ProtocolError("text frames are not part of the protocol", RejectCode.BAD_FRAME)
+        bucket.admit(time.monotonic())
         msg = link.conn.receive(m.data)
         if isinstance(msg, (Chunk, Lost)):
-            if acks.qsize() >= 2 * limits.max_inflight_chunks:
-                raise ProtocolError("robot ignores its credit window", "too_many_inflight")
-            fut = await ingest.accept(link.robot_id, msg)
-            acks.put_nowait((msg.last if isinstance(msg, Lost) else msg.seq, fut))
+            last = msg.last if isinstance(msg, Lost) else msg.seq
+            order.accept(last)  # refuses a robot past its credit
+            acks.put_nowait((last, await ingest.accept(link.robot_id, msg)))
             link.chunks += 1
         elif isinstance(msg, Status):
             link.status = msg.values
@@ -309,30 +294,27 @@ async def _read(app: web.Application, link: Link, acks: asyncio.Queue) -> None:
             return
 
 
-async def _ack_in_order(conn: CloudConnection, acks: asyncio.Queue, outbox: Outbox) -> None:
+async def _ack_in_order(conn: CloudConnection, order: AckOrder, acks: asyncio.Queue, outbox: Outbox) -> None:
+    """Ack each write as it becomes durable, in the order :class:`AckOrder` releases them."""
     while True:
         seq, fut = await acks.get()
         await fut  # raises if the write failed: the link closes, the robot resends
-        outbox.put(CONTROL, conn.ack(seq))
+        release = order.durable(seq)
+        if release is not None:
+            outbox.put(CONTROL, conn.ack(release))
 
 
 async def _push_policies(app: web.Application, conn: CloudConnection, outbox: Outbox, hello: Hello) -> None:
-    """Send each newer policy in parts; a part waits for the previous one to leave, so acks
-    overtake it and a newer version cuts in; a hello with a partial download resumes it."""
+    """Send each newer policy in parts (:class:`PolicySender` says which); a part waits for the previous
+    one to leave, so acks overtake it and a newer version cuts in; a hello with a partial download resumes it."""
     publisher = app[PUBLISHER]
-    have = hello.policy_version
-    resume = (hello.partial_policy, hello.partial_bytes)
-    part = POLICY_PART_BYTES
+    sender = PolicySender(hello.policy_version, (hello.partial_policy, hello.partial_bytes), POLICY_PART_BYTES)
     while True:
-        blob = await publisher.wait_newer(have)
-        offset = resume[1] if resume[0] == blob.version and resume[1] < len(blob.data) else 0
+        blob = await publisher.wait_newer(sender.have)
+        offset = sender.begin(blob.version, len(blob.data))
         if offset:
             log.info("event=policy_resume robot_id=%s version=%d offset=%d size=%d", hello.robot_id, blob.version, offset, len(blob.data))
-        resume = (0, 0)
         view = memoryview(blob.data)
-        while offset < len(blob.data) and publisher.version == blob.version:
-            chunk = view[offset : offset + part]  # a view, not a copy: msgpack copies it once
-            await outbox.send(BULK, conn.policy(blob.version, blob.sha256, len(blob.data), offset, chunk))  # type: ignore[arg-type]
-            offset += part
-        if offset >= len(blob.data):
-            have = blob.version
+        while (span := sender.next_part(publisher.version)) is not None:
+            part = view[span[0] : span[1]]  # a view, not a copy: msgpack copies it once
+            await outbox.send(BULK, conn.policy(blob.version, blob.sha256, len(blob.data), span[0], part))  # type: ignore[arg-type]

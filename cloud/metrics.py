@@ -8,32 +8,24 @@ node agent. The numbers are the ones the admin listener's ``/status`` shows (one
 from __future__ import annotations
 
 import logging
-import time
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from shared.config import MetricsConfig
+from shared.metrics import RateMeter, start_metrics_listener
+
+from .status import LearnerStatus
 
 log = logging.getLogger("fleetrl.metrics")
 
 
 class _LearnerCollector:
-    def __init__(self, snapshot: Callable[[], dict[str, Any]]):
+    def __init__(self, snapshot: Callable[[], LearnerStatus]):
         self.snapshot = snapshot
-        self._last: tuple[float, int] | None = None
-        self.ingest_rate = 0.0
-
-    def _rate(self, rows: int) -> float:
-        now = time.monotonic()
-        if self._last is not None and now - self._last[0] > 0.5:  # scrapes closer than that keep the last rate
-            self.ingest_rate = (rows - self._last[1]) / (now - self._last[0])
-            self._last = (now, rows)
-        elif self._last is None:
-            self._last = (now, rows)
-        return self.ingest_rate
+        self.ingest_rate = RateMeter(min_interval_s=0.5)  # scrapes closer than that keep the last rate
 
     def collect(self) -> Iterator[Metric]:
         s = self.snapshot()
@@ -53,7 +45,7 @@ class _LearnerCollector:
         yield counter("ingest_chunks", "chunks made durable", ing["chunks"])
         yield counter("ingest_rows", "transitions made durable", ing["rows"])
         yield counter("ingest_duplicates", "resent chunks recognised and dropped", ing["duplicates"])
-        yield gauge("ingest_rows_per_second", "transitions made durable per second", self._rate(ing["rows"]))
+        yield gauge("ingest_rows_per_second", "transitions made durable per second", self.ingest_rate.update(ing["rows"]))
         yield gauge("robots_linked", "robots with a live link", len(s["robots"]))
         rej = CounterMetricFamily("fleetrl_learner_rejections", "links refused, by reason code", labels=["code"])
         for code, n in sorted(s.get("rejections", {}).items()):
@@ -69,27 +61,13 @@ class _LearnerCollector:
                     int(bool(storage.get("holding"))))
 
 
-async def start_metrics(snapshot: Callable[[], dict[str, Any]], cfg: MetricsConfig) -> tuple[web.AppRunner, str] | None:
+async def start_metrics(snapshot: Callable[[], LearnerStatus], cfg: MetricsConfig) -> tuple[web.AppRunner, str] | None:
     """Serve ``GET /metrics``; None (with a warning) if disabled or the port is taken: never fatal."""
     if not cfg.enabled:
         return None
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_LearnerCollector(snapshot))  # type: ignore[arg-type]
-
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(registry), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, cfg.host, cfg.port).start()
-    except OSError as e:
-        log.warning("event=metrics_unavailable host=%s port=%d error=%r", cfg.host, cfg.port, e.strerror or str(e))
-        await runner.cleanup()
-        return None
-    host, port = runner.addresses[0][:2]
-    url = f"http://{host}:{port}/metrics"
-    log.info("event=metrics_listening url=%s", url)
-    return runner, url
+    started = await start_metrics_listener(lambda: generate_latest(registry), cfg.host, cfg.port)
+    if started is not None:
+        log.info("event=metrics_listening url=%s", started[1])
+    return started

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from shared.fsutil import atomic_write
 from shared.lograte import LogLimiter
-from shared.weights import WeightsBlob, sha256
+from shared.errors import WeightsError
+from shared.weights import WeightsBlob, sha256, weights_version
 
 log = logging.getLogger("fleetrl.publisher")
 
@@ -36,15 +37,33 @@ class WeightPublisher:
         return self.latest.version if self.latest else 0
 
     def _load(self) -> WeightsBlob | None:
+        """The newest persisted policy. The blob and its JSON are written one after the other
+        (each atomically); a crash or a full disk between the two leaves a complete blob beside
+        the older JSON. The blob carries its own version, so it wins: dropping it would restart
+        training under version numbers the robots already hold."""
         meta, data = self.dir / "latest.json", self.dir / "latest.safetensors"
-        if not meta.exists() or not data.exists():
+        if not data.exists():
             return None
-        m = json.loads(meta.read_text())
         blob = data.read_bytes()
-        if sha256(blob) != m["sha256"]:
-            log.error("event=stored_policy_corrupt path=%s", data)
+        digest = sha256(blob)
+        try:
+            m = json.loads(meta.read_text()) if meta.exists() else {}
+        except ValueError:
+            m = {}
+        if isinstance(m, dict) and m.get("sha256") == digest:
+            return WeightsBlob(int(m["version"]), digest, blob)
+        try:
+            version = weights_version(blob)
+            noted = int(m.get("version", 0)) if isinstance(m, dict) else 0
+        except (WeightsError, ValueError, TypeError) as e:
+            log.error("event=stored_policy_corrupt path=%s error=%r action=no_policy_to_serve", data, str(e))
             return None
-        return WeightsBlob(int(m["version"]), m["sha256"], blob)
+        if version <= noted:  # the JSON describes this very version with another digest: the bytes rotted
+            log.error("event=stored_policy_corrupt path=%s version=%d action=no_policy_to_serve", data, version)
+            return None
+        log.warning("event=stored_policy_recovered path=%s version=%d (its JSON was older or missing: "
+                    "the learner stopped between the two writes)", data, version)
+        return WeightsBlob(version, digest, blob)
 
     def _persist(self, blob: WeightsBlob) -> None:
         try:

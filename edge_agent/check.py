@@ -77,11 +77,7 @@ def check_robot(cfg: AgentConfig) -> tuple[Row, Any]:
     """Create the driver, ask it to describe itself, release it."""
     name = f"robot {cfg.robot.name}"
     try:
-        unit = registry.create(cfg.robot.driver, cfg.robot.options, name=cfg.robot.name)
-        try:
-            desc = unit.describe()
-        finally:
-            unit.close()
+        desc = registry.describe(cfg.robot.driver, cfg.robot.options, name=cfg.robot.name)
     except Exception as e:  # any driver failure is a finding, not a crash of the check
         return Row(name, False, f"driver {cfg.robot.driver}: {_one_line(e)}"), None
     detail = (f"{desc.driver} identity={desc.identity} kind={desc.kind.value} action_dim={len(desc.action_low)} "

@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from hal_drivers.base import Robot
+from shared.actions import ActionScale
 from shared.chunk import StepRecord
 from shared.config import ControlConfig
 from shared.faults import hang_point
@@ -23,6 +24,7 @@ from shared.faults import hang_point
 from .operator import OperatorControls
 from .policy_holder import PolicyHolder
 from .recorder import Recorder
+from .status import Jitter
 
 log = logging.getLogger("fleetrl.control")
 
@@ -54,8 +56,7 @@ class ControlLoop(threading.Thread):
         self.episode_step = 0  # steps taken in the current episode (for status)
         self._period_errors: deque[float] = deque(maxlen=2000)
         d = robot.describe()
-        self._low = np.asarray(d.action_low, np.float32)
-        self._high = np.asarray(d.action_high, np.float32)
+        self._scale = ActionScale(d.action_low, d.action_high)
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -154,12 +155,11 @@ class ControlLoop(threading.Thread):
     def _choose(self, obs: dict[str, np.ndarray], rng: np.random.Generator) -> tuple[np.ndarray, int]:
         choice = None if self.steps < self.cfg.random_steps else self.policy.act(obs, self.cfg.deterministic)
         if choice is None:
-            return self.robot.clamp(rng.uniform(self._low, self._high).astype(np.float32)), self.policy.version
+            return self.robot.clamp(self._scale.sample(rng)), self.policy.version
         a, version = choice
-        scaled = self._low + (a + 1.0) * 0.5 * (self._high - self._low)  # [-1, 1] -> robot units
-        return self.robot.clamp(scaled), version
+        return self.robot.clamp(self._scale.to_robot(a)), version
 
-    def jitter(self) -> dict[str, float]:
+    def jitter(self) -> Jitter:
         """Lateness of ticks against their schedule, in milliseconds."""
         errs = np.asarray(self._period_errors)
         if errs.size == 0:

@@ -12,27 +12,29 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from hal_drivers import registry
 from hal_drivers.base import Robot
-from shared.chunk import build_batch, checksum, encode_chunk
+from shared.chunk import EncodedChunk, make_chunk
 from shared import config as cfgmod
 from shared.config import AgentConfig
 from shared.logs import set_level
+from shared.metrics import RateMeter, start_metrics_listener
 from shared.errors import ConfigError, FleetError, WeightsError
 from shared.protocol import EdgeConnection, Limits
+from shared.tasks import cancel_and_reap, until_first_done
 from shared.weights import decode_weights
 
 from . import enrollment
 from .control_loop import ControlLoop
 from .operator import OperatorControls
 from .ledger import Ledger
-from .metrics import RateMeter, render_metrics, start_metrics_server, summary_line, write_status
+from .metrics import render_metrics, summary_line, write_status
 from .service import Heartbeat, Notifier, Signals, reload_plan, watchdog_period
 from .policy_holder import PolicyHolder
 from .recorder import PendingChunk, Recorder
 from .spool import Spool
+from .status import AgentStatus, LinkReport
 from .uplink import Uplink
 
 log = logging.getLogger("fleetrl.agent")
@@ -48,7 +50,7 @@ class Agent:
         self.limits = Limits()
         self.notifier = Notifier()
         self.state = "starting"
-        self.last_status: dict[str, Any] | None = None
+        self.last_status: AgentStatus | None = None
         self.metrics_url = ""
         self._rate = RateMeter()
         self._last_ack: float | None = None
@@ -80,22 +82,21 @@ class Agent:
 
     # ---------------------------------------------------------------- pieces
 
-    def _encode(self, pc: PendingChunk) -> tuple[int, int, bytes]:
-        batch = build_batch(self.spec, self.cfg.robot_id, pc.episode_id, pc.steps)
-        return batch.num_rows, batch.nbytes, encode_chunk(batch)
+    def _encode(self, pc: PendingChunk) -> EncodedChunk:
+        return make_chunk(self.spec, self.cfg.robot_id, pc.episode_id, pc.steps)
 
-    def _spool(self, pc: PendingChunk, rows: int, raw: int, body: bytes) -> int:
-        seq = self.spool.append(pc.episode_id, rows, raw, checksum(body), body)
-        self.ledger.record(seq, rows, pc.episode_done, pc.success)
+    def _spool(self, pc: PendingChunk, c: EncodedChunk) -> int:
+        seq = self.spool.append(c.episode_id, c.rows, c.raw_size, c.crc32, c.body)
+        self.ledger.record(seq, c.rows, pc.episode_done, pc.success)
         return seq
 
     async def _store(self, pc: PendingChunk, space_freed: asyncio.Event) -> int:
         """Spool one chunk; on a full or failing disk hold it in memory, stop new
         episodes, and retry when acks free space (or every few seconds)."""
-        rows, raw, body = await asyncio.to_thread(self._encode, pc)
+        encoded = await asyncio.to_thread(self._encode, pc)
         while True:
             try:
-                seq = await asyncio.to_thread(self._spool, pc, rows, raw, body)
+                seq = await asyncio.to_thread(self._spool, pc, encoded)
             except OSError as e:
                 if not self.disk_error:
                     log.error("event=spool_write_failed error=%r action=holding_chunk_and_pausing_new_episodes", e)
@@ -158,7 +159,7 @@ class Agent:
             op.add_reward(float(cmd.value or 0.0))
         log.info("event=operator_command kind=%s value=%r", cmd.kind, cmd.value)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> LinkReport:
         c = self.control
         j = c.jitter()
         return {
@@ -180,7 +181,7 @@ class Agent:
 
     # ---------------------------------------------------------------- service (systemd, status file, metrics)
 
-    def service_status(self) -> dict[str, Any]:
+    def service_status(self) -> AgentStatus:
         """The one snapshot behind status.json, /metrics and systemd's STATUS= line."""
         c, up, sp = self.control, self.uplink, self.spool
         j = c.jitter()
@@ -263,7 +264,8 @@ class Agent:
         uplink = Uplink(
             self.cfg.link,
             lambda: EdgeConnection(self.cfg.robot_id, self.spec.to_dict(), [self.desc.to_dict()], self.limits, credential),
-            self.spool, self._on_policy, self.status, lambda: self.policy.version, self.limits, pin,
+            self.spool, self._on_policy, lambda: dict(self.status()),  # a plain dict is what goes on the wire
+            lambda: self.policy.version, self.limits, pin,
         )
         def on_ack() -> None:
             self._last_ack = time.monotonic()
@@ -271,6 +273,7 @@ class Agent:
             self._apply_quota()
 
         uplink.on_ack = on_ack
+        uplink.on_welcome = lambda welcome: self.policy.learner_announced(welcome.policy_version)
         self.uplink = uplink
         stop = asyncio.Event()
 
@@ -285,7 +288,7 @@ class Agent:
         self.control.heartbeat_period = watchdog_period()
         metrics = None
         if self.cfg.service.metrics:
-            metrics = await start_metrics_server(
+            metrics = await start_metrics_listener(
                 lambda: render_metrics(lambda: self.last_status), self.cfg.service.metrics_host, self.cfg.service.metrics_port
             )
             if metrics is not None:
@@ -320,14 +323,12 @@ class Agent:
         log.info("event=agent_start robot_id=%s driver=%s spool_pending=%d", self.cfg.robot_id, self.desc.driver, self.spool.pending())
         self._apply_quota()
         self.control.start()
-        loop_done = asyncio.create_task(asyncio.to_thread(self.control.join))
-        stop_task = asyncio.create_task(stop.wait())
-        await asyncio.wait([loop_done, stop_task], return_when=asyncio.FIRST_COMPLETED)
+        await until_first_done(asyncio.to_thread(self.control.join), stop.wait())  # the loop ended, or a signal
         if self.state != "draining":  # the loop ended by itself (max_episodes, error)
             self.state = "draining"
             self.notifier.stopping(f"draining: {self.spool.pending()} chunks unacked")
         self.control.stop()
-        await loop_done
+        await asyncio.to_thread(self.control.join)
         chunks.put_nowait(None)  # after the loop's last chunk: FIFO keeps the order
         await store_task
         t0 = time.monotonic()
@@ -337,11 +338,7 @@ class Agent:
         except asyncio.TimeoutError:
             log.warning("event=drain_timeout pending=%d (kept in the spool for the next start)", self.spool.pending())
         await uplink.close(f"agent stopping; {self.spool.pending()} chunks left in its spool")
-        for t in (link_task, ros2_task, status_task, ready_task):
-            if t is not None:
-                t.cancel()
-        await asyncio.gather(*(t for t in (link_task, ros2_task, status_task, ready_task) if t is not None),
-                             return_exceptions=True)
+        await cancel_and_reap((link_task, ros2_task, status_task, ready_task))
         if bridge is not None:
             bridge.close()
         self.ledger.save(self.policy.versions_used)

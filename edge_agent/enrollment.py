@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import ssl
 from pathlib import Path
 from typing import Any
@@ -49,14 +48,9 @@ def load(cfg: AgentConfig) -> tuple[str | None, str | None]:
 
 
 def _write_secret(path: Path, text: str) -> None:
+    """0600 from the temp file's creation, even over a leftover temp file with a looser mode."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, text.encode(), mode=0o600)
 
 
 async def _probe(url: str, robot_id: str, credential: str, pin: str | None, ca_file: Path | None,
@@ -90,11 +84,7 @@ def _describe(cfg: AgentConfig) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from hal_drivers import registry
 
     try:
-        unit = registry.create(cfg.robot.driver, cfg.robot.options, name=cfg.robot.name)
-        try:
-            desc = unit.describe()
-        finally:
-            unit.close()
+        desc = registry.describe(cfg.robot.driver, cfg.robot.options, name=cfg.robot.name)
     except FleetError:
         raise
     except Exception as e:  # noqa: BLE001 - any driver failure is reported, with the way around it

@@ -1,5 +1,5 @@
 """Robot-side observability: ``<state_dir>/status.json``, its reader for
-``edge-agent status``, and the Prometheus endpoint.
+``edge-agent status``, and the Prometheus collector (served by ``shared.metrics``).
 
 One snapshot feeds all three, so the file, the metrics and systemd's STATUS=
 line never disagree. The file is rewritten atomically (temp + rename) every
@@ -10,50 +10,33 @@ is worthless after a power cut anyway, and SD cards wear.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator, cast
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from shared.fsutil import atomic_write
 
-log = logging.getLogger("fleetrl.metrics")
+from .status import AgentStatus
 
 STATUS_FILE = "status.json"
 
 
-class RateMeter:
-    """Steps per second between two snapshots (the control loop keeps only a counter)."""
-
-    def __init__(self) -> None:
-        self._last: tuple[float, int] | None = None
-        self.rate = 0.0
-
-    def update(self, count: int, now: float | None = None) -> float:
-        now = time.monotonic() if now is None else now
-        if self._last is not None and now > self._last[0]:
-            self.rate = (count - self._last[1]) / (now - self._last[0])
-        self._last = (now, count)
-        return self.rate
-
-
-def write_status(state_dir: Path, status: dict[str, Any]) -> None:
+def write_status(state_dir: Path, status: AgentStatus) -> None:
     atomic_write(Path(state_dir) / STATUS_FILE, json.dumps(status, indent=1).encode(), fsync=False)
 
 
-def read_status(state_dir: Path) -> dict[str, Any] | None:
+def read_status(state_dir: Path) -> AgentStatus | None:
     try:
-        return json.loads((Path(state_dir) / STATUS_FILE).read_text())
+        return cast(AgentStatus, json.loads((Path(state_dir) / STATUS_FILE).read_text()))  # as write_status wrote it
     except (FileNotFoundError, json.JSONDecodeError):
         return None
 
 
-def stale_after(status: dict[str, Any]) -> float:
+def stale_after(status: AgentStatus) -> float:
     """A status older than this is from an agent that is no longer running."""
     interval = float(status.get("status_interval_s", 2.0))
     return max(3 * interval, interval + 5.0)
@@ -69,13 +52,13 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def is_online(s: dict[str, Any], now: float | None = None) -> bool:
+def is_online(s: AgentStatus, now: float | None = None) -> bool:
     """Fresh, not stopped, and its process still exists (a kill -9 leaves a fresh-looking file)."""
     now = time.time() if now is None else now
     return s["state"] != "stopped" and now - float(s["time"]) <= stale_after(s) and pid_alive(int(s["pid"]))
 
 
-def summary_line(s: dict[str, Any]) -> str:
+def summary_line(s: AgentStatus) -> str:
     """The short form: systemd's STATUS= line and the first line of ``edge-agent status``."""
     link, spool, ctl = s["link"], s["spool"], s["control"]
     parts = [
@@ -94,7 +77,7 @@ def summary_line(s: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def format_status(s: dict[str, Any] | None, now: float | None = None, where: str = "") -> tuple[str, bool]:
+def format_status(s: AgentStatus | None, now: float | None = None, where: str = "") -> tuple[str, bool]:
     """Human-readable status and whether the agent is online."""
     if s is None:
         return f"offline (no status file{' at ' + where if where else ''}: the agent has not run here)", False
@@ -103,8 +86,9 @@ def format_status(s: dict[str, Any] | None, now: float | None = None, where: str
     online = is_online(s, now)
     head = "online" if online else f"offline (last update {age:.0f} s ago, state was {s['state']})"
     link, spool, ctl = s["link"], s["spool"], s["control"]
-    fill = f"{spool['fill'] * 100:.1f}% of quota" if spool.get("fill") is not None else "no quota"
-    ack = f"{link['last_ack_age_s']:.1f} s before the update" if link.get("last_ack_age_s") is not None else "none yet"
+    share, ack_age = spool.get("fill"), link.get("last_ack_age_s")
+    fill = f"{share * 100:.1f}% of quota" if share is not None else "no quota"
+    ack = f"{ack_age:.1f} s before the update" if ack_age is not None else "none yet"
     rows = [
         ("agent", f"{head}; pid {s['pid']}; robot {s['robot_id']}"),
         ("link", f"{'up' if link['connected'] else 'down'} {link['url']} (reconnects {link['reconnects']})"
@@ -123,7 +107,7 @@ def format_status(s: dict[str, Any] | None, now: float | None = None, where: str
 
 
 class _AgentCollector:
-    def __init__(self, snapshot: Callable[[], dict[str, Any] | None]):
+    def __init__(self, snapshot: Callable[[], AgentStatus | None]):
         self.snapshot = snapshot
 
     def collect(self) -> Iterator[Metric]:
@@ -156,35 +140,15 @@ class _AgentCollector:
         yield from gauge("control_rate_hz", "measured control-loop rate", ctl["rate_hz"])
         yield from gauge("control_target_rate_hz", "configured control-loop rate (0: free-running)", ctl["target_hz"])
         jitter = GaugeMetricFamily("fleetrl_agent_control_jitter_seconds", "tick lateness against schedule", labels=["quantile"])
-        for q, key in (("0.5", "jitter_p50_ms"), ("0.99", "jitter_p99_ms"), ("1", "jitter_max_ms")):
-            jitter.add_metric([q], ctl[key] / 1e3)
+        for q, ms in (("0.5", ctl["jitter_p50_ms"]), ("0.99", ctl["jitter_p99_ms"]), ("1", ctl["jitter_max_ms"])):
+            jitter.add_metric([q], ms / 1e3)
         yield jitter
         yield counter("steps", "control steps taken", ctl["steps"])
         yield counter("episodes", "episodes finished", ctl["episodes"])
         yield from gauge("paused", "1 while no new episode may start (spool full, operator, disk)", int(bool(ctl.get("paused"))))
 
 
-def render_metrics(snapshot: Callable[[], dict[str, Any] | None]) -> bytes:
+def render_metrics(snapshot: Callable[[], AgentStatus | None]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_AgentCollector(snapshot))  # type: ignore[arg-type]
     return generate_latest(registry)
-
-
-async def start_metrics_server(render: Callable[[], bytes], host: str, port: int) -> tuple[web.AppRunner, str] | None:
-    """Serve ``GET /metrics``; None (and a warning) if the port is taken: metrics never stop a robot."""
-
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(body=render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except OSError as e:
-        log.warning("event=metrics_unavailable host=%s port=%d error=%r", host, port, e.strerror or str(e))
-        await runner.cleanup()
-        return None
-    h, p = runner.addresses[0][:2]
-    return runner, f"http://{h}:{p}/metrics"

@@ -27,6 +27,7 @@ from typing import BinaryIO
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.errors import StorageError
 from shared.fsutil import atomic_write, fsync_dir
 
 from .state_slots import StateSlots
@@ -42,8 +43,11 @@ _MAX_RECORD = 1 << 31
 DEFAULT_QUOTA_SHARE = 0.5  # of the disk free at start (plus what the spool holds), when spool.quota_mb is unset
 
 
-class SpoolCorrupt(Exception):
-    """A record failed its checksum when read back; it has been quarantined."""
+class SpoolCorrupt(StorageError):
+    """A record failed its checksum when read back (it has been quarantined), or is missing;
+    either way its sequence is now a lost range the cloud is told about."""
+
+    code = "spool_corrupt"
 
 
 @dataclass(frozen=True)
@@ -296,7 +300,7 @@ class Spool:
                 self.lost.append([seq, seq, "spool record missing from disk"])
                 self._write_lost()
                 log.error("event=spool_record_missing lost_seqs=%d-%d", seq, seq)
-                raise SpoolCorrupt(f"spool record {seq} is not on disk")
+                raise SpoolCorrupt(f"spool record {seq} is not on disk in {self.dir}")
         with open(loc.segment, "rb") as fh:
             fh.seek(loc.offset)
             data = fh.read(loc.length)
@@ -309,7 +313,7 @@ class Spool:
                 self.lost.append([seq, seq, "spool record damaged on disk (found when read back)"])
                 self._write_lost()
             log.error("event=spool_record_quarantined segment=%s offset=%d lost_seqs=%d-%d", loc.segment.name, loc.offset, seq, seq)
-            raise SpoolCorrupt(f"spool record {seq} failed its checksum")
+            raise SpoolCorrupt(f"spool record {seq} in {loc.segment} failed its checksum (moved to quarantine/)")
         rest = data[_PREFIX.size :]
         seq_, rows, raw_size, body_crc, n = _FIXED.unpack_from(rest)
         eid = rest[_FIXED.size : _FIXED.size + n].decode()

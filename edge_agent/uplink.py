@@ -1,7 +1,8 @@
 """The websocket client: hello, resume from the cloud's durable mark, stream
 chunks under a credit window, take acks and policies, reconnect with backoff.
 
-A thin asyncio layer around :class:`shared.protocol.EdgeConnection`.
+A thin asyncio layer: the link's rules live sans-I/O in :class:`shared.protocol.EdgeConnection`
+and :mod:`shared.protocol.stream` (the credit window, policy reassembly); this moves the bytes.
 """
 
 from __future__ import annotations
@@ -15,23 +16,23 @@ from typing import Any, Awaitable, Callable
 import websockets
 from websockets.asyncio.client import connect
 
-from shared.errors import FleetError
+from shared.errors import FleetError, InvalidState
 from shared.lograte import LogLimiter
-from shared.protocol import Ack, EdgeConnection, Limits, Policy, Reject, TunnelClose, TunnelData, TunnelOpen
+from shared.protocol import Ack, EdgeConnection, Limits, Policy, Reject, TunnelClose, TunnelData, TunnelOpen, Welcome
+from shared.protocol.codes import TRANSIENT, RejectCode
+from shared.protocol.stream import PolicyReceiver, UploadWindow
 from shared.config import LinkConfig
+from shared.tasks import raise_first, until_first_done
 
 from .spool import Spool, SpoolCorrupt
 from .handshake import normalize_pin, open_link, peer_sha256, tls_context
-from .policy_download import PolicyDownload
 from .tunnel import TunnelEndpoint
 
 log = logging.getLogger("fleetrl.uplink")
 _LOGS = LogLimiter(1.0)  # link churn: one line per kind per second, with a count of the rest
 _REFUSED = LogLimiter(30.0)  # a refused robot says so twice a minute for as long as it lasts
 
-# Rejections that end by themselves: keep the data, back off, retry.
-TRANSIENT = frozenset({"hold", "stream_gap", "rate_limited", "too_many_connections", "too_many_inflight",
-                       "handshake_timeout", "agent_stopping"})
+__all__ = ["TRANSIENT", "LinkRejected", "Uplink"]  # TRANSIENT: the refusals waited out (shared.protocol.codes)
 
 
 class LinkRejected(FleetError):
@@ -59,14 +60,15 @@ class Uplink:
         self.holding = False  # the learner's storage is failing: it keeps nothing, we keep our data
         self._progress = False  # an ack or a policy part arrived in this session
         self.url = cfg.urls[0]
-        self.download = PolicyDownload(limits.max_weights_bytes)
+        self.download = PolicyReceiver(limits.max_weights_bytes)
         self.pin = normalize_pin(pin_sha256)
         self.limit_seq: int = spool.last_seq  # send nothing past this (set by the recorder side)
         self._wake = asyncio.Event()
         self._acked = asyncio.Event()
         self.on_ack: Callable[[], Any] = lambda: None
+        self.on_welcome: Callable[[Welcome], Any] = lambda welcome: None  # e.g. the learner's policy version
         self._live: tuple[Any, EdgeConnection | None] = (None, None)
-        self._ack_to = 0
+        self.window = UploadWindow(spool.acked_seq, max(1, limits.max_inflight_chunks))  # renewed by each welcome
         self._ack_arrived = asyncio.Event()
         self.policy_refused_reason = ""  # set while weights and commands from this learner are refused
 
@@ -76,7 +78,7 @@ class Uplink:
         if ws is None or conn is None or conn.state.value != "open":
             return
         try:
-            await asyncio.wait_for(ws.send(conn.reject("agent_stopping", reason)), 2)
+            await asyncio.wait_for(ws.send(conn.reject(RejectCode.AGENT_STOPPING, reason)), 2)
             await asyncio.wait_for(ws.close(code=1001, reason="agent stopping"), 2)
         except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException):
             pass
@@ -105,6 +107,8 @@ class Uplink:
                 await self._session()
             except asyncio.CancelledError:
                 raise
+            except InvalidState as e:  # our own side closed the link (a goodbye sent): it is gone, not refused
+                self.last_error = down = f"{type(e).__name__}: {e}"
             except FleetError as e:
                 rejected = True
                 self._rejected(e, delay)
@@ -130,7 +134,7 @@ class Uplink:
         self.last_error = f"{e.code}: {e.message}"
         if e.code in TRANSIENT:
             self.refused = ""
-            self.holding = e.code == "hold"
+            self.holding = e.code == RejectCode.HOLD
             _LOGS.log(log, logging.WARNING, ("link_rejected", e.code), "event=link_rejected code=%s message=%r "
                       "action=keeping_the_data_retry_in_s=%.2f", e.code, e.message, delay)
             return
@@ -156,7 +160,8 @@ class Uplink:
     def _check_pin(self, ws: Any) -> None:
         got = peer_sha256(ws)
         if self.pin and got is not None and got != self.pin:
-            raise LinkRejected(f"learner certificate sha256 {got} does not match the pinned {self.pin}", "pin_mismatch")
+            raise LinkRejected(f"learner certificate sha256 {got} does not match the pinned {self.pin}",
+                               RejectCode.PIN_MISMATCH)
 
     async def _session(self) -> None:
         conn = self.make_connection()
@@ -171,6 +176,8 @@ class Uplink:
             if isinstance(msg, Reject):
                 raise LinkRejected(msg.message, msg.code)
             await asyncio.to_thread(self.spool.adopt_cloud_mark, msg.acked_seq)
+            self.on_welcome(msg)
+            self.window = UploadWindow(self.spool.acked_seq, conn.max_inflight)
             self._acked.set()  # the welcome's mark may be the ack a cut swallowed: a drain waiting on it ends
             self.on_ack()
             self.connected = True
@@ -181,40 +188,30 @@ class Uplink:
                       self.url, msg.acked_seq, self.spool.pending())
             trusted = self._trusted(conn)
             tunnels = TunnelEndpoint(self.cfg.tunnel_allow if trusted else [], conn, ws.send, self.cfg.tunnel_max_streams)
-            receiver = asyncio.create_task(self._receive(ws, conn, tunnels))
-            tasks = [
-                asyncio.create_task(self._send_chunks(ws, conn)),
-                asyncio.create_task(self._send_status(ws, conn)),
-                receiver,
-                asyncio.create_task(self._apply_acks()),
-            ]
             try:
-                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                ended = await until_first_done(self._receive(ws, conn, tunnels), self._send_chunks(ws, conn),
+                                               self._send_status(ws, conn), self._apply_acks())
             finally:
-                for t in tasks:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
                 await tunnels.close()
-            for t in sorted(done, key=lambda t: t is not receiver):
-                t.result()  # the receiver first: a reject says why, not the "link is closed" it causes in the senders
+            raise_first(ended)  # the receiver first: a reject says why, not the InvalidState it causes in the senders
 
     async def _send_chunks(self, ws: Any, conn: EdgeConnection) -> None:
-        next_seq = self.spool.acked_seq + 1
+        """Send what :class:`UploadWindow` allows: a lost range is reported in place of its chunks."""
+        window = self.window
         while True:
             self._wake.clear()
-            next_seq = max(next_seq, self.spool.acked_seq + 1)
-            while next_seq <= self.limit_seq and next_seq - self.spool.acked_seq - 1 < conn.max_inflight:
-                lost = self.spool.lost_range(next_seq)
+            while (seq := window.next(self.limit_seq, self.spool.acked_seq)) is not None:
+                lost = self.spool.lost_range(seq)
                 if lost is not None:
-                    await ws.send(conn.lost(next_seq, lost[1], lost[2]))
-                    next_seq = lost[1] + 1
+                    await ws.send(conn.lost(seq, lost[1], lost[2]))
+                    window.sent(lost[1])
                     continue
                 try:
-                    rec = await asyncio.to_thread(self.spool.read, next_seq)
+                    rec = await asyncio.to_thread(self.spool.read, seq)
                 except SpoolCorrupt:
                     continue  # now a lost range: reported on the next pass
                 await ws.send(conn.chunk(rec.seq, rec.episode_id, rec.rows, rec.raw_size, rec.body_crc, rec.body))
-                next_seq += 1
+                window.sent(rec.seq)
             await self._wake.wait()
 
     async def _send_status(self, ws: Any, conn: EdgeConnection) -> None:
@@ -228,7 +225,7 @@ class Uplink:
         while True:
             await self._ack_arrived.wait()
             self._ack_arrived.clear()
-            await asyncio.to_thread(self.spool.ack, self._ack_to)
+            await asyncio.to_thread(self.spool.ack, self.window.received)
             self._progress = True
             if self.holding:
                 log.info("event=learner_storing_again")
@@ -243,7 +240,7 @@ class Uplink:
             if isinstance(msg, (Ack, Policy)):
                 self._progress = True  # data moved: after this session the backoff starts afresh
             if isinstance(msg, Ack):
-                self._ack_to = max(self._ack_to, msg.seq)
+                self.window.ack(msg.seq)
                 self._ack_arrived.set()
             elif isinstance(msg, Policy):
                 if self.policy_refused_reason:  # an unauthenticated learner: its weights are not taken

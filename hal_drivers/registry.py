@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from shared.errors import ConfigError
 
-from .base import HardwareUnit
+from .base import HardwareUnit, UnitDescription
 
 ENTRY_POINT_GROUP = "fleetrl.hal_drivers"
 _BUILTIN = {"mujoco_fetch": "hal_drivers.mujoco_fetch", "ros2": "hal_drivers.ros2"}
@@ -62,3 +62,12 @@ def create(name: str, options: dict[str, Any] | None = None, /, **kwargs: Any) -
         key = ".".join(str(p) for p in err["loc"])
         raise ConfigError(f"robot.options.{key}: {err['msg']}") from None
     return cls(cfg, **kwargs)  # type: ignore[call-arg]
+
+
+def describe(name: str, options: dict[str, Any] | None = None, /, **kwargs: Any) -> UnitDescription:
+    """Build the unit, ask it to describe itself, release it (for checks before the daemon runs)."""
+    unit = create(name, options, **kwargs)
+    try:
+        return unit.describe()
+    finally:
+        unit.close()

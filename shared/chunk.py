@@ -17,6 +17,7 @@ import pyarrow as pa
 from .compression import compress, decompress
 from .errors import SchemaError
 from .image_codec import encode_image
+from .protocol.messages import Chunk
 from .schema import NEXT_PREFIX, OBS_PREFIX, EpisodeSpec
 
 
@@ -76,6 +77,28 @@ def encode_chunk(batch: pa.RecordBatch, level: int = 3) -> bytes:
 
 def checksum(body: bytes) -> int:
     return zlib.crc32(body) & 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class EncodedChunk:
+    """One chunk, encoded and checksummed, before it has a stream sequence (the spool or sink gives it one)."""
+
+    episode_id: str
+    rows: int
+    raw_size: int  # Arrow bytes before compression: what the receiver bounds decompression by
+    crc32: int
+    body: bytes
+
+    def message(self, seq: int) -> Chunk:
+        return Chunk(seq, self.episode_id, self.rows, self.raw_size, self.crc32, self.body)
+
+
+def make_chunk(spec: EpisodeSpec, robot_id: str, episode_id: str, steps: list[StepRecord],
+               level: int = 3) -> EncodedChunk:
+    """Steps -> the chunk a robot (or a sim worker, or a benchmark) sends: the one encoder for all of them."""
+    batch = build_batch(spec, robot_id, episode_id, steps)
+    body = encode_chunk(batch, level)
+    return EncodedChunk(episode_id, batch.num_rows, batch.nbytes, checksum(body), body)
 
 
 def decode_chunk(body: bytes, spec: EpisodeSpec, *, max_decompressed: int, max_rows: int) -> pa.RecordBatch:

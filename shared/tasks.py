@@ -10,7 +10,7 @@ reported as "never retrieved". No I/O of its own.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable
+from typing import Any, Awaitable, Iterable
 
 
 async def until_first_done(*aws: Awaitable[Any]) -> list[asyncio.Task[Any]]:
@@ -26,10 +26,17 @@ async def until_first_done(*aws: Awaitable[Any]) -> list[asyncio.Task[Any]]:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         ended = [t for t in tasks if t.done()]
     finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_reap(tasks)
     return ended
+
+
+async def cancel_and_reap(tasks: Iterable[asyncio.Task[Any] | None]) -> None:
+    """Cancel ``tasks`` (None entries skipped) and wait until each has ended,
+    retrieving every exception: background work a daemon stops on its way out."""
+    live = [t for t in tasks if t is not None]
+    for t in live:
+        t.cancel()
+    await asyncio.gather(*live, return_exceptions=True)
 
 
 def raise_first(ended: list[asyncio.Task[Any]]) -> None:

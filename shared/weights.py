@@ -68,6 +68,15 @@ def decode_weights(data: bytes, expected_sha256: str, max_size: int) -> Weights:
     return Weights(version=version, arch=arch, tensors=tensors)
 
 
+def weights_version(data: bytes) -> int:
+    """The version a weights blob carries in its own header (no tensors are read)."""
+    meta = _metadata(data)
+    try:
+        return int(meta["version"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise WeightsError(f"bad weights metadata: {e}") from None
+
+
 def _metadata(data: bytes) -> dict[str, str]:
     # Read the header ourselves so a malformed one is our error, not a panic.
     if len(data) < 8:

@@ -6,10 +6,6 @@ def _kill_leftover_processes():
     """A failed test must not leave an agent or learner running: an agent left
     redialling could reach a later test's learner on a reused port."""
     yield
-    from tests.faults.harness import LIVE
+    from harness import kill_all
 
-    while LIVE:
-        p = LIVE.pop()
-        if p.poll() is None:
-            p.kill()
-            p.wait(10)
+    kill_all()

@@ -1,7 +1,9 @@
-"""Recent transitions in memory as flat float32 arrays, for fast sampling.
+"""The buffer's storage part: a ring of float32 columns (TorchRL's ``Storage``).
 
-A ring: when full, the oldest rows are overwritten (they stay on disk in the
-Parquet segments). Only state fields go here; images stay on disk for now.
+Plain storage: fixed-capacity arrays, a write index and a size; when full the
+oldest rows are overwritten (they stay on disk in the Parquet segments). What
+goes in (``writer``), which rows come out (``sampler``) and what is done to
+them on the way out (``transform``) are the other parts.
 """
 
 from __future__ import annotations
@@ -9,67 +11,40 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-import pyarrow as pa
-
-from shared.schema import NEXT_PREFIX, OBS_PREFIX, EpisodeSpec
 
 
-class MemoryStore:
-    def __init__(self, spec: EpisodeSpec, obs_fields: list[str], capacity: int):
-        self.spec, self.obs_fields, self.capacity = spec, obs_fields, capacity
-        self.obs_dim = spec.state_dim(obs_fields)
-        self.act_dim = spec.action_dim
-        self.obs = np.zeros((capacity, self.obs_dim), np.float32)
-        self.next_obs = np.zeros((capacity, self.obs_dim), np.float32)
-        self.action = np.zeros((capacity, self.act_dim), np.float32)
-        self.reward = np.zeros(capacity, np.float32)
-        self.terminated = np.zeros(capacity, np.float32)
+class RingStorage:
+    def __init__(self, capacity: int, columns: dict[str, tuple[int, ...]]):
+        if capacity < 1:
+            raise ValueError(f"ring capacity must be at least 1, got {capacity}")
+        self.capacity = capacity
+        self.data = {name: np.zeros((capacity, *shape), np.float32) for name, shape in columns.items()}
         self.size = 0
         self.added = 0  # all rows ever added, also those since overwritten
-        self._pos = 0
-        self._lock = threading.Lock()
-        low = np.asarray(spec.action_low or [-1.0] * self.act_dim, np.float32)
-        high = np.asarray(spec.action_high or [1.0] * self.act_dim, np.float32)
-        self._a_mid, self._a_half = (high + low) / 2, np.maximum((high - low) / 2, 1e-8)
+        self._pos = 0  # where the next row goes
+        self.lock = threading.RLock()  # held by a reader across "how many rows" and "those rows"
 
-    def _flat(self, table: pa.Table | pa.RecordBatch, prefix: str) -> np.ndarray:
-        n = table.num_rows
-        parts = []
-        for f in self.obs_fields:
-            col = table.column(prefix + f)
-            if isinstance(col, pa.ChunkedArray):
-                col = col.combine_chunks()
-            parts.append(col.flatten().to_numpy(zero_copy_only=False).reshape(n, -1))
-        return np.concatenate(parts, axis=1).astype(np.float32, copy=False)
+    def __len__(self) -> int:
+        return self.size
 
-    def add(self, table: pa.Table | pa.RecordBatch) -> None:
-        n = table.num_rows
+    def extend(self, rows: dict[str, np.ndarray]) -> None:
+        """Append rows (one array per column, equal lengths), overwriting the oldest when full."""
+        n = len(next(iter(rows.values())))
         if n == 0:
             return
-        act = table.column("action")
-        if isinstance(act, pa.ChunkedArray):
-            act = act.combine_chunks()
-        rows = {
-            "obs": self._flat(table, OBS_PREFIX),
-            "next_obs": self._flat(table, NEXT_PREFIX),
-            "action": (act.flatten().to_numpy(zero_copy_only=False).reshape(n, -1) - self._a_mid) / self._a_half,
-            "reward": table.column("reward").to_numpy(),
-            "terminated": table.column("terminated").to_numpy(zero_copy_only=False).astype(np.float32),
-        }
+        if rows.keys() != self.data.keys():
+            raise ValueError(f"ring columns are {sorted(self.data)}, rows have {sorted(rows)}")
         if n > self.capacity:  # only the newest rows fit
             rows = {k: v[-self.capacity :] for k, v in rows.items()}
-        with self._lock:
-            idx = (self._pos + np.arange(len(rows["reward"]))) % self.capacity
+        with self.lock:
+            idx = (self._pos + np.arange(min(n, self.capacity))) % self.capacity
             for k, v in rows.items():
-                getattr(self, k)[idx] = v
+                self.data[k][idx] = v
             self._pos = int((idx[-1] + 1) % self.capacity)
             self.size = min(self.capacity, self.size + len(idx))
             self.added += n
 
-    def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        with self._lock:
-            idx = rng.integers(0, self.size, batch_size)
-            return {
-                "obs": self.obs[idx], "action": self.action[idx], "reward": self.reward[idx],
-                "next_obs": self.next_obs[idx], "terminated": self.terminated[idx],
-            }
+    def get(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """Copies of the rows at ``idx`` (each column)."""
+        with self.lock:
+            return {k: v[idx] for k, v in self.data.items()}

@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from shared.errors import StorageError
 from shared.faults import crash_point
 from shared.fsutil import atomic_write, fsync_dir
 
@@ -26,6 +27,7 @@ log = logging.getLogger("fleetrl.storage")
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
+SEGMENTS = "segments"  # the sealed segments' directory under the buffer root
 
 
 @dataclass
@@ -60,8 +62,17 @@ class Manifest:
         ).encode()
 
     @classmethod
-    def from_json(cls, data: bytes) -> "Manifest":
-        d = json.loads(data)
+    def from_json(cls, data: bytes, path: Path | str = MANIFEST) -> "Manifest":
+        """Parse a manifest; StorageError naming ``path`` if it is damaged or of another version."""
+        try:
+            return cls._parse(json.loads(data))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSON, UTF-8, missing or mistyped fields
+            why = (str(e).splitlines() or [""])[0][:200]
+            raise StorageError(f"buffer manifest {path} is damaged or not one this build reads "
+                               f"({type(e).__name__}: {why}); the buffer was left as it is") from None
+
+    @classmethod
+    def _parse(cls, d: Any) -> "Manifest":
         if d.get("version") != MANIFEST_VERSION:
             raise ValueError(f"unsupported manifest version {d.get('version')!r}")
         return cls(
@@ -74,15 +85,29 @@ class Manifest:
         )
 
 
+def read_manifest(root: Path) -> Manifest | None:
+    """The manifest as on disk, or None where there is none; no recovery runs.
+
+    For readers beside a live learner (export): opening a ``SegmentStore``
+    would delete the learner's in-flight segment files as strays.
+    """
+    path = Path(root) / MANIFEST
+    return Manifest.from_json(path.read_bytes(), path) if path.is_file() else None
+
+
+def segment_path(root: Path, seg: SegmentInfo) -> Path:
+    return Path(root) / SEGMENTS / seg.name
+
+
 class SegmentStore:
     def __init__(self, root: Path, compression: str = "zstd"):
         self.root = Path(root)
-        self.seg_dir = self.root / "segments"
+        self.seg_dir = self.root / SEGMENTS
         self.seg_dir.mkdir(parents=True, exist_ok=True)
         self.compression = compression
         path = self.root / MANIFEST
         if path.exists():
-            self.manifest = Manifest.from_json(path.read_bytes())
+            self.manifest = Manifest.from_json(path.read_bytes(), path)
         else:
             self.manifest = Manifest(run_id=os.urandom(8).hex(), robot_bytes={})
             self._commit()
@@ -101,9 +126,14 @@ class SegmentStore:
                 stray.append(p.name)
                 p.unlink()  # never acked: its robots still hold the data
         for s in self.manifest.segments:
-            md = pq.read_metadata(self.seg_dir / s.name)  # raises if the footer is bad
+            seg = self.seg_dir / s.name
+            try:
+                md = pq.read_metadata(seg)  # raises if the footer is bad
+            except (OSError, pa.ArrowException) as e:
+                raise StorageError(f"buffer segment {seg} named in {self.root / MANIFEST} cannot be read "
+                                   f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]})") from None
             if md.num_rows != s.rows:
-                raise RuntimeError(f"segment {s.name} has {md.num_rows} rows, manifest says {s.rows}")
+                raise StorageError(f"buffer segment {seg} has {md.num_rows} rows, {self.root / MANIFEST} says {s.rows}")
         if stray:
             log.warning("event=stray_segments_removed count=%d names=%s", len(stray), ",".join(stray[:10]))
             fsync_dir(self.seg_dir)

@@ -1,6 +1,6 @@
 """The cluster learner: the ordinary SAC ``Trainer`` over a buffer made of shards.
 
-``ShardedBuffer`` stands in for a ReplayBuffer: shards push their memory
+``ShardedBuffer`` is a ``SampleSource`` as a ReplayBuffer is: shards push their memory
 sizes when new rows are durable (no polling), and a sample is drawn from each
 shard in proportion to its size, so only samples cross the network.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,6 +16,7 @@ import numpy as np
 from shared.config import LearnerAlgoConfig
 from shared.weights import WeightsBlob
 
+from ..buffer import Batch, Dims
 from ..learner.trainer import Trainer
 from .channels import NAMESPACE, shard_actor_name
 from .shard import node_id
@@ -24,40 +24,51 @@ from .shard import node_id
 log = logging.getLogger("fleetrl.cluster.learner")
 
 
-@dataclass
-class MemoryView:
-    """What Trainer reads of a buffer's memory, summed over shards."""
-
-    size: int = 0
-    added: int = 0
-    obs_dim: int = 0
-    act_dim: int = 0
-
-
 class ShardedBuffer:
+    """A ``SampleSource`` over shards: sizes as the shards last reported them, batches drawn across them."""
+
     def __init__(self, shards: list[str], namespace: str = NAMESPACE):
         self.names, self.namespace = list(shards), namespace
-        self.memory: MemoryView | None = None
-        self.obs_fields: list[str] = []
+        self._dims: Dims | None = None
         self._mem: dict[str, dict[str, Any]] = {}
         self._handles: dict[str, Any] = {}
         self._lock = threading.Lock()
         self.samples_by_shard: dict[str, int] = {n: 0 for n in shards}
 
     def update(self, shard: str, mem: dict[str, Any]) -> None:
+        """A shard's report (``BufferShard._memory``); one whose dims differ from the first is ignored."""
         with self._lock:
             if mem.get("obs_dim"):
-                if self.memory is not None and (mem["obs_dim"], mem["act_dim"]) != (self.memory.obs_dim, self.memory.act_dim):
+                dims = Dims(int(mem["obs_dim"]), int(mem["act_dim"]), tuple(mem["obs_fields"]))
+                if self._dims is not None and (dims.obs_dim, dims.act_dim) != (self._dims.obs_dim, self._dims.act_dim):
                     log.error("event=shard_spec_mismatch shard=%s (ignored)", shard)
                     return
-                self.obs_fields = list(mem["obs_fields"])
+                self._dims = dims
             self._mem[shard] = mem
-            if any(m.get("obs_dim") for m in self._mem.values()):
-                first = next(m for m in self._mem.values() if m.get("obs_dim"))
-                self.memory = MemoryView(
-                    sum(m["size"] for m in self._mem.values()), sum(m["added"] for m in self._mem.values()),
-                    first["obs_dim"], first["act_dim"],
-                )
+
+    def _total(self, key: str) -> int:
+        with self._lock:
+            return sum(int(m.get(key, 0)) for m in self._mem.values()) if self._dims is not None else 0
+
+    @property
+    def size(self) -> int:
+        return self._total("size")
+
+    @property
+    def added(self) -> int:
+        return self._total("added")
+
+    @property
+    def dims(self) -> Dims | None:
+        return self._dims
+
+    @property
+    def rows(self) -> int:
+        return self._total("rows")
+
+    @property
+    def segment_count(self) -> int:
+        return self._total("segments")
 
     def _handle(self, shard: str) -> Any:
         import ray
@@ -66,7 +77,7 @@ class ShardedBuffer:
             self._handles[shard] = ray.get_actor(shard_actor_name(shard), namespace=self.namespace)
         return self._handles[shard]
 
-    def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
         import ray
 
         with self._lock:
@@ -93,7 +104,7 @@ class LearnerWorker:
         def publish(blob: WeightsBlob) -> None:  # on the trainer thread; fire and forget
             pub.publish.remote(blob)
 
-        self.trainer = Trainer(self.buffer, LearnerAlgoConfig(**algo), publish, start_version=start_version)  # type: ignore[arg-type]
+        self.trainer = Trainer(self.buffer, LearnerAlgoConfig(**algo), publish, start_version=start_version)
         self.trainer.start()
 
     def notify(self, shard: str, mem: dict[str, Any]) -> None:
@@ -104,7 +115,7 @@ class LearnerWorker:
         t = self.trainer
         return {"node_id": node_id(), "updates": t.updates, "version": t.version,
                 "samples_by_shard": dict(self.buffer.samples_by_shard),
-                "rows_seen": self.buffer.memory.added if self.buffer.memory else 0,
+                "rows_seen": self.buffer.added,
                 "error": repr(t.error) if t.error else None}
 
     def stop(self) -> None:

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 import numpy as np
-import torch
 
 import hal_drivers
 from hal_drivers.base import Robot
-from edge_agent.policy_holder import PolicyHolder
-from shared.chunk import StepRecord, build_batch, checksum, encode_chunk
+from shared.actions import ActionScale
+from shared.chunk import StepRecord, make_chunk
+from shared.observations import state_sizes
+from shared.policy_runner import LoadedPolicy, load_policy
 from shared.protocol import Chunk
 from shared.weights import WeightsBlob, decode_weights
 
@@ -31,6 +32,26 @@ from .weight_sync import WeightSync
 log = logging.getLogger("fleetrl.cluster.rollout")
 
 MAX_WEIGHTS = 1 << 31
+MAX_PARAMS = 200_000_000  # the robots' default link.max_policy_params: a sim worker loads what a robot would
+
+
+class RolloutResult(TypedDict):
+    robot_id: str
+    episodes: int
+    rows: int
+    successes: int
+    policy_version: int  # the one policy every step of the rollout used
+    seq: int  # the worker's stream sequence after the rollout
+    node_id: str | None  # the Ray node it ran on; None outside Ray
+
+
+class WorkerStats(TypedDict):
+    robot_id: str
+    node_id: str | None
+    version: int
+    rollouts: int
+    versions_used: list[int]  # policy version of each rollout so far
+    seq: int
 
 
 class Sink(Protocol):
@@ -51,9 +72,9 @@ class RolloutWorker:
             self.envs.append(unit)
         desc = self.envs[0].describe()
         self.spec = desc.episode_spec()
-        self.low, self.high = np.asarray(desc.action_low, np.float32), np.asarray(desc.action_high, np.float32)
-        self.holder = PolicyHolder({k: int(np.prod(v.shape)) for k, v in desc.observation.items() if not v.is_image},
-                                   self.spec.action_dim)
+        self.scale = ActionScale(desc.action_low, desc.action_high)
+        self.state_fields = state_sizes(self.spec)
+        self.policy: LoadedPolicy | None = None  # replaced only between rollouts
         self.seq = sink.hello(self.robot_id, self.spec.to_dict(), "sim")  # resume after the durable mark
         self.rng = np.random.default_rng(seed + index)
         self.sync: WeightSync | None = None
@@ -62,10 +83,16 @@ class RolloutWorker:
 
     # -- weights, between rollouts ------------------------------------------
 
+    @property
+    def version(self) -> int:
+        return self.policy.version if self.policy is not None else 0
+
     def set_weights(self, blob: WeightsBlob | None) -> int:
-        if blob is not None and blob.version > self.holder.version:
-            self.holder.swap(self.holder.prepare(decode_weights(blob.data, blob.sha256, MAX_WEIGHTS)))
-        return self.holder.version
+        if blob is not None and blob.version > self.version:
+            weights = decode_weights(blob.data, blob.sha256, MAX_WEIGHTS)
+            self.policy = load_policy(weights, self.state_fields, self.spec.action_dim, MAX_PARAMS,
+                                      limit_name="cloud.cluster.rollout.MAX_PARAMS")
+        return self.version
 
     def init_sync(self, init_method: str, rank: int, world_size: int, cfg: dict[str, Any]) -> str:
         self.sync = WeightSync(rank, world_size, init_method, WeightSyncConfig(**cfg))
@@ -78,17 +105,14 @@ class RolloutWorker:
     # -- rollouts -------------------------------------------------------------
 
     def _actions(self, obs: list[dict[str, np.ndarray]]) -> tuple[np.ndarray, int]:
-        cur = self.holder.current
+        cur = self.policy
         if cur is None:
-            return self.rng.uniform(self.low, self.high, (len(obs), len(self.low))).astype(np.float32), 0
-        x = np.stack([np.concatenate([np.asarray(o[f], np.float32).ravel() for f in cur.obs_fields]) for o in obs])
-        with torch.inference_mode():
-            a = cur.actor.act(torch.from_numpy(x)).numpy()
-        return self.low + (a + 1.0) * 0.5 * (self.high - self.low), cur.version
+            return self.scale.sample(self.rng, len(obs)), 0
+        return self.scale.to_robot(cur.act_batch(obs)), cur.version
 
-    def rollout(self) -> dict[str, Any]:
+    def rollout(self) -> RolloutResult:
         """Run ``episodes_per_rollout`` episodes on every env with one policy; store them."""
-        version = self.holder.version
+        version = self.version
         episodes = rows = successes = 0
         for _ in range(self.cfg.episodes_per_rollout):
             obs = [env.reset() for env in self.envs]
@@ -118,13 +142,12 @@ class RolloutWorker:
     def _store(self, steps: list[StepRecord]) -> None:
         eid = f"{self.robot_id}-{uuid.uuid4().hex[:12]}"
         for start in range(0, len(steps), self.chunk_steps):
-            batch = build_batch(self.spec, self.robot_id, eid, steps[start : start + self.chunk_steps])
-            body = encode_chunk(batch)
+            chunk = make_chunk(self.spec, self.robot_id, eid, steps[start : start + self.chunk_steps])
             self.seq += 1
-            self.sink.put(self.robot_id, Chunk(self.seq, eid, batch.num_rows, batch.nbytes, checksum(body), body))
+            self.sink.put(self.robot_id, chunk.message(self.seq))
 
-    def stats(self) -> dict[str, Any]:
-        return {"robot_id": self.robot_id, "node_id": node_id(), "version": self.holder.version,
+    def stats(self) -> WorkerStats:
+        return {"robot_id": self.robot_id, "node_id": node_id(), "version": self.version,
                 "rollouts": self.rollouts, "versions_used": list(self.versions_used), "seq": self.seq}
 
     def close(self) -> None:

@@ -3,9 +3,9 @@
 It runs the learner app (``cloud.app.make_app``) for its robot group, so robots
 at a site link to their site's node and their data is ingested, deduplicated
 and sealed there; only samples travel to the learner. Simulation rollout
-workers put chunks through the same ``Ingest``. The app's own trainer is
-parked (the cluster learner trains); its weight publisher relays the cluster's
-weights to the robots linked here.
+workers put chunks through the same ``Ingest``. The app runs without a
+trainer (the cluster learner trains); its weight publisher relays the
+cluster's weights to the robots linked here.
 
 Restarting a shard (Ray restarts a killed actor) rebuilds it from its Parquet
 segments and manifest: the durability work is the recovery.
@@ -31,18 +31,18 @@ from shared.weights import WeightsBlob
 
 from ..admission import robot_site
 from ..app import make_app
+from ..buffer import Batch, ReplayBuffer
 from ..keys import BUFFER, INGEST, PUBLISHER, REGISTRY
 from ..robots import RobotRegistry
 
 log = logging.getLogger("fleetrl.cluster.shard")
 
-PARKED = 1 << 62  # learning_starts for a shard's embedded trainer: never reached
 ORDER_TIMEOUT_S = 30.0
 SOURCES = "sources"  # manifest extra: robot id -> "robot" | "sim"
 
 
 def shard_config(cfg: LearnerConfig, name: str, host: str | None, port: int) -> LearnerConfig:
-    """The run config as this shard sees it: its own data dir, address and port, trainer parked.
+    """The run config as this shard sees it: its own data dir, address and port.
 
     Validated again as a whole, so every check of a single learner's config
     (no plain ws:// beyond loopback without allow_insecure, auth "open" only on
@@ -50,7 +50,6 @@ def shard_config(cfg: LearnerConfig, name: str, host: str | None, port: int) -> 
     data = cfg.model_dump()
     data["data_dir"] = Path(cfg.data_dir) / "shards" / name
     data["server"] = {**data["server"], "port": port, "host": host or cfg.server.host}
-    data["learner"] = {**data["learner"], "learning_starts": PARKED}
     if isinstance(data.get("admin"), dict):
         data["admin"] = {**data["admin"], "port": 0}  # several shards may share a node: each its own admin port
     try:
@@ -107,7 +106,7 @@ class BufferShard:
             self._start_lock = asyncio.Lock()
         async with self._start_lock:
             if self._runner is None:
-                app = make_app(self.cfg, resume=False)
+                app = make_app(self.cfg, resume=False, with_trainer=False)
                 app[REGISTRY] = RobotRegistry(self.registry)  # the run's table: enrolment and revocation reach here
                 server = self.cfg.server
                 runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, access_log=None,
@@ -118,13 +117,7 @@ class BufferShard:
                 host, port = runner.addresses[0][:2]
                 host = f"[{host}]" if ":" in host else host
                 self._url = f"{'wss' if tls else 'ws'}://{host}:{port}/ws"
-                ingest, parked = app[INGEST], app[INGEST].on_durable
-                def on_durable(rows: int) -> None:
-                    if parked is not None:
-                        parked(rows)
-                    self._notify_learner()
-
-                ingest.on_durable = on_durable
+                app[INGEST].on_durable = lambda rows: self._notify_learner()
                 self._runner = runner
                 log.info("event=shard_ready shard=%s url=%s rows=%d", self.name, self._url, app[BUFFER].rows)
         return self._runner.app
@@ -139,11 +132,11 @@ class BufferShard:
     def _memory(self) -> dict[str, Any]:
         assert self._runner is not None
         buf = self._runner.app[BUFFER]
-        mem = buf.memory
-        if mem is None:
+        dims = buf.dims
+        if dims is None:
             return {"size": 0, "added": 0}
-        return {"size": mem.size, "added": mem.added, "obs_dim": mem.obs_dim, "act_dim": mem.act_dim,
-                "obs_fields": list(buf.obs_fields)}
+        return {"size": buf.size, "added": buf.added, "obs_dim": dims.obs_dim, "act_dim": dims.act_dim,
+                "obs_fields": list(dims.obs_fields), "rows": buf.rows, "segments": buf.segment_count}
 
     async def announce(self) -> None:
         """Tell the learner what this shard holds (at start, and after either restarts)."""
@@ -159,10 +152,10 @@ class BufferShard:
         app = await self._ensure()
         buf = app[BUFFER]
         buf.check_spec(EpisodeSpec.from_dict(spec))
-        sources = dict(buf.store.manifest.extra.get(SOURCES, {}))
+        sources = dict(buf.extra(SOURCES) or {})
         if sources.get(robot_id) != source:
             sources[robot_id] = source
-            await asyncio.to_thread(buf.store.set_extra, SOURCES, sources)
+            await asyncio.to_thread(buf.set_extra, SOURCES, sources)
         return buf.hwm(robot_id)
 
     async def put(self, robot_id: str, chunk: Chunk) -> int:
@@ -191,7 +184,7 @@ class BufferShard:
         await durable
         return buf.hwm(robot_id)
 
-    async def sample(self, batch_size: int, seed: int) -> dict[str, np.ndarray]:
+    async def sample(self, batch_size: int, seed: int) -> Batch:
         """A batch drawn here, so only samples leave the site."""
         app = await self._ensure()
         self.samples_served += batch_size
@@ -208,17 +201,17 @@ class BufferShard:
         buf = app[BUFFER]
         return {
             "shard": self.name, "url": self._url, "node_id": node_id(), "data_dir": str(self.cfg.data_dir),
-            "rows": buf.rows, "rows_by_robot": dict(buf.rows_by_robot), "hwm": dict(buf.store.manifest.hwm),
-            "sources": self._sources(buf), "segments": len(buf.store.manifest.segments),
-            "recovery": buf.store.recovery_report, "samples_served": self.samples_served,
+            "rows": buf.rows, "rows_by_robot": dict(buf.rows_by_robot), "hwm": buf.marks(),
+            "sources": self._sources(buf), "segments": buf.segment_count,
+            "recovery": buf.recovery_report, "samples_served": self.samples_served,
             "policy_version": app[PUBLISHER].version, "memory": self._memory(),
         }
 
     @staticmethod
-    def _sources(buf: Any) -> dict[str, str]:
+    def _sources(buf: ReplayBuffer) -> dict[str, str]:
         """Every robot stream here and where its data comes from (robots linked over the gateway: "robot")."""
-        tagged = buf.store.manifest.extra.get(SOURCES, {})
-        return {rid: tagged.get(rid, "robot") for rid in {*buf.store.manifest.hwm, *tagged}}
+        tagged = buf.extra(SOURCES) or {}
+        return {rid: tagged.get(rid, "robot") for rid in {*buf.marks(), *tagged}}
 
     async def close(self) -> None:
         if self._runner is not None:

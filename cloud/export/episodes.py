@@ -1,8 +1,8 @@
 """Read whole episodes out of a run's buffer, read-only.
 
-It reads the manifest and sealed segments directly rather than opening a
-``SegmentStore``: that would run crash recovery and delete a live learner's
-in-flight segment files.
+It reads the manifest and sealed segments read-only (``storage.read_manifest``)
+rather than opening a ``SegmentStore``: that would run crash recovery and
+delete a live learner's in-flight segment files.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cloud.buffer.storage import MANIFEST, Manifest
+from cloud.buffer.storage import MANIFEST, read_manifest, segment_path
 from shared.errors import ConfigError
 from shared.ids import RULE, is_safe_id
 from shared.schema import EpisodeSpec
@@ -40,7 +40,10 @@ def buffer_root(data_dir: Path) -> Path:
 class BufferEpisodes:
     def __init__(self, data_dir: Path):
         self.root = buffer_root(data_dir)
-        self.manifest = Manifest.from_json((self.root / MANIFEST).read_bytes())
+        manifest = read_manifest(self.root)
+        if manifest is None:  # removed since buffer_root looked
+            raise ConfigError(f"data_dir: no buffer manifest under {self.root}")
+        self.manifest = manifest
         if self.manifest.spec is None:
             raise ConfigError(f"data_dir: the buffer at {self.root} holds no data yet")
         self.spec = EpisodeSpec.from_dict(self.manifest.spec)
@@ -51,7 +54,7 @@ class BufferEpisodes:
         for seg in self.manifest.segments:
             if robots and not set(seg.robots) & set(robots):
                 continue
-            t = pq.read_table(self.root / "segments" / seg.name)
+            t = pq.read_table(segment_path(self.root, seg))
             if robots:
                 t = t.filter(pc.is_in(t.column("robot_id"), pa.array(robots)))
             if episode_ids:

@@ -20,7 +20,7 @@ from shared.config import LearnerAlgoConfig
 from shared.errors import WeightsError
 from shared.weights import WeightsBlob, decode_weights, encode_weights
 
-from ..buffer import ReplayBuffer
+from ..buffer import SampleSource
 from . import checkpoint
 from .sac import SAC, SACConfig
 
@@ -29,7 +29,7 @@ log = logging.getLogger("fleetrl.trainer")
 
 class Trainer(threading.Thread):
     def __init__(
-        self, buffer: ReplayBuffer, cfg: LearnerAlgoConfig, publish: Callable[[WeightsBlob], None],
+        self, buffer: SampleSource, cfg: LearnerAlgoConfig, publish: Callable[[WeightsBlob], None],
         start_version: int = 0, checkpoint_path: Path | None = None, resume: bool = False,
         published: WeightsBlob | None = None,
     ):
@@ -52,7 +52,7 @@ class Trainer(threading.Thread):
     def _publish(self, sac: SAC) -> None:
         self.version += 1
         self._published_at = self.updates
-        arch = {"actor": sac.actor.arch(), "obs_fields": list(self.buffer.obs_fields)}
+        arch = {"actor": sac.actor.arch(), "obs_fields": self._obs_fields()}
         self.publish(encode_weights(sac.actor_state(), self.version, arch))
 
     def save_checkpoint(self) -> None:
@@ -63,7 +63,7 @@ class Trainer(threading.Thread):
         checkpoint.save(self.checkpoint_path, {
             "sac": self._sac.state_dict(), "rng": self._rng.bit_generator.state, "updates": self.updates,
             "policy_version": self.version, "buffer_rows": self.buffer.rows,
-            "buffer_segments": len(self.buffer.store.manifest.segments),
+            "buffer_segments": self.buffer.segment_count,
         })
         log.info("event=checkpoint_saved updates=%d seconds=%.3f", self.updates, time.monotonic() - t0)
 
@@ -88,9 +88,9 @@ class Trainer(threading.Thread):
         what = "resume_without_checkpoint" if self.resumed_from is None else "checkpoint_behind_published_policy"
         try:
             weights = decode_weights(blob.data, blob.sha256, len(blob.data))
-            if weights.arch.get("obs_fields") != list(self.buffer.obs_fields):
+            if weights.arch.get("obs_fields") != self._obs_fields():
                 raise WeightsError(f"observation fields {weights.arch.get('obs_fields')} differ from this run's "
-                                   f"{list(self.buffer.obs_fields)}")
+                                   f"{self._obs_fields()}")
             with torch.no_grad():
                 sac.actor.load_state_dict(weights.tensors)
         except (WeightsError, RuntimeError) as e:
@@ -125,11 +125,14 @@ class Trainer(threading.Thread):
             self._stopping = True
             self._cond.notify_all()
 
+    def _obs_fields(self) -> list[str]:
+        dims = self.buffer.dims
+        return list(dims.obs_fields) if dims is not None else []
+
     def _allowed(self) -> bool:
-        mem = self.buffer.memory
-        if mem is None or mem.size < self.cfg.learning_starts:
+        if self.buffer.dims is None or self.buffer.size < self.cfg.learning_starts:
             return False
-        return self.updates < self.cfg.utd_ratio * mem.added
+        return self.updates < self.cfg.utd_ratio * self.buffer.added
 
     def run(self) -> None:
         try:
@@ -144,10 +147,10 @@ class Trainer(threading.Thread):
             self._cond.wait_for(lambda: self._stopping or self._allowed())
         if self._stopping:
             return
-        mem = self.buffer.memory
-        assert mem is not None
+        dims = self.buffer.dims
+        assert dims is not None
         sac = SAC(
-            mem.obs_dim, mem.act_dim,
+            dims.obs_dim, dims.act_dim,
             SACConfig(hidden=tuple(self.cfg.hidden), lr=self.cfg.lr, gamma=self.cfg.gamma, tau=self.cfg.tau,
                       batch_size=self.cfg.batch_size, init_alpha=self.cfg.init_alpha),
             seed=self.cfg.seed,
@@ -155,7 +158,7 @@ class Trainer(threading.Thread):
         rng = np.random.default_rng(self.cfg.seed)
         self._restore(sac, rng)
         self._sac, self._rng = sac, rng
-        log.info("event=training_started obs_dim=%d act_dim=%d rows=%d", mem.obs_dim, mem.act_dim, mem.size)
+        log.info("event=training_started obs_dim=%d act_dim=%d rows=%d", dims.obs_dim, dims.act_dim, self.buffer.size)
         t_last, n_last = time.monotonic(), 0
         while True:
             if self.cfg.publish_when_idle and not self._allowed() and self.updates > self._published_at:

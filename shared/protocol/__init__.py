@@ -1,5 +1,7 @@
-"""Link protocol v1, sans-I/O: framing, messages, and the two connection state machines."""
+"""Link protocol v1, sans-I/O: framing, messages, the two connection state machines,
+the stream rules of an open link (``stream``) and the reason codes (``codes``)."""
 
+from .codes import RejectCode
 from .connection import CloudConnection, EdgeConnection, State
 from .frames import FRAME_VERSION, Frame, MsgType, decode_frame, encode_frame
 from .limits import Limits
@@ -10,6 +12,6 @@ from .messages import (
 
 __all__ = [
     "FRAME_VERSION", "PROTOCOL_VERSIONS", "Ack", "Challenge", "Chunk", "CloudConnection", "EdgeConnection", "Frame",
-    "Hello", "Limits", "Lost", "Message", "MsgType", "Policy", "Reject", "State", "Status", "TunnelClose", "TunnelData", "TunnelOpen", "Welcome",
+    "Hello", "Limits", "Lost", "Message", "MsgType", "Policy", "Reject", "RejectCode", "State", "Status", "TunnelClose", "TunnelData", "TunnelOpen", "Welcome",
     "decode_frame", "encode_frame",
 ]

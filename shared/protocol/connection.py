@@ -14,7 +14,8 @@ import enum
 from typing import Any
 
 from .. import auth
-from ..errors import ProtocolError
+from ..errors import InvalidState, ProtocolError
+from .codes import RejectCode
 from .frames import MsgType, decode_frame, encode_frame
 from .limits import Limits
 from .messages import (
@@ -46,22 +47,23 @@ class _Base:
 
     def _parse(self, data: bytes) -> Message:
         if self.state is State.CLOSED:
-            raise ProtocolError("connection is closed", "closed")
+            raise InvalidState("connection is closed", RejectCode.CLOSED)
         frame = decode_frame(data, self.limits)
         msg: Message = PARSERS[frame.type].parse(frame)
         if isinstance(msg, Reject):
             self.state = State.CLOSED
         elif self.state is State.OPEN and msg.TYPE not in self.accepts:
-            raise ProtocolError(f"unexpected {msg.TYPE.name.lower()} on an open link", "bad_state")
+            raise ProtocolError(f"unexpected {msg.TYPE.name.lower()} on an open link", RejectCode.BAD_STATE)
         return msg
 
     def reject(self, code: str, message: str) -> bytes:
+        """Close the link with a reason (a :class:`RejectCode`, or a peer's free-form one)."""
         self.state = State.CLOSED
-        return _encode(Reject(code, message))
+        return _encode(Reject(str(code), message))
 
     def _require_open(self) -> None:
         if self.state is not State.OPEN:
-            raise ProtocolError(f"link is {self.state.value}, not open", "bad_state")
+            raise InvalidState(f"link is {self.state.value}, not open")
 
     def tunnel_data(self, stream: int, data: bytes) -> bytes:
         self._require_open()
@@ -93,7 +95,7 @@ class EdgeConnection(_Base):
         """``channel``: SHA-256 (hex) of the learner certificate this link sees, "" on plain ws://;
         the proof and the welcome's signature both cover it (see shared.auth)."""
         if self.state is not State.CHALLENGED:
-            raise ProtocolError("hello answers the cloud's challenge, once", "bad_state")
+            raise InvalidState("hello answers the cloud's challenge, once")
         self.state = State.HANDSHAKE
         proof = ""
         self._client_nonce, self._channel = auth.nonce(), channel
@@ -109,23 +111,23 @@ class EdgeConnection(_Base):
                 return msg
             if self.state is State.START:
                 if not isinstance(msg, Challenge):
-                    raise ProtocolError(f"expected a challenge, got {msg.TYPE.name.lower()}", "bad_state")
+                    raise ProtocolError(f"expected a challenge, got {msg.TYPE.name.lower()}", RejectCode.BAD_STATE)
                 self._server_nonce, self.state = msg.nonce, State.CHALLENGED
                 return msg
             if not isinstance(msg, Welcome):
-                raise ProtocolError(f"expected welcome, got {msg.TYPE.name.lower()}", "bad_state")
+                raise ProtocolError(f"expected welcome, got {msg.TYPE.name.lower()}", RejectCode.BAD_STATE)
             if msg.version not in PROTOCOL_VERSIONS:
-                raise ProtocolError(f"cloud chose protocol version {msg.version}, not offered", "unsupported_version")
+                raise ProtocolError(f"cloud chose protocol version {msg.version}, not offered", RejectCode.UNSUPPORTED_VERSION)
             if self.key is not None:
                 if not auth.check_server_signature(auth.stored_key(self.key), self.robot_id, self._server_nonce,
                                                    self._client_nonce, self._channel, msg.server_signature):
                     raise ProtocolError("the learner could not prove it is the one this robot enrolled with",
-                                        "learner_unverified")
+                                        RejectCode.LEARNER_UNVERIFIED)
             self.version, self.state = msg.version, State.OPEN
             self.max_inflight = min(msg.max_inflight, self.limits.max_inflight_chunks)
             return msg
         if self.state is State.CHALLENGED:
-            raise ProtocolError("nothing is expected before our hello", "bad_state")
+            raise InvalidState("nothing is read before our hello is sent")
         return self._parse(data)
 
     def chunk(self, seq: int, episode_id: str, rows: int, raw_size: int, crc32: int, body: bytes) -> bytes:
@@ -157,29 +159,29 @@ class CloudConnection(_Base):
 
     def challenge(self) -> bytes:
         if self.state is not State.START:
-            raise ProtocolError("the challenge opens the link, once", "bad_state")
+            raise InvalidState("the challenge opens the link, once")
         self.server_nonce, self.state = auth.nonce(), State.CHALLENGED
         return _encode(Challenge(self.server_nonce))
 
     def receive(self, data: bytes) -> Message:
         if self.state is State.START:
-            raise ProtocolError("send the challenge first", "bad_state")
+            raise InvalidState("send the challenge first")
         msg = self._parse(data)
         if self.state is State.CHALLENGED:
             if not isinstance(msg, Hello):
-                raise ProtocolError(f"expected hello, got {msg.TYPE.name.lower()}", "bad_state")
+                raise ProtocolError(f"expected hello, got {msg.TYPE.name.lower()}", RejectCode.BAD_STATE)
             common = set(msg.versions) & set(PROTOCOL_VERSIONS)
             if not common:
                 raise ProtocolError(
                     f"robot speaks protocol versions {list(msg.versions)}; this learner speaks {list(PROTOCOL_VERSIONS)}",
-                    "unsupported_version",
+                    RejectCode.UNSUPPORTED_VERSION,
                 )
             self.version, self.robot_id, self.hello_msg = max(common), msg.robot_id, msg
             self.state = State.HANDSHAKE
         elif self.state is State.HANDSHAKE and not isinstance(msg, Reject):
-            raise ProtocolError("message before the welcome was sent", "bad_state")
+            raise ProtocolError("message before the welcome was sent", RejectCode.BAD_STATE)
         elif isinstance(msg, Chunk) and len(msg.body) > self.limits.max_frame_bytes:
-            raise ProtocolError("chunk body too large", "frame_too_large")
+            raise ProtocolError("chunk body too large", RejectCode.FRAME_TOO_LARGE)
         return msg
 
     def verify(self, stored_key: bytes) -> bool:
@@ -190,7 +192,7 @@ class CloudConnection(_Base):
 
     def welcome(self, run_id: str, acked_seq: int, policy_version: int, stored_key: bytes | None = None) -> bytes:
         if self.state is not State.HANDSHAKE or self.version is None or self.hello_msg is None:
-            raise ProtocolError("welcome answers a hello", "bad_state")
+            raise InvalidState("welcome answers a hello")
         self.state = State.OPEN
         sig = ""
         if stored_key is not None:

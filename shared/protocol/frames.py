@@ -16,6 +16,7 @@ from typing import Any
 import msgpack
 
 from ..errors import ProtocolError
+from .codes import RejectCode
 from .limits import Limits
 
 MAGIC = b"FL"
@@ -52,20 +53,20 @@ def encode_frame(type_: MsgType, meta: dict[str, Any], body: bytes = b"") -> byt
 
 def decode_frame(data: bytes, limits: Limits) -> Frame:
     if len(data) > limits.max_frame_bytes:
-        raise ProtocolError(f"frame of {len(data)} bytes exceeds limit {limits.max_frame_bytes}", "frame_too_large")
+        raise ProtocolError(f"frame of {len(data)} bytes exceeds limit {limits.max_frame_bytes}", RejectCode.FRAME_TOO_LARGE)
     if len(data) < HEADER.size:
-        raise ProtocolError(f"frame of {len(data)} bytes is shorter than its header", "truncated")
+        raise ProtocolError(f"frame of {len(data)} bytes is shorter than its header", RejectCode.TRUNCATED)
     magic, version, type_, meta_len, body_len = HEADER.unpack_from(data)
     if magic != MAGIC:
-        raise ProtocolError("frame does not start with the fleetrl magic", "bad_magic")
+        raise ProtocolError("frame does not start with the fleetrl magic", RejectCode.BAD_MAGIC)
     if version != FRAME_VERSION:
-        raise ProtocolError(f"frame version {version} not supported (supported: {FRAME_VERSION})", "unsupported_version")
+        raise ProtocolError(f"frame version {version} not supported (supported: {FRAME_VERSION})", RejectCode.UNSUPPORTED_VERSION)
     try:
         mtype = MsgType(type_)
     except ValueError:
-        raise ProtocolError(f"unknown message type {type_}", "unknown_type") from None
+        raise ProtocolError(f"unknown message type {type_}", RejectCode.UNKNOWN_TYPE) from None
     if meta_len > limits.max_meta_bytes:
-        raise ProtocolError(f"frame meta of {meta_len} bytes exceeds limit {limits.max_meta_bytes}", "frame_too_large")
+        raise ProtocolError(f"frame meta of {meta_len} bytes exceeds limit {limits.max_meta_bytes}", RejectCode.FRAME_TOO_LARGE)
     if HEADER.size + meta_len + body_len != len(data):
         raise ProtocolError(
             f"frame lengths ({meta_len}+{body_len}) do not match its size ({len(data) - HEADER.size})", "truncated"
@@ -77,7 +78,7 @@ def decode_frame(data: bytes, limits: Limits) -> Frame:
             max_str_len=meta_len, max_bin_len=meta_len, max_array_len=meta_len, max_map_len=meta_len,
         )
     except Exception as e:  # msgpack raises a zoo of types on bad input
-        raise ProtocolError(f"frame meta is not valid msgpack: {type(e).__name__}", "bad_meta") from None
+        raise ProtocolError(f"frame meta is not valid msgpack: {type(e).__name__}", RejectCode.BAD_META) from None
     if not isinstance(meta, dict):
-        raise ProtocolError("frame meta must be a map", "bad_meta")
+        raise ProtocolError("frame meta must be a map", RejectCode.BAD_META)
     return Frame(mtype, meta, bytes(data[HEADER.size + meta_len :]))

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from ..errors import ProtocolError
+from .codes import RejectCode
 from ..ids import SAFE_ID
 from .frames import Frame, MsgType
 
@@ -21,11 +22,11 @@ T = TypeVar("T")
 
 def _field(meta: dict[str, Any], key: str, typ: type[T], msg: str) -> T:
     if key not in meta:
-        raise ProtocolError(f"{msg} lacks field {key!r}", "bad_meta")
+        raise ProtocolError(f"{msg} lacks field {key!r}", RejectCode.BAD_META)
     v = meta[key]
     ok = isinstance(v, typ) and not (typ is int and isinstance(v, bool))
     if not ok:
-        raise ProtocolError(f"{msg}.{key} must be {typ.__name__}, got {type(v).__name__}", "bad_meta")
+        raise ProtocolError(f"{msg}.{key} must be {typ.__name__}, got {type(v).__name__}", RejectCode.BAD_META)
     checked: T = v
     return checked
 
@@ -33,7 +34,7 @@ def _field(meta: dict[str, Any], key: str, typ: type[T], msg: str) -> T:
 def _uint(meta: dict[str, Any], key: str, msg: str, hi: int = 2**63 - 1) -> int:
     v = _field(meta, key, int, msg)
     if not 0 <= v <= hi:
-        raise ProtocolError(f"{msg}.{key} out of range: {v}", "bad_meta")
+        raise ProtocolError(f"{msg}.{key} out of range: {v}", RejectCode.BAD_META)
     return v
 
 
@@ -63,10 +64,10 @@ class Hello:
         m = f.meta
         robot_id = _field(m, "robot_id", str, "hello")
         if not ROBOT_ID.fullmatch(robot_id):
-            raise ProtocolError(f"hello.robot_id {robot_id[:40]!r} is not a valid robot id", "bad_meta")
+            raise ProtocolError(f"hello.robot_id {robot_id[:40]!r} is not a valid robot id", RejectCode.BAD_META)
         versions = _field(m, "versions", list, "hello")
         if not versions or len(versions) > 16 or not all(isinstance(v, int) and not isinstance(v, bool) for v in versions):
-            raise ProtocolError("hello.versions must be a short list of ints", "bad_meta")
+            raise ProtocolError("hello.versions must be a short list of ints", RejectCode.BAD_META)
         units = _field(m, "units", list, "hello") if "units" in m else []
         return cls(
             robot_id=robot_id,
@@ -132,10 +133,10 @@ class Chunk:
         m = f.meta
         seq = _uint(m, "seq", "chunk")
         if seq == 0:
-            raise ProtocolError("chunk.seq starts at 1", "bad_meta")
+            raise ProtocolError("chunk.seq starts at 1", RejectCode.BAD_META)
         episode_id = _field(m, "episode_id", str, "chunk")
         if not SAFE_ID.fullmatch(episode_id):
-            raise ProtocolError(f"chunk.episode_id {episode_id[:40]!r} is not a valid episode id", "bad_meta")
+            raise ProtocolError(f"chunk.episode_id {episode_id[:40]!r} is not a valid episode id", RejectCode.BAD_META)
         return cls(
             seq=seq,
             episode_id=episode_id,
@@ -184,10 +185,10 @@ class Policy:
         size = _uint(f.meta, "size", "policy")
         offset = _uint(f.meta, "offset", "policy") if "offset" in f.meta else 0
         if offset + len(f.body) > size:
-            raise ProtocolError(f"policy part {offset}+{len(f.body)} runs past its size {size}", "truncated")
+            raise ProtocolError(f"policy part {offset}+{len(f.body)} runs past its size {size}", RejectCode.TRUNCATED)
         sha = _field(f.meta, "sha256", str, "policy")
         if len(sha) != 64:
-            raise ProtocolError("policy.sha256 must be 64 hex digits", "bad_meta")
+            raise ProtocolError("policy.sha256 must be 64 hex digits", RejectCode.BAD_META)
         return cls(version=_uint(f.meta, "version", "policy"), sha256=sha, size=size, offset=offset, body=f.body)
 
 
@@ -248,7 +249,7 @@ class Lost:
     def parse(cls, f: Frame) -> "Lost":
         first, last = _uint(f.meta, "first", "lost"), _uint(f.meta, "last", "lost")
         if not 0 < first <= last:
-            raise ProtocolError(f"lost range {first}..{last} is empty or starts at 0", "bad_meta")
+            raise ProtocolError(f"lost range {first}..{last} is empty or starts at 0", RejectCode.BAD_META)
         return cls(first=first, last=last, reason=_field(f.meta, "reason", str, "lost")[:256])
 
 
@@ -266,7 +267,7 @@ class Challenge:
     def parse(cls, f: Frame) -> "Challenge":
         n = _field(f.meta, "nonce", str, "challenge")
         if not 16 <= len(n) <= 64:
-            raise ProtocolError("challenge.nonce has a bad length", "bad_meta")
+            raise ProtocolError("challenge.nonce has a bad length", RejectCode.BAD_META)
         return cls(nonce=n)
 
 

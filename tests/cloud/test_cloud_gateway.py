@@ -21,6 +21,7 @@ from cloud.buffer import ReplayBuffer
 from cloud.admin import ADMIN_URL
 from cloud.keys import ADMIN_TOKEN, BUFFER, CONFIG, REGISTRY
 from cloud.robots import RobotRegistry
+from harness import stored_count
 from shared import auth
 from shared.chunk import StepRecord, build_batch, checksum, encode_chunk
 from shared.config import LearnerConfig
@@ -149,7 +150,8 @@ async def _status(url: StatusURL) -> dict:
 
 
 def _stored_rows(app) -> int:
-    return app[BUFFER].rows
+    """Rows on disk, read from the Parquet segments by the harness (not the buffer's own count)."""
+    return stored_count(app[CONFIG].data_dir)
 
 
 async def test_handshake_chunks_acks_reconnect_and_resend(server):

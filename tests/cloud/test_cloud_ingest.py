@@ -36,8 +36,8 @@ def _chunk(robot: str, seq: int, rows: int = ROWS, episode: str | None = None, r
 def _stored(buf: ReplayBuffer) -> list[tuple[str, int]]:
     """(robot, seq) of every stored row, read back from the Parquet files."""
     out = []
-    for s in buf.store.manifest.segments:
-        t = pq.read_table(buf.store.seg_dir / s.name, columns=["robot_id", "stream_seq"])
+    for path in buf.segment_paths():
+        t = pq.read_table(path, columns=["robot_id", "stream_seq"])
         out += list(zip(t.column("robot_id").to_pylist(), t.column("stream_seq").to_pylist()))
     return out
 
@@ -89,7 +89,7 @@ async def test_accepted_chunks_become_durable_and_futures_resolve(ingest, buf, t
     assert sorted(_stored(buf)) == [("r1", s) for s in range(1, 6) for _ in range(ROWS)]
     # durable means: a fresh buffer on the same directory sees it all
     again = ReplayBuffer(tmp_path / "buffer", 10_000)
-    assert again.rows == 5 * ROWS and again.hwm("r1") == 5 and again.memory.size == 5 * ROWS
+    assert again.rows == 5 * ROWS and again.hwm("r1") == 5 and again.size == 5 * ROWS
 
 
 async def test_queued_chunks_are_committed_together(ingest, buf):
@@ -98,8 +98,8 @@ async def test_queued_chunks_are_committed_together(ingest, buf):
     assert not any(f.done() for f in futs)  # nothing is durable before the writer runs
     ingest.writer.start()
     await _wait(futs)
-    assert len(buf.store.manifest.segments) == 1  # one group commit
-    assert buf.store.manifest.segments[0].robots == {"r1": [1, 3, 3 * ROWS], "r2": [1, 2, 2 * ROWS]}
+    assert len(buf.segments()) == 1  # one group commit
+    assert buf.segments()[0].robots == {"r1": [1, 3, 3 * ROWS], "r2": [1, 2, 2 * ROWS]}
     assert (buf.hwm("r1"), buf.hwm("r2")) == (3, 2)
 
 
@@ -292,4 +292,4 @@ async def test_reported_loss_moves_the_mark_without_rows(ingest, buf, tmp_path):
     assert sorted(set(_stored(buf))) == [("r1", 1), ("r1", 4)]
     again = ReplayBuffer(tmp_path / "buffer", 10_000)
     assert again.hwm("r1") == 4 and again.rows == 2 * ROWS
-    assert [(x["robot_id"], x["first"], x["last"]) for x in again.store.manifest.lost] == [("r1", 2, 3)]
+    assert [(x["robot_id"], x["first"], x["last"]) for x in again.lost()] == [("r1", 2, 3)]

@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import cloud.buffer.storage as storage_mod
-from cloud.buffer import MemoryStore, ReplayBuffer, SegmentStore
+from cloud.buffer import NormaliseAction, ReplayBuffer, RingStorage, RingWriter, SegmentStore
 from shared.chunk import StepRecord, build_batch
-from shared.errors import SchemaError
+from shared.errors import SchemaError, StorageError
 from shared.schema import EpisodeSpec, FieldSpec
 
 SPEC = EpisodeSpec(
@@ -146,7 +146,7 @@ def test_manifest_rows_disagreeing_with_a_segment_is_an_error(tmp_path):
     st = SegmentStore(tmp_path)
     info = st.write_segment(_table("a", 1, 0, 3), {"a": [1, 1, 3]})
     pq.write_table(_table("a", 1, 0, 2), tmp_path / "segments" / info.name)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(StorageError, match="has 2 rows"):
         SegmentStore(tmp_path)
 
 
@@ -191,19 +191,19 @@ def test_reload_after_reopen_puts_rows_back_in_memory(tmp_path):
     _write(buf, "a", 1, 0, 5, episode_end=True, success=True)
     _write(buf, "b", 1, 100, 4)
     buf.write([("a", 2, _batch("a", 5, 3)), ("b", 2, _batch("b", 104, 2, episode_end=True))])
-    assert buf.rows == 14 and buf.memory.size == 14
+    assert buf.rows == 14 and buf.size == 14
     assert buf.rows_by_robot == {"a": 8, "b": 6}
     assert buf.episodes_total == 2
 
     buf2 = ReplayBuffer(tmp_path, 1000)
     assert buf2.spec == SPEC
-    assert buf2.rows == 14 and buf2.memory.size == 14 and buf2.memory.added == 14
+    assert buf2.rows == 14 and buf2.size == 14 and buf2.added == 14
     assert buf2.rows_by_robot == {"a": 8, "b": 6}
     assert buf2.hwm("a") == 2 and buf2.hwm("b") == 2 and buf2.hwm("c") == 0
     assert buf2.episodes_total == 2 and buf2.success_rate() == 0.5
-    np.testing.assert_array_equal(buf2.memory.obs[:14], buf.memory.obs[:14])
-    np.testing.assert_array_equal(buf2.memory.reward[:14], buf.memory.reward[:14])
-    got = sorted(buf2.memory.obs[:14, 0].tolist())
+    np.testing.assert_array_equal(buf2.memory.data["obs"][:14], buf.memory.data["obs"][:14])
+    np.testing.assert_array_equal(buf2.memory.data["reward"][:14], buf.memory.data["reward"][:14])
+    got = sorted(buf2.memory.data["obs"][:14, 0].tolist())
     assert got == sorted(list(range(0, 8)) + list(range(100, 106)))
 
 
@@ -212,11 +212,11 @@ def test_reload_keeps_only_the_newest_rows_when_memory_is_small(tmp_path):
     buf.check_spec(SPEC)
     for k in range(3):
         _write(buf, "a", k + 1, 8 * k, 8)
-    assert buf.memory.size == 10
-    assert sorted(buf.memory.obs[:, 0].tolist()) == list(range(14, 24))
+    assert buf.size == 10
+    assert sorted(buf.memory.data["obs"][:, 0].tolist()) == list(range(14, 24))
     buf2 = ReplayBuffer(tmp_path, 10)
-    assert buf2.memory.size == 10
-    assert sorted(buf2.memory.obs[:, 0].tolist()) == list(range(14, 24))
+    assert buf2.size == 10
+    assert sorted(buf2.memory.data["obs"][:, 0].tolist()) == list(range(14, 24))
     assert buf2.rows == 24 and buf2.rows_by_robot == {"a": 24}
 
 
@@ -224,35 +224,42 @@ def test_stored_rows_carry_their_stream_seq(tmp_path):
     buf = ReplayBuffer(tmp_path, 100)
     buf.check_spec(SPEC)
     buf.write([("a", 7, _batch("a", 0, 2)), ("a", 8, _batch("a", 2, 3))])
-    (seg,) = buf.store.manifest.segments
-    t = buf.store.read_segment(seg.name)
+    (seg,) = buf.segments()
+    t = buf.read_segment(seg)
     assert t.column("stream_seq").to_pylist() == [7, 7, 8, 8, 8]
     assert seg.robots == {"a": [7, 8, 5]}
 
 
-# ---------------------------------------------------------------- MemoryStore
+# ---------------------------------------------------------------- memory ring, writer, transform
+
+
+def _ring(fields: list[str], capacity: int, spec: EpisodeSpec = SPEC) -> tuple[RingStorage, RingWriter]:
+    w = RingWriter(spec, fields)
+    return RingStorage(capacity, w.columns()), w
 
 
 def test_memory_ring_overwrites_oldest(tmp_path):
-    mem = MemoryStore(SPEC, ["pos", "goal"], capacity=5)
-    mem.add(_batch("a", 0, 3))
+    mem, w = _ring(["pos", "goal"], capacity=5)
+    w.write(mem, _batch("a", 0, 3))
     assert (mem.size, mem.added) == (3, 3)
-    mem.add(_batch("a", 3, 4))
+    w.write(mem, _batch("a", 3, 4))
     assert (mem.size, mem.added) == (5, 7)
-    assert sorted(mem.obs[:, 0].tolist()) == [2, 3, 4, 5, 6]
-    np.testing.assert_array_equal(mem.obs[:, 3], -mem.obs[:, 0])  # goal follows pos
-    np.testing.assert_array_equal(mem.next_obs[:, 0], mem.obs[:, 0] + 0.5)
-    np.testing.assert_array_equal(mem.reward, mem.obs[:, 0])  # rows stay aligned across columns
-    mem.add(_batch("a", 100, 12))  # more than the capacity: only the newest fit
+    d = mem.data
+    assert sorted(d["obs"][:, 0].tolist()) == [2, 3, 4, 5, 6]
+    np.testing.assert_array_equal(d["obs"][:, 3], -d["obs"][:, 0])  # goal follows pos
+    np.testing.assert_array_equal(d["next_obs"][:, 0], d["obs"][:, 0] + 0.5)
+    np.testing.assert_array_equal(d["reward"], d["obs"][:, 0])  # rows stay aligned across columns
+    w.write(mem, _batch("a", 100, 12))  # more than the capacity: only the newest fit
     assert (mem.size, mem.added) == (5, 19)
-    assert sorted(mem.obs[:, 0].tolist()) == [107, 108, 109, 110, 111]
-    np.testing.assert_array_equal(mem.reward, mem.obs[:, 0])
+    assert sorted(d["obs"][:, 0].tolist()) == [107, 108, 109, 110, 111]
+    np.testing.assert_array_equal(d["reward"], d["obs"][:, 0])
 
 
-def test_memory_sample_shapes_and_only_filled_rows(tmp_path):
-    mem = MemoryStore(SPEC, ["pos", "goal"], capacity=100)
-    mem.add(_batch("a", 1, 3, episode_end=True))
-    b = mem.sample(256, np.random.default_rng(0))
+def test_buffer_sample_shapes_and_only_filled_rows(tmp_path):
+    buf = ReplayBuffer(tmp_path, 100)
+    buf.check_spec(SPEC)
+    _write(buf, "a", 1, 1, 3, episode_end=True)
+    b = buf.sample(256, np.random.default_rng(0))
     assert b["obs"].shape == (256, 5) and b["next_obs"].shape == (256, 5)
     assert b["action"].shape == (256, 2)
     assert b["reward"].shape == (256,) and b["terminated"].shape == (256,)
@@ -263,25 +270,26 @@ def test_memory_sample_shapes_and_only_filled_rows(tmp_path):
 
 
 def test_memory_obs_fields_subset_and_order():
-    mem = MemoryStore(SPEC, ["goal"], capacity=4)
-    assert mem.obs_dim == 2
-    mem.add(_batch("a", 3, 1))
-    np.testing.assert_array_equal(mem.obs[0], [-3, -3])
+    mem, w = _ring(["goal"], capacity=4)
+    assert w.obs_dim == 2
+    w.write(mem, _batch("a", 3, 1))
+    np.testing.assert_array_equal(mem.data["obs"][0], [-3, -3])
 
 
-def test_actions_are_normalised_to_unit_range():
-    mem = MemoryStore(SPEC, ["pos", "goal"], capacity=8)
+def test_actions_are_normalised_to_unit_range_on_sample(tmp_path):
+    buf = ReplayBuffer(tmp_path, 8)
+    buf.check_spec(SPEC)
     steps = _steps(0, 3)
     for s, a in zip(steps, ([0.0, -4.0], [10.0, 4.0], [5.0, 0.0])):
         s.action = np.array(a, np.float32)
-    mem.add(build_batch(SPEC, "a", "e", steps))
-    np.testing.assert_allclose(mem.action[:3], [[-1, -1], [1, 1], [0, 0]], atol=1e-6)
+    buf.write([("a", 1, build_batch(SPEC, "a", "e", steps))])
+    np.testing.assert_allclose(buf.memory.data["action"][:3], [[0, -4], [10, 4], [5, 0]])  # stored as recorded
+    b = buf.sample(64, np.random.default_rng(0))
+    by_row = {int(o): a.tolist() for o, a in zip(b["obs"][:, 0], b["action"])}
+    np.testing.assert_allclose([by_row[0], by_row[1], by_row[2]], [[-1, -1], [1, 1], [0, 0]], atol=1e-6)
 
 
 def test_actions_without_bounds_are_kept_as_is():
     spec = EpisodeSpec(observation={"pos": FieldSpec((3,)), "goal": FieldSpec((2,))}, action_dim=2)
-    mem = MemoryStore(spec, ["pos"], capacity=4)
-    steps = _steps(0, 2)
-    steps[0].action = np.array([0.25, -0.5], np.float32)
-    mem.add(build_batch(spec, "a", "e", steps))
-    np.testing.assert_allclose(mem.action[0], [0.25, -0.5])
+    got = NormaliseAction(spec)({"action": np.array([[0.25, -0.5]], np.float32)})
+    np.testing.assert_allclose(got["action"][0], [0.25, -0.5])

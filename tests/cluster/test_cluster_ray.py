@@ -7,7 +7,6 @@ import os
 import shutil
 from collections import Counter
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ ray = pytest.importorskip("ray", reason="Ray is the cluster extra: pip install '
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from cloud.cluster.channels import ShardChannel  # noqa: E402
+from harness import wait_for  # noqa: E402
 from cloud.cluster.config import parse_cluster  # noqa: E402
 from cloud.cluster.placement import PlacementError, node_resources  # noqa: E402
 from cloud.cluster.ray_env import ensure_ray_temp_root  # noqa: E402
@@ -124,14 +124,6 @@ def stored(stats: dict) -> list[tuple[str, int]]:
     return out
 
 
-def wait_for(pred, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while not (value := pred()):
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
-    return value
-
-
 def test_components_land_on_the_nodes_the_placement_names(runtime):
     assert runtime.where() == {
         "shards.site-a": ["site-a"], "shards.site-b": ["site-b"],
@@ -172,7 +164,8 @@ def test_two_robot_groups_land_in_their_own_shards_and_the_learner_samples_both(
     assert b["rows_by_robot"] == {"arm-b-1": 80}
     assert {r for r, _ in stored(a)} == {"arm-a-1", "sim-worker-0"} and {r for r, _ in stored(b)} == {"arm-b-1"}
 
-    learner = wait_for(lambda: (s := ray.get(runtime.learner.stats.remote()))["version"] >= 1 and s)
+    learner = wait_for(lambda: (s := ray.get(runtime.learner.stats.remote()))["version"] >= 1 and s, 30,
+                       "the learner to publish a version", every=0.2)
     assert learner["error"] is None
     assert learner["samples_by_shard"]["site-a"] > 0 and learner["samples_by_shard"]["site-b"] > 0
     # new weights reach the sim worker in the next sync round (gloo), between rollouts
@@ -181,7 +174,8 @@ def test_two_robot_groups_land_in_their_own_shards_and_the_learner_samples_both(
     assert summary[0]["policy_version"] == ray.get(runtime.workers[0].stats.remote())["version"] >= 1
     assert ray.get(runtime.publisher.stats.remote())["sync"]["version"] == summary[0]["policy_version"] <= version
     # and robots at both sites get them from their shard's gateway
-    wait_for(lambda: min(s["policy_version"] for s in ray.get([x.stats.remote() for x in runtime.shards.values()])) >= 1)
+    wait_for(lambda: min(s["policy_version"] for s in ray.get([x.stats.remote() for x in runtime.shards.values()])) >= 1,
+             30, "both shards' gateways to hold the new weights", every=0.2)
 
 
 def test_killed_shard_restarts_from_its_parquet_segments_with_nothing_lost(runtime, spec):
@@ -195,7 +189,8 @@ def test_killed_shard_restarts_from_its_parquet_segments_with_nothing_lost(runti
     pid = ray.get(shard.__ray_call__.remote(lambda self: __import__("os").getpid()))
     ray.kill(shard, no_restart=False)
     # calls queue while Ray restarts it on its bundle; the new process recovers from disk
-    wait_for(lambda: ray.get(shard.__ray_call__.remote(lambda self: __import__("os").getpid())) != pid)
+    wait_for(lambda: ray.get(shard.__ray_call__.remote(lambda self: __import__("os").getpid())) != pid, 60,
+             "Ray to restart the shard in a new process", every=0.2)
     after = ray.get(shard.stats.remote())
     assert after["rows"] == before["rows"] + 30
     assert after["hwm"] == {**before["hwm"], "arm-b-2": start + 3}

@@ -7,14 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from tests.faults.harness import Agent, Learner, assert_exactly_once, free_port, wait_for
-
-
-def _rows(learner: Learner, robot: str) -> int:
-    try:
-        return learner.status()["rows_by_robot"].get(robot, 0)
-    except OSError:
-        return 0
+from harness import Agent, Learner, assert_exactly_once, free_port, wait_for
 
 
 def test_agent_killed_mid_upload_then_restarted(tmp_path: Path) -> None:
@@ -22,7 +15,7 @@ def test_agent_killed_mid_upload_then_restarted(tmp_path: Path) -> None:
     agent = Agent(tmp_path, "k9", [learner.url], episodes=40, chunk_steps=5)
     try:
         agent.start()
-        wait_for(lambda: _rows(learner, "k9") >= 300, 60, "uploads to be under way")
+        wait_for(lambda: learner.rows("k9") >= 300, 60, "uploads to be under way")
         agent.kill()  # SIGKILL while chunks are in flight and unacked
         killed_at = agent.ledger()["transitions"]
         agent.episodes = 5
@@ -85,7 +78,7 @@ def test_robot_keeps_acting_while_learner_is_down_and_follows_it_to_a_new_addres
                   chunk_steps=10)
     try:
         agent.start()
-        wait_for(lambda: _rows(first, "mover") >= 300 and first.status()["policy_version"] > 0, 60, "a policy")
+        wait_for(lambda: first.rows("mover") >= 300 and first.status()["policy_version"] > 0, 60, "a policy")
         first.kill()
         down_at = time.monotonic()
         before = agent.ledger()["transitions"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.faults.harness import Agent, Learner, Proxy, assert_exactly_once, assert_logs_quiet, wait_for
+from harness import Agent, Learner, Proxy, assert_exactly_once, assert_logs_quiet, wait_for
 
 
 def test_link_cut_at_random_bytes_hundreds_of_times(tmp_path: Path) -> None:
@@ -37,16 +37,16 @@ def test_half_open_link_is_detected_and_healed(tmp_path: Path) -> None:
     agent = Agent(tmp_path, "stall", [proxy.url], episodes=12, rate_hz=100, chunk_steps=10)
     try:
         agent.start()
-        wait_for(lambda: learner.status()["rows_by_robot"].get("stall", 0) >= 200, 30, "the agent to stream")
+        wait_for(lambda: learner.rows("stall") >= 200, 30, "the agent to stream")
         conns = proxy.connections
         proxy.stall(True)
         stalled_at = time.monotonic()
-        time.sleep(4.0)  # > ping interval + timeout (1 s + 2 s): the agent must have given up on the link
+        # Nothing comes back on a stalled link: only the agent's keepalive can notice, and a redial proves it did.
+        wait_for(lambda: proxy.connections > conns, 60, "the agent to give up on the silent link and redial")
         proxy.stall(False)
         assert agent.wait(120) == 0, agent.log.read_text()[-2000:]
         log = agent.log.read_text()
-        assert "event=link_down" in log, "the dead link was not detected"
-        assert proxy.connections > conns, "the agent did not redial"
+        assert "event=link_down" in log, "the dead link was not reported"
         print(f"stalled {time.monotonic() - stalled_at:.1f} s ago; connections {conns} -> {proxy.connections}")
         assert_exactly_once(learner.data_dir, [agent])
     finally:

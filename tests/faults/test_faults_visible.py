@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -18,17 +17,9 @@ from cloud.keys import REJECTIONS
 from edge_agent.handshake import open_link
 from shared.policy import Actor
 from shared.protocol import EdgeConnection, Reject
-from shared.weights import decode_weights
 from tests.cloud.test_cloud_gateway import OTHER, TIMEOUT, Robot, serve
-from tests.faults.harness import Agent, Learner, assert_logs_quiet, wait_for
+from harness import Agent, Learner, assert_logs_quiet, until, wait_for
 from tests.security.test_security_link import add_robot, enroll
-
-
-async def _until(predicate, what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 async def test_connection_closed_before_hello_is_counted_as_such(tmp_path: Path) -> None:
@@ -39,7 +30,7 @@ async def test_connection_closed_before_hello_is_counted_as_such(tmp_path: Path)
         polite = await connect(url, compression=None, open_timeout=TIMEOUT)
         await polite.recv()
         await polite.close()
-        await _until(lambda: app[REJECTIONS]["closed_before_hello"] >= 2, "both links to be counted")
+        await until(lambda: app[REJECTIONS]["closed_before_hello"] >= 2, "both links to be counted")
         assert app[REJECTIONS]["bad_state"] == 0, dict(app[REJECTIONS])
 
 
@@ -52,7 +43,7 @@ async def test_a_frame_of_exactly_the_documented_limit_passes_the_size_check(tmp
             await ws.recv()
             with contextlib.suppress(ConnectionClosed, ConnectionError):  # refused at its header: closed mid-send
                 await ws.send(b"\0" * size)  # not a hello: refused, but by the protocol, not by its size
-            await _until(lambda n=judged: sum(app[REJECTIONS].values()) >= n, "the frame to be judged")
+            await until(lambda n=judged: sum(app[REJECTIONS].values()) >= n, "the frame to be judged")
             with contextlib.suppress(ConnectionClosed):
                 await ws.close()
         rej = dict(app[REJECTIONS])
@@ -132,22 +123,18 @@ def test_resume_without_a_checkpoint_continues_from_the_published_policy(tmp_pat
     says so and trains on from the last published weights, not from scratch."""
     learner = Learner(tmp_path, learner={"checkpoint_every": 10**9, "learning_starts": 100, "publish_every": 20}).start()
     agent = Agent(tmp_path, "early", [learner.url], episodes=0, rate_hz=300, chunk_steps=10)
-    policy = learner.data_dir / "policy"
     try:
         agent.start()
         wait_for(lambda: learner.status()["policy_version"] >= 3, 120, "a few policies to be published")
         learner.kill()
         assert not (learner.data_dir / "checkpoints" / "learner.safetensors").exists()
-        meta = json.loads((policy / "latest.json").read_text())
-        before = decode_weights((policy / "latest.safetensors").read_bytes(), meta["sha256"], 1 << 30)
+        before = learner.policy()
         learner.start(resume=True)
         assert (f"event=resume_without_checkpoint checkpoint=none published_policy=v{before.version} "
                 f"action=training_continues_from_published_policy_v{before.version}") in learner.log.read_text()
         wait_for(lambda: learner.status()["resumed_from_policy"] is not None, 60, "the trainer to start")
         assert learner.status()["resumed_from_policy"] == before.version
-        wait_for(lambda: json.loads((policy / "latest.json").read_text())["version"] > before.version, 60, "a newer policy")
-        meta = json.loads((policy / "latest.json").read_text())
-        after = decode_weights((policy / "latest.safetensors").read_bytes(), meta["sha256"], 1 << 30)
+        after = wait_for(lambda: (w := learner.policy()).version > before.version and w, 60, "a newer policy")
         # The newer policy grew from the older one, not from a fresh network (the seeded init).
         a = before.arch["actor"]
         with torch.random.fork_rng(devices=[]):

@@ -50,7 +50,7 @@ def test_a_tiny_blob_cannot_ask_for_a_huge_network() -> None:
 
 
 def test_arch_is_checked_against_the_tensors_before_building(monkeypatch) -> None:
-    import edge_agent.policy_holder as ph
+    import shared.policy_runner as ph  # where the network is built (load_policy)
 
     def no_build(*a, **k):
         raise AssertionError("a network was built for weights that do not match their arch")
@@ -87,6 +87,18 @@ def test_version_jump_is_bounded() -> None:
     with pytest.raises(WeightsError, match="jumps"):
         holder.prepare(_decode(_honest(3001)))
     assert holder.version == 2000
+
+
+def test_a_fresh_agent_takes_the_version_its_learner_announced() -> None:
+    """A restarted agent holds v0; its learner may be past max_policy_version_jump by then. The
+    authenticated welcome names the learner's version, and the bound counts from there."""
+    holder = PolicyHolder(dict(FIELDS), ACT, max_version_jump=1000)
+    with pytest.raises(WeightsError, match="jumps"):
+        holder.prepare(_decode(_honest(5_000_000)))
+    holder.learner_announced(5_000_000)
+    assert holder.swap(holder.prepare(_decode(_honest(5_000_000))))
+    with pytest.raises(WeightsError, match="jumps"):
+        holder.prepare(_decode(_honest(2**63 - 1)))
 
 
 async def _parts(ws, conn, blob) -> None:

@@ -9,27 +9,20 @@ import json
 import signal
 import subprocess
 import sys
-import tomllib
 import urllib.request
 from pathlib import Path
 
 import tomli_w
 
-from tests.faults.harness import Agent, Learner, assert_exactly_once, free_port, wait_for
+from harness import Agent, Learner, assert_exactly_once, free_port, wait_for
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 
-class ServiceAgent(Agent):
-    """The fault suite's agent, with its metrics on a free port (tests run side by side)."""
-
-    def write_config(self) -> None:
-        super().write_config()
-        data = tomllib.loads(self.cfg.read_text())
-        data["service"] = {"metrics_port": 0, "status_interval_s": 0.5}
-        self.cfg.write_text(tomli_w.dumps(data))
-
-    def status(self) -> dict:
-        p = self.state_dir / "status.json"
-        return json.loads(p.read_text()) if p.exists() else {}
+SERVICE = {"metrics_port": 0, "status_interval_s": 0.5}  # metrics on a free port: tests run side by side
 
 
 class ServiceLearner(Learner):
@@ -49,13 +42,13 @@ def _get(url: str) -> str:
         return r.read().decode()
 
 
-def _acked(agent: ServiceAgent, at_least: int) -> bool:
+def _acked(agent: Agent, at_least: int) -> bool:
     return agent.status().get("spool", {}).get("acked_seq", 0) >= at_least
 
 
 def test_sigterm_drains_restart_resumes_sighup_reloads_nothing_lost(tmp_path: Path) -> None:
     learner = ServiceLearner(tmp_path).start()
-    agent = ServiceAgent(tmp_path, "svc", [learner.url], episodes=0, rate_hz=100, chunk_steps=10)
+    agent = Agent(tmp_path, "svc", [learner.url], episodes=0, rate_hz=100, chunk_steps=10, service=SERVICE)
     agent.start(drain_timeout=20)
     wait_for(lambda: _acked(agent, 3), 90, "chunks acked")
     agent.proc.send_signal(signal.SIGTERM)  # mid-episode, mid-upload: episodes=0 runs forever

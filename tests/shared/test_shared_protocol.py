@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.errors import FleetError, ProtocolError
+from shared.errors import FleetError, InvalidState, ProtocolError
 from shared.protocol import (
     FRAME_VERSION,
     PROTOCOL_VERSIONS,
@@ -90,8 +90,17 @@ def edge_waiting() -> EdgeConnection:
 
 
 def code_of(fn, *args) -> str:
+    """The code of the ProtocolError ``fn`` raises: a fault of the peer."""
     with pytest.raises(ProtocolError) as ei:
         fn(*args)
+    return ei.value.code
+
+
+def misuse_of(fn, *args) -> str:
+    """The code of the InvalidState ``fn`` raises: misuse by this side, never a ProtocolError."""
+    with pytest.raises(InvalidState) as ei:
+        fn(*args)
+    assert not isinstance(ei.value, ProtocolError)
     return ei.value.code
 
 
@@ -259,21 +268,21 @@ def test_encode_frame_layout():
 # ------------------------------------------------------------- state rules
 
 
-def test_chunk_and_status_before_welcome_are_bad_state():
+def test_chunk_and_status_before_welcome_are_local_misuse():
     edge = EdgeConnection("robot-1", SPEC, [])
-    assert code_of(edge.chunk, 1, "ep", 1, 1, 0, b"x") == "bad_state"
-    assert code_of(edge.status, {"a": 1}) == "bad_state"
+    assert misuse_of(edge.chunk, 1, "ep", 1, 1, 0, b"x") == "invalid_state"
+    assert misuse_of(edge.status, {"a": 1}) == "invalid_state"
     edge.receive(CloudConnection().challenge())
-    assert code_of(edge.chunk, 1, "ep", 1, 1, 0, b"x") == "bad_state"
-    assert code_of(edge.status, {"a": 1}) == "bad_state"
+    assert misuse_of(edge.chunk, 1, "ep", 1, 1, 0, b"x") == "invalid_state"
+    assert misuse_of(edge.status, {"a": 1}) == "invalid_state"
     edge.hello(0)
-    assert code_of(edge.chunk, 1, "ep", 1, 1, 0, b"x") == "bad_state"
-    assert code_of(edge.status, {"a": 1}) == "bad_state"
+    assert misuse_of(edge.chunk, 1, "ep", 1, 1, 0, b"x") == "invalid_state"
+    assert misuse_of(edge.status, {"a": 1}) == "invalid_state"
 
 
 def test_lost_report_flows_robot_to_cloud_only_when_open():
     edge = EdgeConnection("robot-1", SPEC, [])
-    assert code_of(edge.lost, 1, 2, "disk") == "bad_state"
+    assert misuse_of(edge.lost, 1, 2, "disk") == "invalid_state"
     edge, cloud = handshake()
     assert cloud.receive(edge.lost(4, 6, "crc mismatch")) == Lost(4, 6, "crc mismatch")
     assert cloud.state is State.OPEN
@@ -288,25 +297,25 @@ def test_lost_range_must_be_non_empty_and_start_at_1(first, last):
 def test_hello_is_sent_once():
     edge = edge_challenged()
     edge.hello(0)
-    assert code_of(edge.hello, 0) == "bad_state"
+    assert misuse_of(edge.hello, 0) == "invalid_state"
 
 
 def test_hello_waits_for_the_challenge():
     edge = EdgeConnection("robot-1", SPEC, [])
-    assert code_of(edge.hello, 0) == "bad_state"
+    assert misuse_of(edge.hello, 0) == "invalid_state"
     assert edge.state is State.START
     edge.receive(CloudConnection().challenge())
     assert isinstance(edge.hello(0), bytes)
     edge, _ = handshake()
-    assert code_of(edge.hello, 0) == "bad_state"
+    assert misuse_of(edge.hello, 0) == "invalid_state"
 
 
 def test_challenge_opens_the_link_once():
     cloud = CloudConnection()
     cloud.challenge()
-    assert code_of(cloud.challenge) == "bad_state"
+    assert misuse_of(cloud.challenge) == "invalid_state"
     _, cloud = handshake()
-    assert code_of(cloud.challenge) == "bad_state"
+    assert misuse_of(cloud.challenge) == "invalid_state"
 
 
 def test_every_challenge_carries_a_fresh_nonce():
@@ -321,7 +330,7 @@ def test_every_challenge_carries_a_fresh_nonce():
 )
 def test_cloud_receives_nothing_before_its_challenge(data):
     cloud = CloudConnection()
-    assert code_of(cloud.receive, data) == "bad_state"
+    assert misuse_of(cloud.receive, data) == "invalid_state"
     assert cloud.state is State.START
 
 
@@ -384,11 +393,11 @@ def test_tunnel_messages_need_an_open_link():
     edge, cloud = EdgeConnection("robot-1", SPEC, []), CloudConnection()
     for send in (lambda: cloud.tunnel_open(1, 22), lambda: cloud.tunnel_data(1, b"x"), lambda: cloud.tunnel_close(1),
                  lambda: edge.tunnel_data(1, b"x"), lambda: edge.tunnel_close(1)):
-        assert code_of(send) == "bad_state"
+        assert misuse_of(send) == "invalid_state"
     edge.receive(cloud.challenge())
     cloud.receive(edge.hello(0))
     for send in (lambda: cloud.tunnel_open(1, 22), lambda: edge.tunnel_data(1, b"x")):
-        assert code_of(send) == "bad_state"
+        assert misuse_of(send) == "invalid_state"
     assert code_of(edge.receive, wire(TunnelOpen(1, 22))) == "bad_state"
     assert code_of(cloud.receive, wire(TunnelData(1, b"x"))) == "bad_state"
 
@@ -401,10 +410,10 @@ def test_edge_expects_welcome_during_handshake():
 
 
 def test_welcome_answers_a_hello():
-    assert code_of(CloudConnection().welcome, "run", 0, 0) == "bad_state"
-    assert code_of(challenged().welcome, "run", 0, 0) == "bad_state"
+    assert misuse_of(CloudConnection().welcome, "run", 0, 0) == "invalid_state"
+    assert misuse_of(challenged().welcome, "run", 0, 0) == "invalid_state"
     _, cloud = handshake()
-    assert code_of(cloud.welcome, "run", 0, 0) == "bad_state"
+    assert misuse_of(cloud.welcome, "run", 0, 0) == "invalid_state"
 
 
 @pytest.mark.parametrize(
@@ -416,14 +425,14 @@ def test_edge_refuses_messages_before_it_said_hello(msg):
     assert code_of(edge.receive, wire(msg)) == "bad_state"  # only a challenge (or a reject) opens the link
     assert edge.state is State.START
     edge = edge_challenged()
-    assert code_of(edge.receive, wire(msg)) == "bad_state"  # challenged: nothing is due before our hello
+    assert misuse_of(edge.receive, wire(msg)) == "invalid_state"  # challenged: nothing is due before our hello
     assert edge.state is State.CHALLENGED
 
 
 @pytest.mark.parametrize("msg", [Challenge("ab" * 16), Reject("x", "y")], ids=lambda m: type(m).__name__)
 def test_edge_takes_nothing_between_challenge_and_its_hello(msg):
     edge = edge_challenged()
-    assert code_of(edge.receive, wire(msg)) == "bad_state"
+    assert misuse_of(edge.receive, wire(msg)) == "invalid_state"
     assert edge.state is State.CHALLENGED
 
 
@@ -431,11 +440,11 @@ def test_edge_takes_nothing_between_challenge_and_its_hello(msg):
 def test_cloud_cannot_send_ack_or_policy_before_welcome(which):
     cloud = CloudConnection()
     send = (lambda: cloud.ack(1)) if which == "ack" else (lambda: cloud.policy(1, "ab" * 32, 1, 0, b"y"))
-    assert code_of(send) == "bad_state"
+    assert misuse_of(send) == "invalid_state"
     cloud.challenge()
-    assert code_of(send) == "bad_state"
+    assert misuse_of(send) == "invalid_state"
     cloud.receive(frame(MsgType.HELLO, hello_meta()))
-    assert code_of(send) == "bad_state"
+    assert misuse_of(send) == "invalid_state"
 
 
 # ------------------------------------------------------------------ rejects
@@ -446,7 +455,7 @@ def test_reject_received_by_cloud_closes_the_connection():
     msg = cloud.receive(wire(Reject("shutdown", "robot going down")))
     assert msg == Reject("shutdown", "robot going down")
     assert cloud.state is State.CLOSED
-    assert code_of(cloud.receive, wire(Status({}))) == "closed"
+    assert misuse_of(cloud.receive, wire(Status({}))) == "closed"
 
 
 def test_reject_received_by_edge_during_handshake_closes_it():
@@ -459,8 +468,8 @@ def test_reject_received_by_edge_during_handshake_closes_it():
     msg = edge.receive(data)
     assert msg == Reject("spec_mismatch", "spec differs")
     assert edge.state is State.CLOSED
-    assert code_of(edge.receive, wire(Ack(1))) == "closed"
-    assert code_of(edge.chunk, 1, "ep", 1, 1, 0, b"") == "bad_state"
+    assert misuse_of(edge.receive, wire(Ack(1))) == "closed"
+    assert misuse_of(edge.chunk, 1, "ep", 1, 1, 0, b"") == "invalid_state"
 
 
 def test_reject_instead_of_a_challenge_closes_the_edge():
@@ -468,23 +477,23 @@ def test_reject_instead_of_a_challenge_closes_the_edge():
     msg = edge.receive(CloudConnection().reject("too_many_connections", "full"))
     assert msg == Reject("too_many_connections", "full")
     assert edge.state is State.CLOSED
-    assert code_of(edge.hello, 0) == "bad_state"
-    assert code_of(edge.receive, CloudConnection().challenge()) == "closed"
+    assert misuse_of(edge.hello, 0) == "invalid_state"
+    assert misuse_of(edge.receive, CloudConnection().challenge()) == "closed"
 
 
 def test_reject_received_by_cloud_while_it_waits_for_hello_closes_it():
     cloud = challenged()
     assert cloud.receive(wire(Reject("shutdown", "bye"))) == Reject("shutdown", "bye")
     assert cloud.state is State.CLOSED
-    assert code_of(cloud.receive, frame(MsgType.HELLO, hello_meta())) == "closed"
+    assert misuse_of(cloud.receive, frame(MsgType.HELLO, hello_meta())) == "closed"
 
 
 def test_reject_received_by_edge_when_open_closes_it():
     edge, cloud = handshake()
     assert isinstance(edge.receive(cloud.reject("bye", "later")), Reject)
     assert edge.state is State.CLOSED
-    assert code_of(edge.status, {}) == "bad_state"
-    assert code_of(cloud.receive, edge.reject("x", "y")) == "closed"
+    assert misuse_of(edge.status, {}) == "invalid_state"
+    assert misuse_of(cloud.receive, edge.reject("x", "y")) == "closed"
 
 
 def test_reject_fields_are_capped():

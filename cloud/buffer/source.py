@@ -1,0 +1,58 @@
+"""What a trainer samples from: the one protocol behind every replay source.
+
+The learner's ``ReplayBuffer`` (one data dir), the cluster's ``ShardedBuffer``
+(a batch drawn across shards) and the benchmark's image replay (rows decoded
+from sealed segments) all implement it, so the trainer is typed against this
+and nothing else. Sampling takes the caller's generator: the trainer
+checkpoints its state, so a resumed run draws the batches it would have drawn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+Batch = dict[str, np.ndarray]  # obs, action (in [-1, 1]), reward, next_obs, terminated: float32, one row per draw
+
+
+@dataclass(frozen=True)
+class Dims:
+    """The shape of what a source yields, fixed once the run's spec is known."""
+
+    obs_dim: int
+    act_dim: int
+    obs_fields: tuple[str, ...]
+
+
+@runtime_checkable
+class SampleSource(Protocol):
+    @property
+    def size(self) -> int:
+        """Rows a sample can draw from now."""
+        ...
+
+    @property
+    def added(self) -> int:
+        """Rows ever added, also those since overwritten (the update-to-data ratio counts these)."""
+        ...
+
+    @property
+    def dims(self) -> Dims | None:
+        """None until the run's spec is known (no robot has linked yet)."""
+        ...
+
+    @property
+    def rows(self) -> int:
+        """Rows durably stored behind this source (for the checkpoint's record)."""
+        ...
+
+    @property
+    def segment_count(self) -> int:
+        """Sealed segments behind this source (for the checkpoint's record)."""
+        ...
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
+        """``batch_size`` rows drawn with ``rng``; only called while ``size`` > 0."""
+        ...

@@ -1,0 +1,90 @@
+"""The buffer's write path (TorchRL's ``Writer``): durable segment first, then memory.
+
+``pack`` turns what ingest hands over (chunks and loss reports, in stream
+order) into one segment's table and the robots' marks; ``RingWriter`` turns a
+stored table into the ring's float32 columns. The replay buffer calls them in
+that order, so memory never holds a row that is not on disk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import numpy as np
+import pyarrow as pa
+
+from shared.protocol import Lost
+from shared.schema import NEXT_PREFIX, OBS_PREFIX, EpisodeSpec
+
+from .memory import RingStorage
+
+Item = tuple[str, int, Union[pa.RecordBatch, Lost]]  # robot id, stream seq, chunk rows or a reported loss
+
+
+@dataclass
+class Packed:
+    """One segment's worth: its rows (None when only losses came), each robot's [first, last, rows], the losses."""
+
+    table: pa.Table | None
+    robots: dict[str, list[int]] = field(default_factory=dict)
+    lost: list[dict[str, Any]] = field(default_factory=list)
+
+
+def pack(items: list[Item]) -> Packed:
+    """Rows get their ``stream_seq`` column (what recovery and export key on); losses move marks only."""
+    tables: list[pa.Table] = []
+    out = Packed(None)
+    for rid, seq, item in items:
+        if isinstance(item, Lost):
+            first, last, rows = out.robots.get(rid, [item.first, item.last, 0])
+            out.robots[rid] = [min(first, item.first), max(last, item.last), rows]
+            out.lost.append({"robot_id": rid, "first": item.first, "last": item.last, "reason": item.reason})
+            continue
+        t = pa.Table.from_batches([item]).append_column("stream_seq", pa.array([seq] * item.num_rows, pa.uint64()))
+        tables.append(t)
+        first, last, rows = out.robots.get(rid, [seq, seq, 0])
+        out.robots[rid] = [min(first, seq), max(last, seq), rows + item.num_rows]
+    out.table = pa.concat_tables(tables) if tables else None
+    return out
+
+
+def _flat(column: pa.Array | pa.ChunkedArray, n: int) -> np.ndarray:
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(n, -1)
+
+
+class RingWriter:
+    """State fields (in ``obs_fields`` order), action as recorded, reward, terminated -> the ring's columns.
+
+    Only state fields go to memory; images stay on disk.
+    """
+
+    def __init__(self, spec: EpisodeSpec, obs_fields: list[str]):
+        self.obs_fields = list(obs_fields)
+        self.obs_dim = spec.state_dim(self.obs_fields)
+        self.act_dim = spec.action_dim
+
+    def columns(self) -> dict[str, tuple[int, ...]]:
+        """The ring's column shapes (per row)."""
+        return {"obs": (self.obs_dim,), "action": (self.act_dim,), "reward": (), "next_obs": (self.obs_dim,),
+                "terminated": ()}
+
+    def rows(self, table: pa.Table | pa.RecordBatch) -> dict[str, np.ndarray]:
+        n = table.num_rows
+        return {
+            "obs": self._state(table, OBS_PREFIX, n),
+            "action": _flat(table.column("action"), n),
+            "reward": table.column("reward").to_numpy(),
+            "next_obs": self._state(table, NEXT_PREFIX, n),
+            "terminated": table.column("terminated").to_numpy(zero_copy_only=False).astype(np.float32),
+        }
+
+    def _state(self, table: pa.Table | pa.RecordBatch, prefix: str, n: int) -> np.ndarray:
+        parts = [_flat(table.column(prefix + f), n) for f in self.obs_fields]
+        return np.concatenate(parts, axis=1).astype(np.float32, copy=False)
+
+    def write(self, storage: RingStorage, table: pa.Table | pa.RecordBatch) -> None:
+        if table.num_rows:
+            storage.extend(self.rows(table))

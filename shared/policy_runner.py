@@ -1,0 +1,87 @@
+"""Verified loading of published weights, and acting with the result.
+
+Both a robot (edge_agent.policy_holder) and a sim rollout worker
+(cloud.cluster.rollout) turn a :class:`~shared.weights.Weights` blob into a
+network they act with. The checks live here once: everything that sizes
+memory (layer widths, depth, parameter count) is checked against the blob's
+own tensors before a network is built, the network must read fields the
+robot has and emit its action size, and any failure is a WeightsError, so a
+bad blob never takes a link or a worker down. What to do with a loaded policy
+(atomic swap between ticks, version limits) is the caller's business.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .errors import WeightsError
+from .observations import flatten, flatten_batch
+from .policy import Actor, actor_shapes, build_actor, param_count
+from .weights import Weights
+
+
+@dataclass(frozen=True)
+class LoadedPolicy:
+    """A built, loaded, eval-mode actor and what it reads; immutable, so sharing it across threads is safe."""
+
+    version: int
+    actor: Actor
+    obs_fields: tuple[str, ...]
+
+    def act(self, obs: Mapping[str, np.ndarray], deterministic: bool) -> np.ndarray:
+        """The action in [-1, 1] for one observation."""
+        x = torch.from_numpy(flatten(obs, self.obs_fields))[None]
+        with torch.inference_mode():
+            out: np.ndarray = self.actor.act(x, deterministic=deterministic)[0].numpy()
+        return out
+
+    def act_batch(self, obs: Sequence[Mapping[str, np.ndarray]], deterministic: bool = False) -> np.ndarray:
+        """Actions in [-1, 1], one row per observation."""
+        x = torch.from_numpy(flatten_batch(obs, self.obs_fields))
+        with torch.inference_mode():
+            out: np.ndarray = self.actor.act(x, deterministic=deterministic).numpy()
+        return out
+
+
+def load_policy(weights: Weights, state_fields: Mapping[str, int], action_dim: int, max_params: int,
+                limit_name: str = "link.max_policy_params") -> LoadedPolicy:
+    """Check, build and load ``weights``; raises WeightsError if it does not fit.
+
+    ``state_fields`` maps each state field the robot has to its flat size;
+    ``limit_name`` is the setting that ``max_params`` comes from, for the message.
+    """
+    arch = weights.arch
+    try:
+        fields = tuple(str(f) for f in arch["obs_fields"])
+        shapes = actor_shapes(arch["actor"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise WeightsError(f"weights carry an unusable architecture: {e}") from None
+    n = param_count(shapes)
+    if n > max_params:
+        raise WeightsError(f"policy has {n} parameters, more than this robot's limit {max_params} "
+                           f"({limit_name})", code="too_large")
+    got = {k: tuple(v.shape) for k, v in weights.tensors.items()}
+    if got != shapes:
+        diff = sorted(set(got.items()) ^ set(shapes.items()))[:3]
+        raise WeightsError(f"weights do not match the architecture they carry (first differences: {diff})")
+    unknown = [f for f in fields if f not in state_fields]
+    if unknown:
+        raise WeightsError(f"policy reads fields this robot does not have: {unknown[:8]}")
+    obs_dim = sum(state_fields[f] for f in fields)
+    a_obs, a_act = arch["actor"]["obs_dim"], arch["actor"]["act_dim"]  # checked by actor_shapes
+    if (a_obs, a_act) != (obs_dim, action_dim):
+        raise WeightsError(f"policy shape {a_obs}->{a_act} does not fit this robot ({obs_dim}->{action_dim})")
+    if not all(torch.isfinite(t).all() for t in weights.tensors.values()):
+        raise WeightsError("weights contain NaN or inf")
+    try:
+        actor = build_actor(arch["actor"], max_params)
+        actor.load_state_dict(weights.tensors, strict=True)
+    except Exception as e:  # noqa: BLE001 - out of memory, dtype trouble: refuse, keep the old policy
+        first_line = (str(e).splitlines() or [""])[0][:200]
+        raise WeightsError(f"cannot load the policy: {type(e).__name__}: {first_line}") from None
+    actor.eval()
+    return LoadedPolicy(weights.version, actor, fields)
