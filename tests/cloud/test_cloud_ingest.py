@@ -12,6 +12,7 @@ import pytest
 
 from cloud.buffer import ReplayBuffer
 from cloud.ingest import Ingest
+from harness.waits import until
 from shared.chunk import StepRecord, build_batch, checksum, encode_chunk
 from shared.errors import SchemaError
 from shared.protocol import Chunk, Limits
@@ -110,9 +111,10 @@ async def test_duplicate_of_a_durable_chunk_stores_nothing_and_resolves(ingest, 
     for s in (1, 2, 1):
         fut = await ingest.accept("r1", _chunk("r1", s))
         assert fut.done() and fut.exception() is None
-    await asyncio.sleep(0.05)
-    assert buf.rows == rows and ingest.duplicates == 3
-    assert sorted(set(_stored(buf))) == [("r1", 1), ("r1", 2)] and len(_stored(buf)) == 2 * ROWS
+    # a later chunk made durable proves the writer drained everything queued before it
+    await _wait([await ingest.accept("r1", _chunk("r1", 3))])
+    assert buf.rows == rows + ROWS and ingest.duplicates == 3
+    assert sorted(set(_stored(buf))) == [("r1", 1), ("r1", 2), ("r1", 3)] and len(_stored(buf)) == 3 * ROWS
 
 
 async def test_duplicate_after_restart_is_known_from_the_manifest(buf, tmp_path):
@@ -257,10 +259,7 @@ async def test_chunks_queued_behind_a_failed_write_are_refused_not_stored(ingest
     state = _fail_writes(monkeypatch, buf, 1, gate)
     ingest.writer.start()
     f1 = await ingest.accept("r1", _chunk("r1", 1))
-    for _ in range(200):  # until the writer is inside the (blocked) failing write
-        if state["calls"]:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: state["calls"], "the writer inside the (blocked) failing write")
     assert state["calls"] == 1
     f2 = await ingest.accept("r1", _chunk("r1", 2))
     f_other = await ingest.accept("r2", _chunk("r2", 1))  # another robot is not affected

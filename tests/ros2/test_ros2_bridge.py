@@ -5,11 +5,12 @@ import os
 import queue
 import random
 import threading
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
+
+from harness.waits import wait_for
 
 LOOPBACK = (
     '<CycloneDDS><Domain Id="any"><General><Interfaces><NetworkInterface address="127.0.0.1"/></Interfaces>'
@@ -96,10 +97,7 @@ def _reader(dp, topic, cls, qos=QOS):
 
 
 def _wait_matched(entity, getter):
-    deadline = time.monotonic() + 5
-    while not getattr(entity, getter)():
-        assert time.monotonic() < deadline, "no DDS match"
-        time.sleep(0.01)  # test-side discovery wait only
+    wait_for(getattr(entity, getter), 10, f"a DDS match ({getter})", every=0.01)
 
 
 def test_status_actions_and_episodes_reach_ros(setup):
@@ -163,9 +161,7 @@ def test_handler_errors_do_not_stop_commands(setup):
         _wait_matched(w, "get_matched_subscriptions")
         w.write(Float64_(1.0))
         w.write(Float64_(2.0))
-        deadline = time.monotonic() + 5
-        while len(seen) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: len(seen) >= 2, 10, "both rewards at the handler (the first one raised)")
         assert seen == [1.0, 2.0]
         with pytest.raises(Exception, match="episode event"):
             bridge.publish_episode_boundary("e", "exploded")

@@ -282,7 +282,9 @@ def test_observations_arrive_at_the_control_rate(make_robot):
         assert "stale" not in res.info and robot.state == "running"
         ks.append(_check_obs(res.observation))
     elapsed = time.monotonic() - t0
-    assert 0.45 <= elapsed <= 0.9, elapsed  # 10 ticks at 20 Hz
+    # 10 ticks at 20 Hz (idle: 0.5 s); the lower bound guards the rate, the upper one only a stall (3x, for
+    # a loaded 2-core box): a slow tick is caught by the per-tick message count below
+    assert 0.45 <= elapsed <= 1.5, elapsed
     steps = np.diff([k0, *ks])
     assert (steps > 0).all(), ks  # a newer message at every tick
     assert 2 <= np.median(steps) <= 8  # ~5 peer messages (100 Hz) per 50 ms tick
@@ -344,6 +346,8 @@ def test_stale_topics_pause_then_resume_truncating_the_episode(make_robot, peer)
     res = robot.step(np.zeros(5, np.float32))
     while not res.truncated:  # the first ticks can still be fresh
         res = robot.step(np.zeros(5, np.float32))
+    # paused until the peer resumes at 0.5 s (idle: ~0.55 s); < 3 s is >5x, for a loaded 2-core box,
+    # and still well under pause_timeout_s = 5, so a pause that only ended by timing out fails
     assert 0.3 <= time.monotonic() - t0 < 3
     assert res.info["paused_s"] > 0.1 and "q" in res.info["paused_for"]
     assert "stale" not in res.info and robot.state == "running"

@@ -48,7 +48,7 @@ def test_rclpy_backend_round_trips_cdr():
         deadline = time.monotonic() + 10
         while got.empty() and time.monotonic() < deadline:  # publish until discovery has matched
             pub.publish(types.encode(msg, "sensor_msgs/msg/JointState"))
-            time.sleep(0.05)
+            time.sleep(0.05)  # republish interval of a bounded publish-until-received wait (no harness helper publishes)
         assert types.decode(got.get(timeout=1), "sensor_msgs/msg/JointState").position.tolist() == [1.5]
     finally:
         a.close()

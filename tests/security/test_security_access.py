@@ -143,7 +143,7 @@ async def test_a_robot_cannot_forge_learner_side_status(tmp_path: Path) -> None:
         deadline = time.monotonic() + 10
         while not (r := await reported()).get("reported"):
             assert time.monotonic() < deadline, r
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # a poll on a condition; harness until() cannot await an HTTP predicate
         assert r["authenticated"] is False and r["chunks"] == 0 and r["since"] > 0
         assert r["reported"] == {"authenticated": True, "chunks": 10**6, "since": 0, "policy_version": 7}
         await ws.close()

@@ -9,6 +9,7 @@ import socket
 import threading
 from pathlib import Path
 
+from harness.waits import until
 from shared import auth
 from shared.protocol import TunnelClose
 from tests.security.robot_link import ScriptedLearner, robot, run_until
@@ -130,10 +131,7 @@ def test_open_streams_are_capped(tmp_path: Path) -> None:
             def held() -> int:
                 return len(deaf.conns)
 
-            for _ in range(200):
-                if held() >= 3:
-                    break
-                await asyncio.sleep(0.05)
+            await until(lambda: held() >= 3, "three tunnel streams at the service")
             assert held() == 3, f"streams 1, 2 and 4 reach the service, 3 does not: {held()}"
 
     learner = None

@@ -55,7 +55,7 @@ w = DataWriter(dp, Topic(dp, "rt/fleetrl/arm_01/cmd/pause", Bool_), qos=Qos(Poli
 end = time.time() + secs
 while time.time() < end:
     w.write(Bool_(True))
-    time.sleep(0.1)
+    time.sleep(0.1)  # the fake peer's own 10 Hz publish period, not a synchronisation
 """
 
 LOOPBACK_PEER = (
