@@ -12,7 +12,6 @@ import time
 import aiohttp
 import numpy as np
 import pytest
-from aiohttp import web
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -22,6 +21,7 @@ from cloud.admin import ADMIN_URL
 from cloud.keys import ADMIN_TOKEN, BUFFER, CONFIG, REGISTRY
 from cloud.robots import RobotRegistry
 from harness import stored_count
+from harness.inproc import serving
 from shared import auth
 from shared.chunk import StepRecord, build_batch, checksum, encode_chunk
 from shared.config import LearnerConfig
@@ -59,17 +59,10 @@ async def serve(tmp_path, server: dict | None = None, limits: dict | None = None
         learner={"learning_starts": 10**9, "hidden": [16, 16], "batch_size": 8},
     )
     app = make_app(cfg)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    status_url = StatusURL(app[ADMIN_URL] + "/status")  # the admin listener, not the robot port
-    status_url.token = app[ADMIN_TOKEN]
-    try:
-        yield app, f"ws://{host}:{port}/ws", status_url
-    finally:
-        await runner.cleanup()
+    async with serving(app) as base:
+        status_url = StatusURL(app[ADMIN_URL] + "/status")  # the admin listener, not the robot port
+        status_url.token = app[ADMIN_TOKEN]
+        yield app, base.replace("http", "ws", 1) + "/ws", status_url
 
 
 @pytest.fixture
@@ -354,21 +347,13 @@ async def test_restart_keeps_the_durable_mark(tmp_path):
     cfg = LearnerConfig(data_dir=tmp_path / "run", server={"port": 0, "auth": "open"},
                         learner={"learning_starts": 10**9, "hidden": [16, 16]})
     for expect_acked, seqs in ((0, (1, 2)), (2, (3,))):
-        app = make_app(cfg)
-        runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        try:
-            r = Robot(f"ws://{host}:{port}/ws", "robot-a")
+        async with serving(make_app(cfg)) as base:
+            r = Robot(base.replace("http", "ws", 1) + "/ws", "robot-a")
             assert (await r.open()).acked_seq == expect_acked
             for s in seqs:
                 await r.send_chunk(s)
             assert await r.acks(len(seqs)) == list(seqs)
             await r.close()
-        finally:
-            await runner.cleanup()
     buf = ReplayBuffer(cfg.data_dir / "buffer", 1000)  # the buffer on disk holds each chunk once
     assert buf.rows == 3 * ROWS and buf.hwm("robot-a") == 3
 

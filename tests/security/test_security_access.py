@@ -22,7 +22,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 import tomli_w
-from aiohttp import web
 
 from cloud.admin import ADMIN_URL
 from cloud.app import make_app
@@ -33,6 +32,7 @@ from shared.config import AgentConfig, LearnerConfig, validate
 from shared.errors import ConfigError
 from shared.protocol import Reject, Welcome
 from tests.faults.harness import Agent, Learner, Proxy, wait_for
+from harness.inproc import serving
 from tests.security.attacks import fetch_spec, handshake, refusal
 
 
@@ -100,15 +100,8 @@ async def in_process(tmp_path: Path, **server):
     cfg = LearnerConfig(data_dir=tmp_path / "run", server={"host": "127.0.0.1", "port": 0, **server},
                         learner={"learning_starts": 10**9, "hidden": [16, 16], "batch_size": 8})
     app = make_app(cfg)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield app, f"http://{host}:{port}", f"ws://{host}:{port}/ws"
-    finally:
-        await runner.cleanup()
+    async with serving(app) as base:
+        yield app, base, base.replace("http", "ws", 1) + "/ws"
 
 
 async def _get(url: str, token: str | None = None) -> tuple[int, object]:
