@@ -20,6 +20,7 @@ from shared.errors import ConfigError
 from shared.tasks import until_first_done
 
 from . import access
+from .admission import url_host
 from .gateway import BULK, CONTROL, TunnelInbox
 from .keys import ADMIN_TOKEN, CONFIG, REGISTRY, ROBOTS
 
@@ -105,11 +106,6 @@ async def tunnel(request: web.Request) -> web.WebSocketResponse:
             link.outbox.put(CONTROL, link.conn.tunnel_close(stream, "client closed"))
         await ws.close()
     return ws
-
-
-def url_host(host: str) -> str:
-    """``host`` as it goes in a URL (IPv6 in brackets)."""
-    return f"[{host}]" if ":" in host else host
 
 
 async def admin_listener(app: web.Application) -> AsyncIterator[None]:

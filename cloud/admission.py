@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import ssl
 from collections import Counter
 from typing import Any, Callable
 
@@ -164,3 +165,35 @@ def robot_site(runner: web.BaseRunner, server_cfg: Any, host: str | None = None,
         caps=SourceCounter(server_cfg.max_sockets, server_cfg.max_sockets_per_source),
         header_timeout_s=server_cfg.header_timeout_s,
     )
+
+
+def url_host(host: str) -> str:
+    """``host`` as it goes in a URL (IPv6 in brackets)."""
+    return f"[{host}]" if ":" in host else host
+
+
+def tls_context(server_cfg: Any) -> ssl.SSLContext | None:
+    """The server-side TLS context of ``server.tls_cert``/``tls_key``, if set."""
+    if server_cfg.tls_cert is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(server_cfg.tls_cert, server_cfg.tls_key)
+    return ctx
+
+
+async def serve_robot_port(app: web.Application, server_cfg: Any, shutdown_timeout: float) -> tuple[web.AppRunner, str]:
+    """Start ``app`` on the robot-facing port of ``server_cfg`` (a learner's or a shard's): TLS when
+    configured, the socket caps and header deadline, and a keep-alive no longer than that deadline
+    (an idle or half-sent later request). Returns the runner and the robots' websocket URL."""
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=shutdown_timeout, access_log=None,
+                           keepalive_timeout=server_cfg.header_timeout_s)
+    await runner.setup()
+    try:
+        tls = tls_context(server_cfg)
+        await robot_site(runner, server_cfg, ssl_context=tls).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    host, port = runner.addresses[0][:2]
+    return runner, f"{'wss' if tls else 'ws'}://{url_host(host)}:{port}/ws"
+

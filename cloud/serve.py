@@ -10,14 +10,13 @@ import signal
 import ssl
 import sys
 
-from aiohttp import web
 
 from shared.config import LearnerConfig
 from shared.errors import FleetError
 from shared.fsutil import atomic_write
 
-from .admin import ADMIN_URL, url_host
-from .admission import robot_site
+from .admin import ADMIN_URL
+from .admission import serve_robot_port
 from .app import make_app, snapshot
 from .metrics import start_metrics
 
@@ -26,19 +25,8 @@ log = logging.getLogger("fleetrl.serve")
 
 async def serve(cfg: LearnerConfig, resume: bool = False) -> int:
     app = make_app(cfg, resume)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0, access_log=None,
-                           keepalive_timeout=cfg.server.header_timeout_s)  # an idle or half-sent later request
-    await runner.setup()
-    ssl_ctx = None
-    if cfg.server.tls_cert is not None:
-        ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ssl_ctx.load_cert_chain(cfg.server.tls_cert, cfg.server.tls_key)
-    site = robot_site(runner, cfg.server, ssl_context=ssl_ctx)  # socket caps and a header deadline
-    await site.start()
-    host, port = runner.addresses[0][:2]
+    runner, url = await serve_robot_port(app, cfg.server, shutdown_timeout=5.0)  # TLS, socket caps, header deadline
     metrics = await start_metrics(lambda: snapshot(app), cfg.metrics)  # localhost only; never fatal
-    ws_scheme = "wss" if ssl_ctx else "ws"
-    url = f"{ws_scheme}://{url_host(host)}:{port}/ws"
     admin = app[ADMIN_URL]  # its own loopback listener: the robot port serves only /ws
     endpoint = cfg.data_dir / "endpoint.json"
     atomic_write(endpoint, json.dumps({

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,7 +28,7 @@ from shared.protocol import Chunk
 from shared.schema import EpisodeSpec
 from shared.weights import WeightsBlob
 
-from ..admission import robot_site
+from ..admission import serve_robot_port
 from ..app import make_app
 from ..buffer import Batch, ReplayBuffer
 from ..keys import BUFFER, INGEST, PUBLISHER, REGISTRY
@@ -67,15 +66,6 @@ def registry_file(cfg: LearnerConfig) -> Path:
     return registry_path(cfg)
 
 
-def tls_context(server: Any) -> ssl.SSLContext | None:
-    """The server-side TLS context of ``server.tls_cert``/``tls_key``, if set (as ``cloud-learner serve``)."""
-    if server.tls_cert is None:
-        return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(server.tls_cert, server.tls_key)
-    return ctx
-
-
 def node_id() -> str | None:
     try:
         import ray
@@ -108,15 +98,7 @@ class BufferShard:
             if self._runner is None:
                 app = make_app(self.cfg, resume=False, with_trainer=False)
                 app[REGISTRY] = RobotRegistry(self.registry)  # the run's table: enrolment and revocation reach here
-                server = self.cfg.server
-                runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, access_log=None,
-                                       keepalive_timeout=server.header_timeout_s)
-                await runner.setup()
-                tls = tls_context(server)
-                await robot_site(runner, server, ssl_context=tls).start()  # the same caps as a single learner
-                host, port = runner.addresses[0][:2]
-                host = f"[{host}]" if ":" in host else host
-                self._url = f"{'wss' if tls else 'ws'}://{host}:{port}/ws"
+                runner, self._url = await serve_robot_port(app, self.cfg.server, shutdown_timeout=2.0)  # as a learner
                 app[INGEST].on_durable = lambda rows: self._notify_learner()
                 self._runner = runner
                 log.info("event=shard_ready shard=%s url=%s rows=%d", self.name, self._url, app[BUFFER].rows)
