@@ -63,25 +63,21 @@ What would close the gap (product changes, not made here):
    (offsets are already bounded by the IPC reader) and compare the robot id
    from the dictionary/first and last value.
 
-### compress (raw+zstd: ratio equal, speed 0.6x clean / 0.9x noisy)
+### compress (raw+zstd: ratio equal, camera bytes halved; speed ~0.7x clean / 0.9x noisy)
 
-cProfile of one 50-step clean chunk (100 frames): `build_batch` 1.35 ms +
-`encode_chunk` 6.8 ms, of which zstd itself 5.4 ms - the same work the
-baseline does in ~5.8 ms. The rest is copies: every frame is turned into a
-Python `bytes` (`tobytes`), gathered into an Arrow binary array, written
-to an IPC stream, then `to_pybytes()` copies the stream again before zstd.
-Clean frames compress so fast (17x) that these copies are 35 % of the time;
-with noisy frames zstd dominates and the ratio is 0.9x. To close it: build the
-fixed-size-binary image column from one `np.stack` buffer (`pa.py_buffer`,
-no per-frame objects), and compress straight from the Arrow buffer
-(`zstd.compress(sink.getvalue())` accepts the buffer protocol) - two copies of
-4.9 MB per chunk fewer.
+Frames are stored once (schema v2): a chunk carries each step's frame and
+its last step's next frame, so raw camera bytes per transition are ~0.5x of
+the old layout on the wire and in Parquet. For PNG/JPEG the wire figure is
+~1x: a 50-step chunk of compressed frames fits zstd-3's 2 MiB window, so the
+old copy was already nearly free there; it cost a second image encode per
+step on the robot and a second stored copy in Parquet (both gone now).
 
-Also measured: every transition carries its frame twice (obs and next_obs);
-zstd-3's 2 MiB window does not reach across the two columns of a 50-step
-chunk, so raw+zstd pays for both. Storing `next_obs` images as a reference to
-the next step's `obs` (or putting both columns' frames interleaved) would
-halve the wire bytes of camera robots. With camera noise only JPEG keeps a
+Encode speed of clean raw frames stays below the target: cProfile of one
+50-step clean chunk shows zstd itself close to the baseline's time; the rest
+is the Arrow IPC stream and its copy before zstd (`to_pybytes()`). Raw frames
+are now gathered from one `np.stack` buffer (no per-frame `bytes`); what
+remains: compress straight from the IPC buffer (zstd accepts the buffer
+protocol), one copy of the chunk fewer. With camera noise only JPEG keeps a
 20 Mbit/s uplink above 30 frames/s.
 
 ### weights (<= 1.5x of a raw send: missed, ~2-3x)
@@ -163,17 +159,17 @@ long-RTT loss recovery would be slower. Agent link settings here: keepalive
 1 s / 3 s, backoff 0.1-1 s (the default backoff cap of 10 s would make
 recovery up to 10 s).
 
-### buffer (recovery met; image sampling from disk ~0.01x of memory)
+### buffer (recovery met; image sampling with history from disk ~0.8x of memory)
 
 Recovery of 1M transitions takes a few seconds, close to a cold start
-(interpreter and torch import dominate). Sampling images from disk is two
-orders of magnitude below memory because the product seals each group commit
-as **one Parquet row group**: a uniformly random batch touches most row
-groups, and each touch decodes hundreds of frames to use one. The product has
-no image sampler yet (its memory ring, `RingStorage`, holds state only). To close it: write
-image segments with small row groups (e.g. 64 rows) and sample by row group
-(draw row groups, then rows within them, RLPD-style mixing keeps it unbiased
-enough), keep a decoded-frame LRU, and keep recent frames in memory as uint8
-(a 1M-transition ring of 128x128 RGB is 49 GB, so memory holds the recent
-part and disk the rest, as the design says).
+(interpreter and torch import dominate). Image batches come from the
+product's `ReplayBuffer`: recent frames in a uint8 ring sized in bytes, older
+rows from the segments. Image segments are written in row groups of whole
+chunks (<= 64 rows), cameras uncompressed in one page per column chunk, so a
+batch draws a few row groups (weighted by rows) then rows within them, and
+raw frames are read in place from the mapped file (the OS page cache is their
+cache). Before those reads (row groups decoded by Arrow) the ratio was
+0.4-0.6x; one Parquet row group per commit, as before this work, gave 0.006x.
+The prefetcher's figure is below inline sampling on 2 shared cores (handing
+batches between threads); on a GPU learner it overlaps the update.
 """

@@ -74,8 +74,11 @@ def make_app(cfg: LearnerConfig, resume: bool = False, with_trainer: bool = True
 async def _storage(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    lc = cfg.learner
     buffer = await asyncio.to_thread(
-        ReplayBuffer, cfg.data_dir / "buffer", cfg.learner.memory_capacity, cfg.learner.observation_fields
+        partial(ReplayBuffer, cfg.data_dir / "buffer", lc.memory_capacity, lc.observation_fields,
+                image_fields=lc.image_fields, image_memory_bytes=int(lc.image_memory_mb * 2**20),
+                history_fraction=lc.history_fraction)
     )
     app[BUFFER] = buffer
     app[INGEST] = Ingest(buffer, app[LIMITS], quotas=Quotas.from_config(cfg.limits))
@@ -139,6 +142,7 @@ def snapshot(app: web.Application) -> LearnerStatus:
         "storage": {"holding": ingest.holding, "write_failures": ingest.write_failures,
                     "last_write_error": ingest.last_write_error or None},
         "updates_per_s": round(trainer.updates_per_s, 1) if trainer else 0.0,
+        "learner_device": str(trainer.device) if trainer and trainer.device else None,
         "losses": trainer.last_losses if trainer else {},
         "trainer_error": repr(trainer.error) if trainer and trainer.error else None,
         "ingest": {"chunks": ingest.chunks, "rows": ingest.rows, "duplicates": ingest.duplicates},

@@ -57,15 +57,26 @@ def demo(
     robots: int = typer.Option(2, min=1, max=8, help="simulated robots, each its own edge-agent process"),
     minutes: float = typer.Option(10.0, min=0.1, help="stop after this long even if the target is not reached"),
     target: float = typer.Option(0.8, min=0.0, max=1.0, help="stop once the success rate over the last 50 episodes reaches this"),
-    rate_hz: float = typer.Option(50.0, min=0.0, help="control rate of each simulated robot (0: as fast as it steps)"),
+    rate_hz: float = typer.Option(
+        None, min=0.0, help="control rate of each simulated robot (0: as fast as it steps; default 50, pixels 25)"
+    ),
     task: str = typer.Option("reach", help="Fetch task: reach or push"),
+    obs: str = typer.Option(
+        "state", "--obs", help="what the policy sees: state (state vectors) or pixels (two camera views and the "
+        "gripper's own state, not the goal: it must find the goal in the images)"
+    ),
     run_dir: Path = typer.Option(None, "--dir", help="where the run's data goes (default: ./fleetrl-runs/demo-<time>)"),
     seed: int = typer.Option(0, help="seed for the learner and the robots"),
 ) -> None:
-    """Start a learner and simulated robots on this machine and watch them learn (FetchReach, SAC)."""
-    from .demo import run_demo
+    """Start a learner and simulated robots on this machine and watch them learn (FetchReach, SAC).
 
-    raise typer.Exit(run_demo(robots=robots, minutes=minutes, target=target, rate_hz=rate_hz, task=task, run_dir=run_dir, seed=seed))
+    Writes success.png (success rate over time) and summary.json into the run directory."""
+    from .demo import OBS_MODES, run_demo
+
+    if obs not in OBS_MODES:
+        raise typer.BadParameter(f"{obs!r}: use one of {', '.join(OBS_MODES)}", param_hint="--obs")
+    raise typer.Exit(run_demo(robots=robots, minutes=minutes, target=target, rate_hz=rate_hz, task=task,
+                              run_dir=run_dir, seed=seed, obs=obs))
 
 
 @app.command("check-config")

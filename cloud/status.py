@@ -47,6 +47,7 @@ class LearnerStatus(TypedDict):
     last_publish_error: str | None
     storage: StorageStatus
     updates_per_s: float
+    learner_device: str | None  # where the trainer trains (None until it starts, or without one)
     losses: dict[str, float]
     trainer_error: str | None
     ingest: IngestStatus

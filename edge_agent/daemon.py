@@ -22,6 +22,8 @@ from shared.logs import set_level
 from shared.metrics import RateMeter, start_metrics_listener
 from shared.errors import ConfigError, FleetError, WeightsError
 from shared.protocol import EdgeConnection, Limits
+from shared.observations import state_sizes
+from shared.policy_runner import image_shapes
 from shared.tasks import cancel_and_reap, until_first_done
 from shared.weights import decode_weights
 
@@ -72,8 +74,9 @@ class Agent:
         self.desc = robot.describe()
         self.spec = self.desc.episode_spec()
         self.policy = PolicyHolder(
-            {k: v.size for k, v in self.spec.observation.items() if not v.is_image}, self.spec.action_dim,
+            state_sizes(self.spec), self.spec.action_dim,
             max_params=cfg.link.max_policy_params, max_version_jump=cfg.link.max_policy_version_jump,
+            image_fields=image_shapes(self.spec),
         )
         self.may_start = threading.Event()
         self.may_start.set()

@@ -13,10 +13,10 @@ from .ledger import RobotState, assert_exactly_once, count_exactly_once, stored_
 from .logs import assert_logs_quiet, log_events
 from .procs import FAST_LINK, LIVE, Agent, Learner, admin_status, free_port, kill_all, read_ready, spawn, stop
 from .proxy import Proxy
-from .waits import WaitTimeout, thread_parked, until, wait_for
+from .waits import WaitTimeout, thread_parked, until, wait_for, worker_idle
 
 __all__ = [
     "FAST_LINK", "LIVE", "Agent", "Learner", "Proxy", "RobotState", "WaitTimeout", "admin_status", "assert_exactly_once",
     "assert_logs_quiet", "count_exactly_once", "free_port", "kill_all", "log_events", "read_ready",
-    "spawn", "stop", "stored_count", "stored_rows", "thread_parked", "until", "wait_for",
+    "spawn", "stop", "stored_count", "stored_rows", "thread_parked", "until", "wait_for", "worker_idle",
 ]

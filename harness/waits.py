@@ -11,7 +11,7 @@ import asyncio
 import sys
 import threading
 import time
-from typing import Callable, TypeVar
+from typing import Callable, Protocol, TypeVar, cast
 
 T = TypeVar("T")
 
@@ -48,3 +48,17 @@ def thread_parked(t: threading.Thread) -> bool:
     needs before it asserts that the thread did nothing (it had its chance)."""
     frame = sys._current_frames().get(t.ident) if t.ident is not None else None
     return frame is not None and frame.f_code.co_name == "wait" and frame.f_code.co_filename == threading.__file__
+
+
+class _Worker(Protocol):
+    updates: int
+    error: BaseException | None
+
+
+def worker_idle(t: threading.Thread, updates: int, timeout: float = 60.0) -> None:
+    """Wait until a learner-style worker thread (``updates``, ``error``) has done ``updates``
+    updates and parked on its condition (nothing left to do); its error, if any, fails the wait."""
+    w = cast(_Worker, t)
+    wait_for(lambda: w.error is not None or (w.updates >= updates and thread_parked(t)), timeout,
+             f"the worker to reach {updates} updates and wait")
+    assert w.error is None, w.error

@@ -2,6 +2,11 @@
 
 Decoding is strict: a chunk must match the schema its robot announced, must
 stay under the size limits, and must validate fully, or it is refused.
+
+Camera frames are stored once (schema version 2): a step's next frame is the
+next step's frame, so a chunk carries ``next_obs.<camera>`` only on its last
+row (null elsewhere) and its steps must be consecutive; :mod:`shared.frames`
+rebuilds every row's next frame from that.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from .compression import compress, decompress
 from .errors import SchemaError
 from .image_codec import encode_image
 from .protocol.messages import Chunk
-from .schema import NEXT_PREFIX, OBS_PREFIX, EpisodeSpec
+from .schema import NEXT_PREFIX, OBS_PREFIX, EpisodeSpec, FieldSpec
 
 
 @dataclass
@@ -39,10 +44,16 @@ class StepRecord:
 
 
 def build_batch(spec: EpisodeSpec, robot_id: str, episode_id: str, steps: list[StepRecord]) -> pa.RecordBatch:
-    """Columnar batch for one chunk; image fields are encoded with their codec here."""
+    """Columnar batch for one chunk; image fields are encoded with their codec here.
+
+    For camera fields only the last step's ``next_obs`` frame is encoded: the others
+    are taken to be the following step's ``obs`` frame (as the control loop records them).
+    """
     if not steps:
         raise SchemaError("a chunk needs at least one step")
     n = len(steps)
+    if spec.image_fields:
+        _check_consecutive(np.fromiter((s.step for s in steps), np.int64, n))
     cols: dict[str, pa.Array] = {
         "robot_id": pa.array([robot_id] * n, pa.string()),
         "episode_id": pa.array([episode_id] * n, pa.string()),
@@ -55,7 +66,11 @@ def build_batch(spec: EpisodeSpec, robot_id: str, episode_id: str, steps: list[S
         for name, fs in spec.observation.items():
             typ = schema.field(prefix + name).type
             values = [getattr(s, attr)[name] for s in steps]
-            if fs.is_image:
+            if fs.is_image and prefix == NEXT_PREFIX:  # frames stored once: the chunk's final frame only
+                cols[prefix + name] = pa.array([None] * (n - 1) + [encode_image(values[-1], fs)], typ)
+            elif fs.is_image and (fs.codec or "raw") == "raw":
+                cols[prefix + name] = _raw_frames(values, fs, typ)
+            elif fs.is_image:
                 cols[prefix + name] = pa.array([encode_image(v, fs) for v in values], typ)
             else:
                 flat = np.asarray(values, dtype=np.float32).reshape(n, fs.size)
@@ -66,6 +81,15 @@ def build_batch(spec: EpisodeSpec, robot_id: str, episode_id: str, steps: list[S
     for flag in ("terminated", "truncated", "success", "intervention"):
         cols[flag] = pa.array([bool(getattr(s, flag)) for s in steps], pa.bool_())
     return pa.RecordBatch.from_arrays([cols[f.name] for f in schema], schema=schema)
+
+
+def _raw_frames(values: list[np.ndarray], fs: FieldSpec, typ: pa.DataType) -> pa.Array:
+    """Raw frames as one fixed-size-binary column from one stacked buffer (no per-frame bytes objects)."""
+    for v in values:
+        if v.shape != fs.shape or v.dtype != np.uint8:
+            raise SchemaError(f"image has shape {v.shape} {v.dtype}, expected {fs.shape} uint8")
+    data = np.stack(values)
+    return pa.FixedSizeBinaryArray.from_buffers(typ, len(values), [None, pa.py_buffer(data)])
 
 
 def encode_chunk(batch: pa.RecordBatch, level: int = 3) -> bytes:
@@ -132,9 +156,37 @@ def _decode_ipc(raw: bytes, spec: EpisodeSpec, max_rows: int) -> pa.RecordBatch:
         batch.validate(full=True)
     except (pa.ArrowException, ValueError) as e:
         raise SchemaError(f"chunk fails validation: {e}") from None
-    if any(batch.column(c).null_count for c in batch.schema.names):
+    if any(batch.column(f.name).null_count for f in expected if not f.nullable):
         raise SchemaError("chunk holds nulls in non-nullable columns")
+    if spec.image_fields:
+        _check_frames_once(batch, spec)
     return batch.replace_schema_metadata(expected.metadata)
+
+
+def _check_consecutive(steps: np.ndarray) -> None:
+    if steps.size > 1 and not np.all(np.diff(steps) == 1):
+        i = int(np.flatnonzero(np.diff(steps) != 1)[0])
+        raise SchemaError(
+            f"steps in a chunk with camera fields must be consecutive (frames are stored once); "
+            f"step {int(steps[i])} is followed by {int(steps[i + 1])}")
+
+
+def _check_frames_once(batch: pa.RecordBatch, spec: EpisodeSpec) -> None:
+    """Consecutive steps, and each camera's next frame on the last row only: what lets
+    row i's next frame be row i+1's frame. O(rows) on the step column, O(1) per camera."""
+    n = batch.num_rows
+    _check_consecutive(batch.column("step").to_numpy().astype(np.int64))  # no int32 wrap-around
+    for name in spec.image_fields:
+        col = batch.column(NEXT_PREFIX + name)
+        if col.null_count != n - 1 or not col[n - 1].is_valid:
+            raise SchemaError(
+                f"column {NEXT_PREFIX + name!r} must hold a frame on the chunk's last row only "
+                f"(frames are stored once), holds {n - col.null_count} frame(s) in {n} rows"
+                + ("" if col[n - 1].is_valid else ", none on the last row"))
+        fs = spec.observation[name]
+        if (fs.codec or "raw") == "raw" and len(col[n - 1].as_buffer()) != fs.size:
+            raise SchemaError(f"column {NEXT_PREFIX + name!r}: the final raw frame has "
+                              f"{len(col[n - 1].as_buffer())} bytes, expected {fs.size}")
 
 
 def single_value(batch: pa.RecordBatch, column: str) -> Any:
@@ -152,6 +204,11 @@ def _schema_diff(got: pa.Schema, expected: pa.Schema) -> str:
         return f"chunk schema mismatch: missing {missing}, unexpected {extra}"
     for f in expected:
         g = got.field(f.name)
-        if not g.type.equals(f.type) or g.nullable != f.nullable:
-            return f"chunk schema mismatch at {f.name!r}: got {g.type}, expected {f.type}"
+        # a camera's next-frame column is the only nullable one: v1 robots sent it whole, typed as obs
+        hint = " (a chunk of an older fleetrl, schema v1, that sends every next frame)" if f.nullable else ""
+        if not g.type.equals(f.type):
+            return f"chunk schema mismatch at {f.name!r}: got {g.type}, expected {f.type}{hint}"
+        if g.nullable != f.nullable:
+            return (f"chunk schema mismatch at {f.name!r}: got a {'nullable' if g.nullable else 'non-nullable'} "
+                    f"column, expected a {'nullable' if f.nullable else 'non-nullable'} one{hint}")
     return "chunk schema mismatch: column order differs"

@@ -263,6 +263,59 @@ class LearnerAlgoConfig(_Strict):
     checkpoint_every: int = Field(5000, gt=0, description="checkpoint the learner every this many updates")
     seed: int = Field(0, description="seed for the learner (nets, sampling)")
     threads: int = Field(1, gt=0, description="torch CPU threads for training")
+    device: str = Field(
+        "auto", description='where the learner trains: "auto" (a GPU if torch sees one, else the CPU), "cpu", '
+        '"cuda" or "cuda:N"; checkpoints resume on any device',
+    )
+    policy: Literal["auto", "mlp_gaussian", "cnn_gaussian"] = Field(
+        "auto", description="policy architecture; auto: cnn_gaussian when image_fields names cameras, else mlp_gaussian"
+    )
+    image_fields: list[str] = Field(
+        default_factory=list, description="camera fields the policy sees (each through its own conv encoder); "
+        "empty: state only",
+    )
+    encoder_channels: list[int] = Field(
+        default_factory=lambda: [32, 32, 32, 32], description="conv encoder: output channels per 3x3 layer "
+        "(the first has stride 2), one encoder per camera",
+    )
+    encoder_latent: int = Field(64, gt=0, le=4096, description="per-camera feature size after LayerNorm + tanh")
+    encoder_weights: Path | None = Field(
+        None, description="initial encoder weights: a local safetensors file (nothing is downloaded)"
+    )
+    augment_pad: int = Field(4, ge=0, le=32, description="random-shift augmentation of camera frames, in pixels (0: off)")
+    image_memory_mb: float = Field(
+        2048.0, gt=0, description="memory for recent camera frames; older frames are sampled from the Parquet segments"
+    )
+    history_fraction: float = Field(
+        0.0, ge=0, le=1, description="share of each batch drawn from rows on disk that memory no longer holds"
+    )
+    prefetch_batches: int = Field(
+        2, ge=0, le=64, description="batches a background thread prepares ahead of the trainer (0: sample inline)"
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError(f'{v!r}: use "auto", "cpu", "cuda" or "cuda:N"')
+
+    @model_validator(mode="after")
+    def _policy_fits_images(self) -> "LearnerAlgoConfig":
+        if self.policy == "cnn_gaussian" and not self.image_fields:
+            raise ValueError('policy = "cnn_gaussian" needs image_fields (the cameras it sees)')
+        if self.policy == "mlp_gaussian" and self.image_fields:
+            raise ValueError('policy = "mlp_gaussian" reads state only; drop image_fields or use "cnn_gaussian"')
+        if not self.encoder_channels or len(self.encoder_channels) > 8 or not all(0 < c <= 1024 for c in self.encoder_channels):
+            raise ValueError("encoder_channels: 1 to 8 layers of 1..1024 channels")
+        return self
+
+    @property
+    def policy_kind(self) -> str:
+        """The architecture this config trains."""
+        if self.policy != "auto":
+            return self.policy
+        return "cnn_gaussian" if self.image_fields else "mlp_gaussian"
 
 
 class MetricsConfig(_Strict):

@@ -5,8 +5,9 @@ Both a robot (edge_agent.policy_holder) and a sim rollout worker
 network they act with. The checks live here once: everything that sizes
 memory (layer widths, depth, parameter count) is checked against the blob's
 own tensors before a network is built, the network must read fields the
-robot has and emit its action size, and any failure is a WeightsError, so a
-bad blob never takes a link or a worker down. What to do with a loaded policy
+robot has (state fields, and camera fields of the same HxWxC) and emit its
+action size, and any failure is a WeightsError, so a bad blob never takes a
+link or a worker down. What to do with a loaded policy
 (atomic swap between ticks, version limits) is the caller's business.
 """
 
@@ -20,8 +21,21 @@ import torch
 
 from .errors import WeightsError
 from .observations import flatten, flatten_batch
-from .policy import Actor, actor_shapes, build_actor, param_count
+from .policy import ArchTooLarge, GaussianActor, actor_images, actor_shapes, build_actor, param_count
+from .schema import EpisodeSpec
 from .weights import Weights
+
+ImageShape = tuple[int, int, int]  # H, W, C
+
+
+def image_shapes(spec: EpisodeSpec) -> dict[str, ImageShape]:
+    """HxWxC of each camera field: which images a policy may read from this robot."""
+    return {name: (fs.shape[0], fs.shape[1], fs.shape[2]) for name, fs in spec.observation.items() if fs.is_image}
+
+
+def _frame(a: np.ndarray) -> np.ndarray:
+    # torch.from_numpy warns on read-only arrays (a renderer's buffer may be one); a frame is small to copy
+    return a if a.flags.writeable else a.copy()
 
 
 @dataclass(frozen=True)
@@ -29,35 +43,44 @@ class LoadedPolicy:
     """A built, loaded, eval-mode actor and what it reads; immutable, so sharing it across threads is safe."""
 
     version: int
-    actor: Actor
-    obs_fields: tuple[str, ...]
+    actor: GaussianActor
+    obs_fields: tuple[str, ...]  # state fields, flattened in this order
+    image_fields: tuple[str, ...] = ()  # camera fields, passed as uint8 [1, H, W, C] tensors
 
     def act(self, obs: Mapping[str, np.ndarray], deterministic: bool) -> np.ndarray:
         """The action in [-1, 1] for one observation."""
-        x = torch.from_numpy(flatten(obs, self.obs_fields))[None]
+        x = torch.from_numpy(flatten(obs, self.obs_fields) if self.obs_fields else np.zeros(0, np.float32))[None]
+        images = {f: torch.from_numpy(_frame(np.asarray(obs[f], np.uint8)))[None] for f in self.image_fields}
         with torch.inference_mode():
-            out: np.ndarray = self.actor.act(x, deterministic=deterministic)[0].numpy()
+            out: np.ndarray = self.actor.act(x, deterministic=deterministic, images=images or None)[0].numpy()
         return out
 
     def act_batch(self, obs: Sequence[Mapping[str, np.ndarray]], deterministic: bool = False) -> np.ndarray:
         """Actions in [-1, 1], one row per observation."""
-        x = torch.from_numpy(flatten_batch(obs, self.obs_fields))
+        x = torch.from_numpy(flatten_batch(obs, self.obs_fields) if self.obs_fields
+                             else np.zeros((len(obs), 0), np.float32))
+        images = {f: torch.from_numpy(np.stack([np.asarray(o[f], np.uint8) for o in obs])) for f in self.image_fields}
         with torch.inference_mode():
-            out: np.ndarray = self.actor.act(x, deterministic=deterministic).numpy()
+            out: np.ndarray = self.actor.act(x, deterministic=deterministic, images=images or None).numpy()
         return out
 
 
 def load_policy(weights: Weights, state_fields: Mapping[str, int], action_dim: int, max_params: int,
-                limit_name: str = "link.max_policy_params") -> LoadedPolicy:
+                limit_name: str = "link.max_policy_params",
+                image_fields: Mapping[str, ImageShape] | None = None) -> LoadedPolicy:
     """Check, build and load ``weights``; raises WeightsError if it does not fit.
 
-    ``state_fields`` maps each state field the robot has to its flat size;
+    ``state_fields`` maps each state field the robot has to its flat size,
+    ``image_fields`` each camera field to its HxWxC (:func:`image_shapes`);
     ``limit_name`` is the setting that ``max_params`` comes from, for the message.
     """
     arch = weights.arch
     try:
         fields = tuple(str(f) for f in arch["obs_fields"])
         shapes = actor_shapes(arch["actor"])
+        views = actor_images(arch["actor"])
+    except ArchTooLarge as e:
+        raise WeightsError(f"policy is larger than this robot loads ({limit_name}): {e}", code="too_large") from None
     except (KeyError, TypeError, ValueError) as e:
         raise WeightsError(f"weights carry an unusable architecture: {e}") from None
     n = param_count(shapes)
@@ -71,6 +94,14 @@ def load_policy(weights: Weights, state_fields: Mapping[str, int], action_dim: i
     unknown = [f for f in fields if f not in state_fields]
     if unknown:
         raise WeightsError(f"policy reads fields this robot does not have: {unknown[:8]}")
+    cameras = dict(image_fields or {})
+    for name, hwc in views:
+        if name not in cameras:
+            raise WeightsError(f"policy reads camera {name!r}, which this robot does not have "
+                               f"(cameras: {sorted(cameras)[:8]})")
+        if tuple(cameras[name]) != hwc:
+            raise WeightsError(f"policy reads camera {name!r} as {'x'.join(map(str, hwc))}, "
+                               f"this robot's is {'x'.join(map(str, cameras[name]))}")
     obs_dim = sum(state_fields[f] for f in fields)
     a_obs, a_act = arch["actor"]["obs_dim"], arch["actor"]["act_dim"]  # checked by actor_shapes
     if (a_obs, a_act) != (obs_dim, action_dim):
@@ -84,4 +115,4 @@ def load_policy(weights: Weights, state_fields: Mapping[str, int], action_dim: i
         first_line = (str(e).splitlines() or [""])[0][:200]
         raise WeightsError(f"cannot load the policy: {type(e).__name__}: {first_line}") from None
     actor.eval()
-    return LoadedPolicy(weights.version, actor, fields)
+    return LoadedPolicy(weights.version, actor, fields, tuple(name for name, _ in views))

@@ -17,7 +17,8 @@ from .errors import SchemaError
 CODECS = ("raw", "png", "jpeg")
 MAX_FIELD_ELEMENTS = 1 << 26  # 64 Mi values: a 4K RGB camera fits, an absurd spec does not
 MAX_ACTION_DIM = 4096
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: camera frames stored once (next_obs image columns hold the chunk's last frame only)
+STATE_ONLY_VERSIONS = (1,)  # older versions whose layout is identical for specs without image fields
 OBS_PREFIX = "obs."
 NEXT_PREFIX = "next_obs."
 
@@ -120,6 +121,10 @@ class EpisodeSpec:
     def state_fields(self) -> list[str]:
         return [k for k, v in self.observation.items() if not v.is_image]
 
+    @property
+    def image_fields(self) -> list[str]:
+        return [k for k, v in self.observation.items() if v.is_image]
+
     def state_dim(self, fields: list[str] | None = None) -> int:
         return sum(self.observation[k].size for k in (fields or self.state_fields))
 
@@ -136,13 +141,14 @@ class EpisodeSpec:
     def from_dict(cls, d: Any) -> "EpisodeSpec":
         if not isinstance(d, dict):
             raise SchemaError("episode spec must be a map")
-        if d.get("version") != SCHEMA_VERSION:
-            raise SchemaError(f"unsupported episode schema version {d.get('version')!r}")
+        version = d.get("version")
+        if type(version) is not int or (version != SCHEMA_VERSION and version not in STATE_ONLY_VERSIONS):
+            raise SchemaError(f"unsupported episode schema version {version!r}")
         obs = d.get("observation")
         if not isinstance(obs, dict):
             raise SchemaError("episode spec needs an observation map")
         try:
-            return cls(
+            spec = cls(
                 observation={str(k): FieldSpec.from_dict(v) for k, v in obs.items()},
                 action_dim=int(d["action_dim"]),
                 action_low=tuple(float(x) for x in d.get("action_low", ())),
@@ -152,9 +158,21 @@ class EpisodeSpec:
             raise
         except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise SchemaError(f"bad episode spec: {e}") from None
+        if version != SCHEMA_VERSION and spec.image_fields:
+            # v1 sent every camera frame twice (obs and next_obs on every row); its chunks do not fit v2 columns
+            raise SchemaError(
+                f"episode spec version {version} with camera fields {spec.image_fields} comes from an older "
+                f"fleetrl (robot or run) that stored every frame twice; upgrade the robot's fleetrl, "
+                f"or start a new run for data recorded by it")
+        return spec
 
     def arrow_schema(self) -> pa.Schema:
-        """Schema of a chunk on the wire; the cloud adds ``stream_seq`` when it stores it."""
+        """Schema of a chunk on the wire; the cloud adds ``stream_seq`` when it stores it.
+
+        Frames are stored once: ``next_obs.<camera>`` is nullable and holds a frame only on a
+        chunk's last row (steps in a chunk are consecutive, so row i's next frame is row i+1's
+        ``obs.<camera>``; see :mod:`shared.frames`). State fields keep ``next_obs`` on every row.
+        """
         fields = [
             pa.field("robot_id", pa.string(), nullable=False),
             pa.field("episode_id", pa.string(), nullable=False),
@@ -167,7 +185,11 @@ class EpisodeSpec:
                 meta = {"shape": ",".join(map(str, fs.shape)), "dtype": fs.dtype}
                 if fs.is_image:
                     meta["codec"] = fs.codec or "raw"
-                fields.append(pa.field(prefix + name, fs.arrow_type(), nullable=False, metadata=meta))
+                # A camera's next frame: one per chunk, so variable binary (null slots cost no bytes,
+                # where fixed-size binary would hold a zeroed frame in each)
+                final_only = fs.is_image and prefix == NEXT_PREFIX
+                typ = pa.binary() if final_only else fs.arrow_type()
+                fields.append(pa.field(prefix + name, typ, nullable=final_only, metadata=meta))
         fields += [
             pa.field("action", pa.list_(pa.float32(), self.action_dim), nullable=False),
             pa.field("reward", pa.float32(), nullable=False),

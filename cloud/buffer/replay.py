@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -22,12 +22,13 @@ import pyarrow.compute as pc
 from shared.errors import SchemaError
 from shared.schema import EpisodeSpec
 
-from .memory import RingStorage
+from .history import DiskHistory
+from .memory import FrameRing, RingStorage
 from .sampler import UniformSampler
-from .source import Batch, Dims
+from .source import IMAGES, NEXT_IMAGES, Batch, Dims
 from .storage import SegmentInfo, SegmentStore
 from .transform import NormaliseAction, Transform
-from .writer import Item, RingWriter, pack
+from .writer import FRAME, Item, RingWriter, pack
 
 log = logging.getLogger("fleetrl.buffer")
 
@@ -47,18 +48,33 @@ def spec_difference(run: EpisodeSpec, robot: EpisodeSpec) -> str:
     return "specs differ"
 
 
+def _hwc(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    h, w, c = shape
+    return (h, w, c)
+
+
 class ReplayBuffer:
     """A ``SampleSource`` over one data dir; ``write`` is the only way rows get in."""
 
     def __init__(self, root: Path, memory_capacity: int, obs_fields: list[str] | None = None,
-                 sampler: UniformSampler | None = None):
+                 sampler: UniformSampler | None = None, image_fields: Sequence[str] = (),
+                 image_memory_bytes: int = 2 << 30, history_fraction: float = 0.0,
+                 history_cache_bytes: int = 512 << 20):
+        if not 0.0 <= history_fraction <= 1.0:
+            raise ValueError(f"history_fraction must be in [0, 1], got {history_fraction}")
         self.store = SegmentStore(root)
         self.memory_capacity = memory_capacity
         self.requested_fields = obs_fields
+        self.image_fields = list(image_fields)
+        self.image_memory_bytes, self.history_fraction = image_memory_bytes, history_fraction
+        self.history_cache_bytes = history_cache_bytes
         self.sampler = sampler or UniformSampler()
         self.spec: EpisodeSpec | None = None
         self.obs_fields: list[str] = []
         self.memory: RingStorage | None = None
+        self.frames: FrameRing | None = None  # camera frames of the rows in memory (with image_fields)
+        self.history: DiskHistory | None = None  # rows memory no longer holds (with image_fields)
+        self._recent = 0  # with image_fields: the newest rows in memory whose frames are all still held
         self._writer: RingWriter | None = None
         self._transforms: list[Transform] = []
         self.rows_by_robot: dict[str, int] = {}
@@ -72,7 +88,16 @@ class ReplayBuffer:
 
     @property
     def size(self) -> int:
-        return self.memory.size if self.memory is not None else 0
+        if self.memory is None:
+            return 0
+        if self.frames is None:
+            return self.memory.size
+        with self.memory.lock:
+            return self._recent + (self._history_rows() if self.history_fraction > 0 else 0)
+
+    def _history_rows(self) -> int:
+        """Stored rows memory no longer serves (the oldest ones); call under the memory lock."""
+        return self.history.rows - self._recent if self.history is not None else 0
 
     @property
     def added(self) -> int:
@@ -82,7 +107,8 @@ class ReplayBuffer:
     def dims(self) -> Dims | None:
         if self._writer is None:
             return None
-        return Dims(self._writer.obs_dim, self._writer.act_dim, tuple(self.obs_fields))
+        return Dims(self._writer.obs_dim, self._writer.act_dim, tuple(self.obs_fields),
+                    tuple((f, _hwc(self._writer.image_shapes()[f])) for f in self.image_fields))
 
     @property
     def rows(self) -> int:
@@ -93,14 +119,46 @@ class ReplayBuffer:
         return len(self.store.manifest.segments)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
-        """Uniform rows from memory, actions normalised to [-1, 1]."""
+        """Uniform rows from memory, actions normalised to [-1, 1].
+
+        With cameras, also their frames; and ``history_fraction`` of the batch from
+        rows on disk that memory no longer holds (all of it while memory holds none).
+        """
         if self.memory is None:
             raise ValueError("cannot sample before the run's spec is known")
-        with self.memory.lock:  # one size for the draw and the rows it names
-            batch = self.memory.get(self.sampler.indices(self.memory.size, batch_size, rng))
+        if self.frames is None:
+            with self.memory.lock:  # one size for the draw and the rows it names
+                batch = self.memory.get(self.sampler.indices(self.memory.size, batch_size, rng))
+        else:
+            batch = self._sample_images(batch_size, rng)
         for t in self._transforms:
             batch = t(batch)
         return batch
+
+    def _sample_images(self, batch_size: int, rng: np.random.Generator) -> Batch:
+        """Rows and frames written straight into one batch (memory's rows first, then history's): no concatenation."""
+        assert self.memory is not None and self.frames is not None and self.history is not None
+        assert self._writer is not None
+        out = self._writer.empty_batch(batch_size)
+        plan = None
+        with self.memory.lock:  # frames are overwritten under this lock: rows and their frames read as one
+            recent, old = self._recent, self._history_rows() if self.history_fraction > 0 else 0
+            n_old = 0 if old <= 0 else batch_size if recent == 0 else int(round(batch_size * self.history_fraction))
+            n_new = batch_size - n_old
+            k = self.sampler.indices(recent, n_new, rng) if n_new > 0 else None
+            if n_old:  # row groups start loading now, while memory's rows are gathered
+                plan = self.history.start(n_old, old, rng)
+            if k is not None:
+                rows = self.memory.get(self.memory.chronological(self.memory.size - recent + k))
+                frame = rows.pop(FRAME)
+                for key, v in rows.items():
+                    out[key][:n_new] = v
+                for f in self.image_fields:
+                    self.frames.take(f, frame, out[IMAGES + f][:n_new])
+                    self.frames.take(f, frame + 1, out[NEXT_IMAGES + f][:n_new])
+        if plan is not None:  # sealed segments do not change: read outside the lock
+            self.history.finish(plan, out, n_new, rng)
+        return out
 
     # ------------------------------------------------- the manifest, read-only
 
@@ -165,10 +223,24 @@ class ReplayBuffer:
         missing = [f for f in fields if f not in spec.state_fields]
         if missing:
             raise SchemaError(f"learner.observation_fields names fields robots do not record: {missing}")
+        unknown = [f for f in self.image_fields if f not in spec.image_fields]
+        if unknown:
+            raise SchemaError(f"learner.image_fields names fields robots do not record as cameras: {unknown} "
+                              f"(cameras: {spec.image_fields})")
+        writer = RingWriter(spec, list(fields), self.image_fields)
+        frames = None
+        if self.image_fields:  # built before anything is adopted: a refusal leaves the buffer without a spec
+            try:
+                frames = FrameRing(self.image_memory_bytes, writer.image_shapes())
+            except ValueError as e:
+                raise SchemaError(f"learner.image_memory_mb is too small for these cameras: {e}") from None
         self.spec = spec
         self.obs_fields = list(fields)
-        self._writer = RingWriter(spec, self.obs_fields)
-        self.memory = RingStorage(self.memory_capacity, self._writer.columns())
+        self._writer = writer
+        self.memory = RingStorage(self.memory_capacity, writer.columns(), writer.dtypes())
+        if frames is not None:
+            self.frames = frames
+            self.history = DiskHistory(self.store.seg_dir, writer, self.history_cache_bytes)
         self._transforms = [NormaliseAction(spec)]
 
     def _reload(self) -> None:
@@ -176,21 +248,35 @@ class ReplayBuffer:
         assert self.memory is not None
         segments = self.store.manifest.segments
         need, tables = self.memory_capacity, []
+        frames_need = self.frames.capacity if self.frames is not None else need
         for seg in reversed(segments):
-            if need <= 0:
+            if need <= 0 or frames_need <= 0:  # older rows would be overwritten (rows or their frames)
                 break
             tables.append(self.store.read_segment(seg.name))
             need -= seg.rows
-        for t in reversed(tables):
-            self._index(t)
+            frames_need -= seg.rows  # a row brings at least one frame
+        if self.history is not None:
+            for seg in segments[: len(segments) - len(tables)]:
+                self.history.add(seg.name)
+        for seg, t in zip(segments[len(segments) - len(tables):], reversed(tables)):
+            self._index(t, seg.name)
         for seg in segments:
             for rid, (_, _, rows) in seg.robots.items():
                 self.rows_by_robot[rid] = self.rows_by_robot.get(rid, 0) + rows
         log.info("event=buffer_recovered segments=%d rows=%d in_memory=%d", len(segments), self.rows, self.memory.size)
 
-    def _index(self, table: pa.Table) -> None:
+    def _index(self, table: pa.Table, segment: str | None = None) -> None:
         assert self.memory is not None and self._writer is not None
-        self._writer.write(self.memory, table)
+        if self.frames is None:
+            self._writer.write(self.memory, table)
+        else:
+            assert self.history is not None
+            frames = self._writer.frames(table)  # decoded before the lock: samplers do not wait on it
+            with self.memory.lock:  # no sample sees the segment, the rows and their frames apart
+                if segment is not None:
+                    self.history.add(segment)
+                self._writer.write(self.memory, table, self.frames, frames)
+                self._recount()
         ends = table.filter(pc.or_(table.column("terminated"), table.column("truncated")))
         for rid, succ, ver in zip(
             ends.column("robot_id").to_pylist(), ends.column("success").to_pylist(), ends.column("policy_version").to_pylist()
@@ -201,11 +287,25 @@ class ReplayBuffer:
     def write(self, items: list[Item]) -> None:
         """Make chunks (and reported losses) durable as one sealed segment, then index them. Blocking."""
         packed = pack(items)
-        self.store.write_segment(packed.table, packed.robots, packed.lost)
+        info = self.store.write_segment(packed.table, packed.robots, packed.lost)
         for rid, (_, _, rows) in packed.robots.items():
             self.rows_by_robot[rid] = self.rows_by_robot.get(rid, 0) + rows
         if packed.table is not None:
-            self._index(packed.table)
+            self._index(packed.table, info.name if info is not None else None)
+
+    def _recount(self) -> None:
+        """How many of the newest rows in memory still have their frames (rows keep frame numbers in order)."""
+        assert self.memory is not None and self.frames is not None
+        with self.memory.lock:
+            frame, size, floor = self.memory.data[FRAME], self.memory.size, self.frames.floor
+            lo, hi = 0, size  # the first row, oldest first, whose obs frame is still held
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if frame[self.memory.chronological(np.int64(mid))] >= floor:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            self._recent = size - lo
 
     def success_rate(self, last: int = 50) -> float | None:
         recent = list(self.episodes)[-last:]

@@ -14,7 +14,11 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-Batch = dict[str, np.ndarray]  # obs, action (in [-1, 1]), reward, next_obs, terminated: float32, one row per draw
+# obs, action (in [-1, 1]), reward, next_obs, terminated: float32, one row per draw; and for each
+# camera field F the source serves, "images.F" and "next_images.F": uint8 [B, H, W, C].
+Batch = dict[str, np.ndarray]
+IMAGES = "images."
+NEXT_IMAGES = "next_images."
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,11 @@ class Dims:
     obs_dim: int
     act_dim: int
     obs_fields: tuple[str, ...]
+    images: tuple[tuple[str, tuple[int, int, int]], ...] = ()  # camera fields served, with their HxWxC
+
+    @property
+    def image_fields(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.images)
 
 
 @runtime_checkable

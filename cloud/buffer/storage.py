@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from shared.errors import StorageError
@@ -28,6 +30,46 @@ log = logging.getLogger("fleetrl.storage")
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 SEGMENTS = "segments"  # the sealed segments' directory under the buffer root
+IMAGE_ROW_GROUP_ROWS = 64  # a segment with cameras is cut into row groups of whole chunks of about this many rows
+IMAGE_PAGE_BYTES = 1 << 30  # one data page per column chunk: raw frames then lie at a known place in the file
+
+
+def image_columns(schema: pa.Schema) -> set[str]:
+    """Camera columns (binary: raw frames or PNG/JPEG)."""
+    return {f.name for f in schema if pa.types.is_binary(f.type) or pa.types.is_fixed_size_binary(f.type)}
+
+
+def _leaves(path: str, typ: pa.DataType) -> list[str]:
+    """Parquet leaf column paths of an Arrow field (what per-column writer options are keyed by)."""
+    if pa.types.is_list(typ) or pa.types.is_fixed_size_list(typ) or pa.types.is_large_list(typ):
+        return _leaves(path + ".list.element", typ.value_type)
+    if pa.types.is_struct(typ):
+        return [leaf for f in typ for leaf in _leaves(f"{path}.{f.name}", f.type)]
+    return [path]
+
+
+def row_groups(table: pa.Table, target: int) -> list[tuple[int, int]]:
+    """[start, end) row ranges of whole chunks (a chunk: one robot's stream seq), at most ``target`` rows each
+    unless one chunk is longer.
+
+    A range never ends inside a chunk: a row's next frame is the following row's frame, so a row
+    group must hold its chunk's last row. Tables without ``stream_seq`` are one range.
+    """
+    n = table.num_rows
+    if "stream_seq" not in table.schema.names or n == 0:
+        return [(0, n)]
+    changed = np.zeros(n - 1, bool)
+    for name in ("stream_seq", "robot_id"):
+        col = table.column(name)
+        changed |= pc.not_equal(col.slice(0, n - 1), col.slice(1)).to_numpy(zero_copy_only=False)
+    out, start, prev = [], 0, 0
+    for e in [*(np.flatnonzero(changed) + 1).tolist(), n]:  # chunk ends
+        if e - start > target and prev > start:  # this chunk would overfill the group: close it before
+            out.append((start, prev))
+            start = prev
+        prev = e
+    out.append((start, n))
+    return out
 
 
 @dataclass
@@ -176,7 +218,7 @@ class SegmentStore:
         if table is not None and table.num_rows:
             name = f"seg-{m.next_segment:08d}.parquet"
             tmp = self.seg_dir / (name + ".tmp")
-            pq.write_table(table, tmp, compression=self.compression)
+            self._write_parquet(table, tmp)
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
             os.replace(tmp, self.seg_dir / name)
@@ -197,6 +239,21 @@ class SegmentStore:
             self._account()
             raise
         return info
+
+    def _write_parquet(self, table: pa.Table, path: Path) -> None:
+        """State-only: one zstd table. With cameras: frames uncompressed (raw bytes or PNG/JPEG already), in
+        row groups of whole chunks (~``IMAGE_ROW_GROUP_ROWS``) that history sampling reads one at a time, one
+        page per column chunk (so raw frames can be read in place: ``history``)."""
+        images = image_columns(table.schema)
+        if not images:
+            pq.write_table(table, path, compression=self.compression)
+            return
+        comp = {leaf: ("none" if f.name in images else self.compression)
+                for f in table.schema for leaf in _leaves(f.name, f.type)}
+        with pq.ParquetWriter(path, table.schema, compression=comp, data_page_size=IMAGE_PAGE_BYTES,
+                              use_dictionary=[n for n in table.schema.names if n not in images]) as w:
+            for a, b in row_groups(table, IMAGE_ROW_GROUP_ROWS):
+                w.write_table(table.slice(a, b - a), row_group_size=b - a)
 
     def read_segment(self, name: str, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(self.seg_dir / name, columns=columns)

@@ -2,7 +2,7 @@
 
 ``pack`` turns what ingest hands over (chunks and loss reports, in stream
 order) into one segment's table and the robots' marks; ``RingWriter`` turns a
-stored table into the ring's float32 columns. The replay buffer calls them in
+stored table into the ring's columns (and its camera frames into the frame ring). The replay buffer calls them in
 that order, so memory never holds a row that is not on disk.
 """
 
@@ -14,11 +14,15 @@ from typing import Any, Union
 import numpy as np
 import pyarrow as pa
 
+from shared.errors import SchemaError
 from shared.protocol import Lost
 from shared.schema import NEXT_PREFIX, OBS_PREFIX, EpisodeSpec
 
-from .memory import RingStorage
+from .images import TableFrames, table_frames
+from .memory import FrameRing, RingStorage
+from .source import IMAGES, NEXT_IMAGES
 
+FRAME = "frame"  # ring column with images: the row's obs frame number in the FrameRing (next frame: + 1)
 Item = tuple[str, int, Union[pa.RecordBatch, Lost]]  # robot id, stream seq, chunk rows or a reported loss
 
 
@@ -58,18 +62,39 @@ def _flat(column: pa.Array | pa.ChunkedArray, n: int) -> np.ndarray:
 class RingWriter:
     """State fields (in ``obs_fields`` order), action as recorded, reward, terminated -> the ring's columns.
 
-    Only state fields go to memory; images stay on disk.
+    With ``image_fields``, those cameras' frames go to a ``FrameRing`` and each row
+    keeps the number of its obs frame (``frame``; its next frame is ``frame + 1``).
     """
 
-    def __init__(self, spec: EpisodeSpec, obs_fields: list[str]):
+    def __init__(self, spec: EpisodeSpec, obs_fields: list[str], image_fields: list[str] | None = None):
+        self.spec = spec
         self.obs_fields = list(obs_fields)
+        self.image_fields = list(image_fields or [])
         self.obs_dim = spec.state_dim(self.obs_fields)
         self.act_dim = spec.action_dim
 
     def columns(self) -> dict[str, tuple[int, ...]]:
         """The ring's column shapes (per row)."""
-        return {"obs": (self.obs_dim,), "action": (self.act_dim,), "reward": (), "next_obs": (self.obs_dim,),
-                "terminated": ()}
+        cols: dict[str, tuple[int, ...]] = {"obs": (self.obs_dim,), "action": (self.act_dim,), "reward": (),
+                                            "next_obs": (self.obs_dim,), "terminated": ()}
+        if self.image_fields:
+            cols[FRAME] = ()
+        return cols
+
+    def dtypes(self) -> dict[str, str]:
+        """Columns that are not float32."""
+        return {FRAME: "int64"} if self.image_fields else {}
+
+    def image_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {f: self.spec.observation[f].shape for f in self.image_fields}
+
+    def empty_batch(self, n: int) -> dict[str, np.ndarray]:
+        """A batch of ``n`` rows to fill: the ring's float32 columns and each camera's frames."""
+        out = {k: np.empty((n, *shape), np.float32) for k, shape in self.columns().items() if k != FRAME}
+        for f, shape in self.image_shapes().items():
+            out[IMAGES + f] = np.empty((n, *shape), np.uint8)
+            out[NEXT_IMAGES + f] = np.empty((n, *shape), np.uint8)
+        return out
 
     def rows(self, table: pa.Table | pa.RecordBatch) -> dict[str, np.ndarray]:
         n = table.num_rows
@@ -83,8 +108,29 @@ class RingWriter:
 
     def _state(self, table: pa.Table | pa.RecordBatch, prefix: str, n: int) -> np.ndarray:
         parts = [_flat(table.column(prefix + f), n) for f in self.obs_fields]
+        if not parts:  # cameras only: no state vector
+            return np.zeros((n, 0), np.float32)
         return np.concatenate(parts, axis=1).astype(np.float32, copy=False)
 
-    def write(self, storage: RingStorage, table: pa.Table | pa.RecordBatch) -> None:
-        if table.num_rows:
-            storage.extend(self.rows(table))
+    def frames(self, table: pa.Table | pa.RecordBatch) -> TableFrames:
+        return table_frames(table, self.spec, self.image_fields)
+
+    def write(self, storage: RingStorage, table: pa.Table | pa.RecordBatch, frames: FrameRing | None = None,
+              decoded: TableFrames | None = None) -> None:
+        """Rows (and, with cameras, their frames: ``decoded`` if the caller laid them out) into memory, as one
+        step for readers."""
+        if not table.num_rows:
+            return
+        rows = self.rows(table)
+        if not self.image_fields:
+            storage.extend(rows)
+            return
+        if frames is None:
+            raise ValueError("a writer with image fields needs the frame ring")
+        tf = decoded or self.frames(table)
+        if not tf.valid.all():
+            raise SchemaError(f"stored rows end without the final frame of {self.image_fields}: "
+                              f"a table for memory must hold whole chunks")
+        with storage.lock:
+            rows[FRAME] = frames.push(tf) + tf.first
+            storage.extend(rows)

@@ -24,8 +24,19 @@ from .shard import node_id
 log = logging.getLogger("fleetrl.cluster.learner")
 
 
+def _images(mem: dict[str, Any]) -> tuple[tuple[str, tuple[int, int, int]], ...]:
+    """The cameras a shard serves, from its report (``[[name, [H, W, C]], ...]``)."""
+    return tuple((str(name), (int(h), int(w), int(c))) for name, (h, w, c) in mem.get("images", ()))
+
+
+def _shape(dims: Dims) -> tuple[object, ...]:
+    """What every shard's batches must agree on to be concatenated."""
+    return dims.obs_dim, dims.act_dim, dims.images
+
+
 class ShardedBuffer:
-    """A ``SampleSource`` over shards: sizes as the shards last reported them, batches drawn across them."""
+    """A ``SampleSource`` over shards: sizes as the shards last reported them, batches drawn across them
+    (camera frames too: each shard samples its own, memory and history, and the parts are concatenated)."""
 
     def __init__(self, shards: list[str], namespace: str = NAMESPACE):
         self.names, self.namespace = list(shards), namespace
@@ -39,8 +50,8 @@ class ShardedBuffer:
         """A shard's report (``BufferShard._memory``); one whose dims differ from the first is ignored."""
         with self._lock:
             if mem.get("obs_dim"):
-                dims = Dims(int(mem["obs_dim"]), int(mem["act_dim"]), tuple(mem["obs_fields"]))
-                if self._dims is not None and (dims.obs_dim, dims.act_dim) != (self._dims.obs_dim, self._dims.act_dim):
+                dims = Dims(int(mem["obs_dim"]), int(mem["act_dim"]), tuple(mem["obs_fields"]), _images(mem))
+                if self._dims is not None and _shape(dims) != _shape(self._dims):
                     log.error("event=shard_spec_mismatch shard=%s (ignored)", shard)
                     return
                 self._dims = dims

@@ -21,7 +21,7 @@ from hal_drivers.base import Robot
 from shared.actions import ActionScale
 from shared.chunk import StepRecord, make_chunk
 from shared.observations import state_sizes
-from shared.policy_runner import LoadedPolicy, load_policy
+from shared.policy_runner import LoadedPolicy, image_shapes, load_policy
 from shared.protocol import Chunk
 from shared.weights import WeightsBlob, decode_weights
 
@@ -74,6 +74,7 @@ class RolloutWorker:
         self.spec = desc.episode_spec()
         self.scale = ActionScale(desc.action_low, desc.action_high)
         self.state_fields = state_sizes(self.spec)
+        self.image_fields = image_shapes(self.spec)
         self.policy: LoadedPolicy | None = None  # replaced only between rollouts
         self.seq = sink.hello(self.robot_id, self.spec.to_dict(), "sim")  # resume after the durable mark
         self.rng = np.random.default_rng(seed + index)
@@ -91,7 +92,7 @@ class RolloutWorker:
         if blob is not None and blob.version > self.version:
             weights = decode_weights(blob.data, blob.sha256, MAX_WEIGHTS)
             self.policy = load_policy(weights, self.state_fields, self.spec.action_dim, MAX_PARAMS,
-                                      limit_name="cloud.cluster.rollout.MAX_PARAMS")
+                                      limit_name="cloud.cluster.rollout.MAX_PARAMS", image_fields=self.image_fields)
         return self.version
 
     def init_sync(self, init_method: str, rank: int, world_size: int, cfg: dict[str, Any]) -> str:

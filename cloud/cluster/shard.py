@@ -118,7 +118,8 @@ class BufferShard:
         if dims is None:
             return {"size": 0, "added": 0}
         return {"size": buf.size, "added": buf.added, "obs_dim": dims.obs_dim, "act_dim": dims.act_dim,
-                "obs_fields": list(dims.obs_fields), "rows": buf.rows, "segments": buf.segment_count}
+                "obs_fields": list(dims.obs_fields), "rows": buf.rows, "segments": buf.segment_count,
+                "images": [[name, list(hwc)] for name, hwc in dims.images]}
 
     async def announce(self) -> None:
         """Tell the learner what this shard holds (at start, and after either restarts)."""

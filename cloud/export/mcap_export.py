@@ -7,6 +7,10 @@ values are stamped with the step's ``t_ns``:
                            (raw camera fields) or sensor_msgs/CompressedImage
                            (png/jpeg fields, bytes passed through); one message
                            per step plus the episode's final next observation
+                           (camera frames are stored once: the final frame is
+                           ``next_obs`` of the episode's last row, which always
+                           ends a chunk; other rows' next frames are the
+                           following step's frames, already written)
 ``/fleetrl/action``       std_msgs/Float32MultiArray
 ``/fleetrl/reward``       std_msgs/Float32
 ``/fleetrl/step``         std_msgs/String, JSON: step, policy_version, stream_seq and the flags
@@ -92,6 +96,8 @@ class _File:
 def _observation(f: _File, spec: EpisodeSpec, row: dict[str, Any], prefix: str, t_ns: int) -> None:
     for name, fs in spec.observation.items():
         value = row[prefix + name]
+        if value is None:  # a next_obs camera frame off a chunk's last row: stored once, as the next step's obs
+            continue
         if fs.is_image:
             ros_type, msg = _image(value, fs, name, t_ns)
         else:

@@ -3,7 +3,8 @@
 Any nest of dicts (any scalar keys), lists, tensors and JSON scalars packs
 into one safetensors file whose metadata holds the structure; the file is
 written under a temporary name, fsynced and renamed, so a kill -9 mid-write
-leaves the previous checkpoint intact.
+leaves the previous checkpoint intact. Also here: reading
+``learner.encoder_weights`` (initial encoder tensors, a local safetensors file).
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as st_load
+from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 
+from shared.errors import ConfigError
 from shared.faults import crash_point
 from shared.fsutil import fsync_dir
 
@@ -70,3 +74,35 @@ def load(path: Path) -> dict[str, Any]:
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not a fleetrl checkpoint")
     return unpack(json.loads(meta["state"]), st_load(data))
+
+
+def load_encoder_weights(path: Path, encoder: torch.nn.Module) -> int:
+    """Load ``learner.encoder_weights`` (a local safetensors file) into ``encoder``; the tensor count.
+
+    Keys are the encoder's own (``convs.0.weight``) or an actor's (``encoder.convs.0.weight``,
+    e.g. cut from a published policy). Anything that does not fit exactly is a ConfigError
+    naming the keys and shapes, never a partial load.
+    """
+    what = f"learner.encoder_weights = {str(path)!r}"
+    if not path.is_file():
+        raise ConfigError(f"{what}: no such file (encoder weights are read from a local file; nothing is downloaded)")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ConfigError(f"{what}: not a readable safetensors file ({e})") from e
+    if tensors and all(k.startswith("encoder.") for k in tensors):
+        tensors = {k[len("encoder."):]: v for k, v in tensors.items()}
+    own = encoder.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    wrong = [f"{k}: file {tuple(tensors[k].shape)}, encoder {tuple(own[k].shape)}"
+             for k in sorted(set(own) & set(tensors)) if tensors[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        parts = [f"missing {missing[:6]}{' ...' if len(missing) > 6 else ''}" if missing else "",
+                 f"unexpected {unexpected[:6]}{' ...' if len(unexpected) > 6 else ''}" if unexpected else "",
+                 f"shape mismatch {wrong[:6]}" if wrong else ""]
+        raise ConfigError(f"{what} does not fit this encoder (encoder_channels/encoder_latent/image_fields): "
+                          + "; ".join(p for p in parts if p))
+    with torch.no_grad():
+        encoder.load_state_dict(tensors)
+    return len(tensors)

@@ -6,19 +6,35 @@ and temperature losses are summed into a single backward pass and stepped by a
 single Adam, and the soft target update is one fused ``_foreach_lerp_``.  The
 actor is trained against the critic *before* this step's critic update (as in
 the original SAC paper's simultaneous update), which is what allows one backward.
+
+Pixels (DrQ-v2 / SERL): with camera views in the config the actor is a
+``cnn_gaussian`` whose conv encoder is shared with the critics. The critics
+score ``cat[features, state, action]``; the critic loss trains the encoder,
+while the actor and temperature losses see detached features (the encoder
+learns from the critic only), and next-state features come from the same
+encoder under ``no_grad``. Frames travel to the device as uint8, get a random
+shift there, and the encoder converts them to float.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from shared.policy import Actor
+from shared.policy import ARCH_VERSION, CNNActor, GaussianActor, ImageEncoder, build_actor
+
+from ..buffer.source import IMAGES, NEXT_IMAGES
+from .augment import random_shift
+
+log = logging.getLogger("fleetrl.sac")
+
+CNN_ARCH_VERSION = 1  # the cnn_gaussian arch version this learner builds (shared.policy rebuilds it on robots)
 
 
 @dataclass
@@ -32,6 +48,23 @@ class SACConfig:
     batch_size: int = 256  # for the caller's sampler; update() takes whatever batch it is given
     init_alpha: float = 0.02
     target_entropy: float | None = None  # None -> -act_dim
+    # Camera views the actor sees, each (field, (H, W, C)); empty: a state-only MLP actor.
+    images: tuple[tuple[str, tuple[int, int, int]], ...] = ()
+    encoder_channels: tuple[int, ...] = (32, 32, 32, 32)
+    encoder_latent: int = 64
+    augment_pad: int = 4  # random-shift pixels for camera frames (0: off)
+
+
+def actor_arch(obs_dim: int, act_dim: int, cfg: SACConfig) -> dict[str, Any]:
+    """The arch dict ``shared.policy.build_actor`` turns into this config's actor."""
+    hidden = [int(h) for h in cfg.hidden]
+    if not cfg.images:
+        return {"kind": "mlp_gaussian", "version": ARCH_VERSION, "obs_dim": int(obs_dim), "act_dim": int(act_dim), "hidden": hidden}
+    return {
+        "kind": "cnn_gaussian", "version": CNN_ARCH_VERSION, "obs_dim": int(obs_dim), "act_dim": int(act_dim),
+        "hidden": hidden, "images": [[str(n), *(int(x) for x in hwc)] for n, hwc in cfg.images],
+        "channels": [int(c) for c in cfg.encoder_channels], "latent": int(cfg.encoder_latent),
+    }
 
 
 class QEnsemble(nn.Module):
@@ -66,21 +99,27 @@ class QEnsemble(nn.Module):
 
 
 class SAC:
-    """SAC with twin critics, Polyak targets and learned temperature."""
+    """SAC with twin critics, Polyak targets and learned temperature; pixels through a shared encoder."""
 
     def __init__(
-        self, obs_dim: int, act_dim: int, cfg: SACConfig, device: str = "cpu", seed: int = 0
+        self, obs_dim: int, act_dim: int, cfg: SACConfig, device: str | torch.device = "cpu", seed: int = 0
     ) -> None:
         self.cfg = cfg
         self.obs_dim = int(obs_dim)
         self.act_dim = int(act_dim)
         self.device = torch.device(device)
+        self.seed = int(seed)
+        self.image_fields = tuple(name for name, _ in cfg.images)
         hidden = tuple(int(h) for h in cfg.hidden)
         # Seed network init without disturbing the caller's global RNG.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.actor = Actor(obs_dim, act_dim, hidden).to(self.device)
-            self.critic = QEnsemble(obs_dim + act_dim, hidden).to(self.device)
+            self.actor: GaussianActor = build_actor(actor_arch(obs_dim, act_dim, cfg)).to(self.device)
+            # The pixel actor and its encoder, shared with the critics (None for a state-only actor).
+            self._cnn: CNNActor | None = self.actor if isinstance(self.actor, CNNActor) else None
+            self.encoder: ImageEncoder | None = self._cnn.encoder if self._cnn is not None else None
+            feature_dim = self.encoder.feature_dim if self.encoder is not None else 0
+            self.critic = QEnsemble(feature_dim + obs_dim + act_dim, hidden).to(self.device)
             self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = torch.tensor(
             math.log(cfg.init_alpha), device=self.device, requires_grad=True
@@ -88,7 +127,7 @@ class SAC:
         self.target_entropy = (
             float(-act_dim) if cfg.target_entropy is None else float(cfg.target_entropy)
         )
-        # Own noise stream: checkpoint/restore reproduces updates bit-for-bit.
+        # Own noise stream (policy noise and augmentation): checkpoint/restore reproduces updates bit-for-bit.
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
         self.optim = torch.optim.Adam(
@@ -104,35 +143,70 @@ class SAC:
     def alpha(self) -> float:
         return float(self.log_alpha.detach().exp())
 
-    def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
-        """One gradient step on critics, actor and alpha, then a soft target update.
+    def _frames(self, batch: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+        """Camera frames of the batch on the device, still uint8, randomly shifted."""
+        out: dict[str, Tensor] = {}
+        for name in self.image_fields:
+            frames = batch.get(prefix + name)
+            if frames is None:
+                raise ValueError(f"batch has no {prefix + name!r}: the actor sees camera {name!r}; "
+                                 f"the batch holds {sorted(batch)}")
+            frames = frames.to(self.device, non_blocking=True)
+            out[name] = random_shift(frames, self.cfg.augment_pad, self.generator)
+        return out
+
+    def _sample(self, features: Tensor | None, obs: Tensor) -> tuple[Tensor, Tensor]:
+        if features is None or self._cnn is None:
+            return self.actor.sample(obs, self.generator)
+        return self._cnn.sample_features(features, obs, self.generator)
+
+    @staticmethod
+    def _sa(features: Tensor | None, obs: Tensor, action: Tensor) -> Tensor:
+        return torch.cat([obs, action] if features is None else [features, obs, action], -1)
+
+    def losses(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        """Critic, actor and temperature losses of one batch, graphs attached (draws noise from the generator).
 
         ``terminated`` marks true terminal states only: time-limit truncation must be
-        0 here so the critic keeps bootstrapping through it.
+        0 here so the critic keeps bootstrapping through it. Only the critic loss
+        reaches the encoder.
         """
         dev = self.device
-        obs = batch["obs"].to(dev, torch.float32)
-        action = batch["action"].to(dev, torch.float32)
-        reward = batch["reward"].to(dev, torch.float32).reshape(-1)
-        next_obs = batch["next_obs"].to(dev, torch.float32)
-        not_done = 1.0 - batch["terminated"].to(dev, torch.float32).reshape(-1)
+        obs = batch["obs"].to(dev, torch.float32, non_blocking=True)
+        action = batch["action"].to(dev, torch.float32, non_blocking=True)
+        reward = batch["reward"].to(dev, torch.float32, non_blocking=True).reshape(-1)
+        next_obs = batch["next_obs"].to(dev, torch.float32, non_blocking=True)
+        not_done = 1.0 - batch["terminated"].to(dev, torch.float32, non_blocking=True).reshape(-1)
         gamma = self.cfg.gamma
         alpha = self.log_alpha.detach().exp()
 
+        feat = next_feat = None
+        if self.encoder is not None:
+            images, next_images = self._frames(batch, IMAGES), self._frames(batch, NEXT_IMAGES)
+            feat = self.encoder(images)  # the critic loss trains the encoder through these
+            with torch.no_grad():
+                next_feat = self.encoder(next_images)
+
         with torch.no_grad():
-            next_a, next_logp = self.actor.sample(next_obs, self.generator)
-            q_next = self.critic_target(torch.cat([next_obs, next_a], -1)).min(0).values
+            next_a, next_logp = self._sample(next_feat, next_obs)
+            q_next = self.critic_target(self._sa(next_feat, next_obs, next_a)).min(0).values
             target = reward + gamma * not_done * (q_next - alpha * next_logp)
 
-        q = self.critic(torch.cat([obs, action], -1))  # [2, B]
+        q = self.critic(self._sa(feat, obs, action))  # [2, B]
         critic_loss = 0.5 * (q - target).pow(2).mean(1).sum()
 
-        pi_a, logp = self.actor.sample(obs, self.generator)
-        q_pi = self.critic(torch.cat([obs, pi_a], -1), detach_params=True).min(0).values
+        feat_d = None if feat is None else feat.detach()  # actor and alpha: no gradient into the encoder
+        pi_a, logp = self._sample(feat_d, obs)
+        q_pi = self.critic(self._sa(feat_d, obs, pi_a), detach_params=True).min(0).values
         actor_loss = (alpha * logp - q_pi).mean()
 
         alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
+        return critic_loss, actor_loss, alpha_loss, {"alpha": alpha, "logp": logp, "q": q}
 
+    def update(self, batch: Mapping[str, Tensor]) -> dict[str, float]:
+        """One gradient step on critics, actor and alpha (and the encoder), then a soft target update."""
+        critic_loss, actor_loss, alpha_loss, aux = self.losses(batch)
+        alpha, logp, q = aux["alpha"], aux["logp"], aux["q"]
         self.optim.zero_grad(set_to_none=True)
         (critic_loss + actor_loss + alpha_loss).backward()
         self.optim.step()
@@ -150,36 +224,63 @@ class SAC:
         }
 
     def actor_state(self) -> dict[str, Tensor]:
-        """Detached CPU copies of the actor weights, safe to hand to another thread."""
+        """Detached CPU copies of the actor weights (encoder included), safe to hand to another thread."""
         return {k: v.detach().to("cpu", copy=True) for k, v in self.actor.state_dict().items()}
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume training exactly (nets, targets, optimizer, RNG)."""
+        """Everything needed to resume training exactly (nets, encoder, targets, optimizer, RNG)."""
         return {
             "obs_dim": self.obs_dim,
             "act_dim": self.act_dim,
             "cfg": asdict(self.cfg),
+            "actor_arch": self.actor.arch(),
             "actor": self.actor.state_dict(),
             "critic": self.critic.state_dict(),
             "critic_target": self.critic_target.state_dict(),
             "log_alpha": self.log_alpha.detach().clone(),
             "optim": self.optim.state_dict(),
             "generator": self.generator.get_state(),
+            "generator_device": self.device.type,
+            "seed": self.seed,
             "updates": self.updates,
         }
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
-        """Restore from :meth:`state_dict`; shapes must match this instance."""
+        """Restore from :meth:`state_dict`; shapes must match this instance, devices need not.
+
+        Tensors land on this SAC's device. The noise stream resumes exactly on the
+        same kind of device; a CPU and a CUDA generator cannot take each other's
+        state, so across kinds it is reseeded from the checkpoint (logged).
+        """
         if (d["obs_dim"], d["act_dim"]) != (self.obs_dim, self.act_dim):
             raise ValueError(
                 f"checkpoint dims (obs={d['obs_dim']}, act={d['act_dim']}) do not match "
                 f"this SAC (obs={self.obs_dim}, act={self.act_dim})"
             )
+        if "actor_arch" in d and _plain(d["actor_arch"]) != _plain(self.actor.arch()):
+            raise ValueError(f"checkpoint policy arch {d['actor_arch']} does not match this SAC's {self.actor.arch()}")
         self.actor.load_state_dict(d["actor"])
         self.critic.load_state_dict(d["critic"])
         self.critic_target.load_state_dict(d["critic_target"])
         with torch.no_grad():
             self.log_alpha.copy_(d["log_alpha"])
         self.optim.load_state_dict(d["optim"])
-        self.generator.set_state(d["generator"])
+        saved_on = d.get("generator_device", "cpu")
+        if saved_on == self.device.type:
+            self.generator.set_state(d["generator"].cpu())
+        else:
+            reseed = int(d.get("seed", 0)) * 1_000_003 + int(d["updates"])
+            self.generator.manual_seed(reseed)
+            log.warning("event=sac_noise_reseeded checkpoint_device=%s device=%s seed=%d reason=generator state is "
+                        "not portable across device kinds (updates continue, not bit-identical)",
+                        saved_on, self.device.type, reseed)
         self.updates = int(d["updates"])
+
+
+def _plain(x: Any) -> Any:
+    """Tuples as lists, so an arch read back from JSON compares equal to a fresh one."""
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x

@@ -2,26 +2,32 @@
 
 It never blocks ingest or robots: it waits on a condition that ingest
 notifies when new rows are durable, bounded by the update-to-data ratio, and
-publishes by handing a finished blob to a callback.
+publishes by handing a finished blob to a callback. It trains on the device
+``learner.device`` names, a state MLP or a CNN over the cameras in
+``learner.image_fields``, and samples through a background prefetcher so the
+update never waits on I/O.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from shared.config import LearnerAlgoConfig
-from shared.errors import WeightsError
+from shared.errors import ConfigError, WeightsError
 from shared.weights import WeightsBlob, decode_weights, encode_weights
 
-from ..buffer import SampleSource
+from ..buffer import Dims, SampleSource
+from ..buffer.prefetch import Prefetcher
 from . import checkpoint
+from .device import resolve_device
 from .sac import SAC, SACConfig
 
 log = logging.getLogger("fleetrl.trainer")
@@ -41,6 +47,8 @@ class Trainer(threading.Thread):
         self.published = published  # the newest policy robots already have (from an earlier run), if any
         self.resumed_from_policy: int | None = None  # its version, when training continues from its weights
         self._sac: SAC | None = None
+        self._prefetcher: Prefetcher | None = None
+        self.device: torch.device | None = None  # where training runs, once it has started
         self._published_at = 0
         self.updates = 0
         self.last_losses: dict[str, float] = {}
@@ -61,11 +69,17 @@ class Trainer(threading.Thread):
             return
         t0 = time.monotonic()
         checkpoint.save(self.checkpoint_path, {
-            "sac": self._sac.state_dict(), "rng": self._rng.bit_generator.state, "updates": self.updates,
+            "sac": self._sac.state_dict(), "rng": self._rng_state(), "updates": self.updates,
             "policy_version": self.version, "buffer_rows": self.buffer.rows,
             "buffer_segments": self.buffer.segment_count,
         })
         log.info("event=checkpoint_saved updates=%d seconds=%.3f", self.updates, time.monotonic() - t0)
+
+    def _rng_state(self) -> dict[str, Any]:
+        """The sampling generator's state after the last batch trained on (drawn-ahead batches not counted)."""
+        if self._prefetcher is not None:
+            return self._prefetcher.rng_state()
+        return dict(self._rng.bit_generator.state)
 
     def _restore(self, sac: SAC, rng: np.random.Generator) -> None:
         """Continue from the checkpoint, and never behind the policy robots already
@@ -91,6 +105,9 @@ class Trainer(threading.Thread):
             if weights.arch.get("obs_fields") != self._obs_fields():
                 raise WeightsError(f"observation fields {weights.arch.get('obs_fields')} differ from this run's "
                                    f"{self._obs_fields()}")
+            ours = json.loads(json.dumps(sac.actor.arch()))
+            if weights.arch.get("actor") != ours:
+                raise WeightsError(f"policy arch {weights.arch.get('actor')} differs from this run's {ours}")
             with torch.no_grad():
                 sac.actor.load_state_dict(weights.tensors)
         except (WeightsError, RuntimeError) as e:
@@ -137,9 +154,47 @@ class Trainer(threading.Thread):
     def run(self) -> None:
         try:
             self._run()
+        except ConfigError as e:  # the run's settings cannot be trained as given: say what, without a traceback
+            log.error("event=trainer_config_error error=%s", e)
+            self.error = e  # after the log line: whoever sees the error finds it explained
         except BaseException as e:
-            self.error = e
             log.exception("event=trainer_crashed")
+            self.error = e
+
+    def _sac_config(self, dims: Dims) -> SACConfig:
+        """The config's architecture over what the buffer serves: a CNN needs every camera it names."""
+        cfg = self.cfg
+        images: tuple[tuple[str, tuple[int, int, int]], ...] = ()
+        if cfg.policy_kind == "cnn_gaussian":
+            served = dict(dims.images)
+            missing = [f for f in cfg.image_fields if f not in served]
+            if missing:
+                raise ConfigError(
+                    f"learner.image_fields names camera field(s) {missing} that the replay buffer does not serve "
+                    f"(it serves {list(served) or 'no camera fields'}; state fields {list(dims.obs_fields)}): "
+                    "record those cameras on the robots, or drop them from learner.image_fields")
+            images = tuple((f, served[f]) for f in cfg.image_fields)
+        return SACConfig(hidden=tuple(cfg.hidden), lr=cfg.lr, gamma=cfg.gamma, tau=cfg.tau,
+                         batch_size=cfg.batch_size, init_alpha=cfg.init_alpha, images=images,
+                         encoder_channels=tuple(cfg.encoder_channels), encoder_latent=cfg.encoder_latent,
+                         augment_pad=cfg.augment_pad)
+
+    def _build(self, dims: Dims) -> SAC:
+        device = resolve_device(self.cfg.device)
+        self.device = device
+        sac = SAC(dims.obs_dim, dims.act_dim, self._sac_config(dims), device=device, seed=self.cfg.seed)
+        if self.cfg.encoder_weights is not None:
+            if sac.encoder is None:
+                raise ConfigError(f"learner.encoder_weights = {str(self.cfg.encoder_weights)!r} but the policy "
+                                  f"({self.cfg.policy_kind}) has no image encoder: set learner.image_fields")
+            n = checkpoint.load_encoder_weights(Path(self.cfg.encoder_weights), sac.encoder)
+            log.info("event=encoder_weights_loaded path=%s tensors=%d", self.cfg.encoder_weights, n)
+        return sac
+
+    def _sample(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        if self._prefetcher is not None:
+            return self._prefetcher.get()
+        return {k: torch.from_numpy(v) for k, v in self.buffer.sample(self.cfg.batch_size, rng).items()}
 
     def _run(self) -> None:
         torch.set_num_threads(self.cfg.threads)
@@ -149,16 +204,23 @@ class Trainer(threading.Thread):
             return
         dims = self.buffer.dims
         assert dims is not None
-        sac = SAC(
-            dims.obs_dim, dims.act_dim,
-            SACConfig(hidden=tuple(self.cfg.hidden), lr=self.cfg.lr, gamma=self.cfg.gamma, tau=self.cfg.tau,
-                      batch_size=self.cfg.batch_size, init_alpha=self.cfg.init_alpha),
-            seed=self.cfg.seed,
-        )
+        sac = self._build(dims)
         rng = np.random.default_rng(self.cfg.seed)
         self._restore(sac, rng)
         self._sac, self._rng = sac, rng
-        log.info("event=training_started obs_dim=%d act_dim=%d rows=%d", dims.obs_dim, dims.act_dim, self.buffer.size)
+        if self.cfg.prefetch_batches > 0:  # after the restore: it draws from the checkpointed generator state
+            self._prefetcher = Prefetcher(self.buffer, self.cfg.batch_size, rng, depth=self.cfg.prefetch_batches,
+                                          pin_memory=sac.device.type == "cuda")
+        log.info("event=training_started obs_dim=%d act_dim=%d rows=%d policy=%s cameras=%s device=%s prefetch=%d",
+                 dims.obs_dim, dims.act_dim, self.buffer.size, sac.actor.arch()["kind"], list(sac.image_fields),
+                 sac.device, self.cfg.prefetch_batches)
+        try:
+            self._loop(sac)
+        finally:
+            if self._prefetcher is not None:
+                self._prefetcher.close()
+
+    def _loop(self, sac: SAC) -> None:
         t_last, n_last = time.monotonic(), 0
         while True:
             if self.cfg.publish_when_idle and not self._allowed() and self.updates > self._published_at:
@@ -168,8 +230,7 @@ class Trainer(threading.Thread):
                 if self._stopping:
                     self.save_checkpoint()
                     return
-            batch = {k: torch.from_numpy(v) for k, v in self.buffer.sample(self.cfg.batch_size, rng).items()}
-            self.last_losses = sac.update(batch)
+            self.last_losses = sac.update(self._sample(self._rng))
             self.updates += 1
             if self.updates % self.cfg.publish_every == 0:
                 self._publish(sac)

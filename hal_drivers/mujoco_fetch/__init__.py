@@ -1,6 +1,6 @@
 """Simulated Fetch arm (gymnasium-robotics, MuJoCo); importing registers ``mujoco_fetch``."""
 
-from .config import FetchConfig
+from .config import CameraView, FetchConfig
 from .driver import FetchRobot
 
-__all__ = ["FetchConfig", "FetchRobot"]
+__all__ = ["CameraView", "FetchConfig", "FetchRobot"]

@@ -4,6 +4,7 @@ gymnasium-robotics and mujoco are imported lazily, when the first robot is
 built: MuJoCo picks its OpenGL backend from ``MUJOCO_GL`` at import, so a
 process without a camera robot is never forced into a GL backend, while a
 camera robot defaults it to headless EGL before anything is imported.
+Camera views (``camera``, ``cameras``) are drawn by ``cameras.ViewSet``.
 """
 
 from __future__ import annotations
@@ -17,14 +18,10 @@ from hal_drivers.base import FieldSpec, Robot, StepResult, UnitDescription, Unit
 from hal_drivers.registry import register
 from shared.errors import ConfigError
 
-from .config import FetchConfig
+from .cameras import ViewSet
+from .config import STATE_FIELDS, FetchConfig
 
 DRIVER_NAME = "mujoco_fetch"
-_GL_HINT = (
-    "camera rendering needs a headless OpenGL backend: set MUJOCO_GL=egl or osmesa and install "
-    "the Mesa libraries (Debian/Ubuntu: apt-get install -y libegl1 libegl-mesa0 libgl1-mesa-dri "
-    "libgl1 for egl, libosmesa6 for osmesa), or set robot.options.camera = false"
-)
 
 
 def _import_gym() -> Any:
@@ -41,18 +38,6 @@ def _import_gym() -> Any:
     return gym
 
 
-def _release_gl_context() -> None:
-    """Let go of the EGL context after drawing: a context can be current on one thread
-    only, and the robot is built on one thread (startup) but driven from another (the
-    control loop); each draw makes it current again."""
-    if os.environ.get("MUJOCO_GL") != "egl":
-        return
-    from mujoco import egl
-    from OpenGL import EGL
-
-    EGL.eglMakeCurrent(egl.EGL_DISPLAY, EGL.EGL_NO_SURFACE, EGL.EGL_NO_SURFACE, EGL.EGL_NO_CONTEXT)
-
-
 def _f32(x: Any) -> np.ndarray:
     return np.array(x, dtype=np.float32, copy=True)
 
@@ -67,18 +52,16 @@ class FetchRobot(Robot):
         self.config = config
         self.name = name
         self._env: Any = None
+        self._views: ViewSet | None = None
         self._seeded = False
-        if config.camera:
-            # Must happen before mujoco is first imported in this process; harmless after
-            # (gymnasium reads MUJOCO_GL again when it creates the rendering context).
+        views = config.views
+        if views:
+            # Must happen before mujoco is first imported in this process.
             os.environ.setdefault("MUJOCO_GL", "egl")
         gym = _import_gym()
-        kwargs: dict[str, Any] = {"max_episode_steps": config.max_episode_steps}
-        if config.camera:
-            kwargs.update(render_mode="rgb_array", width=config.camera_size, height=config.camera_size)
-        self._env = gym.make(config.env_id, **kwargs)
+        self._env = gym.make(config.env_id, max_episode_steps=config.max_episode_steps)
         try:
-            if config.camera:
+            if views:
                 self._start_renderer()
             self._description = self._build_description()
         except BaseException:
@@ -88,37 +71,28 @@ class FetchRobot(Robot):
     # -- setup -------------------------------------------------------------
 
     def _start_renderer(self) -> None:
-        """Create the offscreen GL context now, so a missing backend fails at startup."""
-        renderer = self._env.unwrapped.mujoco_renderer
+        """Resolve the views and create the offscreen GL contexts now, so a missing backend
+        or an unknown view fails at startup; then draw once to be sure."""
+        cfg = self.config
+        u = self._env.unwrapped
+        where = "robot.options.cameras" if cfg.cameras else "robot.options.camera"
+        default_cam = getattr(getattr(u, "mujoco_renderer", None), "default_cam_config", None)
+        self._views = ViewSet(u.model, cfg.views, default_cam, where, antialias=cfg.camera_antialias)
         try:
-            # The bare renderer (no goal-marker callback, which needs a reset first).
-            frame = renderer.render("rgb_array")
+            frames = self._views.draw(u.data)
         except Exception as e:
-            raise ConfigError(
-                f"robot.options.camera: {_GL_HINT}; "
-                f"MUJOCO_GL={os.environ.get('MUJOCO_GL')!r} failed with {type(e).__name__}: {e}"
-            ) from None
-        finally:
-            _release_gl_context()
-        size = self.config.camera_size
-        if frame is None or np.shape(frame) != (size, size, 3):
-            raise ConfigError(
-                f"robot.options.camera: renderer returned {np.shape(frame)}, expected {(size, size, 3)}"
-            )
+            raise ConfigError(f"{where}: the first camera frame failed with {type(e).__name__}: {e}") from None
+        for v in cfg.views:
+            if frames[v.name].shape != (v.size, v.size, 3):
+                raise ConfigError(f"{where}: view {v.name!r} came out {frames[v.name].shape}, expected {(v.size, v.size, 3)}")
 
     def _build_description(self) -> UnitDescription:
         cfg = self.config
         spaces = self._env.observation_space.spaces
-        obs = {
-            k: FieldSpec(tuple(int(n) for n in spaces[k].shape))
-            for k in ("observation", "achieved_goal", "desired_goal")
-        }
-        if cfg.camera:
-            obs["camera"] = FieldSpec(
-                (cfg.camera_size, cfg.camera_size, 3),
-                "uint8",
-                codec=cfg.camera_codec,
-                quality=cfg.jpeg_quality if cfg.camera_codec == "jpeg" else None,
+        obs = {k: FieldSpec(tuple(int(n) for n in spaces[k].shape)) for k in STATE_FIELDS}
+        for v in cfg.views:
+            obs[v.name] = FieldSpec(
+                (v.size, v.size, 3), "uint8", codec=v.codec, quality=v.jpeg_quality if v.codec == "jpeg" else None
             )
         space = self._env.action_space
         dt = float(self._env.unwrapped.dt)  # 0.04 s: 20 substeps of 2 ms
@@ -161,6 +135,9 @@ class FetchRobot(Robot):
         )
 
     def close(self) -> None:
+        views, self._views = self._views, None
+        if views is not None:
+            views.close()
         env, self._env = self._env, None
         if env is not None:
             env.close()
@@ -168,19 +145,14 @@ class FetchRobot(Robot):
     # -- helpers -----------------------------------------------------------
 
     def _observation(self, raw: dict[str, Any]) -> dict[str, np.ndarray]:
-        obs = {k: _f32(raw[k]) for k in ("observation", "achieved_goal", "desired_goal")}
-        if self.config.camera:
-            obs["camera"] = self._frame()
+        obs = {k: _f32(raw[k]) for k in STATE_FIELDS}
+        if self._views is not None:
+            obs.update(self._frames(self._views))
         return obs
 
-    def _frame(self) -> np.ndarray:
-        # gymnasium makes a viewer's GL context current only when creating it; with several
-        # camera robots in one process, make this robot's context current before drawing.
-        viewer = self._env.unwrapped.mujoco_renderer._viewers.get("rgb_array")
-        if viewer is not None:
-            viewer.make_context_current()
-        try:
-            frame = self._env.render()
-        finally:
-            _release_gl_context()
-        return np.array(frame, dtype=np.uint8, copy=True)
+    def _frames(self, views: ViewSet) -> dict[str, np.ndarray]:
+        u = self._env.unwrapped
+        # The goal marker (site "target0") is moved to the goal only by the render callback, which
+        # gymnasium calls from env.render(); do the same before drawing, or the marker sits at its origin.
+        u._render_callback()
+        return views.draw(u.data)

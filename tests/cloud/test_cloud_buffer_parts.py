@@ -173,3 +173,24 @@ async def test_make_app_starts_a_trainer_only_when_asked(tmp_path, with_trainer)
     finally:
         await runner.cleanup()
     assert not any(t.is_alive() for t in trainers)
+
+
+def test_sharded_buffer_dims_carry_the_cameras_shards_report():
+    sb = ShardedBuffer(["s1", "s2"])
+    report = {"obs_dim": 5, "act_dim": 2, "obs_fields": ["pos", "goal"], "images": [["front", [64, 64, 3]]]}
+    sb.update("s1", {"size": 3, "added": 3, **report})
+    assert sb.dims == Dims(5, 2, ("pos", "goal"), (("front", (64, 64, 3)),))
+    assert sb.dims.image_fields == ("front",)
+    sb.update("s2", {"size": 9, "added": 9, **report, "images": [["front", [32, 32, 3]]]})  # other frames
+    assert sb.size == 3  # ignored: its batches could not be concatenated with the others'
+
+
+def test_ring_columns_keep_their_dtypes():
+    ring = RingStorage(4, {"x": (2,), "frame": ()}, {"frame": "int64"})
+    ring.extend({"x": np.ones((3, 2), np.float32), "frame": np.array([2**40, 5, 7])})
+    assert ring.data["frame"].dtype == np.int64 and ring.get(np.array([0]))["frame"].tolist() == [2**40]
+    assert ring.chronological(np.arange(3)).tolist() == [0, 1, 2]
+    ring.extend({"x": np.ones((2, 2), np.float32), "frame": np.array([8, 9])})  # wraps: oldest is slot 1
+    assert ring.chronological(np.arange(4)).tolist() == [1, 2, 3, 0]
+    with pytest.raises(ValueError, match="dtypes"):
+        RingStorage(4, {"x": ()}, {"y": "int64"})

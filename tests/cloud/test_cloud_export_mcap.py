@@ -133,3 +133,25 @@ def test_export_selects_and_reports_clearly(run_dir, tmp_path):
     assert res.exit_code == 2 and "lerobot is not supported" in res.output and not (tmp_path / "o4").exists()
     res = runner.invoke(app, [str(run_dir), "-o", str(tmp_path / "o5"), "--format", "csv"])
     assert res.exit_code == 2 and "--format must be one of" in res.output
+
+
+def test_mcap_frames_follow_the_frames_stored_once_rule(run_dir, tmp_path):
+    """Each step's next frame in the buffer (rebuilt by shared.frames) is the frame MCAP shows one step later."""
+    import pyarrow as pa
+
+    from cloud.export.cli import export
+    from shared.frames import table_frames
+
+    import typer
+
+    app = typer.Typer()
+    app.command()(export)
+    assert CliRunner().invoke(app, [str(run_dir), "--out", str(tmp_path / "out")]).exit_code == 0
+    segs = sorted((run_dir / "buffer" / "segments").glob("*.parquet"))
+    table = pa.concat_tables([pq.read_table(s) for s in segs])
+    ep = table.filter(pa.compute.equal(table.column("episode_id"), "epA"))
+    assert ep.column("next_obs.cam").null_count == ep.num_rows - 2  # two chunks, a frame on each one's last row
+    obs, nxt = table_frames(ep, "cam", SPEC.observation["cam"])
+    got = [np.frombuffer(bytes(m[2].data), np.uint8).reshape(6, 8, 3) for m in _read(tmp_path / "out" / "arm-1" / "epA.mcap")["/fleetrl/obs/cam"]]
+    np.testing.assert_array_equal(np.stack(got[:-1]), obs)
+    np.testing.assert_array_equal(np.stack(got[1:]), nxt)

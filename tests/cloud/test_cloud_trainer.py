@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from cloud.buffer import ReplayBuffer
 from cloud.learner.trainer import Trainer
-from harness import thread_parked, wait_for
+from harness import thread_parked, wait_for, worker_idle
 from shared.chunk import StepRecord, build_batch
 from shared.config import LearnerAlgoConfig
 from shared.schema import EpisodeSpec, FieldSpec
@@ -58,19 +59,8 @@ class Published(list):
         return [b.version for b in self]
 
 
-def _idle(t: Trainer, updates: int) -> None:
-    """Wait until the trainer has done ``updates`` updates and parked on its condition (nothing left to do)."""
-    wait_for(lambda: t.updates >= updates and thread_parked(t), 60, f"the trainer to reach {updates} updates and wait")
-    assert t.error is None, t.error
 
 
-@pytest.fixture
-def trainers():
-    started: list[Trainer] = []
-    yield started
-    for t in started:
-        t.stop()
-        t.join(10)
 
 
 def test_waits_for_learning_starts_then_publishes_every_publish_every(tmp_path: Path, trainers) -> None:
@@ -87,7 +77,7 @@ def test_waits_for_learning_starts_then_publishes_every_publish_every(tmp_path: 
 
     _write(buf, seq, 1)  # 40 rows: training may start
     t.notify_data()
-    _idle(t, 40)
+    worker_idle(t, 40)
     # utd_ratio 1: as many updates as rows received, then it waits for more data
     assert t.updates == 40
     assert published.versions == list(range(1, 9)), "one publish per publish_every (5) updates, versions 1, 2, ..."
@@ -103,7 +93,7 @@ def test_checkpoint_on_stop_and_resume_carries_updates_and_versions_on(tmp_path:
     t = Trainer(buf, _cfg(checkpoint_every=15), first, checkpoint_path=ckpt)
     trainers.append(t)
     t.start()
-    _idle(t, 40)
+    worker_idle(t, 40)
     assert ckpt.exists(), "checkpoint_every (15) updates passed"
     t.stop()
     t.join(10)
@@ -114,12 +104,12 @@ def test_checkpoint_on_stop_and_resume_carries_updates_and_versions_on(tmp_path:
     t2 = Trainer(again, _cfg(), second, checkpoint_path=ckpt, resume=True)
     trainers.append(t2)
     t2.start()
-    _idle(t2, 40)
+    worker_idle(t2, 40)
     assert t2.resumed_from == 40 and t2.updates == 40, "the updates the stop saved"
     assert second == [], "nothing new to train on: nothing published"
     _write(again, seq, 1)
     t2.notify_data()
-    _idle(t2, 50)
+    worker_idle(t2, 50)
     assert second.versions == [9, 10], "versions go on from the checkpoint's, never reused"
 
 
@@ -130,7 +120,7 @@ def test_resume_continues_from_a_published_policy_newer_than_any_checkpoint(tmp_
     t = Trainer(buf, _cfg(), first)
     trainers.append(t)
     t.start()
-    _idle(t, 40)
+    worker_idle(t, 40)
     t.stop()
     t.join(10)
     newest = first[-1]
@@ -140,7 +130,7 @@ def test_resume_continues_from_a_published_policy_newer_than_any_checkpoint(tmp_
                  checkpoint_path=tmp_path / "none.safetensors", published=newest)
     trainers.append(t2)
     t2.start()
-    _idle(t2, 40)
+    worker_idle(t2, 40)
     assert t2.resumed_from is None and t2.resumed_from_policy == newest.version
     assert second.versions == list(range(newest.version + 1, newest.version + 9))
 
@@ -155,3 +145,37 @@ def test_stop_while_waiting_for_data_ends_the_thread_without_a_checkpoint(tmp_pa
     t.join(10)
     assert not t.is_alive() and t.error is None and not ckpt.exists()
 
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: the refusal is for machines without one")
+def test_a_cuda_learner_without_a_gpu_stops_with_an_error_naming_the_setting(tmp_path: Path, trainers) -> None:
+    buf = _buffer(tmp_path)
+    _write(buf, 1, 4)
+    published = Published()
+    t = Trainer(buf, _cfg(device="cuda"), published)
+    trainers.append(t)
+    t.start()
+    wait_for(lambda: t.error is not None, 30, "the trainer to refuse the device")
+    assert 'learner.device = "cuda"' in str(t.error) and published == [] and t.updates == 0
+
+
+@pytest.mark.parametrize("prefetch", [0, 3])
+def test_prefetched_and_inline_sampling_train_the_same_policy(tmp_path: Path, trainers, prefetch: int) -> None:
+    """The prefetcher draws the batches inline sampling would: same data, same seed, same weights."""
+    buf = _buffer(tmp_path)
+    _write(buf, 1, 4)
+    published = Published()
+    t = Trainer(buf, _cfg(prefetch_batches=prefetch, device="cpu"), published)
+    trainers.append(t)
+    t.start()
+    worker_idle(t, 40)
+    assert t.device == torch.device("cpu")
+    got = decode_weights(published[-1].data, published[-1].sha256, 1 << 30).tensors
+    ref_pub = Published()
+    ref = Trainer(_buffer(tmp_path / "ref"), _cfg(prefetch_batches=0, device="cpu"), ref_pub)
+    _write(ref.buffer, 1, 4)  # type: ignore[arg-type]
+    trainers.append(ref)
+    ref.start()
+    worker_idle(ref, 40)
+    want = decode_weights(ref_pub[-1].data, ref_pub[-1].sha256, 1 << 30).tensors
+    assert all(torch.equal(got[k], v) for k, v in want.items())

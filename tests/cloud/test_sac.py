@@ -13,13 +13,7 @@ from shared.policy import ARCH_VERSION, Actor, build_actor
 OBS_DIM, ACT_DIM = 6, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny nets: intra-op threading only adds overhead (and fights other CPU users)."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _batch(n: int = 64, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -156,7 +150,7 @@ def test_same_seed_is_deterministic_and_does_not_touch_global_rng() -> None:
     for i in range(3):
         assert a.update(_batch(seed=i)) == b.update(_batch(seed=i))
     assert not torch.equal(
-        _small_sac(seed=8).actor.head.weight, _small_sac(seed=7).actor.head.weight
+        _small_sac(seed=8).actor.state_dict()["head.weight"], _small_sac(seed=7).actor.state_dict()["head.weight"]
     )
 
 
@@ -177,6 +171,19 @@ def test_checkpoint_round_trip_reproduces_next_updates() -> None:
     for k, v in restored.actor_state().items():
         assert torch.equal(v, expected_actor[k])
     assert restored.updates == 8
+
+
+def test_checkpoint_from_before_pixel_support_still_resumes_exactly() -> None:
+    """Older checkpoints carry no actor_arch, generator_device or seed: they load as CPU MLP state."""
+    sac = _small_sac(seed=2)
+    sac.update(_batch(seed=0))
+    old = copy.deepcopy(sac.state_dict())
+    for key in ("actor_arch", "generator_device", "seed"):
+        del old[key]
+    expected = sac.update(_batch(seed=1))
+    restored = _small_sac(seed=5)
+    restored.load_state_dict(old)
+    assert restored.update(_batch(seed=1)) == expected
 
 
 def test_load_state_dict_rejects_mismatched_dims() -> None:

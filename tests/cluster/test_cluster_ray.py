@@ -205,3 +205,66 @@ def test_killed_shard_restarts_from_its_parquet_segments_with_nothing_lost(runti
     final = ray.get(shard.stats.remote())
     assert final["rows_by_robot"]["arm-b-2"] == 40 and final["hwm"]["arm-b-2"] == start + 4
     assert set(Counter(stored(final)).values()) == {10}
+
+
+CAM = (12, 12, 3)
+
+
+def camera_chunk(spec, robot: str, seq: int, rows: int = 8) -> Chunk:
+    """A chunk whose frames say where they come from: every pixel of step i's frame is seq * 16 + i."""
+    frames = [np.full(CAM, seq * 16 + i, np.uint8) for i in range(rows + 1)]
+    steps = [StepRecord({"q": np.full(3, seq, np.float32), "cam": frames[i]}, np.zeros(2, np.float32), 0.0,
+                        {"q": np.full(3, seq, np.float32), "cam": frames[i + 1]}, False, i == rows - 1, step=i)
+             for i in range(rows)]
+    batch = build_batch(spec, robot, f"{robot}-ep{seq}", steps)
+    body = encode_chunk(batch)
+    return Chunk(seq, f"{robot}-ep{seq}", rows, batch.nbytes, checksum(body), body)
+
+
+def test_cameras_in_cluster_mode_shards_serve_frames_and_the_learner_trains_a_cnn(ray_cluster, tmp_path):
+    from cloud.cluster.learner import ShardedBuffer
+    from shared.schema import EpisodeSpec, FieldSpec
+    from shared.weights import decode_weights
+
+    t = cluster_table()
+    t["placement"] = {  # beside the module's runtime: small CPU asks, no accelerator, no sim workers
+        "learner": {"group": "train", "cpus": 0.1},
+        "publisher": {"group": "train", "cpus": 0.05},
+        "shards": [{"name": "site-a", "group": "site-a", "cpus": 0.05, "robot_ids": ["cam-a-*"]},
+                   {"name": "site-b", "group": "site-b", "cpus": 0.05, "robot_ids": ["cam-b-*"]}],
+    }
+    cfg = LearnerConfig.model_validate({"data_dir": str(tmp_path), "server": {"port": 0}, "learner": {
+        "learning_starts": 40, "batch_size": 16, "hidden": [16], "utd_ratio": 0.5, "publish_every": 2,
+        "image_fields": ["cam"], "encoder_channels": [4], "encoder_latent": 8, "device": "cpu"}})
+    rt = ClusterRuntime(cfg, parse_cluster(t), namespace="pixels")
+    rt.start()
+    try:
+        spec = EpisodeSpec({"q": FieldSpec((3,)), "cam": FieldSpec(CAM, "uint8")}, action_dim=2)
+        ch = ShardChannel(rt.cluster, namespace="pixels")
+        for robot in ("cam-a-1", "cam-b-1"):
+            start = ch.hello(robot, spec.to_dict(), "robot")
+            for seq in range(start + 1, start + 7):
+                ch.put(robot, camera_chunk(spec, robot, seq))
+        ch.flush()
+        learner = wait_for(lambda: (s := ray.get(rt.learner.stats.remote()))["version"] >= 1 and s, 60,
+                           "the cluster learner to publish a camera policy", every=0.2)
+        assert learner["error"] is None
+        assert learner["samples_by_shard"]["site-a"] > 0 and learner["samples_by_shard"]["site-b"] > 0
+        blob = ray.get(rt.publisher.latest.remote())
+        arch = decode_weights(blob.data, blob.sha256, len(blob.data)).arch
+        assert arch["actor"]["kind"] == "cnn_gaussian" and arch["actor"]["images"] == [["cam", *CAM]]
+
+        # A batch drawn across both shards carries each row's frame and its next frame, exactly.
+        buf = ShardedBuffer(["site-a", "site-b"], namespace="pixels")
+        for name, shard in rt.shards.items():
+            buf.update(name, ray.get(shard.__ray_call__.remote(lambda self: self._memory())))
+        assert buf.dims is not None and buf.dims.images == (("cam", CAM),)
+        batch = buf.sample(64, np.random.default_rng(0))
+        obs, nxt = batch["images.cam"], batch["next_images.cam"]
+        assert obs.shape == nxt.shape == (64, *CAM) and obs.dtype == np.uint8
+        seq = batch["obs"][:, 0].astype(np.int64)
+        assert np.array_equal(obs[:, 0, 0, 0] // 16, seq)  # the frame belongs to the row's chunk
+        assert np.array_equal(nxt[:, 0, 0, 0].astype(np.int64), obs[:, 0, 0, 0].astype(np.int64) + 1)
+        assert all((f == f[0, 0, 0]).all() for f in (*obs, *nxt))
+    finally:
+        rt.stop()

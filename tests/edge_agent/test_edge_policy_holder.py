@@ -11,7 +11,7 @@ import torch
 
 from edge_agent.policy_holder import PolicyHolder
 from shared.errors import WeightsError
-from shared.policy import Actor
+from shared.policy import Actor, CNNActor
 from shared.weights import decode_weights, encode_weights
 
 FIELDS = {"observation": 10, "achieved_goal": 3, "desired_goal": 3}  # the Fetch reach robot
@@ -202,3 +202,42 @@ def test_swap_while_acting_from_another_thread(holder):
     assert not errors
     assert seen == sorted(seen)
     assert holder.version == 7
+
+
+# ---------------------------------------------------------------- pixel policies
+
+CAMERAS = {"camera": (16, 16, 3), "external_camera_0": (16, 16, 3)}
+
+
+def _cnn_weights(version: int, views=tuple(CAMERAS.items())):
+    torch.manual_seed(version)
+    actor = CNNActor(10, ACT, hidden=(16,), views=list(views), channels=(4, 4), latent=6)
+    blob = encode_weights(actor.state_dict(), version, {"actor": actor.arch(), "obs_fields": ["observation"]})
+    return actor, decode_weights(blob.data, blob.sha256, 1 << 30)
+
+
+def _cam_obs(rng) -> dict[str, np.ndarray]:
+    return {**_obs(rng), **{k: rng.integers(0, 256, s, dtype=np.uint8) for k, s in CAMERAS.items()}}
+
+
+def test_a_robot_acts_with_a_cnn_policy_from_its_camera_frames():
+    holder = PolicyHolder(dict(FIELDS), ACT, image_fields=CAMERAS)
+    actor, w = _cnn_weights(2)
+    assert holder.swap(holder.prepare(w))
+    assert holder.current.image_fields == tuple(CAMERAS)
+    obs = _cam_obs(np.random.default_rng(6))
+    a, v = holder.act(obs, deterministic=True)
+    assert v == 2 and a.shape == (ACT,)
+    images = {k: torch.from_numpy(obs[k])[None] for k in CAMERAS}
+    expect = actor.act(torch.from_numpy(obs["observation"])[None], deterministic=True, images=images)[0].numpy()
+    np.testing.assert_allclose(a, expect, rtol=1e-5, atol=1e-6)
+    # and a state policy still replaces it: kinds are per update, not per robot
+    assert holder.swap(holder.prepare(_weights(3)))
+    assert holder.act(obs, deterministic=True)[1] == 3
+
+
+def test_a_robot_refuses_a_cnn_policy_for_cameras_it_lacks(holder):
+    _assert_refused(holder, _cnn_weights(2)[1])  # holder has no cameras at all
+    small = PolicyHolder(dict(FIELDS), ACT, image_fields={"camera": (16, 16, 3), "external_camera_0": (32, 32, 3)})
+    with pytest.raises(WeightsError, match="external_camera_0"):
+        small.prepare(_cnn_weights(2)[1])

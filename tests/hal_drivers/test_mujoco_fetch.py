@@ -238,3 +238,104 @@ def test_camera_without_gl_backend_is_config_error():
         no_display.stdout, no_display.stderr[-2000:],
     )
     assert "MUJOCO_GL=egl or osmesa" in no_display.stdout
+
+
+# -- named camera views --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"cameras": [{"name": "desired_goal"}]}, "'desired_goal' is a state field"),
+        ({"cameras": [{"name": "a"}, {"name": "a", "view": "external_camera_0"}]}, "'a' is used twice"),
+        ({"camera": True, "cameras": [{"name": "camera"}]}, "camera = true already adds"),
+        ({"cameras": [{"name": "a", "view": "external_camera_0", "distance": 1.0}]}, "model camera 'external_camera_0'"),
+        ({"cameras": [{"name": "a.b"}]}, "cameras.0.name"),
+        ({"cameras": [{"name": "a", "size": 8}]}, "cameras.0.size"),
+    ],
+)
+def test_camera_options_refused(options, message):
+    from shared.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        registry.create("mujoco_fetch", options)  # refused by the options check, before MuJoCo is touched
+
+
+def test_camera_views_field_order():
+    cfg = FetchConfig(camera=True, camera_size=32, cameras=[{"name": "top", "view": "external_camera_0", "size": 48}])
+    assert [(v.name, v.view, v.size) for v in cfg.views] == [("camera", "default", 32), ("top", "external_camera_0", 48)]
+    assert FetchConfig().views == []
+
+
+def test_named_camera_views():
+    code = """
+        import threading
+        import numpy as np
+        import gymnasium as gym
+        from hal_drivers import registry
+        from shared.errors import ConfigError
+
+        def red(img):  # the goal sphere is pure red (rgba 1 0 0 1); nothing else in the scene is
+            i = img.astype(int)
+            return (i[..., 0] - np.maximum(i[..., 1], i[..., 2])) > 50
+
+        side = {"name": "side", "view": "default", "size": 40, "codec": "jpeg", "jpeg_quality": 70,
+                "lookat": [1.34, 0.75, 0.55], "distance": 1.0, "azimuth": 90, "elevation": -20}
+        r = registry.create("mujoco_fetch", {"seed": 2, "cameras": [
+            {"name": "top", "view": "external_camera_0", "size": 64, "codec": "png"}, side]})
+        d = r.describe()
+        assert list(d.observation) == ["observation", "achieved_goal", "desired_goal", "top", "side"], list(d.observation)
+        top, sd = d.observation["top"], d.observation["side"]
+        assert (top.shape, top.dtype, top.codec, top.quality, top.is_image) == ((64, 64, 3), "uint8", "png", None, True), top
+        assert (sd.shape, sd.codec, sd.quality) == ((40, 40, 3), "jpeg", 70), sd
+        centroids, goals = [], []
+        for ep in range(4):
+            obs = r.reset()
+            assert obs["top"].shape == (64, 64, 3) and obs["side"].shape == (40, 40, 3)
+            assert obs["top"].dtype == np.uint8 and obs["top"].flags.owndata
+            for name in ("top", "side"):  # (the gripper may hide part of it)
+                assert red(obs[name]).sum() >= 1, (ep, name, "goal sphere not drawn")
+            ys, xs = np.nonzero(red(obs["top"]))
+            centroids.append((xs.mean(), ys.mean()))
+            goals.append(obs["desired_goal"])
+            if ep == 0:
+                first_top = obs["top"]
+        # the marker follows the goal: goals that differ land on different pixels
+        moved = [np.hypot(*np.subtract(centroids[i], centroids[0])) for i in range(1, 4)]
+        assert min(moved) > 1.5, (moved, goals)
+        step = r.step(np.array([1.0, 0.0, 0.0, 0.0]))
+        assert set(step.observation) == set(d.observation)
+        assert not np.array_equal(step.observation["top"], obs["top"])  # the arm moved
+        frames = []  # driven from another thread, as the agent's control loop does
+        t = threading.Thread(target=lambda: frames.append(r.step(np.zeros(4)).observation))
+        t.start(); t.join()
+        assert frames and red(frames[0]["top"]).sum() >= 1, "rendering from the control thread failed"
+        r.close()
+
+        # without anti-aliasing: other pixels, same scene, the goal still drawn
+        fast = registry.create("mujoco_fetch", {"seed": 2, "camera_antialias": False, "cameras": [
+            {"name": "top", "view": "external_camera_0", "size": 64}]})
+        jagged = fast.reset()["top"]
+        assert red(jagged).sum() >= 1 and not np.array_equal(jagged, first_top)
+        assert np.abs(jagged.astype(int) - first_top).mean() < 8, "a different scene, not just other edges"
+        fast.close()
+
+        # "default" is the env's own render view, pixel for pixel
+        mine = registry.create("mujoco_fetch", {"seed": 9, "cameras": [{"name": "front", "size": 64}]})
+        env = gym.make("FetchReachDense-v4", render_mode="rgb_array", width=64, height=64)
+        env.reset(seed=9)
+        np.testing.assert_array_equal(mine.reset()["front"], env.render())
+        env.close(); mine.close()
+
+        try:
+            registry.create("mujoco_fetch", {"cameras": [{"name": "wrist", "view": "wrist_cam"}]})
+        except ConfigError as e:
+            print("REFUSED", e.message)
+        print("VIEWS-OK")
+    """
+    proc = _run_py(code, os.environ.get("FLEETRL_TEST_MUJOCO_GL", "egl"))
+    assert proc.returncode == 0 and "VIEWS-OK" in proc.stdout, proc.stderr[-3000:]
+    refused = proc.stdout.split("REFUSED ", 1)[1].splitlines()[0]
+    assert "'wrist' asks for view 'wrist_cam'" in refused, refused
+    for cam in ("default", "external_camera_0", "head_camera_rgb", "gripper_camera_rgb"):
+        assert cam in refused, refused

@@ -49,15 +49,17 @@ def _obs(rng, spec: EpisodeSpec, i: int):
 
 
 def make_steps(n: int, spec: EpisodeSpec = SPEC, seed: int = 0) -> list[StepRecord]:
+    """n consecutive steps; step i's next observation is step i+1's observation, as a robot records them."""
     rng = np.random.default_rng(seed)
+    obs = [_obs(rng, spec, i) for i in range(n + 1)]
     steps = []
     for i in range(n):
         steps.append(
             StepRecord(
-                obs=_obs(rng, spec, i),
+                obs=obs[i],
                 action=rng.uniform(-1, 1, spec.action_dim).astype(np.float32),
                 reward=float(i) * 0.5,
-                next_obs=_obs(rng, spec, i + 1),
+                next_obs=obs[i + 1],
                 terminated=i == n - 1,
                 truncated=False,
                 success=i % 2 == 0,
@@ -118,11 +120,14 @@ def test_round_trip_all_columns(steps, body):
 def test_lossless_image_codecs_round_trip_exactly(steps, body, name):
     batch = decode_chunk(body, SPEC, **LIMITS)
     fs = SPEC.observation[name]
-    for prefix, attr in (("obs.", "obs"), ("next_obs.", "next_obs")):
-        for i, raw in enumerate(batch.column(prefix + name).to_pylist()):
-            img = decode_image(raw, fs)
-            assert img.shape == fs.shape and img.dtype == np.uint8
-            np.testing.assert_array_equal(img, getattr(steps[i], attr)[name])
+    for i, raw in enumerate(batch.column("obs." + name).to_pylist()):
+        img = decode_image(raw, fs)
+        assert img.shape == fs.shape and img.dtype == np.uint8
+        np.testing.assert_array_equal(img, steps[i].obs[name])
+    # frames stored once: the chunk's final frame only; the others are the next rows' obs frames
+    nxt = batch.column("next_obs." + name).to_pylist()
+    assert nxt[:-1] == [None] * (len(steps) - 1)
+    np.testing.assert_array_equal(decode_image(nxt[-1], fs), steps[-1].next_obs[name])
 
 
 def test_jpeg_codec_round_trips_approximately(steps, body):
@@ -343,7 +348,10 @@ def test_arrow_schema_layout():
     assert schema.names[-6:] == ["action", "reward", "terminated", "truncated", "success", "intervention"]
     for name in SPEC.observation:
         assert f"obs.{name}" in schema.names and f"next_obs.{name}" in schema.names
-    assert all(not f.nullable for f in schema)
+    nullable = {f.name for f in schema if f.nullable}
+    assert nullable == {"next_obs.cam_raw", "next_obs.cam_png", "next_obs.cam_jpg"}  # frames stored once
+    # one frame per chunk: variable binary, so null rows hold no bytes (fixed-size binary would zero-fill them)
+    assert all(schema.field(f"next_obs.{c}").type == pa.binary() for c in ("cam_raw", "cam_png", "cam_jpg"))
     assert schema.field("obs.pose").type == pa.list_(pa.float32(), 6)
     assert schema.field("obs.pose").metadata == {b"shape": b"2,3", b"dtype": b"float32"}
     assert schema.field("obs.cam_raw").metadata[b"codec"] == b"raw"

@@ -1,0 +1,46 @@
+"""Policy networks shared by robots (inference) and the learner (training).
+
+Robots receive weights plus the ``arch`` dict and rebuild the exact module with
+:func:`build_actor`; the registry (``registry.py``) knows each kind and version:
+``mlp_gaussian`` (state vector) and ``cnn_gaussian`` (camera views + state).
+"""
+
+from __future__ import annotations
+
+from .cnn import CNNActor, ImageEncoder, View
+from .gaussian import LOG_STD_MAX, LOG_STD_MIN, GaussianActor, squashed_act, squashed_sample
+from .mlp import KIND as ARCH_KIND
+from .mlp import VERSION as ARCH_VERSION
+from .mlp import Actor
+from .registry import (
+    KINDS,
+    MAX_HIDDEN_LAYERS,
+    ArchTooLarge,
+    actor_images,
+    actor_shapes,
+    build_actor,
+    check_arch,
+    param_count,
+)
+
+__all__ = [
+    "ARCH_KIND",
+    "ARCH_VERSION",
+    "KINDS",
+    "LOG_STD_MAX",
+    "LOG_STD_MIN",
+    "MAX_HIDDEN_LAYERS",
+    "Actor",
+    "ArchTooLarge",
+    "CNNActor",
+    "GaussianActor",
+    "ImageEncoder",
+    "View",
+    "actor_images",
+    "actor_shapes",
+    "build_actor",
+    "check_arch",
+    "param_count",
+    "squashed_act",
+    "squashed_sample",
+]
