@@ -75,6 +75,9 @@ def demo(
 
     if obs not in OBS_MODES:
         raise typer.BadParameter(f"{obs!r}: use one of {', '.join(OBS_MODES)}", param_hint="--obs")
+    if obs == "pixels" and task != "reach":  # the cameras frame FetchReach's goal cube (docs/pixels.md)
+        raise typer.BadParameter(f"--obs pixels runs the reach task (its cameras frame the reach goal), not {task!r}",
+                                 param_hint="--task")
     raise typer.Exit(run_demo(robots=robots, minutes=minutes, target=target, rate_hz=rate_hz, task=task,
                               run_dir=run_dir, seed=seed, obs=obs))
 

@@ -22,6 +22,7 @@ from shared.logs import set_level
 from shared.metrics import RateMeter, start_metrics_listener
 from shared.errors import ConfigError, FleetError, WeightsError
 from shared.protocol import EdgeConnection, Limits
+from shared.devices import resolve_device
 from shared.observations import state_sizes
 from shared.policy_runner import image_shapes
 from shared.tasks import cancel_and_reap, until_first_done
@@ -46,6 +47,7 @@ DISK_RETRY_S = 5.0  # retry a failed spool write this often even if no ack frees
 
 class Agent:
     def __init__(self, cfg: AgentConfig, drain_timeout_s: float = 30.0, config_path: Path | None = None):
+        policy_device = resolve_device(cfg.control.policy_device, "control.policy_device")  # before anything opens
         self.cfg = cfg
         self.config_path = config_path  # re-read on SIGHUP
         self.drain_timeout_s = drain_timeout_s
@@ -77,6 +79,7 @@ class Agent:
             state_sizes(self.spec), self.spec.action_dim,
             max_params=cfg.link.max_policy_params, max_version_jump=cfg.link.max_policy_version_jump,
             image_fields=image_shapes(self.spec),
+            device=policy_device,
         )
         self.may_start = threading.Event()
         self.may_start.set()

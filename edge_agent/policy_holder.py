@@ -13,6 +13,7 @@ import threading
 from typing import Mapping
 
 import numpy as np
+import torch
 
 from shared.errors import WeightsError
 from shared.policy_runner import ImageShape, LoadedPolicy, load_policy
@@ -28,9 +29,11 @@ __all__ = ["LoadedPolicy", "PolicyHolder", "MAX_PARAMS", "MAX_VERSION_JUMP"]
 
 class PolicyHolder:
     def __init__(self, state_fields: dict[str, int], action_dim: int, max_params: int = MAX_PARAMS,
-                 max_version_jump: int = MAX_VERSION_JUMP, image_fields: Mapping[str, ImageShape] | None = None):
+                 max_version_jump: int = MAX_VERSION_JUMP, image_fields: Mapping[str, ImageShape] | None = None,
+                 device: torch.device = torch.device("cpu")):
         self.state_fields = state_fields  # name -> flat size, for checking an update fits
         self.image_fields = dict(image_fields or {})  # camera name -> (H, W, C): what a pixel policy may read
+        self.device = device  # where policies run (control.policy_device)
         self.action_dim = action_dim
         self.max_params, self.max_version_jump = max_params, max_version_jump
         self.current: LoadedPolicy | None = None
@@ -57,7 +60,7 @@ class PolicyHolder:
                                f"{base}, the newest this robot holds or its learner announced "
                                "(link.max_policy_version_jump)", code="version_jump")
         return load_policy(weights, self.state_fields, self.action_dim, self.max_params,
-                           image_fields=self.image_fields)
+                           image_fields=self.image_fields, device=self.device)
 
     def learner_announced(self, version: int) -> None:
         """The welcome of an authenticated link named the learner's current version."""

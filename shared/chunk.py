@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from .compression import compress, decompress
 from .errors import SchemaError
-from .image_codec import encode_image
+from .image_codec import decode_image, encode_image
 from .protocol.messages import Chunk
 from .schema import NEXT_PREFIX, OBS_PREFIX, EpisodeSpec, FieldSpec
 
@@ -160,7 +160,23 @@ def _decode_ipc(raw: bytes, spec: EpisodeSpec, max_rows: int) -> pa.RecordBatch:
         raise SchemaError("chunk holds nulls in non-nullable columns")
     if spec.image_fields:
         _check_frames_once(batch, spec)
+        _check_encoded_frames(batch, spec)
     return batch.replace_schema_metadata(expected.metadata)
+
+
+def _check_encoded_frames(batch: pa.RecordBatch, spec: EpisodeSpec) -> None:
+    """PNG/JPEG frames decode to their field's shape: a bad one found later, after the chunk is stored and
+    acked, could only be dropped. Raw frames need no check (their column type fixes their size)."""
+    for name in spec.image_fields:
+        fs = spec.observation[name]
+        if (fs.codec or "raw") == "raw":
+            continue
+        for prefix in (OBS_PREFIX, NEXT_PREFIX):
+            for i, value in enumerate(batch.column(prefix + name).drop_null().to_pylist()):
+                try:
+                    decode_image(value, fs)
+                except SchemaError as e:
+                    raise SchemaError(f"column {prefix + name!r}, frame {i}: {e.message}") from None
 
 
 def _check_consecutive(steps: np.ndarray) -> None:

@@ -36,6 +36,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def device_setting(v: str) -> str:
+    """A torch device a setting may name (whether this machine has it is checked where it is used)."""
+    if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
+        return v
+    raise ValueError(f'{v!r}: use "auto", "cpu", "cuda" or "cuda:N"')
+
+
 # ---------------------------------------------------------------- edge agent
 
 
@@ -117,6 +124,15 @@ class ControlConfig(_Strict):
         False, description="synchronous baseline: after each episode, wait for a policy newer than the one that acted"
     )
     sync_timeout_s: float = Field(30.0, gt=0, description="with sync, give up waiting for a new policy after this long")
+    policy_device: str = Field(
+        "cpu", description='where the robot runs its policy: "cpu", "auto" (a GPU if torch sees one), "cuda" or '
+        '"cuda:N"; independent of the learner\'s device',
+    )
+
+    @field_validator("policy_device")
+    @classmethod
+    def _policy_device(cls, v: str) -> str:
+        return device_setting(v)
 
 
 class SpoolConfig(_Strict):
@@ -296,9 +312,7 @@ class LearnerAlgoConfig(_Strict):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
-            return v
-        raise ValueError(f'{v!r}: use "auto", "cpu", "cuda" or "cuda:N"')
+        return device_setting(v)
 
     @model_validator(mode="after")
     def _policy_fits_images(self) -> "LearnerAlgoConfig":

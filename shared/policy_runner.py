@@ -46,13 +46,13 @@ class LoadedPolicy:
     actor: GaussianActor
     obs_fields: tuple[str, ...]  # state fields, flattened in this order
     image_fields: tuple[str, ...] = ()  # camera fields, passed as uint8 [1, H, W, C] tensors
+    device: torch.device = torch.device("cpu")  # where the network lives; observations go there, actions come back
 
     def act(self, obs: Mapping[str, np.ndarray], deterministic: bool) -> np.ndarray:
         """The action in [-1, 1] for one observation."""
         x = torch.from_numpy(flatten(obs, self.obs_fields) if self.obs_fields else np.zeros(0, np.float32))[None]
         images = {f: torch.from_numpy(_frame(np.asarray(obs[f], np.uint8)))[None] for f in self.image_fields}
-        with torch.inference_mode():
-            out: np.ndarray = self.actor.act(x, deterministic=deterministic, images=images or None)[0].numpy()
+        out: np.ndarray = self._act(x, images, deterministic)[0]
         return out
 
     def act_batch(self, obs: Sequence[Mapping[str, np.ndarray]], deterministic: bool = False) -> np.ndarray:
@@ -60,15 +60,22 @@ class LoadedPolicy:
         x = torch.from_numpy(flatten_batch(obs, self.obs_fields) if self.obs_fields
                              else np.zeros((len(obs), 0), np.float32))
         images = {f: torch.from_numpy(np.stack([np.asarray(o[f], np.uint8) for o in obs])) for f in self.image_fields}
+        return self._act(x, images, deterministic)
+
+    def _act(self, x: torch.Tensor, images: dict[str, torch.Tensor], deterministic: bool) -> np.ndarray:
+        dev = self.device
         with torch.inference_mode():
-            out: np.ndarray = self.actor.act(x, deterministic=deterministic, images=images or None).numpy()
+            if dev.type != "cpu":
+                x, images = x.to(dev), {k: v.to(dev) for k, v in images.items()}
+            out: np.ndarray = self.actor.act(x, deterministic=deterministic, images=images or None).cpu().numpy()
         return out
 
 
 def load_policy(weights: Weights, state_fields: Mapping[str, int], action_dim: int, max_params: int,
                 limit_name: str = "link.max_policy_params",
-                image_fields: Mapping[str, ImageShape] | None = None) -> LoadedPolicy:
-    """Check, build and load ``weights``; raises WeightsError if it does not fit.
+                image_fields: Mapping[str, ImageShape] | None = None,
+                device: torch.device = torch.device("cpu")) -> LoadedPolicy:
+    """Check, build and load ``weights`` onto ``device``; raises WeightsError if it does not fit.
 
     ``state_fields`` maps each state field the robot has to its flat size,
     ``image_fields`` each camera field to its HxWxC (:func:`image_shapes`);
@@ -111,8 +118,9 @@ def load_policy(weights: Weights, state_fields: Mapping[str, int], action_dim: i
     try:
         actor = build_actor(arch["actor"], max_params)
         actor.load_state_dict(weights.tensors, strict=True)
+        actor.to(device)
     except Exception as e:  # noqa: BLE001 - out of memory, dtype trouble: refuse, keep the old policy
         first_line = (str(e).splitlines() or [""])[0][:200]
         raise WeightsError(f"cannot load the policy: {type(e).__name__}: {first_line}") from None
     actor.eval()
-    return LoadedPolicy(weights.version, actor, fields, tuple(name for name, _ in views))
+    return LoadedPolicy(weights.version, actor, fields, tuple(name for name, _ in views), device)

@@ -33,10 +33,12 @@ from shared.frames import decode_frames
 from shared.schema import NEXT_PREFIX, OBS_PREFIX
 
 from .images import TableFrames, layout
+from .storage import ONE_PAGE_KEY
 from .source import IMAGES, NEXT_IMAGES, Batch
 from .writer import RingWriter
 
 FOOTERS = 256  # segment footers kept, so a row-group read does not parse its file's footer again
+MAPPED_GROUPS = 192  # cached row groups whose frames are views of a mapped file (each keeps its file open)
 SEGMENT_STATES = 64  # segments whose small columns (state, action, reward, ...) are kept whole, and files mapped
 MAX_PAGE_HEADER = 4096  # bytes: more before a column chunk's values than one page header takes means another layout
 
@@ -156,8 +158,8 @@ class DiskHistory:
         uncompressed page of plain fixed-size values (as ``storage`` writes raw cameras): its values are its
         last rows x frame bytes. Then a draw reads only its frames, from the OS page cache or the disk,
         with no decoding. None (decode row groups with Arrow) for anything else: PNG/JPEG, older files."""
-        if md.num_row_groups == 0:
-            return None
+        if md.num_row_groups == 0 or (md.metadata or {}).get(ONE_PAGE_KEY) != b"one":
+            return None  # the writer did not promise one page per camera column chunk
         leaf = {md.schema.column(j).path: j for j in range(len(md.schema))}
         out: dict[str, list[int]] = {}
         for f in self.writer.image_fields:
@@ -185,7 +187,7 @@ class DiskHistory:
             fs = self.writer.spec.observation[f]
             want = decode_frames(t.column(OBS_PREFIX + f), fs)[0]
             got = mm[at[0] : at[0] + n * fs.size].reshape(n, *fs.shape)
-            if not (np.array_equal(got[0], want[0]) and np.array_equal(got[-1], want[-1])):
+            if not np.array_equal(got, want):  # every frame of the first row group (<= a chunk or ~64 rows)
                 log.warning("event=history_frames_not_mapped segment=%s camera=%s (decoding row groups instead)", name, f)
                 return None
         return out
@@ -271,10 +273,18 @@ class DiskHistory:
             self.loads += len(loaded)
             while self._cached > self.cache_bytes and len(self._cache) > 1:
                 self._cached -= self._cache.popitem(last=False)[1].nbytes
+            self._limit_mapped()
         groups = {**plan.groups, **loaded}
         for gi, below, m in plan.draws:
             self._draw(groups[gi], gi, below, rng, out, at, m)
             at += m
+
+    def _limit_mapped(self) -> None:
+        """Each mapped group keeps its segment's mapping (and so a file descriptor) alive; a mapped group's
+        own bytes are few, so the byte budget alone would let thousands pile up. Oldest ones go first."""
+        mapped = [k for k, g in self._cache.items() if g.mapped]
+        for k in mapped[: max(0, len(mapped) - MAPPED_GROUPS)]:
+            self._cached -= self._cache.pop(k).nbytes
 
     def _draw(self, g: _Group, gi: int, below: int, rng: np.random.Generator, out: Batch, at: int, m: int) -> None:
         ok = np.flatnonzero(g.frames.valid[:below])

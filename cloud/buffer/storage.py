@@ -32,6 +32,9 @@ MANIFEST_VERSION = 1
 SEGMENTS = "segments"  # the sealed segments' directory under the buffer root
 IMAGE_ROW_GROUP_ROWS = 64  # a segment with cameras is cut into row groups of whole chunks of about this many rows
 IMAGE_PAGE_BYTES = 1 << 30  # one data page per column chunk: raw frames then lie at a known place in the file
+ONE_PAGE_KEY = b"fleetrl.camera_pages"  # file metadata: b"one" when every camera column chunk is a single page
+# Older pyarrow cannot lift its rows-per-page cut: its files say nothing, and history decodes their frames.
+ROWS_PER_PAGE_OPTION = "max_rows_per_page" in (pq.ParquetWriter.__doc__ or "")
 
 
 def image_columns(schema: pa.Schema) -> set[str]:
@@ -250,10 +253,20 @@ class SegmentStore:
             return
         comp = {leaf: ("none" if f.name in images else self.compression)
                 for f in table.schema for leaf in _leaves(f.name, f.type)}
-        with pq.ParquetWriter(path, table.schema, compression=comp, data_page_size=IMAGE_PAGE_BYTES,
+        cuts = row_groups(table, IMAGE_ROW_GROUP_ROWS)
+        longest = max(b - a for a, b in cuts)
+        # Parquet writers also cut pages by rows (pyarrow: every 20,000); say so in the file only when each
+        # camera column chunk is certainly one page, which is what reading frames in place relies on.
+        widest = max((table.schema.field(n).type.byte_width for n in images
+                      if pa.types.is_fixed_size_binary(table.schema.field(n).type)), default=0)
+        schema, pages = table.schema, {}
+        if longest * widest < IMAGE_PAGE_BYTES and ROWS_PER_PAGE_OPTION:
+            schema = schema.with_metadata({**(schema.metadata or {}), ONE_PAGE_KEY: b"one"})
+            pages = {"max_rows_per_page": max(longest, 1)}
+        with pq.ParquetWriter(path, schema, compression=comp, data_page_size=IMAGE_PAGE_BYTES, **pages,
                               use_dictionary=[n for n in table.schema.names if n not in images]) as w:
-            for a, b in row_groups(table, IMAGE_ROW_GROUP_ROWS):
-                w.write_table(table.slice(a, b - a), row_group_size=b - a)
+            for a, b in cuts:
+                w.write_table(table.slice(a, b - a).replace_schema_metadata(schema.metadata), row_group_size=b - a)
 
     def read_segment(self, name: str, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(self.seg_dir / name, columns=columns)

@@ -171,7 +171,8 @@ class BufferShard:
         """A batch drawn here, so only samples leave the site."""
         app = await self._ensure()
         self.samples_served += batch_size
-        return app[BUFFER].sample(batch_size, np.random.default_rng(seed))
+        # off the event loop: history reads Parquet row groups, and this loop also serves the site's robots
+        return await asyncio.to_thread(app[BUFFER].sample, batch_size, np.random.default_rng(seed))
 
     async def publish(self, blob: WeightsBlob) -> int:
         """Relay new weights to the robots linked to this shard's gateway."""

@@ -79,7 +79,7 @@ def load(path: Path) -> dict[str, Any]:
 def load_encoder_weights(path: Path, encoder: torch.nn.Module) -> int:
     """Load ``learner.encoder_weights`` (a local safetensors file) into ``encoder``; the tensor count.
 
-    Keys are the encoder's own (``convs.0.weight``) or an actor's (``encoder.convs.0.weight``,
+    Keys are the encoder's own (``stacks.0.convs.0.weight``) or an actor's (``encoder.stacks.0...``,
     e.g. cut from a published policy). Anything that does not fit exactly is a ConfigError
     naming the keys and shapes, never a partial load.
     """

@@ -113,7 +113,7 @@ class SAC:
         hidden = tuple(int(h) for h in cfg.hidden)
         # Seed network init without disturbing the caller's global RNG.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.random.default_generator.manual_seed(seed)  # the CPU's only: networks are built there
             self.actor: GaussianActor = build_actor(actor_arch(obs_dim, act_dim, cfg)).to(self.device)
             # The pixel actor and its encoder, shared with the critics (None for a state-only actor).
             self._cnn: CNNActor | None = self.actor if isinstance(self.actor, CNNActor) else None

@@ -21,13 +21,13 @@ import numpy as np
 import torch
 
 from shared.config import LearnerAlgoConfig
+from shared.devices import resolve_device
 from shared.errors import ConfigError, WeightsError
 from shared.weights import WeightsBlob, decode_weights, encode_weights
 
 from ..buffer import Dims, SampleSource
 from ..buffer.prefetch import Prefetcher
 from . import checkpoint
-from .device import resolve_device
 from .sac import SAC, SACConfig
 
 log = logging.getLogger("fleetrl.trainer")
@@ -88,7 +88,11 @@ class Trainer(threading.Thread):
         ckpt_version = 0
         if self.resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
             state = checkpoint.load(self.checkpoint_path)
-            sac.load_state_dict(state["sac"])
+            try:
+                sac.load_state_dict(state["sac"])
+            except ValueError as e:  # the run's learner settings changed since: not a crash, a choice to make
+                raise ConfigError(f"{self.checkpoint_path} was trained with other learner settings ({e}); restore "
+                                  "those settings to resume, or start a new run in a new data_dir") from None
             rng.bit_generator.state = state["rng"]
             self.updates = int(state["updates"])
             ckpt_version = int(state["policy_version"])
@@ -122,7 +126,13 @@ class Trainer(threading.Thread):
                 "from the checkpoint" if self.resumed_from is not None else "start fresh")
 
     def start(self) -> None:
-        """Say at once what a start without a checkpoint will train from (training waits for data)."""
+        """Check what can be checked before any data (the device, the encoder file) and say at once what a
+        start without a checkpoint will train from: training itself waits for data, possibly for hours."""
+        self.device = resolve_device(self.cfg.device)  # ConfigError now, not once learning_starts rows are in
+        weights = self.cfg.encoder_weights
+        if weights is not None and not Path(weights).is_file():
+            raise ConfigError(f"learner.encoder_weights = {str(weights)!r}: no such file (encoder weights are "
+                              "read from a local file; nothing is downloaded)")
         if self.checkpoint_path is None or not self.checkpoint_path.exists():
             if self.published is not None:
                 log.warning("event=resume_without_checkpoint checkpoint=none published_policy=v%d "
@@ -180,7 +190,7 @@ class Trainer(threading.Thread):
                          augment_pad=cfg.augment_pad)
 
     def _build(self, dims: Dims) -> SAC:
-        device = resolve_device(self.cfg.device)
+        device = self.device if self.device is not None else resolve_device(self.cfg.device)
         self.device = device
         sac = SAC(dims.obs_dim, dims.act_dim, self._sac_config(dims), device=device, seed=self.cfg.seed)
         if self.cfg.encoder_weights is not None:
@@ -205,6 +215,8 @@ class Trainer(threading.Thread):
         dims = self.buffer.dims
         assert dims is not None
         sac = self._build(dims)
+        if sac.device.type == "cuda":  # cuda:N: this thread's kernels and CUDA context go to that GPU, not GPU 0
+            torch.cuda.set_device(sac.device)
         rng = np.random.default_rng(self.cfg.seed)
         self._restore(sac, rng)
         self._sac, self._rng = sac, rng

@@ -27,6 +27,9 @@ IMAGE_CHANNELS = (1, 3, 4)
 MAX_CONV_LAYERS = 8
 MAX_CONV_CHANNELS = 1024
 MAX_LATENT = 4096
+# Multiply-adds of one action's conv encoders. Parameters do not bound them (they grow with image size
+# times channels squared): 2e10 is ~10x a ResNet-18 at 224x224, seconds per action on a robot CPU.
+MAX_CONV_MACS = 20_000_000_000
 
 
 class ArchTooLarge(ValueError):
@@ -111,9 +114,24 @@ def _check_cnn(arch: dict[str, Any]) -> None:
     if not channels:
         raise ValueError("policy arch field 'channels' must name at least one conv layer")
     _int(arch, "latent", 1, MAX_LATENT)
-    for name, (h, w, _) in views:
+    macs = 0
+    for name, (h, w, c) in views:
         if min(cnn.conv_out(h, len(channels)), cnn.conv_out(w, len(channels))) < 1:
             raise ValueError(f"policy arch image {name!r} of {h}x{w} is too small for {len(channels)} conv layers")
+        macs += conv_macs(h, w, c, channels)
+    if macs > MAX_CONV_MACS:
+        raise ArchTooLarge(f"policy arch's conv encoders take {macs:.3g} multiply-adds per action, "
+                           f"more than {MAX_CONV_MACS:.3g}")
+
+
+def conv_macs(h: int, w: int, c: int, channels: list[int]) -> int:
+    """Multiply-adds of one view's conv stack (3x3 kernels, the first with stride 2)."""
+    total, c_in = 0, c
+    for i, c_out in enumerate(channels):
+        oh, ow = cnn.conv_out(h, i + 1), cnn.conv_out(w, i + 1)
+        total += oh * ow * c_out * c_in * 9
+        c_in = c_out
+    return total
 
 
 def _build_cnn(arch: dict[str, Any]) -> GaussianActor:

@@ -14,6 +14,7 @@ from cloud.learner.trainer import Trainer
 from harness import thread_parked, wait_for, worker_idle
 from shared.chunk import StepRecord, build_batch
 from shared.config import LearnerAlgoConfig
+from shared.errors import ConfigError
 from shared.schema import EpisodeSpec, FieldSpec
 from shared.weights import WeightsBlob, decode_weights
 
@@ -148,15 +149,20 @@ def test_stop_while_waiting_for_data_ends_the_thread_without_a_checkpoint(tmp_pa
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: the refusal is for machines without one")
-def test_a_cuda_learner_without_a_gpu_stops_with_an_error_naming_the_setting(tmp_path: Path, trainers) -> None:
-    buf = _buffer(tmp_path)
-    _write(buf, 1, 4)
-    published = Published()
-    t = Trainer(buf, _cfg(device="cuda"), published)
-    trainers.append(t)
-    t.start()
-    wait_for(lambda: t.error is not None, 30, "the trainer to refuse the device")
-    assert 'learner.device = "cuda"' in str(t.error) and published == [] and t.updates == 0
+def test_a_cuda_learner_without_a_gpu_is_refused_at_start_before_any_data(tmp_path: Path) -> None:
+    """Training waits for learning_starts rows, possibly for hours: the device is checked when the learner starts."""
+    buf = _buffer(tmp_path)  # no rows yet
+    t = Trainer(buf, _cfg(device="cuda"), Published())
+    with pytest.raises(ConfigError, match='learner.device = "cuda" but torch .* sees no CUDA GPU'):
+        t.start()
+    assert not t.is_alive()
+
+
+def test_a_missing_encoder_weights_file_is_refused_at_start(tmp_path: Path) -> None:
+    t = Trainer(_buffer(tmp_path), _cfg(encoder_weights=tmp_path / "nope.safetensors"), Published())
+    with pytest.raises(ConfigError, match="learner.encoder_weights = .*nope.safetensors.*: no such file"):
+        t.start()
+    assert not t.is_alive()
 
 
 @pytest.mark.parametrize("prefetch", [0, 3])

@@ -435,3 +435,55 @@ def test_layout_rebuilds_a_camera_missing_a_next_frame_another_camera_stores():
     ring = np.zeros((6, 1, 1, 1), np.uint8)
     tf.put("b", ring, 0)  # one sequence for both cameras: b's slot after row 1 holds row 2's frame
     assert ring.ravel().tolist() == [10, 11, 12, 12, 13, 101]
+
+
+def test_a_chunk_longer_than_a_parquet_page_still_reads_its_own_frames_in_place(tmp_path):
+    """Parquet writers cut pages every 20,000 rows unless told otherwise; a second page header in the
+    middle of a column chunk would shift every later frame read in place. The writer keeps each camera
+    column chunk one page and says so in the file; history reads every frame of a 20,500-step chunk right."""
+    tiny = EpisodeSpec(observation={"pos": FieldSpec((1,)), "cam": FieldSpec((2, 2, 3), "uint8")}, action_dim=1)
+    n = 20_500
+
+    def f(s: int) -> np.ndarray:
+        x = np.zeros((2, 2, 3), np.uint8)
+        x[..., 0], x[..., 1] = s & 255, s >> 8
+        return x
+
+    steps = [StepRecord({"pos": np.array([s], np.float32), "cam": f(s)}, np.zeros(1, np.float32), 0.0,
+                        {"pos": np.array([s + 1], np.float32), "cam": f(s + 1)}, terminated=s == n - 1,
+                        truncated=False, step=s) for s in range(n)]
+    buf = ReplayBuffer(tmp_path, 100, ["pos"], image_fields=["cam"], image_memory_bytes=100 * 12, history_fraction=1.0)
+    buf.check_spec(tiny)
+    buf.write([("r0", 1, build_batch(tiny, "r0", "e0", steps))])
+    seg = next((tmp_path / SEGMENTS).glob("*.parquet"))
+    assert pq.read_metadata(seg).metadata[b"fleetrl.camera_pages"] == b"one"
+    batch = buf.sample(4096, np.random.default_rng(3))
+    s = batch["obs"][:, 0].astype(np.int64)
+    assert s.max() > 20_000, "rows past the first 20,000 were drawn"
+    got = batch[IMAGES + "cam"][:, 0, 0, :2].astype(np.int64)
+    nxt = batch[NEXT_IMAGES + "cam"][:, 0, 0, :2].astype(np.int64)
+    np.testing.assert_array_equal(got[:, 0] + 256 * got[:, 1], s)
+    np.testing.assert_array_equal(nxt[:, 0] + 256 * nxt[:, 1], s + 1)
+    assert {g.mapped for g in buf.history._cache.values()} == {True}  # read in place, not through Arrow
+
+
+def test_history_over_many_segments_keeps_a_bounded_number_of_files_open(tmp_path, monkeypatch):
+    """Raw frames are read from mapped segment files; a cached row group keeps its file's mapping open,
+    so the cache bounds how many such groups it keeps, whatever their bytes."""
+    import os
+
+    from cloud.buffer import history
+
+    monkeypatch.setattr(history, "MAPPED_GROUPS", 32)  # episodes are numbered in a uint8 pixel: < 256 segments
+    buf = image_buffer(tmp_path, frames=20, capacity=10_000, history=1.0, spec=SPEC_RAW)
+    fleet = Fleet(robots=1, chunk=4, spec=SPEC_RAW)
+    for _ in range(history.MAPPED_GROUPS + history.SEGMENT_STATES + 60):
+        fleet.segment(buf, [4])  # one chunk, one row group, one segment each
+    before = len(os.listdir("/proc/self/fd"))
+    rng = np.random.default_rng(5)
+    for _ in range(40):
+        check_frames(buf.sample(256, rng))
+    opened = len(os.listdir("/proc/self/fd")) - before
+    mapped = sum(g.mapped for g in buf.history._cache.values())
+    assert 0 < mapped <= history.MAPPED_GROUPS
+    assert opened <= history.MAPPED_GROUPS + history.SEGMENT_STATES + 8, opened

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from cloud.buffer import ReplayBuffer
 from cloud.learner import checkpoint
 from cloud.learner.augment import random_shift, shift, shift_offsets
-from cloud.learner.device import resolve_device
+from shared.devices import resolve_device
 from cloud.learner.sac import SAC, SACConfig
 from cloud.learner.trainer import Trainer
 from harness import wait_for, worker_idle
@@ -38,10 +38,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_auto_takes_a_gpu_when_torch_sees_one_else_the_cpu(caplog) -> None:
-    with caplog.at_level(logging.INFO, "fleetrl.learner.device"):
+    with caplog.at_level(logging.INFO, "fleetrl.device"):
         dev = resolve_device("auto")
     assert dev.type == ("cuda" if CUDA else "cpu")
-    assert "event=learner_device" in caplog.text and ("auto_cuda_available" if CUDA else "auto_no_cuda") in caplog.text
+    assert "event=device key=learner.device" in caplog.text and ("auto_cuda_available" if CUDA else "auto_no_cuda") in caplog.text
     assert resolve_device("cpu") == torch.device("cpu")
 
 

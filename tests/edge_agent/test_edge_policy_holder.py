@@ -241,3 +241,37 @@ def test_a_robot_refuses_a_cnn_policy_for_cameras_it_lacks(holder):
     small = PolicyHolder(dict(FIELDS), ACT, image_fields={"camera": (16, 16, 3), "external_camera_0": (32, 32, 3)})
     with pytest.raises(WeightsError, match="external_camera_0"):
         small.prepare(_cnn_weights(2)[1])
+
+
+# ---------------------------------------------------------------- control.policy_device
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA GPU on this machine (CPU build or no device)")
+def test_a_robot_runs_its_policy_on_the_gpu_it_names():
+    holder = PolicyHolder(dict(FIELDS), ACT, image_fields=CAMERAS, device=torch.device("cuda"))
+    actor, w = _cnn_weights(2)
+    loaded = holder.prepare(w)
+    assert loaded.device.type == "cuda" and next(loaded.actor.parameters()).is_cuda
+    obs = _cam_obs(np.random.default_rng(7))
+    a = loaded.act(obs, deterministic=True)
+    images = {k: torch.from_numpy(obs[k])[None] for k in CAMERAS}
+    expect = actor.act(torch.from_numpy(obs["observation"])[None], deterministic=True, images=images)[0].numpy()
+    assert isinstance(a, np.ndarray) and a.shape == (ACT,)
+    np.testing.assert_allclose(a, expect, atol=1e-2)  # cuDNN may use TF32 convolutions
+
+
+def test_a_robot_refuses_a_policy_device_it_does_not_have_before_opening_the_robot(tmp_path, monkeypatch):
+    from edge_agent.daemon import Agent
+    from hal_drivers import registry
+    from shared.config import AgentConfig
+    from shared.errors import ConfigError
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: cuda:N beyond its count is the refusal then (see the learner tests)")
+    opened: list[str] = []
+    monkeypatch.setattr(registry, "create", lambda *a, **k: opened.append("robot"))  # must not be reached
+    cfg = AgentConfig.model_validate({"robot_id": "r1", "control": {"policy_device": "cuda"},
+                                      "spool": {"dir": str(tmp_path / "spool")}, "state_dir": str(tmp_path / "state")})
+    with pytest.raises(ConfigError, match=r'control.policy_device = "cuda" but torch .* sees no CUDA GPU'):
+        Agent(cfg)
+    assert opened == []
+    assert not (tmp_path / "spool").exists() and not (tmp_path / "state").exists(), "a refused config writes nothing"

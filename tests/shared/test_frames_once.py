@@ -278,3 +278,15 @@ def test_a_v1_state_only_run_still_opens(tmp_path):
     (root / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(SchemaError, match="older fleetrl"):
         ReplayBuffer(root, memory_capacity=100)
+
+
+@pytest.mark.parametrize("column", ["obs.wrist", "next_obs.wrist"])
+def test_a_png_frame_that_does_not_decode_is_refused_before_it_is_stored(column):
+    """A corrupt PNG found only when the learner reads the stored segment could not be refused any more."""
+    batch = build_batch(SPEC, "r", "e", episode(np.random.default_rng(12), 3))
+    values = batch.column(column).to_pylist()
+    i = next(k for k, v in enumerate(values) if v is not None)
+    values[i] = b"\x89PNG garbage"
+    bad = _with_column(batch, column, pa.array(values, batch.schema.field(column).type))
+    err = pytest.raises(SchemaError, decode_chunk, ipc(bad), SPEC, **LIMITS).value
+    assert column in err.message and "corrupt png" in err.message

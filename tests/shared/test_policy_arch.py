@@ -133,7 +133,8 @@ def test_actor_images_lists_the_views_in_arch_order() -> None:
 
 def _huge_cnn() -> dict:
     return {"kind": "cnn_gaussian", "version": 1, "obs_dim": 1 << 20, "act_dim": 1 << 20, "hidden": [1 << 20] * 64,
-            "images": [[f"cam{i}", 1024, 1024, 4] for i in range(8)], "channels": [1024] * 8, "latent": 4096}
+            # huge in parameters (the MLP and the projections), small in conv compute (a separate cap)
+            "images": [[f"cam{i}", 24, 24, 4] for i in range(8)], "channels": [1024] * 4, "latent": 4096}
 
 
 def test_shapes_of_a_huge_arch_come_without_allocating_it() -> None:
@@ -332,3 +333,23 @@ def test_cnn_actor_converts_cpu_frames_on_its_own_device() -> None:
     assert a.device.type == "cuda"
     cpu = actor.to("cpu").act(x, deterministic=True, images=images)
     torch.testing.assert_close(a.cpu(), cpu, atol=1e-4, rtol=1e-4)
+
+
+def test_a_cnn_that_would_take_seconds_per_action_is_refused_as_too_large_before_it_is_built():
+    """Parameters do not bound conv compute: a 480x640 camera through eight 1024-channel layers has fewer
+    parameters than a robot's cap but ~5e12 multiply-adds per action; the arch check counts them."""
+    from shared.policy.registry import MAX_CONV_MACS, ArchTooLarge, check_arch, conv_macs
+    from shared.policy_runner import load_policy
+    from shared.weights import Weights
+
+    arch = {"kind": "cnn_gaussian", "version": 1, "obs_dim": 0, "act_dim": 4, "hidden": [], "latent": 1,
+            "images": [["cam", 480, 640, 3]], "channels": [1024] * 8}
+    assert conv_macs(480, 640, 3, [1024] * 8) > MAX_CONV_MACS
+    with pytest.raises(ArchTooLarge, match="multiply-adds per action"):
+        check_arch(arch)
+    with pytest.raises(WeightsError) as e:
+        load_policy(Weights(1, {"actor": arch, "obs_fields": []}, {}), {}, 4, 200_000_000,
+                    image_fields={"cam": (480, 640, 3)})
+    assert e.value.code == "too_large"
+    small = {**arch, "images": [["cam", 64, 64, 3]], "channels": [32, 32, 32, 32]}  # what the demos train
+    check_arch(small)
