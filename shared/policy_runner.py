@@ -113,11 +113,17 @@ def load_policy(weights: Weights, state_fields: Mapping[str, int], action_dim: i
     a_obs, a_act = arch["actor"]["obs_dim"], arch["actor"]["act_dim"]  # checked by actor_shapes
     if (a_obs, a_act) != (obs_dim, action_dim):
         raise WeightsError(f"policy shape {a_obs}->{a_act} does not fit this robot ({obs_dim}->{action_dim})")
+    odd = sorted({str(t.dtype) for t in weights.tensors.values()} - {"torch.float32"})
+    if odd:
+        raise WeightsError(f"weights hold {', '.join(odd)} tensors; policies are float32")
     if not all(torch.isfinite(t).all() for t in weights.tensors.values()):
         raise WeightsError("weights contain NaN or inf")
     try:
-        actor = build_actor(arch["actor"], max_params)
-        actor.load_state_dict(weights.tensors, strict=True)
+        # Built on the meta device and given the blob's own tensors: no random init to overwrite and no
+        # second copy of every parameter (a 100M-parameter policy's init alone takes about a second).
+        with torch.device("meta"):
+            actor = build_actor(arch["actor"], max_params)
+        actor.load_state_dict(weights.tensors, strict=True, assign=True)
         actor.to(device)
     except Exception as e:  # noqa: BLE001 - out of memory, dtype trouble: refuse, keep the old policy
         first_line = (str(e).splitlines() or [""])[0][:200]

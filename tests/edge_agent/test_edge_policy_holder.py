@@ -275,3 +275,22 @@ def test_a_robot_refuses_a_policy_device_it_does_not_have_before_opening_the_rob
         Agent(cfg)
     assert opened == []
     assert not (tmp_path / "spool").exists() and not (tmp_path / "state").exists(), "a refused config writes nothing"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.int32])
+def test_refuses_weights_that_are_not_float32(holder, dtype):
+    """Loaded tensors become the network's own (no copy into float32 parameters): another dtype would
+    make the first tick fail, so the update is refused and the old policy keeps acting."""
+    actor = Actor(sum(FIELDS.values()), ACT, hidden=(32, 32))
+    tensors = {k: v.to(dtype) for k, v in actor.state_dict().items()}
+    with pytest.raises(WeightsError, match="float32"):
+        holder.prepare(_weights(2, actor, tensors=tensors))
+    assert holder.act(_obs(np.random.default_rng(2)), deterministic=True)[1] == 1
+
+
+def test_a_loaded_policy_owns_the_blob_tensors_without_random_init(holder):
+    w = _weights(5)
+    loaded = holder.prepare(w)
+    params = dict(loaded.actor.named_parameters())
+    assert all(params[k].data_ptr() == t.data_ptr() for k, t in w.tensors.items())  # assigned, not copied
+    assert not any(p.is_meta for p in loaded.actor.parameters())
