@@ -23,8 +23,7 @@ from shared.metrics import RateMeter, start_metrics_listener
 from shared.errors import ConfigError, FleetError, WeightsError
 from shared.protocol import EdgeConnection, Limits
 from shared.devices import resolve_device
-from shared.observations import state_sizes
-from shared.policy_runner import image_shapes
+from shared.observations import image_shapes, state_sizes
 from shared.tasks import cancel_and_reap, until_first_done
 from shared.weights import decode_weights
 

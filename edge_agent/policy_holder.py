@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from shared.errors import WeightsError
-from shared.policy_runner import ImageShape, LoadedPolicy, load_policy
+from shared.observations import ImageShape
+from shared.policy_runner import LoadedPolicy, load_policy
 from shared.weights import Weights
 
 log = logging.getLogger("fleetrl.policy")

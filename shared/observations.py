@@ -28,3 +28,11 @@ def flatten_batch(obs: Sequence[Mapping[str, np.ndarray]], fields: Sequence[str]
 def state_sizes(spec: EpisodeSpec) -> dict[str, int]:
     """Flat size of each state (non-image) field: what a policy may read from this robot."""
     return {name: fs.size for name, fs in spec.observation.items() if not fs.is_image}
+
+
+ImageShape = tuple[int, int, int]  # H, W, C
+
+
+def image_shapes(spec: EpisodeSpec) -> dict[str, ImageShape]:
+    """HxWxC of each camera field: which images a policy may read from this robot."""
+    return {name: (fs.shape[0], fs.shape[1], fs.shape[2]) for name, fs in spec.observation.items() if fs.is_image}

@@ -20,17 +20,10 @@ import numpy as np
 import torch
 
 from .errors import WeightsError
-from .observations import flatten, flatten_batch
+from .observations import ImageShape, flatten, flatten_batch
 from .policy import ArchTooLarge, GaussianActor, actor_images, actor_shapes, build_actor, param_count
-from .schema import EpisodeSpec
 from .weights import Weights
 
-ImageShape = tuple[int, int, int]  # H, W, C
-
-
-def image_shapes(spec: EpisodeSpec) -> dict[str, ImageShape]:
-    """HxWxC of each camera field: which images a policy may read from this robot."""
-    return {name: (fs.shape[0], fs.shape[1], fs.shape[2]) for name, fs in spec.observation.items() if fs.is_image}
 
 
 def _frame(a: np.ndarray) -> np.ndarray:

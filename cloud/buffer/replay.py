@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from shared.errors import SchemaError
+from shared.observations import image_shapes
 from shared.schema import EpisodeSpec
 
 from .history import DiskHistory
@@ -46,11 +47,6 @@ def spec_difference(run: EpisodeSpec, robot: EpisodeSpec) -> str:
         if a[key] != b.get(key):
             return f"{key}: run has {a[key]}, robot has {b.get(key)}"
     return "specs differ"
-
-
-def _hwc(shape: tuple[int, ...]) -> tuple[int, int, int]:
-    h, w, c = shape
-    return (h, w, c)
 
 
 class ReplayBuffer:
@@ -105,10 +101,11 @@ class ReplayBuffer:
 
     @property
     def dims(self) -> Dims | None:
-        if self._writer is None:
+        if self._writer is None or self.spec is None:
             return None
+        shapes = image_shapes(self.spec)
         return Dims(self._writer.obs_dim, self._writer.act_dim, tuple(self.obs_fields),
-                    tuple((f, _hwc(self._writer.image_shapes()[f])) for f in self.image_fields))
+                    tuple((f, shapes[f]) for f in self.image_fields))
 
     @property
     def rows(self) -> int:

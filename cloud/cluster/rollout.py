@@ -20,8 +20,8 @@ import hal_drivers
 from hal_drivers.base import Robot
 from shared.actions import ActionScale
 from shared.chunk import StepRecord, make_chunk
-from shared.observations import state_sizes
-from shared.policy_runner import LoadedPolicy, image_shapes, load_policy
+from shared.observations import image_shapes, state_sizes
+from shared.policy_runner import LoadedPolicy, load_policy
 from shared.protocol import Chunk
 from shared.weights import WeightsBlob, decode_weights
 

@@ -76,6 +76,13 @@ def load(path: Path) -> dict[str, Any]:
     return unpack(json.loads(meta["state"]), st_load(data))
 
 
+def check_encoder_weights_file(path: Path) -> None:
+    """ConfigError unless ``learner.encoder_weights`` names a local file (checked at start, and on load)."""
+    if not path.is_file():
+        raise ConfigError(f"learner.encoder_weights = {str(path)!r}: no such file (encoder weights are read from "
+                          "a local file; nothing is downloaded)")
+
+
 def load_encoder_weights(path: Path, encoder: torch.nn.Module) -> int:
     """Load ``learner.encoder_weights`` (a local safetensors file) into ``encoder``; the tensor count.
 
@@ -84,8 +91,7 @@ def load_encoder_weights(path: Path, encoder: torch.nn.Module) -> int:
     naming the keys and shapes, never a partial load.
     """
     what = f"learner.encoder_weights = {str(path)!r}"
-    if not path.is_file():
-        raise ConfigError(f"{what}: no such file (encoder weights are read from a local file; nothing is downloaded)")
+    check_encoder_weights_file(path)
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:

@@ -27,15 +27,12 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from shared.policy import ARCH_VERSION, CNNActor, GaussianActor, ImageEncoder, build_actor
+from shared.policy import CNNActor, GaussianActor, ImageEncoder, build_actor, cnn, mlp
 
 from ..buffer.source import IMAGES, NEXT_IMAGES
 from .augment import random_shift
 
 log = logging.getLogger("fleetrl.sac")
-
-CNN_ARCH_VERSION = 1  # the cnn_gaussian arch version this learner builds (shared.policy rebuilds it on robots)
-
 
 @dataclass
 class SACConfig:
@@ -59,9 +56,9 @@ def actor_arch(obs_dim: int, act_dim: int, cfg: SACConfig) -> dict[str, Any]:
     """The arch dict ``shared.policy.build_actor`` turns into this config's actor."""
     hidden = [int(h) for h in cfg.hidden]
     if not cfg.images:
-        return {"kind": "mlp_gaussian", "version": ARCH_VERSION, "obs_dim": int(obs_dim), "act_dim": int(act_dim), "hidden": hidden}
+        return {"kind": mlp.KIND, "version": mlp.VERSION, "obs_dim": int(obs_dim), "act_dim": int(act_dim), "hidden": hidden}
     return {
-        "kind": "cnn_gaussian", "version": CNN_ARCH_VERSION, "obs_dim": int(obs_dim), "act_dim": int(act_dim),
+        "kind": cnn.KIND, "version": cnn.VERSION, "obs_dim": int(obs_dim), "act_dim": int(act_dim),
         "hidden": hidden, "images": [[str(n), *(int(x) for x in hwc)] for n, hwc in cfg.images],
         "channels": [int(c) for c in cfg.encoder_channels], "latent": int(cfg.encoder_latent),
     }

@@ -129,10 +129,8 @@ class Trainer(threading.Thread):
         """Check what can be checked before any data (the device, the encoder file) and say at once what a
         start without a checkpoint will train from: training itself waits for data, possibly for hours."""
         self.device = resolve_device(self.cfg.device)  # ConfigError now, not once learning_starts rows are in
-        weights = self.cfg.encoder_weights
-        if weights is not None and not Path(weights).is_file():
-            raise ConfigError(f"learner.encoder_weights = {str(weights)!r}: no such file (encoder weights are "
-                              "read from a local file; nothing is downloaded)")
+        if self.cfg.encoder_weights is not None:
+            checkpoint.check_encoder_weights_file(Path(self.cfg.encoder_weights))
         if self.checkpoint_path is None or not self.checkpoint_path.exists():
             if self.published is not None:
                 log.warning("event=resume_without_checkpoint checkpoint=none published_policy=v%d "

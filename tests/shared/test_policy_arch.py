@@ -23,7 +23,8 @@ from shared.policy import (
     build_actor,
     param_count,
 )
-from shared.policy_runner import image_shapes, load_policy
+from shared.observations import image_shapes
+from shared.policy_runner import load_policy
 from shared.schema import EpisodeSpec, FieldSpec
 from shared.weights import decode_weights, encode_weights
 
