@@ -25,6 +25,8 @@ from .access import follow_robots
 from .admin import admin_listener, admin_token
 from .keys import HANDSHAKES, ADMIN_TOKEN, BUFFER, CONFIG, INGEST, LIMITS, PUBLISHER, REGISTRY, REJECTIONS, RESUME, ROBOTS, TRAINER
 from .robots import RobotRegistry
+from .learner.rewards import reward_camera_fields
+from .learner.algorithms import needs_demos
 from .learner.trainer import Trainer
 from .publisher import WeightPublisher
 from .status import LearnerStatus
@@ -75,10 +77,11 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     lc = cfg.learner
+    cameras = reward_camera_fields(lc)  # the policy's cameras, and a success classifier's (reward = "classifier")
     buffer = await asyncio.to_thread(
         partial(ReplayBuffer, cfg.data_dir / "buffer", lc.memory_capacity, lc.observation_fields,
-                image_fields=lc.image_fields, image_memory_bytes=int(lc.image_memory_mb * 2**20),
-                history_fraction=lc.history_fraction)
+                image_fields=cameras, image_memory_bytes=int(lc.image_memory_mb * 2**20),
+                history_fraction=lc.history_fraction, demo_capacity=lc.demo_capacity if needs_demos(lc) else 0, demo_paths=lc.demo_paths)
     )
     app[BUFFER] = buffer
     app[INGEST] = Ingest(buffer, app[LIMITS], quotas=Quotas.from_config(cfg.limits))

@@ -96,6 +96,10 @@ from .cluster.cli import app as _cluster_app  # noqa: E402
 
 app.add_typer(_cluster_app, name="cluster")
 
+from .classifier_cli import classifier_app as _classifier_app  # noqa: E402
+
+app.add_typer(_classifier_app, name="classifier")
+
 robots_app = typer.Typer(help="Enroll, list and revoke robots (credentials are shown once, stored hashed).",
                          no_args_is_help=True)
 app.add_typer(robots_app, name="robots")

@@ -179,7 +179,7 @@ async def robot_ws(request: web.Request) -> web.WebSocketResponse:
                                             "credential accepted; a hello without an episode spec only checks it"))
             return ws
         buffer = app[BUFFER]
-        buffer.check_spec(EpisodeSpec.from_dict(hello.spec))
+        buffer.check_spec(EpisodeSpec.from_dict(hello.spec), robot_id)
         # Into the table before any await: every live link of a robot is either in the table
         # (where revocation and /status find it) or being closed by the link that replaced it.
         link = Link(robot_id, ws, conn, Outbox(), request.remote, authenticated, stored)

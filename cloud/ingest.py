@@ -72,9 +72,10 @@ class Ingest:
         """Blocking validation of one chunk (run it in a worker thread)."""
         if checksum(msg.body) != msg.crc32:
             raise SchemaError("chunk checksum mismatch", code="bad_checksum")
-        assert self.buffer.spec is not None
+        spec = self.buffer.wire_spec(robot_id)
+        assert spec is not None
         batch = decode_chunk(
-            msg.body, self.buffer.spec,
+            msg.body, spec,
             max_decompressed=self.limits.max_decompressed_bytes, max_rows=self.limits.max_chunk_rows,
         )
         if single_value(batch, "robot_id") != robot_id:

@@ -137,6 +137,38 @@ def check_credential(cfg: AgentConfig) -> tuple[Row, str | None, str | None]:
     return Row("credential", True, "present"), credential, pin
 
 
+def check_teleop(cfg: AgentConfig, desc: Any, agent_running: bool = False) -> list[Row]:
+    """Build the teleop device, start it for this robot's actions (opens the hardware), release it.
+
+    No row without a ``[teleop]`` table: most robots run without a human at hand."""
+    if cfg.teleop is None:
+        return []
+    return [_teleop_row(cfg, desc, agent_running)]
+
+
+def _teleop_row(cfg: AgentConfig, desc: Any, agent_running: bool) -> Row:
+    from .human import create_teleop
+
+    assert cfg.teleop is not None
+    name = f"teleop {cfg.teleop.name}"
+    try:
+        unit = create_teleop(cfg)
+    except Exception as e:  # any device failure is a finding, not a crash of the check
+        return Row(name, False, f"device {cfg.teleop.device}: {_one_line(e)}")
+    assert unit is not None
+    try:
+        d = unit.describe()
+        if desc is None or agent_running:
+            why = "the running agent holds it" if agent_running else "no robot description"
+            return Row(name, True, f"{d.driver} identity={d.identity}: options valid; not opened ({why})")
+        unit.start(len(desc.action_low), cfg.teleop.takeover)
+        return Row(name, True, f"{d.driver} identity={d.identity} takeover={cfg.teleop.takeover}: opened")
+    except Exception as e:
+        return Row(name, False, f"device {cfg.teleop.device}: {_one_line(e)}")
+    finally:
+        unit.close()
+
+
 def run_checks(config_path: Path, timeout: float = 5.0) -> list[Row]:
     try:
         cfg = cfgmod.load(AgentConfig, config_path)
@@ -149,7 +181,8 @@ def run_checks(config_path: Path, timeout: float = 5.0) -> list[Row]:
     robot_row, desc = check_robot(cfg)
     if running:
         robot_row.detail += f" (note: the agent is running, pid {status['pid']})"  # type: ignore[index]
-    rows += [robot_row, check_dir("spool dir", cfg.spool.dir), check_dir("state dir", cfg.state_dir)]
+    rows += [robot_row, *check_teleop(cfg, desc, running), check_dir("spool dir", cfg.spool.dir),
+             check_dir("state dir", cfg.state_dir)]
     cred_row, credential, pin = check_credential(cfg)
     link_rows, outcome = check_link(cfg, desc, credential, pin, running, timeout)
     rows += link_rows

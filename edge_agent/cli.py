@@ -42,11 +42,59 @@ def run(
     raise typer.Exit(asyncio.run(agent.run()))
 
 
-@app.command("check-config")
-def check_config(config: Path = typer.Argument(..., help="agent TOML file")) -> None:
-    """Validate an agent config file and print it with defaults filled in."""
+@app.command()
+def record(
+    config: Path = typer.Option(..., "--config", "-c", help="agent TOML file; needs a teleop table (the device the human drives with)"),
+    episodes: int = typer.Option(..., "--episodes", "-n", min=1, help="demonstrations to record, then stop"),
+    log_level: str = typer.Option(None, help="DEBUG, INFO, WARNING or ERROR (default: service.log_level)"),
+    drain_timeout: float = typer.Option(30.0, help="seconds to wait at the end for the learner to ack every demo"),
+) -> None:
+    """Record demonstrations: the human drives every step through the teleop device.
+
+    Runs the agent as `run` does (same spool, link and learner), take-over forced on, every row tagged demo.
+
+    Exit 0: all recorded and acked by the learner. Exit 3: recorded, not all acked (the spool keeps it)."""
+    setup_logs(log_level or "INFO")
     try:
         cfg = cfgmod.load(cfgmod.AgentConfig, config)
+        setup_logs(log_level or cfg.service.log_level)
+        from .daemon import Agent
+
+        agent = Agent(cfg, drain_timeout_s=drain_timeout, config_path=config, record_episodes=episodes)
+    except FleetError as e:
+        typer.echo(f"edge-agent: {e}", err=True)
+        raise typer.Exit(2) from None
+    assert cfg.teleop is not None  # Agent refused a config without one
+    typer.echo(f"recording {episodes} demonstration(s) with {cfg.teleop.device}: you drive every step")
+    agent.on_episode = lambda end: typer.echo(
+        f"episode {end.index}/{episodes}: {end.steps} steps, {'success' if end.success else 'no success'}")
+    rc = asyncio.run(agent.run())
+    done = agent.control.episodes
+    if rc != 0:
+        typer.echo(f"edge-agent: recording failed after {done} episode(s); see the log", err=True)
+        raise typer.Exit(rc)
+    if agent.pending_at_exit:
+        typer.echo(f"recorded {done} episode(s), but the learner did not acknowledge {agent.pending_at_exit} "
+                   f"chunk(s) (unreachable? {agent.uplink.last_error or 'no ack in time'}); they are kept in the "
+                   f"spool at {cfg.spool.dir} and sent when the agent next runs", err=True)
+        raise typer.Exit(3)
+    if done < episodes:
+        typer.echo(f"stopped after {done} of {episodes} episode(s); all recorded steps acknowledged by the learner")
+    else:
+        typer.echo(f"recorded {done} episode(s); all acknowledged by the learner")
+    raise typer.Exit(0)
+
+
+@app.command("check-config")
+def check_config(config: Path = typer.Argument(..., help="agent TOML file")) -> None:
+    """Validate an agent config file (and its teleop device's options) and print it with defaults filled in."""
+    try:
+        cfg = cfgmod.load(cfgmod.AgentConfig, config)
+        from .human import create_teleop
+
+        unit = create_teleop(cfg)  # a teleop device that cannot be built is a config error
+        if unit is not None:
+            unit.close()
     except FleetError as e:
         typer.echo(f"edge-agent: {e}", err=True)
         raise typer.Exit(2) from None

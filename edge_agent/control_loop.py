@@ -3,6 +3,10 @@
 It runs on its own thread and touches nothing that can block on the network
 or the disk: the policy is read by reference, chunks leave through the
 recorder's sink, and the only wait is the one that keeps the rate.
+
+A teleop device (optional) is read once per tick and never waited on: while
+the human takes over, the loop executes the human's action and records the
+policy's proposal beside it (see :mod:`edge_agent.human`).
 """
 
 from __future__ import annotations
@@ -11,16 +15,19 @@ import logging
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
 from hal_drivers.base import Robot
+from hal_drivers.teleop.base import Teleop
 from shared.actions import ActionScale
 from shared.chunk import StepRecord
 from shared.config import ControlConfig
 from shared.faults import hang_point
 
+from .human import HumanInput, TickInput
 from .operator import OperatorControls
 from .policy_holder import PolicyHolder
 from .recorder import Recorder
@@ -29,10 +36,22 @@ from .status import Jitter
 log = logging.getLogger("fleetrl.control")
 
 
+@dataclass(frozen=True)
+class EpisodeEnd:
+    """What the loop tells ``on_episode`` (on its own thread) when an episode ends."""
+
+    index: int  # 1-based count of episodes this loop finished
+    steps: int
+    success: bool
+    terminated: bool
+    interventions: int  # steps of it the human drove
+
+
 class ControlLoop(threading.Thread):
     def __init__(
         self, robot: Robot, policy: PolicyHolder, recorder: Recorder, cfg: ControlConfig,
         may_start: threading.Event | None = None, operator: OperatorControls | None = None,
+        teleop: Teleop | None = None, demo: bool = False,
     ):
         super().__init__(name="control-loop", daemon=True)
         self.robot, self.policy, self.recorder, self.cfg = robot, policy, recorder, cfg
@@ -54,9 +73,13 @@ class ControlLoop(threading.Thread):
         self.successes = 0
         self.steps = 0
         self.episode_step = 0  # steps taken in the current episode (for status)
-        self._period_errors: deque[float] = deque(maxlen=2000)
+        # demo: recording demonstrations; the human drives every step and rows are tagged demo.
+        self.demo = demo
         d = robot.describe()
         self._scale = ActionScale(d.action_low, d.action_high)
+        self.human = HumanInput(teleop, len(d.action_low), force_takeover=demo)
+        self.on_episode: Callable[[EpisodeEnd], None] = lambda _end: None  # called on the loop's thread
+        self._period_errors: deque[float] = deque(maxlen=2000)
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -75,6 +98,7 @@ class ControlLoop(threading.Thread):
             self.error = e
             log.exception("event=control_loop_crashed")
         finally:
+            self.human.driving = False  # nobody drives a stopped loop
             self.recorder.cut()
 
     def _run(self) -> None:
@@ -92,7 +116,7 @@ class ControlLoop(threading.Thread):
                 return
             obs = self.robot.reset()
             self.recorder.start_episode()
-            step = 0
+            step = episode_interventions = 0
             while not self.stop_event.is_set():
                 if not self.operator.running.is_set():  # paused by an operator: hold between ticks
                     self._hold(self.operator.running)
@@ -107,26 +131,40 @@ class ControlLoop(threading.Thread):
                     self._period_errors.append(now - next_tick)
                     if now - next_tick > period:  # fell far behind: don't try to catch up in a burst
                         next_tick = now
-                action, version = self._choose(obs, rng)
+                tick = self.human.read(obs)
+                action, proposal, version = self._choose(obs, rng, tick)
                 hang_point("control_tick")
                 res = self.robot.step(action)
                 self.running.set()
                 self.heartbeat()
-                cut, human_reward = self.operator.take()
-                truncated = res.truncated or (cut and not res.terminated)
+                cut, operator_reward = self.operator.take()
+                terminated, success = res.terminated, res.success
+                human_reward = operator_reward + tick.reward
+                if "success" in tick.events:
+                    terminated, success, human_reward = True, True, human_reward + 1.0
+                elif "failure" in tick.events:
+                    terminated, success = True, False
+                if not terminated and self.policy.success(res.observation):  # the learner's success classifier
+                    terminated, success = True, True
+                cut = cut or "reset" in tick.events
+                truncated = res.truncated or (cut and not terminated)
                 self.recorder.add(
                     StepRecord(
-                        obs=obs, action=action, reward=float(res.reward) + human_reward, next_obs=res.observation,
-                        terminated=res.terminated, truncated=truncated, success=res.success,
-                        intervention=self.operator.intervention, policy_version=version, step=step,
+                        obs=obs, action=action, reward=float(res.reward), next_obs=res.observation,
+                        terminated=terminated, truncated=truncated, success=success,
+                        intervention=tick.takeover or self.operator.intervention, policy_version=version, step=step,
+                        policy_action=proposal, human_reward=human_reward, demo=self.demo and tick.takeover,
                     )
                 )
                 obs, step = res.observation, step + 1
                 self.steps += 1
                 self.episode_step = step
-                if res.terminated or truncated:
+                if tick.takeover:
+                    episode_interventions += 1
+                if terminated or truncated:
                     self.episodes += 1
-                    self.successes += int(res.success)
+                    self.successes += int(success)
+                    self.on_episode(EpisodeEnd(self.episodes, step, success, terminated, episode_interventions))
                     if self.cfg.sync and version > 0:
                         self._wait_for_update(version)
                     next_tick = time.monotonic()
@@ -152,12 +190,30 @@ class ControlLoop(threading.Thread):
             log.warning("event=sync_wait_timeout version=%d waited_s=%.1f", version, self.cfg.sync_timeout_s)
         self.sync_wait_s += time.monotonic() - t0
 
-    def _choose(self, obs: dict[str, np.ndarray], rng: np.random.Generator) -> tuple[np.ndarray, int]:
-        choice = None if self.steps < self.cfg.random_steps else self.policy.act(obs, self.cfg.deterministic)
-        if choice is None:
-            return self.robot.clamp(self._scale.sample(rng)), self.policy.version
-        a, version = choice
-        return self.robot.clamp(self._scale.to_robot(a)), version
+    def _choose(
+        self, obs: dict[str, np.ndarray], rng: np.random.Generator, tick: TickInput
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """(action to execute, the policy's proposal, policy version), both in robot units, clamped.
+
+        The policy proposes every tick, even while the human drives, so a row
+        holds both; with no proposal (no policy yet, past random_steps) while
+        the human drives, the proposal is the human's action."""
+        version = self.policy.version
+        proposal = None
+        if self.steps < self.cfg.random_steps:
+            proposal = self.robot.clamp(self._scale.sample(rng))
+        else:
+            choice = self.policy.act(obs, self.cfg.deterministic)
+            if choice is not None:
+                a, version = choice
+                proposal = self.robot.clamp(self._scale.to_robot(a))
+        if tick.takeover:
+            assert tick.action is not None
+            action = self.robot.clamp(self._scale.to_robot(tick.action))
+            return action, action if proposal is None else proposal, version
+        if proposal is None:  # no policy yet: explore at random, as before any policy arrives
+            proposal = self.robot.clamp(self._scale.sample(rng))
+        return proposal, proposal, version
 
     def jitter(self) -> Jitter:
         """Lateness of ticks against their schedule, in milliseconds."""

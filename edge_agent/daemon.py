@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 from hal_drivers import registry
 from hal_drivers.base import Robot
@@ -28,7 +29,8 @@ from shared.tasks import cancel_and_reap, until_first_done
 from shared.weights import decode_weights
 
 from . import enrollment
-from .control_loop import ControlLoop
+from .control_loop import ControlLoop, EpisodeEnd
+from .human import open_teleop
 from .operator import OperatorControls
 from .ledger import Ledger
 from .metrics import render_metrics, summary_line, write_status
@@ -45,7 +47,20 @@ DISK_RETRY_S = 5.0  # retry a failed spool write this often even if no ack frees
 
 
 class Agent:
-    def __init__(self, cfg: AgentConfig, drain_timeout_s: float = 30.0, config_path: Path | None = None):
+    """``record_episodes``: record that many demonstrations (the human drives every step), then stop."""
+
+    def __init__(self, cfg: AgentConfig, drain_timeout_s: float = 30.0, config_path: Path | None = None,
+                 record_episodes: int | None = None):
+        if record_episodes is not None:
+            if cfg.teleop is None:
+                raise ConfigError("edge-agent record needs a [teleop] table in the agent config (device = \"gamepad\", "
+                                  "\"spacemouse\", \"keyboard\", ...): the human drives every recorded step")
+            if record_episodes < 1:
+                raise ConfigError(f"--episodes: must be at least 1, got {record_episodes}")
+            cfg = cfg.model_copy(update={"control": cfg.control.model_copy(update={"max_episodes": record_episodes})})
+        self.record_episodes = record_episodes
+        self.on_episode: Callable[[EpisodeEnd], None] = lambda _end: None  # on the asyncio loop (record's progress)
+        self.pending_at_exit = 0  # spool chunks the learner had not acked when the agent stopped
         policy_device = resolve_device(cfg.control.policy_device, "control.policy_device")  # before anything opens
         self.cfg = cfg
         self.config_path = config_path  # re-read on SIGHUP
@@ -74,6 +89,13 @@ class Agent:
         self.robot = robot
         self.desc = robot.describe()
         self.spec = self.desc.episode_spec()
+        if cfg.teleop is not None:
+            self.notifier.status(f"opening the teleop device ({cfg.teleop.device})")
+        try:
+            self.teleop = open_teleop(cfg, self.spec.action_dim)
+        except BaseException:
+            robot.close()
+            raise
         self.policy = PolicyHolder(
             state_sizes(self.spec), self.spec.action_dim,
             max_params=cfg.link.max_policy_params, max_version_jump=cfg.link.max_policy_version_jump,
@@ -151,17 +173,7 @@ class Agent:
 
     def _on_operator_command(self, cmd) -> None:
         """ROS 2 commands (on the bridge's thread) become operator controls the loop reads."""
-        op = self.operator
-        if cmd.kind == "pause":
-            op.pause(bool(cmd.value))
-        elif cmd.kind == "stop_episode":
-            op.stop_episode()
-        elif cmd.kind == "start_episode":
-            op.start_episode()
-        elif cmd.kind == "intervention":
-            op.intervention = bool(cmd.value)
-        elif cmd.kind == "reward":
-            op.add_reward(float(cmd.value or 0.0))
+        self.operator.apply(cmd)
         log.info("event=operator_command kind=%s value=%r", cmd.kind, cmd.value)
 
     def status(self) -> LinkReport:
@@ -173,6 +185,7 @@ class Agent:
             "acked_seq": self.spool.acked_seq, "jitter_p99_ms": round(j["p99_ms"], 3),
             "paused": self._paused_reason(), "disk_error": self.disk_error,
             "intervention": self.operator.intervention, "episode_step": self.control.episode_step,
+            "human_driving": c.human.driving, "interventions": c.human.interventions, "takeovers": c.human.takeovers,
         }
 
     def _paused_reason(self) -> str:
@@ -209,6 +222,12 @@ class Agent:
                 "target_hz": self.cfg.control.rate_hz, "rate_hz": round(self._rate.rate, 2), "steps": c.steps,
                 "episodes": c.episodes, "jitter_p50_ms": round(j["p50_ms"], 3), "jitter_p99_ms": round(j["p99_ms"], 3),
                 "jitter_max_ms": round(j["max_ms"], 3), "paused": self._paused_reason(),
+            },
+            "teleop": {
+                "device": self.cfg.teleop.device if self.cfg.teleop is not None else "",
+                "human_driving": c.human.driving, "interventions": c.human.interventions,
+                "takeovers": c.human.takeovers, "read_errors": c.human.read_errors,
+                "recording": self.record_episodes is not None,
             },
         }
 
@@ -263,7 +282,13 @@ class Agent:
             from .ros2_bridge import bridged_recorder
 
             recorder = bridged_recorder(bridge, recorder)
-        self.control = ControlLoop(self.robot, self.policy, recorder, self.cfg.control, self.may_start, self.operator)
+        self.control = ControlLoop(self.robot, self.policy, recorder, self.cfg.control, self.may_start, self.operator,
+                                   teleop=self.teleop, demo=self.record_episodes is not None)
+
+        def episode_ended(end: EpisodeEnd) -> None:  # on the control thread: hand it to the asyncio loop
+            loop.call_soon_threadsafe(self.on_episode, end)
+
+        self.control.on_episode = episode_ended
         space_freed = asyncio.Event()
         credential, pin = enrollment.load(self.cfg)
         uplink = Uplink(
@@ -353,7 +378,10 @@ class Agent:
         if metrics is not None:
             await metrics[0].cleanup()
         signals.remove()  # from here a signal ends the process the default way
+        self.pending_at_exit = self.spool.pending()
         self.spool.close()
+        if self.teleop is not None:
+            self.teleop.close()
         self.robot.close()
         if self.control.error is not None:
             log.error("event=agent_exit reason=control_loop_error error=%r", self.control.error)

@@ -7,6 +7,7 @@ reads it, so the control thread never waits on whoever sets it.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 
 class OperatorControls:
@@ -36,11 +37,26 @@ class OperatorControls:
             self._reward += value
 
     def take(self) -> tuple[bool, float]:
-        """(end the current episode now?, human reward to add to this step) — consumed."""
+        """(end the current episode now?, human reward label for this step) — consumed.
+
+        The label goes to the row's ``human_reward``, apart from the driver's ``reward``."""
         with self._lock:
             stop, reward = self._stop_episode, self._reward
             self._stop_episode, self._reward = False, 0.0
         return stop, reward
+
+    def apply(self, cmd: Any) -> None:
+        """One command from ROS 2 (:class:`edge_agent.ros2_bridge.Command`: ``kind``, ``value``)."""
+        if cmd.kind == "pause":
+            self.pause(bool(cmd.value))
+        elif cmd.kind == "stop_episode":
+            self.stop_episode()
+        elif cmd.kind == "start_episode":
+            self.start_episode()
+        elif cmd.kind == "intervention":
+            self.intervention = bool(cmd.value)
+        elif cmd.kind == "reward":  # a human reward label: the next step's human_reward
+            self.add_reward(float(cmd.value or 0.0))
 
     def wake(self) -> None:
         self.running.set()

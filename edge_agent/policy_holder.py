@@ -93,3 +93,12 @@ class PolicyHolder:
         if cur is None:
             return None
         return cur.act(obs, deterministic), cur.version
+
+    def success(self, obs: dict[str, np.ndarray]) -> bool | None:
+        """Whether the current policy's success classifier sees a success in ``obs``; None without one.
+
+        A learner with ``reward = "classifier"`` ships its classifier with the policy, so a robot
+        can end an episode as soon as the classifier sees the task done."""
+        cur = self.current  # one read, as in act
+        return cur.success(obs) if cur is not None else None
+

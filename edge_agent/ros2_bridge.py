@@ -8,7 +8,7 @@ out  ``status``  std_msgs/String, JSON, transient-local (late joiners get the la
 out  ``action``  std_msgs/Float64MultiArray, dim[0].label = "policy_version=<n>"
 out  ``episode`` std_msgs/String, JSON {"episode_id", "event", "t_ns"}
 in   ``cmd/episode``      std_msgs/String "start" | "stop"
-in   ``cmd/reward``       std_msgs/Float64 (a human reward label)
+in   ``cmd/reward``       std_msgs/Float64 (a human reward label, stored in ``human_reward``)
 in   ``cmd/intervention`` std_msgs/Bool
 in   ``cmd/pause``        std_msgs/Bool
 

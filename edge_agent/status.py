@@ -34,8 +34,11 @@ class LinkReport(TypedDict):
     jitter_p99_ms: float
     paused: str  # "" or why no new episode starts: operator_pause, spool_full, spool_disk_error, ...
     disk_error: str
-    intervention: bool
+    intervention: bool  # the operator's ROS 2 intervention flag
     episode_step: int
+    human_driving: bool  # a human drives through the teleop device this tick
+    interventions: int  # control ticks a human drove so far
+    takeovers: int  # times a human took control so far
 
 
 class LinkStatus(TypedDict):
@@ -70,6 +73,15 @@ class ControlStatus(TypedDict):
     paused: str
 
 
+class TeleopStatus(TypedDict):
+    device: str  # "" without a [teleop] table
+    human_driving: bool
+    interventions: int  # control ticks a human drove
+    takeovers: int  # times a human took control
+    read_errors: int  # device reads that failed (the policy kept control)
+    recording: bool  # edge-agent record: every step is a demonstration
+
+
 class AgentStatus(TypedDict):
     time: float  # wall clock of the snapshot (status.json readers judge staleness by it)
     pid: int
@@ -81,3 +93,4 @@ class AgentStatus(TypedDict):
     link: LinkStatus
     spool: SpoolStatus
     control: ControlStatus
+    teleop: TeleopStatus

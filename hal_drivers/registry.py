@@ -17,7 +17,13 @@ from shared.errors import ConfigError
 from .base import HardwareUnit, UnitDescription
 
 ENTRY_POINT_GROUP = "fleetrl.hal_drivers"
-_BUILTIN = {"mujoco_fetch": "hal_drivers.mujoco_fetch", "ros2": "hal_drivers.ros2"}
+_BUILTIN = {
+    "mujoco_fetch": "hal_drivers.mujoco_fetch", "ros2": "hal_drivers.ros2",
+    # teleop devices (UnitKind.TELEOP)
+    "keyboard": "hal_drivers.teleop.keyboard", "gamepad": "hal_drivers.teleop.evdev_device",
+    "spacemouse": "hal_drivers.teleop.evdev_device", "ros2_joy": "hal_drivers.teleop.ros2_joy",
+    "scripted_fetch": "hal_drivers.teleop.scripted",
+}
 _registry: dict[str, type[HardwareUnit]] = {}
 
 T = TypeVar("T", bound=type[HardwareUnit])
@@ -37,7 +43,7 @@ def available() -> list[str]:
     return sorted(names)
 
 
-def get(name: str) -> type[HardwareUnit]:
+def get(name: str, key: str = "robot.driver") -> type[HardwareUnit]:
     try:
         if name not in _registry and name in _BUILTIN:
             import_module(_BUILTIN[name])
@@ -46,21 +52,24 @@ def get(name: str) -> type[HardwareUnit]:
                 if ep.name == name:
                     _registry[name] = ep.load()
     except ImportError as e:
-        raise ConfigError(f"robot.driver: driver {name!r} cannot be loaded: {e} (is its extra installed?)") from None
+        raise ConfigError(f"{key}: driver {name!r} cannot be loaded: {e} (is its extra installed?)") from None
     if name not in _registry:
-        raise ConfigError(f"robot.driver: unknown driver {name!r}; available: {', '.join(available())}")
+        raise ConfigError(f"{key}: unknown driver {name!r}; available: {', '.join(available())}")
     return _registry[name]
 
 
-def create(name: str, options: dict[str, Any] | None = None, /, **kwargs: Any) -> HardwareUnit:
-    """Build a driver from its name and its options table (validated by its config class)."""
-    cls = get(name)
+def create(name: str, options: dict[str, Any] | None = None, /, section: str = "robot", **kwargs: Any) -> HardwareUnit:
+    """Build a unit from its name and its options table (validated by its config class).
+
+    ``section`` is the config table it came from (``robot``, ``teleop``), for error messages."""
+    cls = get(name, f"{section}.{'driver' if section == 'robot' else 'device'}")
     try:
         cfg = cls.config_class.model_validate(options or {})
     except ValidationError as e:
         err = e.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"robot.options.{key}: {err['msg']}") from None
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        raise ConfigError(f"{section}.options{'.' + key if key else ''}: {msg}") from None
     return cls(cfg, **kwargs)  # type: ignore[call-arg]
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -23,7 +23,7 @@ from .compression import compress, decompress
 from .errors import SchemaError
 from .image_codec import decode_image, encode_image
 from .protocol.messages import Chunk
-from .schema import NEXT_PREFIX, OBS_PREFIX, EpisodeSpec, FieldSpec
+from .schema import NEXT_PREFIX, OBS_PREFIX, SCHEMA_VERSION, V3_COLUMNS, EpisodeSpec, FieldSpec
 
 
 @dataclass
@@ -37,10 +37,13 @@ class StepRecord:
     terminated: bool
     truncated: bool
     success: bool = False
-    intervention: bool = False
+    intervention: bool = False  # a human chose ``action`` (took over from the policy)
     policy_version: int = 0
     step: int = 0
     t_ns: int = field(default_factory=time.time_ns)
+    policy_action: np.ndarray | None = None  # what the policy proposed; None: it is ``action``
+    human_reward: float = 0.0  # labels from people, apart from the driver's ``reward``
+    demo: bool = False  # part of a recorded demonstration
 
 
 def build_batch(spec: EpisodeSpec, robot_id: str, episode_id: str, steps: list[StepRecord]) -> pa.RecordBatch:
@@ -78,8 +81,12 @@ def build_batch(spec: EpisodeSpec, robot_id: str, episode_id: str, steps: list[S
     act = np.asarray([s.action for s in steps], dtype=np.float32).reshape(n, spec.action_dim)
     cols["action"] = pa.FixedSizeListArray.from_arrays(pa.array(act.ravel()), spec.action_dim)
     cols["reward"] = pa.array([s.reward for s in steps], pa.float32())
-    for flag in ("terminated", "truncated", "success", "intervention"):
+    for flag in ("terminated", "truncated", "success", "intervention", "demo"):
         cols[flag] = pa.array([bool(getattr(s, flag)) for s in steps], pa.bool_())
+    proposed = np.asarray([s.action if s.policy_action is None else s.policy_action for s in steps],
+                          dtype=np.float32).reshape(n, spec.action_dim)
+    cols["policy_action"] = pa.FixedSizeListArray.from_arrays(pa.array(proposed.ravel()), spec.action_dim)
+    cols["human_reward"] = pa.array([s.human_reward for s in steps], pa.float32())
     return pa.RecordBatch.from_arrays([cols[f.name] for f in schema], schema=schema)
 
 
@@ -161,7 +168,35 @@ def _decode_ipc(raw: bytes, spec: EpisodeSpec, max_rows: int) -> pa.RecordBatch:
     if spec.image_fields:
         _check_frames_once(batch, spec)
         _check_encoded_frames(batch, spec)
-    return batch.replace_schema_metadata(expected.metadata)
+    return upgrade(batch.replace_schema_metadata(expected.metadata))
+
+
+T = TypeVar("T", pa.RecordBatch, pa.Table)
+
+
+def upgrade(data: T) -> T:
+    """Rows of an older layout (a robot's chunk, a stored segment) in this build's: the columns schema
+    version 3 added get what such a row means (the policy's action, no human reward, no demo)."""
+    names = data.schema.names
+    if all(c in names for c in V3_COLUMNS):
+        return data
+    n = data.num_rows
+    action = data.column("action")
+    added = {"policy_action": action, "human_reward": pa.array(np.zeros(n, np.float32)),
+             "demo": pa.array(np.zeros(n, bool))}
+    meta = dict(data.schema.metadata or {})
+    meta[b"fleetrl.schema_version"] = str(SCHEMA_VERSION).encode()
+    cols = [data.column(i) for i in range(data.num_columns)]
+    fields = list(data.schema)
+    at = names.index("intervention") + 1  # where version 3 puts them (stored segments add stream_seq after)
+    for k, name in enumerate(c for c in V3_COLUMNS if c not in names):
+        typ = action.type if name == "policy_action" else pa.float32() if name == "human_reward" else pa.bool_()
+        cols.insert(at + k, added[name])
+        fields.insert(at + k, pa.field(name, typ, nullable=False))
+    schema = pa.schema(fields, metadata=meta)
+    if isinstance(data, pa.RecordBatch):
+        return pa.RecordBatch.from_arrays(cols, schema=schema)
+    return pa.Table.from_arrays(cols, schema=schema)
 
 
 def _check_encoded_frames(batch: pa.RecordBatch, spec: EpisodeSpec) -> None:

@@ -22,8 +22,12 @@ import torch
 from .errors import WeightsError
 from .observations import ImageShape, flatten, flatten_batch
 from .policy import ArchTooLarge, GaussianActor, actor_images, actor_shapes, build_actor, param_count
+from .success_classifier import PREFIX as CLASSIFIER_PREFIX
+from .success_classifier import SuccessClassifier
+from .success_classifier import build as build_classifier
+from .success_classifier import check_arch as check_classifier_arch
+from .success_classifier import shapes as classifier_shapes
 from .weights import Weights
-
 
 
 def _frame(a: np.ndarray) -> np.ndarray:
@@ -40,6 +44,18 @@ class LoadedPolicy:
     obs_fields: tuple[str, ...]  # state fields, flattened in this order
     image_fields: tuple[str, ...] = ()  # camera fields, passed as uint8 [1, H, W, C] tensors
     device: torch.device = torch.device("cpu")  # where the network lives; observations go there, actions come back
+    classifier: SuccessClassifier | None = None  # the learner's success classifier (reward = "classifier")
+    threshold: float = 0.5  # probability above which the classifier calls a frame a success
+
+    def success(self, obs: Mapping[str, np.ndarray]) -> bool | None:
+        """Whether the classifier sees success in one observation; None without a classifier."""
+        clf = self.classifier
+        if clf is None:
+            return None
+        images = {f: torch.from_numpy(_frame(np.asarray(obs[f], np.uint8)))[None].to(self.device)
+                  for f in clf.cameras}
+        with torch.inference_mode():
+            return bool(clf.probability(images)[0] > self.threshold)
 
     def act(self, obs: Mapping[str, np.ndarray], deterministic: bool) -> np.ndarray:
         """The action in [-1, 1] for one observation."""
@@ -73,21 +89,35 @@ def load_policy(weights: Weights, state_fields: Mapping[str, int], action_dim: i
     ``state_fields`` maps each state field the robot has to its flat size,
     ``image_fields`` each camera field to its HxWxC (:func:`image_shapes`);
     ``limit_name`` is the setting that ``max_params`` comes from, for the message.
+    A blob may also carry the learner's success classifier (arch entry ``classifier``,
+    tensors prefixed ``classifier.``), checked the same way and loaded beside the actor.
     """
     arch = weights.arch
+    clf_arch = arch.get("classifier")
+    clf_shapes: dict[str, tuple[int, ...]] = {}
+    clf_views: list[tuple[str, tuple[int, int, int]]] = []
     try:
         fields = tuple(str(f) for f in arch["obs_fields"])
         shapes = actor_shapes(arch["actor"])
         views = actor_images(arch["actor"])
+        if clf_arch is not None:
+            clf_views = check_classifier_arch(clf_arch)
+            clf_shapes = {CLASSIFIER_PREFIX + k: v for k, v in classifier_shapes(clf_arch).items()}
+            threshold = clf_arch.get("threshold")
+            if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+                raise ValueError(f"classifier threshold must be a number in (0, 1), got {str(threshold)[:40]}")
     except ArchTooLarge as e:
         raise WeightsError(f"policy is larger than this robot loads ({limit_name}): {e}", code="too_large") from None
     except (KeyError, TypeError, ValueError) as e:
         raise WeightsError(f"weights carry an unusable architecture: {e}") from None
-    n = param_count(shapes)
+    n = param_count(shapes) + param_count(clf_shapes)
     if n > max_params:
         raise WeightsError(f"policy has {n} parameters, more than this robot's limit {max_params} "
                            f"({limit_name})", code="too_large")
     got = {k: tuple(v.shape) for k, v in weights.tensors.items()}
+    if clf_arch is None and any(k.startswith(CLASSIFIER_PREFIX) for k in got):
+        raise WeightsError("weights carry classifier tensors but no classifier architecture")
+    shapes = {**shapes, **clf_shapes}  # the blob holds both (classifier tensors prefixed)
     if got != shapes:
         diff = sorted(set(got.items()) ^ set(shapes.items()))[:3]
         raise WeightsError(f"weights do not match the architecture they carry (first differences: {diff})")
@@ -95,13 +125,14 @@ def load_policy(weights: Weights, state_fields: Mapping[str, int], action_dim: i
     if unknown:
         raise WeightsError(f"policy reads fields this robot does not have: {unknown[:8]}")
     cameras = dict(image_fields or {})
-    for name, hwc in views:
-        if name not in cameras:
-            raise WeightsError(f"policy reads camera {name!r}, which this robot does not have "
-                               f"(cameras: {sorted(cameras)[:8]})")
-        if tuple(cameras[name]) != hwc:
-            raise WeightsError(f"policy reads camera {name!r} as {'x'.join(map(str, hwc))}, "
-                               f"this robot's is {'x'.join(map(str, cameras[name]))}")
+    for who, reads in (("policy", views), ("success classifier", clf_views)):
+        for name, hwc in reads:
+            if name not in cameras:
+                raise WeightsError(f"{who} reads camera {name!r}, which this robot does not have "
+                                   f"(cameras: {sorted(cameras)[:8]})")
+            if tuple(cameras[name]) != hwc:
+                raise WeightsError(f"{who} reads camera {name!r} as {'x'.join(map(str, hwc))}, "
+                                   f"this robot's is {'x'.join(map(str, cameras[name]))}")
     obs_dim = sum(state_fields[f] for f in fields)
     a_obs, a_act = arch["actor"]["obs_dim"], arch["actor"]["act_dim"]  # checked by actor_shapes
     if (a_obs, a_act) != (obs_dim, action_dim):
@@ -114,12 +145,21 @@ def load_policy(weights: Weights, state_fields: Mapping[str, int], action_dim: i
     try:
         # Built on the meta device and given the blob's own tensors: no random init to overwrite and no
         # second copy of every parameter (a 100M-parameter policy's init alone takes about a second).
+        actor_tensors = {k: v for k, v in weights.tensors.items() if k not in clf_shapes}
         with torch.device("meta"):
             actor = build_actor(arch["actor"], max_params)
-        actor.load_state_dict(weights.tensors, strict=True, assign=True)
+        actor.load_state_dict(actor_tensors, strict=True, assign=True)
         actor.to(device)
+        classifier = None
+        if clf_arch is not None:
+            with torch.device("meta"):
+                classifier = build_classifier(clf_arch)
+            n_prefix = len(CLASSIFIER_PREFIX)
+            classifier.load_state_dict({k[n_prefix:]: weights.tensors[k] for k in clf_shapes}, strict=True, assign=True)
+            classifier.to(device).eval()
     except Exception as e:  # noqa: BLE001 - out of memory, dtype trouble: refuse, keep the old policy
         first_line = (str(e).splitlines() or [""])[0][:200]
         raise WeightsError(f"cannot load the policy: {type(e).__name__}: {first_line}") from None
     actor.eval()
-    return LoadedPolicy(weights.version, actor, fields, tuple(name for name, _ in views), device)
+    return LoadedPolicy(weights.version, actor, fields, tuple(name for name, _ in views), device, classifier,
+                        float(clf_arch["threshold"]) if clf_arch is not None else 0.5)

@@ -6,6 +6,7 @@ robot's hello), so a chunk that does not match it is refused, not guessed at.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,8 +18,13 @@ from .errors import SchemaError
 CODECS = ("raw", "png", "jpeg")
 MAX_FIELD_ELEMENTS = 1 << 26  # 64 Mi values: a 4K RGB camera fits, an absurd spec does not
 MAX_ACTION_DIM = 4096
-SCHEMA_VERSION = 2  # 2: camera frames stored once (next_obs image columns hold the chunk's last frame only)
-STATE_ONLY_VERSIONS = (1,)  # older versions whose layout is identical for specs without image fields
+SCHEMA_VERSION = 3  # 3: policy_action, human_reward and demo columns (humans in the loop)
+FRAMES_ONCE_VERSION = 2  # from 2: camera frames stored once (next_obs image columns hold the chunk's last frame only)
+STATE_ONLY_VERSIONS = (1,)  # older versions whose layout is identical to 2 for specs without image fields
+READABLE_VERSIONS = (1, 2, 3)
+# Columns added by version 3, with the value a row of an older robot (or segment) gets: the action
+# it executed was its policy's, no human reward, not a demonstration.
+V3_COLUMNS = ("policy_action", "human_reward", "demo")
 OBS_PREFIX = "obs."
 NEXT_PREFIX = "next_obs."
 
@@ -96,6 +102,9 @@ class EpisodeSpec:
     action_dim: int
     action_low: tuple[float, ...] = field(default=())
     action_high: tuple[float, ...] = field(default=())
+    # The robot's wire layout. Chunks of an older version are upgraded to this one's layout on decode
+    # (shared.chunk.upgrade_batch), so two specs differing only here describe the same stored rows.
+    version: int = field(default=SCHEMA_VERSION, compare=False)
 
     def __post_init__(self) -> None:
         if not self.observation:
@@ -130,7 +139,7 @@ class EpisodeSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "version": SCHEMA_VERSION,
+            "version": self.version,
             "observation": {k: v.to_dict() for k, v in self.observation.items()},
             "action_dim": self.action_dim,
             "action_low": list(self.action_low),
@@ -142,7 +151,7 @@ class EpisodeSpec:
         if not isinstance(d, dict):
             raise SchemaError("episode spec must be a map")
         version = d.get("version")
-        if type(version) is not int or (version != SCHEMA_VERSION and version not in STATE_ONLY_VERSIONS):
+        if type(version) is not int or version not in READABLE_VERSIONS:
             raise SchemaError(f"unsupported episode schema version {version!r}")
         obs = d.get("observation")
         if not isinstance(obs, dict):
@@ -153,12 +162,13 @@ class EpisodeSpec:
                 action_dim=int(d["action_dim"]),
                 action_low=tuple(float(x) for x in d.get("action_low", ())),
                 action_high=tuple(float(x) for x in d.get("action_high", ())),
+                version=version,
             )
         except SchemaError:
             raise
         except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise SchemaError(f"bad episode spec: {e}") from None
-        if version != SCHEMA_VERSION and spec.image_fields:
+        if version < FRAMES_ONCE_VERSION and spec.image_fields:
             # v1 sent every camera frame twice (obs and next_obs on every row); its chunks do not fit v2 columns
             raise SchemaError(
                 f"episode spec version {version} with camera fields {spec.image_fields} comes from an older "
@@ -166,8 +176,16 @@ class EpisodeSpec:
                 f"or start a new run for data recorded by it")
         return spec
 
+    def current(self) -> "EpisodeSpec":
+        """This spec in this build's layout (what the cloud stores whatever version a robot sends)."""
+        return dataclasses.replace(self, version=SCHEMA_VERSION)
+
     def arrow_schema(self) -> pa.Schema:
-        """Schema of a chunk on the wire; the cloud adds ``stream_seq`` when it stores it.
+        """Schema of a chunk on the wire (in this spec's ``version``); the cloud adds ``stream_seq`` when it stores it.
+
+        Version 3 adds ``policy_action`` (what the policy proposed; equal to ``action`` unless a
+        human took over), ``human_reward`` (labels from people, kept apart from the driver's
+        ``reward``) and ``demo`` (the step belongs to a recorded demonstration).
 
         Frames are stored once: ``next_obs.<camera>`` is nullable and holds a frame only on a
         chunk's last row (steps in a chunk are consecutive, so row i's next frame is row i+1's
@@ -198,4 +216,10 @@ class EpisodeSpec:
             pa.field("success", pa.bool_(), nullable=False),
             pa.field("intervention", pa.bool_(), nullable=False),
         ]
-        return pa.schema(fields, metadata={"fleetrl.schema_version": str(SCHEMA_VERSION)})
+        if self.version >= 3:
+            fields += [
+                pa.field("policy_action", pa.list_(pa.float32(), self.action_dim), nullable=False),
+                pa.field("human_reward", pa.float32(), nullable=False),
+                pa.field("demo", pa.bool_(), nullable=False),
+            ]
+        return pa.schema(fields, metadata={"fleetrl.schema_version": str(self.version)})

@@ -35,7 +35,7 @@ from shared.schema import NEXT_PREFIX, OBS_PREFIX
 from .images import TableFrames, layout
 from .storage import ONE_PAGE_KEY
 from .source import IMAGES, NEXT_IMAGES, Batch
-from .writer import RingWriter
+from .writer import HUMAN_COLUMNS, RingWriter
 
 FOOTERS = 256  # segment footers kept, so a row-group read does not parse its file's footer again
 MAPPED_GROUPS = 192  # cached row groups whose frames are views of a mapped file (each keeps its file open)
@@ -106,7 +106,7 @@ class DiskHistory:
         self._cache_lock = threading.Lock()  # the LRU (held briefly: reads and draws happen outside it)
         self.loads = 0  # row groups read from disk (hits are the rest)
         self.state_columns = ([OBS_PREFIX + f for f in writer.obs_fields] + [NEXT_PREFIX + f for f in writer.obs_fields]
-                              + ["action", "reward", "terminated", "step"])
+                              + ["action", "reward", "terminated", "step", *HUMAN_COLUMNS])
         self.image_columns = [p + f for f in writer.image_fields for p in (OBS_PREFIX, NEXT_PREFIX)]
         self._states: OrderedDict[str, _SegmentState] = OrderedDict()  # small columns of recent segments, whole
         self._maps: OrderedDict[str, np.memmap] = OrderedDict()  # segment files mapped for their raw frames
@@ -143,8 +143,9 @@ class DiskHistory:
             if st is not None:
                 self._states.move_to_end(name)
                 return st
-        t = pq.ParquetFile(self.seg_dir / name, metadata=md, memory_map=True).read(self.state_columns,
-                                                                                  use_threads=False)
+        present = set(md.schema.to_arrow_schema().names)  # segments of an older layout lack the human columns (read as zeros)
+        t = pq.ParquetFile(self.seg_dir / name, metadata=md, memory_map=True).read(
+            [c for c in self.state_columns if c in present], use_threads=False)
         starts = np.cumsum([0] + [md.row_group(i).num_rows for i in range(md.num_row_groups)])
         st = _SegmentState(self.writer.rows(t), t.column("step").to_numpy(), starts, self._frames_at(name, md))
         with self._lock:

@@ -19,10 +19,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from shared.errors import SchemaError
+from shared.errors import ConfigError, SchemaError
 from shared.observations import image_shapes
 from shared.schema import EpisodeSpec
 
+from .demos import DemoRing, demo_spec, online_rows
 from .history import DiskHistory
 from .memory import FrameRing, RingStorage
 from .sampler import UniformSampler
@@ -34,18 +35,18 @@ from .writer import FRAME, Item, RingWriter, pack
 log = logging.getLogger("fleetrl.buffer")
 
 
-def spec_difference(run: EpisodeSpec, robot: EpisodeSpec) -> str:
+def spec_difference(run: EpisodeSpec, robot: EpisodeSpec, other: str = "robot") -> str:
     """The first field that differs, with both values: what an operator needs to fix the robot or start a new run."""
     a, b = run.to_dict(), robot.to_dict()
     ra, rb = a.pop("observation"), b.pop("observation")
     for name in list(ra) + [n for n in rb if n not in ra]:
         if ra.get(name) != rb.get(name):
-            return f"observation.{name}: run has {ra.get(name, 'no such field')}, robot has {rb.get(name, 'no such field')}"
+            return f"observation.{name}: run has {ra.get(name, 'no such field')}, {other} has {rb.get(name, 'no such field')}"
     if list(ra) != list(rb):
-        return f"observation field order: run has {list(ra)}, robot has {list(rb)}"
+        return f"observation field order: run has {list(ra)}, {other} has {list(rb)}"
     for key in a:
         if a[key] != b.get(key):
-            return f"{key}: run has {a[key]}, robot has {b.get(key)}"
+            return f"{key}: run has {a[key]}, {other} has {b.get(key)}"
     return "specs differ"
 
 
@@ -55,7 +56,7 @@ class ReplayBuffer:
     def __init__(self, root: Path, memory_capacity: int, obs_fields: list[str] | None = None,
                  sampler: UniformSampler | None = None, image_fields: Sequence[str] = (),
                  image_memory_bytes: int = 2 << 30, history_fraction: float = 0.0,
-                 history_cache_bytes: int = 512 << 20):
+                 history_cache_bytes: int = 512 << 20, demo_capacity: int = 0, demo_paths: Sequence[Path] = ()):
         if not 0.0 <= history_fraction <= 1.0:
             raise ValueError(f"history_fraction must be in [0, 1], got {history_fraction}")
         self.store = SegmentStore(root)
@@ -64,6 +65,8 @@ class ReplayBuffer:
         self.image_fields = list(image_fields)
         self.image_memory_bytes, self.history_fraction = image_memory_bytes, history_fraction
         self.history_cache_bytes = history_cache_bytes
+        self.demo_capacity, self.demo_paths = demo_capacity, [Path(p) for p in demo_paths]
+        self.demos: DemoRing | None = None  # demonstration and intervention rows (state runs, demo_capacity > 0)
         self.sampler = sampler or UniformSampler()
         self.spec: EpisodeSpec | None = None
         self.obs_fields: list[str] = []
@@ -74,11 +77,22 @@ class ReplayBuffer:
         self._writer: RingWriter | None = None
         self._transforms: list[Transform] = []
         self.rows_by_robot: dict[str, int] = {}
+        self._wire: dict[str, EpisodeSpec] = {}  # each linked robot's own spec (its chunks' layout)
         self.episodes: deque[dict[str, Any]] = deque(maxlen=1000)  # recent episode outcomes
         self.episodes_total = 0
+        if self.demo_paths and (self.image_fields or demo_capacity <= 0):
+            raise ConfigError("learner.demo_paths: demonstrations are kept for state-only runs (no image_fields) "
+                              "whose algorithm uses them (rlpd, bc, hg_dagger, or bc_pretrain_updates > 0); this run "
+                              f"has image_fields {self.image_fields} and a demo ring of {demo_capacity} rows")
         if self.store.manifest.spec is not None:
-            self._adopt(EpisodeSpec.from_dict(self.store.manifest.spec))
+            self._adopt(EpisodeSpec.from_dict(self.store.manifest.spec).current())
+            self._import_demos()
             self._reload()
+        elif self.demo_paths:  # a new run takes its spec from its demonstrations; robots must match them
+            self._adopt(demo_spec(self.demo_paths[0]))
+            self._import_demos()
+            assert self.spec is not None
+            self.store.set_spec(self.spec.to_dict())
 
     # ------------------------------------------------------------ SampleSource
 
@@ -115,17 +129,34 @@ class ReplayBuffer:
     def segment_count(self) -> int:
         return len(self.store.manifest.segments)
 
-    def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
+    @property
+    def demo_size(self) -> int:
+        """Demonstration and intervention rows a sample can draw from."""
+        return self.demos.size if self.demos is not None else 0
+
+    @property
+    def demo_added(self) -> int:
+        return self.demos.added if self.demos is not None else 0
+
+    def sample(self, batch_size: int, rng: np.random.Generator, demo_fraction: float = 0.0) -> Batch:
         """Uniform rows from memory, actions normalised to [-1, 1].
 
+        ``demo_fraction`` of the batch (rounded) comes from the demo ring while it has rows.
         With cameras, also their frames; and ``history_fraction`` of the batch from
         rows on disk that memory no longer holds (all of it while memory holds none).
         """
         if self.memory is None:
             raise ValueError("cannot sample before the run's spec is known")
         if self.frames is None:
-            with self.memory.lock:  # one size for the draw and the rows it names
-                batch = self.memory.get(self.sampler.indices(self.memory.size, batch_size, rng))
+            n_demo = int(round(batch_size * demo_fraction)) if self.demo_size > 0 else 0
+            batch = {}
+            if n_demo < batch_size:
+                with self.memory.lock:  # one size for the draw and the rows it names
+                    batch = self.memory.get(self.sampler.indices(self.memory.size, batch_size - n_demo, rng))
+            if n_demo:
+                assert self.demos is not None
+                demo = self.demos.sample(n_demo, rng)
+                batch = {k: np.concatenate([batch[k], v]) for k, v in demo.items()} if batch else demo
         else:
             batch = self._sample_images(batch_size, rng)
         for t in self._transforms:
@@ -205,15 +236,25 @@ class ReplayBuffer:
 
     # ------------------------------------------------------------------ writes
 
-    def check_spec(self, spec: EpisodeSpec) -> None:
-        """The first robot fixes the run's spec; later robots must match it."""
+    def check_spec(self, spec: EpisodeSpec, robot_id: str | None = None) -> None:
+        """The first robot fixes the run's spec; later robots must match it.
+
+        A robot of an older fleetrl may send an older layout of the same spec: its chunks are
+        decoded in its layout (``wire_spec``) and stored in this build's."""
         if self.spec is None:
-            self._adopt(spec)
-            self.store.set_spec(spec.to_dict())
+            current = spec.current()
+            self._adopt(current)
+            self.store.set_spec(current.to_dict())
             log.info("event=run_spec_set fields=%s action_dim=%d", list(spec.observation), spec.action_dim)
         elif spec != self.spec:
             raise SchemaError(f"robot's episode spec differs from this run's spec: {spec_difference(self.spec, spec)}",
                               code="spec_mismatch")
+        if robot_id is not None:
+            self._wire[robot_id] = spec
+
+    def wire_spec(self, robot_id: str) -> EpisodeSpec | None:
+        """The layout this robot's chunks come in (its hello's spec; the run's if it sent none here)."""
+        return self._wire.get(robot_id, self.spec)
 
     def _adopt(self, spec: EpisodeSpec) -> None:
         fields = self.requested_fields or spec.state_fields
@@ -239,6 +280,15 @@ class ReplayBuffer:
             self.frames = frames
             self.history = DiskHistory(self.store.seg_dir, writer, self.history_cache_bytes)
         self._transforms = [NormaliseAction(spec)]
+        if self.demo_capacity > 0 and frames is None:
+            self.demos = DemoRing(self.demo_capacity, writer)
+
+    def _import_demos(self) -> None:
+        """``learner.demo_paths`` into the demo ring (all or nothing; ConfigError naming the path and field)."""
+        if self.demos is not None and self.demo_paths:
+            assert self.spec is not None
+            n = self.demos.load_imports(self.demo_paths, self.spec)
+            log.info("event=demos_imported paths=%d rows=%d demo_rows=%d", len(self.demo_paths), n, self.demos.size)
 
     def _reload(self) -> None:
         """Recovery: newest segments back into memory, until it is full."""
@@ -255,16 +305,22 @@ class ReplayBuffer:
         if self.history is not None:
             for seg in segments[: len(segments) - len(tables)]:
                 self.history.add(seg.name)
+        if self.demos is not None:  # demo rows older than memory's, before those memory's rows bring
+            self.demos.reload(self.store.seg_dir, segments[: len(segments) - len(tables)], self.store.read_segment)
         for seg, t in zip(segments[len(segments) - len(tables):], reversed(tables)):
             self._index(t, seg.name)
         for seg in segments:
             for rid, (_, _, rows) in seg.robots.items():
                 self.rows_by_robot[rid] = self.rows_by_robot.get(rid, 0) + rows
-        log.info("event=buffer_recovered segments=%d rows=%d in_memory=%d", len(segments), self.rows, self.memory.size)
+        log.info("event=buffer_recovered segments=%d rows=%d in_memory=%d demo_rows=%d", len(segments), self.rows,
+                 self.memory.size, self.demo_size)
 
     def _index(self, table: pa.Table, segment: str | None = None) -> None:
         assert self.memory is not None and self._writer is not None
         if self.frames is None:
+            if self.demos is not None:  # demonstrations go to the demo ring only, interventions to both (HIL-SERL)
+                self.demos.add(table)
+                table = online_rows(table)
             self._writer.write(self.memory, table)
         else:
             assert self.history is not None
@@ -274,7 +330,8 @@ class ReplayBuffer:
                     self.history.add(segment)
                 self._writer.write(self.memory, table, self.frames, frames)
                 self._recount()
-        ends = table.filter(pc.or_(table.column("terminated"), table.column("truncated")))
+        live = online_rows(table)  # recorded demonstrations say nothing of how the policy does
+        ends = live.filter(pc.or_(live.column("terminated"), live.column("truncated")))
         for rid, succ, ver in zip(
             ends.column("robot_id").to_pylist(), ends.column("success").to_pylist(), ends.column("policy_version").to_pylist()
         ):

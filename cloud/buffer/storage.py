@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from shared.chunk import upgrade
 from shared.errors import StorageError
 from shared.faults import crash_point
 from shared.fsutil import atomic_write, fsync_dir
@@ -269,4 +270,5 @@ class SegmentStore:
                 w.write_table(table.slice(a, b - a).replace_schema_metadata(schema.metadata), row_group_size=b - a)
 
     def read_segment(self, name: str, columns: list[str] | None = None) -> pa.Table:
-        return pq.read_table(self.seg_dir / name, columns=columns)
+        table = pq.read_table(self.seg_dir / name, columns=columns)
+        return upgrade(table) if columns is None else table

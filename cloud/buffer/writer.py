@@ -22,6 +22,9 @@ from .images import TableFrames, table_frames
 from .memory import FrameRing, RingStorage
 from .source import IMAGES, NEXT_IMAGES
 
+# Per-row marks of people's part in a step, served in every batch as float32 (0/1 for the flags):
+# what RLPD's demo sampling, BC/HG-DAgger and the "human" reward read.
+HUMAN_COLUMNS = ("human_reward", "intervention", "demo")
 FRAME = "frame"  # ring column with images: the row's obs frame number in the FrameRing (next frame: + 1)
 Item = tuple[str, int, Union[pa.RecordBatch, Lost]]  # robot id, stream seq, chunk rows or a reported loss
 
@@ -53,6 +56,13 @@ def pack(items: list[Item]) -> Packed:
     return out
 
 
+def _scalar(table: pa.Table | pa.RecordBatch, name: str, n: int) -> np.ndarray:
+    """A per-row number as float32; zeros for a column rows of an older layout lack (schema version < 3)."""
+    if name not in table.schema.names:
+        return np.zeros(n, np.float32)
+    return table.column(name).to_numpy(zero_copy_only=False).astype(np.float32)
+
+
 def _flat(column: pa.Array | pa.ChunkedArray, n: int) -> np.ndarray:
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
@@ -77,6 +87,7 @@ class RingWriter:
         """The ring's column shapes (per row)."""
         cols: dict[str, tuple[int, ...]] = {"obs": (self.obs_dim,), "action": (self.act_dim,), "reward": (),
                                             "next_obs": (self.obs_dim,), "terminated": ()}
+        cols.update({k: () for k in HUMAN_COLUMNS})
         if self.image_fields:
             cols[FRAME] = ()
         return cols
@@ -104,6 +115,7 @@ class RingWriter:
             "reward": table.column("reward").to_numpy(),
             "next_obs": self._state(table, NEXT_PREFIX, n),
             "terminated": table.column("terminated").to_numpy(zero_copy_only=False).astype(np.float32),
+            **{k: _scalar(table, k, n) for k in HUMAN_COLUMNS},
         }
 
     def _state(self, table: pa.Table | pa.RecordBatch, prefix: str, n: int) -> np.ndarray:

@@ -134,7 +134,7 @@ class BufferShard:
         """A producer without a websocket (a rollout worker) joins: spec check, source tag, resume point."""
         app = await self._ensure()
         buf = app[BUFFER]
-        buf.check_spec(EpisodeSpec.from_dict(spec))
+        buf.check_spec(EpisodeSpec.from_dict(spec), robot_id)
         sources = dict(buf.extra(SOURCES) or {})
         if sources.get(robot_id) != source:
             sources[robot_id] = source

@@ -56,3 +56,27 @@ def lerobot_unsupported() -> str:
         "between releases); fleetrl episodes carry per-step timestamps and per-camera codecs instead. "
         "Use --format mcap, or convert the Parquet segments under <data_dir>/buffer/segments yourself."
     )
+
+
+def import_demos(
+    files: list[Path] = typer.Argument(..., help="MCAP episode files, or directories searched for *.mcap"),
+    like: Path = typer.Option(..., "--like", help="data_dir of the run the demos are for (its spec: fields, action bounds)"),
+    out: Path = typer.Option(..., "--out", "-o", help="new directory for the demo dataset (learner.demo_paths)"),
+    robot: str = typer.Option("import", "--robot", help="robot id the imported rows are stored under"),
+) -> None:
+    """Import demonstrations: MCAP episodes (as `cloud-learner export` writes them) into a demo dataset that
+    learner.demo_paths loads. Every file is checked against the run's spec before anything is written."""
+    if importlib.util.find_spec("mcap") is None or importlib.util.find_spec("mcap_ros2") is None:
+        typer.echo("cloud-learner demos import: needs mcap and mcap-ros2-support: pip install 'fleetrl[ros2]'", err=True)
+        raise typer.Exit(2)
+    from .episodes import BufferEpisodes
+    from .mcap_import import import_mcap
+
+    try:
+        report = import_mcap(files, BufferEpisodes(like).spec, out, robot_id=robot)
+    except FleetError as e:
+        typer.echo(f"cloud-learner demos import: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"imported {report.episodes} demo episodes ({report.steps} steps) into {out}; "
+               f'use it with learner.demo_paths = ["{out}"]')
+

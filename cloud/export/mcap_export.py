@@ -13,7 +13,10 @@ values are stamped with the step's ``t_ns``:
                            following step's frames, already written)
 ``/fleetrl/action``       std_msgs/Float32MultiArray
 ``/fleetrl/reward``       std_msgs/Float32
-``/fleetrl/step``         std_msgs/String, JSON: step, policy_version, stream_seq and the flags
+``/fleetrl/policy_action`` std_msgs/Float32MultiArray: what the policy proposed (differs from
+                           ``action`` where a human took over)
+``/fleetrl/step``         std_msgs/String, JSON: step, policy_version, stream_seq, the flags
+                           (terminated, truncated, success, intervention, demo) and human_reward
 
 Messages are encoded by rosbags (the codec the ROS 2 driver uses) and the
 schemas are the ``ros2msg`` definitions rosbag2's MCAP plugin writes.
@@ -129,7 +132,11 @@ def write_episode(ep: Episode, spec: EpisodeSpec, out_dir: Path) -> Path:
             _observation(f, spec, row, OBS_PREFIX, t)
             f.write("/fleetrl/action", F32_ARRAY, _f32_array(np.asarray(row["action"]), "action"), t)
             f.write("/fleetrl/reward", "std_msgs/msg/Float32", types.new("std_msgs/msg/Float32", data=float(row["reward"])), t)
+            proposed = row.get("policy_action", row["action"])
+            f.write("/fleetrl/policy_action", F32_ARRAY, _f32_array(np.asarray(proposed), "policy_action"), t)
             info = {k: row[k] for k in ("step", "policy_version", "terminated", "truncated", "success", "intervention")}
+            info["demo"] = bool(row.get("demo", False))
+            info["human_reward"] = float(row.get("human_reward", 0.0))
             info["stream_seq"] = int(row["stream_seq"]) if "stream_seq" in row else None
             f.write("/fleetrl/step", "std_msgs/msg/String", types.new("std_msgs/msg/String", data=json.dumps(info)), t)
         if rows:  # the final next observation, one mean step period after the last step

@@ -14,6 +14,12 @@ while the actor and temperature losses see detached features (the encoder
 learns from the critic only), and next-state features come from the same
 encoder under ``no_grad``. Frames travel to the device as uint8, get a random
 shift there, and the encoder converts them to float.
+
+RLPD (Ball et al. 2023) is this core with ``critics`` > 2 (10), ``critic_layer_norm``
+and a target that is the min over a random ``critic_subset`` (2) of the target
+critics, drawn from the SAC's own generator; the actor then maximises the
+ensemble's mean Q. The defaults (twin critics, no LayerNorm) draw nothing extra
+and compute exactly what plain SAC did.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from shared.policy import CNNActor, GaussianActor, ImageEncoder, build_actor, cnn, mlp
 
@@ -50,6 +57,10 @@ class SACConfig:
     encoder_channels: tuple[int, ...] = (32, 32, 32, 32)
     encoder_latent: int = 64
     augment_pad: int = 4  # random-shift pixels for camera frames (0: off)
+    # RLPD (Ball et al. 2023): 10 critics, target = min over a random 2 of them, LayerNorm. Default: twin critics.
+    critics: int = 2
+    critic_subset: int = 2
+    critic_layer_norm: bool = False
 
 
 def actor_arch(obs_dim: int, act_dim: int, cfg: SACConfig) -> dict[str, Any]:
@@ -65,9 +76,14 @@ def actor_arch(obs_dim: int, act_dim: int, cfg: SACConfig) -> dict[str, Any]:
 
 
 class QEnsemble(nn.Module):
-    """``n`` independent Q(s, a) MLPs evaluated together with batched matmuls."""
+    """``n`` independent Q(s, a) MLPs evaluated together with batched matmuls.
 
-    def __init__(self, in_dim: int, hidden: tuple[int, ...], n: int = 2) -> None:
+    ``layer_norm``: each hidden layer normalised (per member, with its own gain and
+    bias) before the ReLU, as RLPD's critics are: it keeps Q bounded on actions the
+    demonstrations never took.
+    """
+
+    def __init__(self, in_dim: int, hidden: tuple[int, ...], n: int = 2, layer_norm: bool = False) -> None:
         super().__init__()
         dims = [in_dim, *hidden, 1]
         self.weights = nn.ParameterList()
@@ -76,6 +92,12 @@ class QEnsemble(nn.Module):
             bound = 1.0 / math.sqrt(d_in)  # same init as nn.Linear
             self.weights.append(nn.Parameter(torch.empty(n, d_in, d_out).uniform_(-bound, bound)))
             self.biases.append(nn.Parameter(torch.empty(n, 1, d_out).uniform_(-bound, bound)))
+        self.norm_gains = nn.ParameterList()
+        self.norm_biases = nn.ParameterList()
+        if layer_norm:
+            for d in hidden:
+                self.norm_gains.append(nn.Parameter(torch.ones(n, 1, d)))
+                self.norm_biases.append(nn.Parameter(torch.zeros(n, 1, d)))
         self.n = n
 
     def forward(self, x: Tensor, detach_params: bool = False) -> Tensor:
@@ -91,6 +113,11 @@ class QEnsemble(nn.Module):
                 w, b = w.detach(), b.detach()
             h = torch.baddbmm(b, h, w)
             if i < last:
+                if len(self.norm_gains):
+                    g, nb = self.norm_gains[i], self.norm_biases[i]
+                    if detach_params:
+                        g, nb = g.detach(), nb.detach()
+                    h = torch.addcmul(nb, F.layer_norm(h, h.shape[-1:]), g)
                 h = h.relu_()
         return h.squeeze(-1)
 
@@ -116,7 +143,10 @@ class SAC:
             self._cnn: CNNActor | None = self.actor if isinstance(self.actor, CNNActor) else None
             self.encoder: ImageEncoder | None = self._cnn.encoder if self._cnn is not None else None
             feature_dim = self.encoder.feature_dim if self.encoder is not None else 0
-            self.critic = QEnsemble(feature_dim + obs_dim + act_dim, hidden).to(self.device)
+            if not 1 <= cfg.critic_subset <= cfg.critics:
+                raise ValueError(f"critic_subset ({cfg.critic_subset}) must be in 1..critics ({cfg.critics})")
+            self.critic = QEnsemble(feature_dim + obs_dim + act_dim, hidden, cfg.critics,
+                                    cfg.critic_layer_norm).to(self.device)
             self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = torch.tensor(
             math.log(cfg.init_alpha), device=self.device, requires_grad=True
@@ -157,6 +187,13 @@ class SAC:
             return self.actor.sample(obs, self.generator)
         return self._cnn.sample_features(features, obs, self.generator)
 
+    def _target_min(self, q: Tensor) -> Tensor:
+        """Min over ``critic_subset`` members drawn at random (all of them when the subset is the ensemble)."""
+        k = self.cfg.critic_subset
+        if k < q.shape[0]:
+            q = q[torch.randperm(q.shape[0], generator=self.generator, device=self.device)[:k]]
+        return q.min(0).values
+
     @staticmethod
     def _sa(features: Tensor | None, obs: Tensor, action: Tensor) -> Tensor:
         return torch.cat([obs, action] if features is None else [features, obs, action], -1)
@@ -186,7 +223,7 @@ class SAC:
 
         with torch.no_grad():
             next_a, next_logp = self._sample(next_feat, next_obs)
-            q_next = self.critic_target(self._sa(next_feat, next_obs, next_a)).min(0).values
+            q_next = self._target_min(self.critic_target(self._sa(next_feat, next_obs, next_a)))
             target = reward + gamma * not_done * (q_next - alpha * next_logp)
 
         q = self.critic(self._sa(feat, obs, action))  # [2, B]
@@ -194,7 +231,9 @@ class SAC:
 
         feat_d = None if feat is None else feat.detach()  # actor and alpha: no gradient into the encoder
         pi_a, logp = self._sample(feat_d, obs)
-        q_pi = self.critic(self._sa(feat_d, obs, pi_a), detach_params=True).min(0).values
+        q_all = self.critic(self._sa(feat_d, obs, pi_a), detach_params=True)
+        # Twin critics: the min (SAC); an ensemble: the mean (RLPD, REDQ), its subset min is for the target only.
+        q_pi = q_all.min(0).values if self.critic.n == 2 else q_all.mean(0)
         actor_loss = (alpha * logp - q_pi).mean()
 
         alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
@@ -254,6 +293,11 @@ class SAC:
                 f"checkpoint dims (obs={d['obs_dim']}, act={d['act_dim']}) do not match "
                 f"this SAC (obs={self.obs_dim}, act={self.act_dim})"
             )
+        theirs = d.get("cfg", {})
+        for key in ("critics", "critic_layer_norm"):
+            mine, saved = getattr(self.cfg, key), theirs.get(key, getattr(SACConfig(), key))
+            if saved != mine:
+                raise ValueError(f"checkpoint has {key} = {saved}, this SAC {key} = {mine}")
         if "actor_arch" in d and _plain(d["actor_arch"]) != _plain(self.actor.arch()):
             raise ValueError(f"checkpoint policy arch {d['actor_arch']} does not match this SAC's {self.actor.arch()}")
         self.actor.load_state_dict(d["actor"])

@@ -1,11 +1,13 @@
-"""The training thread: samples the buffer, updates SAC, hands out weights.
+"""The training thread: samples the buffer, updates the learner, hands out weights.
 
 It never blocks ingest or robots: it waits on a condition that ingest
 notifies when new rows are durable, bounded by the update-to-data ratio, and
 publishes by handing a finished blob to a callback. It trains on the device
 ``learner.device`` names, a state MLP or a CNN over the cameras in
 ``learner.image_fields``, and samples through a background prefetcher so the
-update never waits on I/O.
+update never waits on I/O. ``learner.algorithm`` picks the learner and what it
+samples (:mod:`.algorithms`); ``learner.reward`` what reward each batch carries
+(:mod:`.rewards`), whose parts (a classifier) ship with every published policy.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from shared.weights import WeightsBlob, decode_weights, encode_weights
 
 from ..buffer import Dims, SampleSource
 from ..buffer.prefetch import Prefetcher
-from . import checkpoint
-from .sac import SAC, SACConfig
+from . import algorithms, checkpoint
+from .algorithms import Algorithm
+from .rewards import RewardSource, build_reward
+from .sac import SACConfig
 
 log = logging.getLogger("fleetrl.trainer")
 
@@ -46,7 +50,10 @@ class Trainer(threading.Thread):
         self.resumed_from: int | None = None
         self.published = published  # the newest policy robots already have (from an earlier run), if any
         self.resumed_from_policy: int | None = None  # its version, when training continues from its weights
-        self._sac: SAC | None = None
+        self._sac: Algorithm | None = None  # the learner (SAC, or BC for bc/hg_dagger)
+        self._source: SampleSource = buffer  # what it samples (the mixed batch for rlpd, the demo ring for bc)
+        self._reward: RewardSource | None = None
+        self._bc_pretrained = 0  # behaviour-cloning warm-start updates done (checkpointed: done once per run)
         self._prefetcher: Prefetcher | None = None
         self.device: torch.device | None = None  # where training runs, once it has started
         self._published_at = 0
@@ -57,11 +64,16 @@ class Trainer(threading.Thread):
         self._cond = threading.Condition()
         self._stopping = False
 
-    def _publish(self, sac: SAC) -> None:
+    def _publish(self, sac: Algorithm) -> None:
         self.version += 1
         self._published_at = self.updates
-        arch = {"actor": sac.actor.arch(), "obs_fields": self._obs_fields()}
-        self.publish(encode_weights(sac.actor_state(), self.version, arch))
+        arch: dict[str, Any] = {"actor": sac.actor.arch(), "obs_fields": self._obs_fields()}
+        tensors = sac.actor_state()
+        if self._reward is not None:  # a classifier reward ships with the policy (robots end episodes on success)
+            extra_tensors, extra_arch = self._reward.publish_parts()
+            tensors.update(extra_tensors)
+            arch.update(extra_arch)
+        self.publish(encode_weights(tensors, self.version, arch))
 
     def save_checkpoint(self) -> None:
         """Everything a --resume needs, atomically (on the trainer thread)."""
@@ -69,7 +81,8 @@ class Trainer(threading.Thread):
             return
         t0 = time.monotonic()
         checkpoint.save(self.checkpoint_path, {
-            "sac": self._sac.state_dict(), "rng": self._rng_state(), "updates": self.updates,
+            "sac": self._sac.state_dict(), "algorithm": self.cfg.algorithm, "bc_pretrained": self._bc_pretrained,
+            "rng": self._rng_state(), "updates": self.updates,
             "policy_version": self.version, "buffer_rows": self.buffer.rows,
             "buffer_segments": self.buffer.segment_count,
         })
@@ -81,7 +94,7 @@ class Trainer(threading.Thread):
             return self._prefetcher.rng_state()
         return dict(self._rng.bit_generator.state)
 
-    def _restore(self, sac: SAC, rng: np.random.Generator) -> None:
+    def _restore(self, sac: Algorithm, rng: np.random.Generator) -> None:
         """Continue from the checkpoint, and never behind the policy robots already
         run: a published policy newer than the checkpoint (or with no checkpoint
         at all) gives the actor its weights. Whatever happens is logged."""
@@ -89,12 +102,16 @@ class Trainer(threading.Thread):
         if self.resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
             state = checkpoint.load(self.checkpoint_path)
             try:
+                saved = state.get("algorithm", "sac")  # checkpoints from before there was a choice: sac
+                if saved != self.cfg.algorithm:
+                    raise ValueError(f'learner.algorithm was "{saved}", now "{self.cfg.algorithm}"')
                 sac.load_state_dict(state["sac"])
             except ValueError as e:  # the run's learner settings changed since: not a crash, a choice to make
                 raise ConfigError(f"{self.checkpoint_path} was trained with other learner settings ({e}); restore "
                                   "those settings to resume, or start a new run in a new data_dir") from None
             rng.bit_generator.state = state["rng"]
             self.updates = int(state["updates"])
+            self._bc_pretrained = int(state.get("bc_pretrained", 0))
             ckpt_version = int(state["policy_version"])
             self.version = max(self.version, ckpt_version)
             self.resumed_from = self.updates
@@ -131,6 +148,8 @@ class Trainer(threading.Thread):
         self.device = resolve_device(self.cfg.device)  # ConfigError now, not once learning_starts rows are in
         if self.cfg.encoder_weights is not None:
             checkpoint.check_encoder_weights_file(Path(self.cfg.encoder_weights))
+        algorithms.check_source(self.cfg, self.buffer, self.buffer.dims)
+        self._source = algorithms.source_for(self.cfg, self.buffer)
         if self.checkpoint_path is None or not self.checkpoint_path.exists():
             if self.published is not None:
                 log.warning("event=resume_without_checkpoint checkpoint=none published_policy=v%d "
@@ -155,7 +174,12 @@ class Trainer(threading.Thread):
         return list(dims.obs_fields) if dims is not None else []
 
     def _allowed(self) -> bool:
-        if self.buffer.dims is None or self.buffer.size < self.cfg.learning_starts:
+        if self.buffer.dims is None:
+            return False
+        if self.cfg.algorithm in algorithms.CLONING:  # learns from the demo ring alone, as soon as it has rows
+            demo_size = int(getattr(self.buffer, "demo_size", 0))
+            return demo_size > 0 and self.updates < self.cfg.utd_ratio * int(getattr(self.buffer, "demo_added", 0))
+        if self.buffer.size < self.cfg.learning_starts:
             return False
         return self.updates < self.cfg.utd_ratio * self.buffer.added
 
@@ -185,24 +209,30 @@ class Trainer(threading.Thread):
         return SACConfig(hidden=tuple(cfg.hidden), lr=cfg.lr, gamma=cfg.gamma, tau=cfg.tau,
                          batch_size=cfg.batch_size, init_alpha=cfg.init_alpha, images=images,
                          encoder_channels=tuple(cfg.encoder_channels), encoder_latent=cfg.encoder_latent,
-                         augment_pad=cfg.augment_pad)
+                         augment_pad=cfg.augment_pad, critics=cfg.critics, critic_subset=cfg.critic_subset,
+                         critic_layer_norm=cfg.critic_layer_norm)
 
-    def _build(self, dims: Dims) -> SAC:
+    def _build(self, dims: Dims) -> Algorithm:
         device = self.device if self.device is not None else resolve_device(self.cfg.device)
         self.device = device
-        sac = SAC(dims.obs_dim, dims.act_dim, self._sac_config(dims), device=device, seed=self.cfg.seed)
+        algorithms.check_source(self.cfg, self.buffer, dims)
+        self._source = algorithms.source_for(self.cfg, self.buffer)
+        sac = algorithms.build(self.cfg, dims, self._sac_config(dims), device)
         if self.cfg.encoder_weights is not None:
-            if sac.encoder is None:
+            encoder = getattr(sac, "encoder", None)
+            if encoder is None:
                 raise ConfigError(f"learner.encoder_weights = {str(self.cfg.encoder_weights)!r} but the policy "
                                   f"({self.cfg.policy_kind}) has no image encoder: set learner.image_fields")
-            n = checkpoint.load_encoder_weights(Path(self.cfg.encoder_weights), sac.encoder)
+            n = checkpoint.load_encoder_weights(Path(self.cfg.encoder_weights), encoder)
             log.info("event=encoder_weights_loaded path=%s tensors=%d", self.cfg.encoder_weights, n)
         return sac
 
     def _sample(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         if self._prefetcher is not None:
-            return self._prefetcher.get()
-        return {k: torch.from_numpy(v) for k, v in self.buffer.sample(self.cfg.batch_size, rng).items()}
+            batch = self._prefetcher.get()
+        else:
+            batch = {k: torch.from_numpy(v) for k, v in self._source.sample(self.cfg.batch_size, rng).items()}
+        return batch if self._reward is None else self._reward(batch)
 
     def _run(self) -> None:
         torch.set_num_threads(self.cfg.threads)
@@ -213,24 +243,28 @@ class Trainer(threading.Thread):
         dims = self.buffer.dims
         assert dims is not None
         sac = self._build(dims)
+        self._reward = build_reward(self.cfg, dims)
         if sac.device.type == "cuda":  # cuda:N: this thread's kernels and CUDA context go to that GPU, not GPU 0
             torch.cuda.set_device(sac.device)
         rng = np.random.default_rng(self.cfg.seed)
         self._restore(sac, rng)
         self._sac, self._rng = sac, rng
+        if self._bc_pretrained == 0 and self.resumed_from is None and self.cfg.algorithm not in algorithms.CLONING:
+            self._bc_pretrained = algorithms.pretrain(sac, self.buffer, self.cfg, rng)
         if self.cfg.prefetch_batches > 0:  # after the restore: it draws from the checkpointed generator state
-            self._prefetcher = Prefetcher(self.buffer, self.cfg.batch_size, rng, depth=self.cfg.prefetch_batches,
+            self._prefetcher = Prefetcher(self._source, self.cfg.batch_size, rng, depth=self.cfg.prefetch_batches,
                                           pin_memory=sac.device.type == "cuda")
-        log.info("event=training_started obs_dim=%d act_dim=%d rows=%d policy=%s cameras=%s device=%s prefetch=%d",
-                 dims.obs_dim, dims.act_dim, self.buffer.size, sac.actor.arch()["kind"], list(sac.image_fields),
-                 sac.device, self.cfg.prefetch_batches)
+        log.info("event=training_started algorithm=%s reward=%s obs_dim=%d act_dim=%d rows=%d demo_rows=%d policy=%s "
+                 "cameras=%s device=%s prefetch=%d", self.cfg.algorithm, self._reward.name, dims.obs_dim,
+                 dims.act_dim, self.buffer.size, int(getattr(self.buffer, "demo_size", 0)), sac.actor.arch()["kind"],
+                 list(sac.image_fields), sac.device, self.cfg.prefetch_batches)
         try:
             self._loop(sac)
         finally:
             if self._prefetcher is not None:
                 self._prefetcher.close()
 
-    def _loop(self, sac: SAC) -> None:
+    def _loop(self, sac: Algorithm) -> None:
         t_last, n_last = time.monotonic(), 0
         while True:
             if self.cfg.publish_when_idle and not self._allowed() and self.updates > self._published_at:

@@ -93,7 +93,7 @@ def test_mcap_export_matches_the_buffer(run_dir, tmp_path):
         got = _read(tmp_path / "out" / rid / f"{eid}.mcap")
         assert {k: len(v) for k, v in got.items()} == {
             "/fleetrl/obs/q": n + 1, "/fleetrl/obs/cam": n + 1, "/fleetrl/obs/wrist": n + 1,
-            "/fleetrl/action": n, "/fleetrl/reward": n, "/fleetrl/step": n,
+            "/fleetrl/action": n, "/fleetrl/reward": n, "/fleetrl/step": n, "/fleetrl/policy_action": n,
         }
         for i, r in enumerate(mine):
             assert got["/fleetrl/action"][i][1] == r["t_ns"]
@@ -108,7 +108,9 @@ def test_mcap_export_matches_the_buffer(run_dir, tmp_path):
             assert wrist[0] == "sensor_msgs/msg/CompressedImage" and wrist[2].format == "png"
             assert bytes(wrist[2].data) == r["obs.wrist"]
             info = json.loads(got["/fleetrl/step"][i][2].data)
-            assert info == {k: r[k] for k in ("step", "policy_version", "terminated", "truncated", "success", "intervention", "stream_seq")}
+            assert info == {k: r[k] for k in ("step", "policy_version", "terminated", "truncated", "success", "intervention",
+                                              "stream_seq", "demo", "human_reward")}
+            assert got["/fleetrl/policy_action"][i][2].data == pytest.approx(r["policy_action"])
         assert list(got["/fleetrl/obs/q"][n][2].data) == pytest.approx(mine[-1]["next_obs.q"])
         assert bytes(got["/fleetrl/obs/cam"][n][2].data) == mine[-1]["next_obs.cam"]
         assert got["/fleetrl/obs/q"][n][1] > mine[-1]["t_ns"]

@@ -269,7 +269,7 @@ def test_state_only_sampling_is_unchanged_on_a_camera_spec(tmp_path):
     Fleet(chunk=5).segment(buf, [7, 5])  # 24 rows into a ring of 16
     assert buf.dims == Dims(3, 2, ("pos",)) and buf.frames is None and buf.history is None
     got = buf.sample(64, np.random.default_rng(5))
-    assert sorted(got) == ["action", "next_obs", "obs", "reward", "terminated"]
+    assert sorted(got) == ["action", "demo", "human_reward", "intervention", "next_obs", "obs", "reward", "terminated"]
     assert buf.memory is not None
     want = buf.memory.get(UniformSampler().indices(16, 64, np.random.default_rng(5)))
     for k in ("obs", "next_obs", "reward", "terminated"):

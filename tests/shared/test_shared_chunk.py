@@ -345,7 +345,8 @@ def test_arrow_schema_layout():
     schema = SPEC.arrow_schema()
     assert schema.metadata == {b"fleetrl.schema_version": str(SCHEMA_VERSION).encode()}
     assert schema.names[:5] == ["robot_id", "episode_id", "step", "t_ns", "policy_version"]
-    assert schema.names[-6:] == ["action", "reward", "terminated", "truncated", "success", "intervention"]
+    assert schema.names[-9:] == ["action", "reward", "terminated", "truncated", "success", "intervention",
+                                 "policy_action", "human_reward", "demo"]
     for name in SPEC.observation:
         assert f"obs.{name}" in schema.names and f"next_obs.{name}" in schema.names
     nullable = {f.name for f in schema if f.nullable}

@@ -235,3 +235,10 @@ def test_link_url_must_be_websocket(tmp_path, url):
 @pytest.mark.parametrize("url", ["ws://127.0.0.1:8765/ws", "wss://learner.example.org/ws"])
 def test_link_url_accepts_ws_and_wss(tmp_path, url):
     assert load(AgentConfig, write(tmp_path, f'robot_id = "r"\n[link]\nurl = "{url}"\n')).link.url == url
+
+
+def test_path_lists_resolve_against_the_file_too(tmp_path, monkeypatch):
+    p = write(tmp_path, f'[learner]\ndemo_paths = ["demos/a", "{tmp_path / "abs"}"]\n')
+    monkeypatch.chdir(tmp_path)
+    cfg = load(LearnerConfig, p)
+    assert cfg.learner.demo_paths == [p.parent.resolve() / "demos" / "a", tmp_path / "abs"]
