@@ -16,7 +16,8 @@ from . import common as C
 from .report import write_docs
 
 NAMES = {"compress": "compress", "ingest": "ingest", "weights": "weights", "jitter": "jitter",
-         "async": "async_pipeline", "wan": "wan", "buffer": "buffer", "pixels": "pixels"}
+         "async": "async_pipeline", "wan": "wan", "buffer": "buffer", "pixels": "pixels",
+         "hil": "hil"}
 
 
 def run_one(name: str, quick: bool) -> C.Result:

@@ -147,6 +147,9 @@ def train(
     if len(set(camera)) != len(camera):
         typer.echo("cloud-learner classifier train: a --camera is named twice", err=True)
         raise typer.Exit(2)
+    if out.is_dir():  # said before the reading and training, not after
+        typer.echo(f"cloud-learner classifier train: --out {out} is a directory; name the file to write", err=True)
+        raise typer.Exit(2)
     console = Console(stderr=True)
     cols = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
             TextColumn("{task.fields[note]}"), TimeElapsedColumn())
@@ -172,7 +175,11 @@ def train(
     except (OSError, pa.ArrowException) as e:  # a damaged or unreadable segment
         typer.echo(f"cloud-learner classifier train: cannot read the data: {e}", err=True)
         raise typer.Exit(2) from None
-    save_classifier(model, out, {"label": label, "frames": n, "positives": pos, "report": report.to_dict()})
+    try:
+        save_classifier(model, out, {"label": label, "frames": n, "positives": pos, "report": report.to_dict()})
+    except FleetError as e:
+        typer.echo(f"cloud-learner classifier train: {e}", err=True)
+        raise typer.Exit(2) from None
     h, t = report.heldout, report.train
     typer.echo(f"classifier on {', '.join(camera)}: {n} frames ({pos} success), {epochs} epochs\n"
                f"  held-out: accuracy {h.accuracy:.3f}, balanced {h.balanced_accuracy:.3f}, precision "

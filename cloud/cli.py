@@ -100,6 +100,12 @@ from .classifier_cli import classifier_app as _classifier_app  # noqa: E402
 
 app.add_typer(_classifier_app, name="classifier")
 
+from .export.cli import import_demos as _import_demos  # noqa: E402
+
+_demos_app = typer.Typer(help="demonstration datasets for learner.demo_paths", no_args_is_help=True)
+_demos_app.command("import")(_import_demos)
+app.add_typer(_demos_app, name="demos")
+
 robots_app = typer.Typer(help="Enroll, list and revoke robots (credentials are shown once, stored hashed).",
                          no_args_is_help=True)
 app.add_typer(robots_app, name="robots")

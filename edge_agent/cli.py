@@ -68,10 +68,16 @@ def record(
     typer.echo(f"recording {episodes} demonstration(s) with {cfg.teleop.device}: you drive every step")
     agent.on_episode = lambda end: typer.echo(
         f"episode {end.index}/{episodes}: {end.steps} steps, {'success' if end.success else 'no success'}")
-    rc = asyncio.run(agent.run())
+    try:
+        rc = asyncio.run(agent.run())
+    except FleetError as e:  # found only when starting (a credential file): said in one line, as above
+        typer.echo(f"edge-agent: {e}", err=True)
+        raise typer.Exit(2) from None
     done = agent.control.episodes
     if rc != 0:
-        typer.echo(f"edge-agent: recording failed after {done} episode(s); see the log", err=True)
+        err = agent.control.error
+        why = f": {err}" if isinstance(err, FleetError) else "; see the log"
+        typer.echo(f"edge-agent: recording failed after {done} episode(s){why}", err=True)
         raise typer.Exit(rc)
     if agent.pending_at_exit:
         typer.echo(f"recorded {done} episode(s), but the learner did not acknowledge {agent.pending_at_exit} "

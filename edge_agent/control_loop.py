@@ -27,7 +27,7 @@ from shared.chunk import StepRecord
 from shared.config import ControlConfig
 from shared.faults import hang_point
 
-from .human import HumanInput, TickInput
+from .human import HumanInput, TeleopLost, TickInput
 from .operator import OperatorControls
 from .policy_holder import PolicyHolder
 from .recorder import Recorder
@@ -94,6 +94,9 @@ class ControlLoop(threading.Thread):
     def run(self) -> None:
         try:
             self._run()
+        except TeleopLost as e:  # a clear reason, not a crash: said in one line
+            self.error = e
+            log.error("event=control_loop_stopped reason=teleop_failed error=%s", e)
         except BaseException as e:  # surfaced by the daemon, which exits non-zero
             self.error = e
             log.exception("event=control_loop_crashed")

@@ -274,6 +274,13 @@ class Agent:
     # ---------------------------------------------------------------- lifecycle
 
     async def run(self) -> int:
+        try:
+            return await self._run()
+        finally:  # also when starting fails (a bad credential file): the operator's terminal comes back
+            if self.teleop is not None:
+                self.teleop.close()  # idempotent: normally done when the loop stopped
+
+    async def _run(self) -> int:
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[PendingChunk | None] = asyncio.Queue()
         recorder = Recorder(self.cfg.control.chunk_steps, lambda pc: loop.call_soon_threadsafe(chunks.put_nowait, pc))
@@ -359,6 +366,8 @@ class Agent:
             self.notifier.stopping(f"draining: {self.spool.pending()} chunks unacked")
         self.control.stop()
         await asyncio.to_thread(self.control.join)
+        if self.teleop is not None:  # nobody reads it now: give the terminal or device back before the drain
+            self.teleop.close()
         chunks.put_nowait(None)  # after the loop's last chunk: FIFO keeps the order
         await store_task
         t0 = time.monotonic()
@@ -380,8 +389,6 @@ class Agent:
         signals.remove()  # from here a signal ends the process the default way
         self.pending_at_exit = self.spool.pending()
         self.spool.close()
-        if self.teleop is not None:
-            self.teleop.close()
         self.robot.close()
         if self.control.error is not None:
             log.error("event=agent_exit reason=control_loop_error error=%r", self.control.error)

@@ -18,7 +18,7 @@ import numpy as np
 from hal_drivers import registry
 from hal_drivers.teleop.base import EVENTS, Teleop
 from shared.config import AgentConfig
-from shared.errors import ConfigError
+from shared.errors import ConfigError, FleetError
 
 log = logging.getLogger("fleetrl.teleop")
 
@@ -34,11 +34,21 @@ class TickInput:
 NOTHING = TickInput()
 
 
+class TeleopLost(FleetError):
+    """The device failed while recording demonstrations: nobody drives, so the recording stops.
+
+    Outside recording the policy keeps control; while recording, the robot must not run a policy or
+    random exploration while a person believes they are demonstrating."""
+
+    code = "teleop_failed"
+
+
 class HumanInput:
     """Reads the device for the loop; counts take-overs for status.
 
     ``force_takeover`` (demonstration recording) makes every good read a
-    take-over, whether or not the device's button is held."""
+    take-over, whether or not the device's button is held, and a failed read
+    a :class:`TeleopLost` that stops the loop."""
 
     def __init__(self, teleop: Teleop | None, action_dim: int, force_takeover: bool = False):
         self.teleop = teleop
@@ -57,6 +67,9 @@ class HumanInput:
             tick = self._read(self.teleop, obs)
         except Exception as e:  # noqa: BLE001 - never into the control loop
             self.read_errors += 1
+            if self.force_takeover:
+                raise TeleopLost(f"the teleop device failed while recording demonstrations ({type(e).__name__}: "
+                                 f"{e}); recording stopped so the robot does not move on its own") from None
             if not self._failing:
                 self._failing = True
                 log.error("event=teleop_read_failed error=%r action=policy_keeps_control "

@@ -180,6 +180,9 @@ def upgrade(data: T) -> T:
     names = data.schema.names
     if all(c in names for c in V3_COLUMNS):
         return data
+    lacking = [c for c in ("action", "intervention") if c not in names]
+    if lacking:  # not fleetrl rows of any version (a foreign Parquet file)
+        raise SchemaError(f"rows lack the column(s) {lacking} every fleetrl layout has")
     n = data.num_rows
     action = data.column("action")
     added = {"policy_action": action, "human_reward": pa.array(np.zeros(n, np.float32)),

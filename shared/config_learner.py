@@ -96,6 +96,10 @@ class LearnerAlgoConfig(_Strict):
     critics: int = Field(2, ge=2, le=32, description="critic ensemble size (rlpd: 10)")
     critic_subset: int = Field(2, ge=1, le=32, description="critics whose minimum makes the target (random subset)")
     critic_layer_norm: bool = Field(False, description="LayerNorm in the critics (rlpd: true)")
+    normalize_observations: bool = Field(
+        False, description="train on standardised state observations (statistics fitted when training starts); "
+        "published policies read raw observations (the scaling is folded into their first layer); state policies only",
+    )
     bc_pretrain_updates: int = Field(0, ge=0, description="behaviour-cloning updates on demonstrations before RL starts")
     classifier: Path | None = Field(None, description="reward = classifier: the trained success classifier (safetensors)")
     classifier_threshold: float = Field(0.5, gt=0, lt=1, description="probability above which a frame counts as success")

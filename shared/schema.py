@@ -103,7 +103,7 @@ class EpisodeSpec:
     action_low: tuple[float, ...] = field(default=())
     action_high: tuple[float, ...] = field(default=())
     # The robot's wire layout. Chunks of an older version are upgraded to this one's layout on decode
-    # (shared.chunk.upgrade_batch), so two specs differing only here describe the same stored rows.
+    # (shared.chunk.upgrade), so two specs differing only here describe the same stored rows.
     version: int = field(default=SCHEMA_VERSION, compare=False)
 
     def __post_init__(self) -> None:

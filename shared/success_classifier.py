@@ -10,7 +10,7 @@ followed by an MLP and one logit.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +25,8 @@ from .policy.registry import (
     MAX_HIDDEN_LAYERS,
     MAX_LATENT,
     MAX_WIDTH,
+    _int,
+    _int_list,
     conv_macs,
     image_views,
 )
@@ -35,6 +37,7 @@ PREFIX = "classifier."  # its tensors' names inside a published policy blob
 DEFAULT_CHANNELS = (16, 16, 16, 16)
 DEFAULT_LATENT = 64
 DEFAULT_HIDDEN = (256,)
+T = TypeVar("T")
 
 
 class SuccessClassifier(nn.Module):
@@ -68,18 +71,14 @@ class SuccessClassifier(nn.Module):
                 "channels": list(enc.channels), "latent": enc.latent, "hidden": list(self.hidden)}
 
 
-def _ints(arch: Mapping[str, Any], key: str, max_len: int, hi: int) -> list[int]:
-    value = arch.get(key)
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
-                                                       for v in value):
-        raise ValueError(f"classifier arch field {key!r} must be a list of ints >= 1, got {str(value)[:80]}")
-    if not 1 <= len(value) <= max_len:
-        raise ValueError(f"classifier arch field {key!r} must have 1..{max_len} entries, got {len(value)}")
-    if any(v > MAX_WIDTH for v in value):
-        raise ArchTooLarge(f"classifier arch field {key!r} has a width past {MAX_WIDTH}")
-    if any(v > hi for v in value):
-        raise ValueError(f"classifier arch field {key!r} has values past {hi}: {str(value)[:80]}")
-    return list(value)
+def _as_classifier(check: Callable[..., T], *args: Any) -> T:
+    """One of the actor's arch checks (same bounds), its message naming the classifier's arch."""
+    try:
+        return check(*args)
+    except ArchTooLarge as e:
+        raise ArchTooLarge(str(e).replace("policy arch", "classifier arch")) from None
+    except ValueError as e:
+        raise ValueError(str(e).replace("policy arch", "classifier arch")) from None
 
 
 def check_arch(arch: Any) -> list[View]:
@@ -92,15 +91,13 @@ def check_arch(arch: Any) -> list[View]:
     version = arch.get("version")
     if version != VERSION or isinstance(version, bool):
         raise ValueError(f"unsupported classifier arch version {repr(version)[:40]} (this build supports {VERSION})")
-    try:
-        views = image_views(arch)
-    except ValueError as e:
-        raise ValueError(str(e).replace("policy arch", "classifier arch")) from None
-    channels = _ints(arch, "channels", MAX_CONV_LAYERS, MAX_CONV_CHANNELS)
-    _ints(arch, "hidden", MAX_HIDDEN_LAYERS, MAX_WIDTH)
-    latent = arch.get("latent")
-    if isinstance(latent, bool) or not isinstance(latent, int) or not 1 <= latent <= MAX_LATENT:
-        raise ValueError(f"classifier arch field 'latent' must be an int in 1..{MAX_LATENT}, got {str(latent)[:80]}")
+    views = _as_classifier(image_views, arch)
+    channels = _as_classifier(_int_list, arch, "channels", 1, MAX_CONV_LAYERS, MAX_CONV_CHANNELS, "conv layers")
+    hidden = _as_classifier(_int_list, arch, "hidden", 1, MAX_HIDDEN_LAYERS, MAX_WIDTH, "hidden layers")
+    if not channels or not hidden:
+        raise ValueError(f"classifier arch field {'channels' if not channels else 'hidden'!r} must have at least "
+                         "one entry")
+    _as_classifier(_int, arch, "latent", 1, MAX_LATENT)
     macs = 0
     for name, (h, w, c) in views:
         if min(conv_out(h, len(channels)), conv_out(w, len(channels))) < 1:

@@ -159,12 +159,11 @@ def _read_import(path: Path, spec: EpisodeSpec) -> list[pa.Table]:
     what = f"learner.demo_paths: {path}"
     if path.is_dir():
         root, manifest, theirs = _run_manifest(path)
-        if theirs != spec:
-            from .replay import spec_difference  # replay imports this module
-
-            raise ConfigError(f"{what} was recorded with another spec: {spec_difference(spec, theirs, 'the import')}")
+        _check_spec(what, spec, theirs)
         files = [root / "segments" / s.name for s in manifest.segments]
     elif path.is_file():
+        if (path.parent.parent / MANIFEST).is_file():  # a segment of a run: its spec (action bounds too) must match
+            _check_spec(what, spec, _run_manifest(path.parent.parent)[2])
         files = [path]
     else:
         raise ConfigError(f"{what}: no such file or directory")
@@ -172,11 +171,18 @@ def _read_import(path: Path, spec: EpisodeSpec) -> list[pa.Table]:
     for f in files:
         try:
             table = upgrade(pq.read_table(f))
-        except (OSError, pa.ArrowException) as e:
+        except (OSError, pa.ArrowException, SchemaError) as e:
             raise ConfigError(f"{what}: {f} is not a readable Parquet segment ({e})") from None
         _check_schema(f"{what}" if f == path else f"{what}: {f.name}", table.schema, spec)
         out.append(table)
     return out
+
+
+def _check_spec(what: str, spec: EpisodeSpec, theirs: EpisodeSpec) -> None:
+    if theirs != spec:
+        from .replay import spec_difference  # replay imports this module
+
+        raise ConfigError(f"{what} was recorded with another spec: {spec_difference(spec, theirs, 'the import')}")
 
 
 def _check_schema(what: str, schema: pa.Schema, spec: EpisodeSpec) -> None:

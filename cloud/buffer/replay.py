@@ -38,6 +38,7 @@ log = logging.getLogger("fleetrl.buffer")
 def spec_difference(run: EpisodeSpec, robot: EpisodeSpec, other: str = "robot") -> str:
     """The first field that differs, with both values: what an operator needs to fix the robot or start a new run."""
     a, b = run.to_dict(), robot.to_dict()
+    a.pop("version"), b.pop("version")  # the wire layout: an older robot's is read, it is not what differs
     ra, rb = a.pop("observation"), b.pop("observation")
     for name in list(ra) + [n for n in rb if n not in ra]:
         if ra.get(name) != rb.get(name):
@@ -299,9 +300,13 @@ class ReplayBuffer:
         for seg in reversed(segments):
             if need <= 0 or frames_need <= 0:  # older rows would be overwritten (rows or their frames)
                 break
-            tables.append(self.store.read_segment(seg.name))
-            need -= seg.rows
-            frames_need -= seg.rows  # a row brings at least one frame
+            table = self.store.read_segment(seg.name)
+            tables.append(table)
+            if self.demos is None:
+                need -= seg.rows
+                frames_need -= seg.rows  # a row brings at least one frame
+            else:  # state rows; recorded demonstrations go to the demo ring and leave memory's room to older rows
+                need -= online_rows(table).num_rows
         if self.history is not None:
             for seg in segments[: len(segments) - len(tables)]:
                 self.history.add(seg.name)

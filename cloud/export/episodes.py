@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cloud.buffer.storage import MANIFEST, read_manifest, segment_path
+from shared.chunk import upgrade
 from shared.errors import ConfigError
 from shared.ids import RULE, is_safe_id
 from shared.schema import EpisodeSpec
@@ -46,7 +47,7 @@ class BufferEpisodes:
         self.manifest = manifest
         if self.manifest.spec is None:
             raise ConfigError(f"data_dir: the buffer at {self.root} holds no data yet")
-        self.spec = EpisodeSpec.from_dict(self.manifest.spec)
+        self.spec = EpisodeSpec.from_dict(self.manifest.spec).current()  # segments read in this build's layout
 
     def episodes(self, robots: list[str] | None = None, episode_ids: list[str] | None = None) -> Iterator[Episode]:
         """Episodes in order of first appearance; one episode may span several segments."""
@@ -54,7 +55,7 @@ class BufferEpisodes:
         for seg in self.manifest.segments:
             if robots and not set(seg.robots) & set(robots):
                 continue
-            t = pq.read_table(segment_path(self.root, seg))
+            t = upgrade(pq.read_table(segment_path(self.root, seg)))  # a run older fleetrl began: v2 beside v3
             if robots:
                 t = t.filter(pc.is_in(t.column("robot_id"), pa.array(robots)))
             if episode_ids:

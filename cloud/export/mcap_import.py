@@ -113,6 +113,16 @@ def read_episode(path: Path, spec: EpisodeSpec) -> list[StepRecord]:
     return steps
 
 
+def _checked(path: Path, spec: EpisodeSpec) -> list[StepRecord]:
+    """``read_episode``, with a message that is not what fleetrl writes (a topic of another type, a step
+    that is not JSON) said as a ConfigError naming the file, not a traceback."""
+    try:
+        return read_episode(path, spec)
+    except (ValueError, TypeError, AttributeError, KeyError) as e:
+        raise ConfigError(f"{path}: its messages are not what `cloud-learner export` writes "
+                          f"({type(e).__name__}: {e})") from None
+
+
 def import_mcap(files: list[Path], spec: EpisodeSpec, out: Path, robot_id: str = "import",
                 chunk_steps: int = 1000) -> ImportReport:
     """Write every file's episode into a new demo dataset at ``out``; all or nothing."""
@@ -125,16 +135,19 @@ def import_mcap(files: list[Path], spec: EpisodeSpec, out: Path, robot_id: str =
     if not paths:
         raise ConfigError(f"no .mcap files in {', '.join(map(str, files))}")
     spec = spec.current()  # stored in this build's layout, whatever the run was written with
-    episodes = [(p, read_episode(p, spec)) for p in paths]  # every file checked before anything is written
+    episodes = [(p, _checked(p, spec)) for p in paths]  # every file checked before anything is written
     report = ImportReport(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".import-", dir=out.parent))
     try:
         buf = ReplayBuffer(tmp / "buffer", memory_capacity=1)
         buf.check_spec(spec)
-        seq = 0
+        seq, used = 0, set()
         for k, (path, steps) in enumerate(episodes):
             episode_id = path.stem if is_safe_id(path.stem) else f"episode-{k}"
+            if episode_id in used:  # <robot>/<episode>.mcap of two robots: one robot id here, so keep them apart
+                episode_id = f"episode-{k}" if len(episode_id) > 100 else f"{episode_id}-{k}"
+            used.add(episode_id)
             for lo in range(0, len(steps), chunk_steps):
                 seq += 1
                 buf.write([(robot_id, seq, build_batch(spec, robot_id, episode_id, steps[lo:lo + chunk_steps]))])

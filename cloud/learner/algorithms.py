@@ -12,7 +12,7 @@ from its ``state_dict`` exactly.
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 import torch
@@ -79,7 +79,8 @@ def build(cfg: LearnerAlgoConfig, dims: Dims, sac_cfg: SACConfig, device: torch.
     return SAC(dims.obs_dim, dims.act_dim, sac_cfg, device=device, seed=cfg.seed)
 
 
-def pretrain(algo: Algorithm, source: SampleSource, cfg: LearnerAlgoConfig, rng: np.random.Generator) -> int:
+def pretrain(algo: Algorithm, source: SampleSource, cfg: LearnerAlgoConfig, rng: np.random.Generator,
+             transform: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None) -> int:
     """``bc_pretrain_updates`` behaviour-cloning steps of the actor on the demo ring (its own Adam); steps done."""
     steps = cfg.bc_pretrain_updates
     demos = MixedSource(source, 1.0)  # type: ignore[arg-type]
@@ -91,6 +92,8 @@ def pretrain(algo: Algorithm, source: SampleSource, cfg: LearnerAlgoConfig, rng:
     loss = torch.zeros(())
     for _ in range(steps):
         batch = {k: torch.from_numpy(v) for k, v in demos.sample(cfg.batch_size, rng).items()}
+        if transform is not None:
+            batch = transform(batch)
         loss = bc_loss(algo.actor, batch, algo.device)
         optim.zero_grad(set_to_none=True)
         loss.backward()

@@ -40,13 +40,16 @@ FORMAT_VERSION = 1
 
 
 def save_classifier(model: SuccessClassifier, path: Path, extra: Mapping[str, object] | None = None) -> None:
-    """Write ``model`` to ``path`` (safetensors; arch, format and version in the metadata)."""
+    """Write ``model`` to ``path`` (safetensors; arch, format and version in the metadata); ConfigError if it cannot."""
     meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "arch": json.dumps(model.arch(), sort_keys=True)}
     if extra:
         meta["training"] = json.dumps(dict(extra), sort_keys=True, default=str)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=meta)
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(path), metadata=meta)
+    except (OSError, SafetensorError) as e:  # a directory, a read-only place: said, not a traceback
+        raise ConfigError(f"cannot write the classifier file {path}: {e}") from None
 
 
 def load_classifier(path: Path, cameras: Mapping[str, tuple[int, ...]] | None = None) -> SuccessClassifier:

@@ -63,8 +63,10 @@ class ClassifierReward:
 
     name = "classifier"
 
-    def __init__(self, model: SuccessClassifier, threshold: float):
-        self.model, self.threshold = model.eval(), float(threshold)
+    def __init__(self, model: SuccessClassifier, threshold: float, device: torch.device | str = "cpu"):
+        # on the learner's device: batches arrive on the CPU (the prefetcher's), a GPU learner judges there
+        self.device = torch.device(device)
+        self.model, self.threshold = model.to(self.device).eval(), float(threshold)
         for p in self.model.parameters():
             p.requires_grad_(False)
 
@@ -77,12 +79,10 @@ class ClassifierReward:
         if missing:
             raise ValueError(f"the success classifier reads camera(s) {missing}, which this batch lacks "
                              f"(the buffer must serve them: rewards.reward_camera_fields)")
-        images = {cam: batch[NEXT_IMAGES + cam] for cam in self.model.cameras}
-        dev = next(iter(images.values())).device
-        if next(self.model.parameters()).device != dev:
-            self.model.to(dev)
+        images = {cam: batch[NEXT_IMAGES + cam].to(self.device, non_blocking=True) for cam in self.model.cameras}
         with torch.no_grad():
-            return self.model.probability(images) > self.threshold
+            hit = self.model.probability(images) > self.threshold
+        return hit.to(batch[NEXT_IMAGES + self.model.cameras[0]].device)  # beside the batch it relabels
 
     def __call__(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         hit = self.success(batch)
@@ -100,13 +100,13 @@ class ClassifierReward:
         return tensors, {"classifier": {**self.model.arch(), "threshold": self.threshold}}
 
 
-def build_reward(cfg: LearnerAlgoConfig, dims: Dims | None = None) -> RewardSource:
-    """The reward source the config names (the classifier file is loaded and checked here)."""
+def build_reward(cfg: LearnerAlgoConfig, dims: Dims | None = None, device: torch.device | str = "cpu") -> RewardSource:
+    """The reward source the config names (the classifier file is loaded and checked here; it runs on ``device``)."""
     if cfg.reward == "env":
         return ColumnReward("env", "reward")
     if cfg.reward == "human":
         return ColumnReward("human", "human_reward")
-    return ClassifierReward(classifier_model(cfg, dims), cfg.classifier_threshold)
+    return ClassifierReward(classifier_model(cfg, dims), cfg.classifier_threshold, device)
 
 
 def classifier_model(cfg: LearnerAlgoConfig, dims: Dims | None = None) -> SuccessClassifier:

@@ -31,6 +31,7 @@ from ..buffer import Dims, SampleSource
 from ..buffer.prefetch import Prefetcher
 from . import algorithms, checkpoint
 from .algorithms import Algorithm
+from .normalize import ObsNormalizer
 from .rewards import RewardSource, build_reward
 from .sac import SACConfig
 
@@ -53,6 +54,7 @@ class Trainer(threading.Thread):
         self._sac: Algorithm | None = None  # the learner (SAC, or BC for bc/hg_dagger)
         self._source: SampleSource = buffer  # what it samples (the mixed batch for rlpd, the demo ring for bc)
         self._reward: RewardSource | None = None
+        self._norm: ObsNormalizer | None = None  # learner.normalize_observations
         self._bc_pretrained = 0  # behaviour-cloning warm-start updates done (checkpointed: done once per run)
         self._prefetcher: Prefetcher | None = None
         self.device: torch.device | None = None  # where training runs, once it has started
@@ -69,6 +71,8 @@ class Trainer(threading.Thread):
         self._published_at = self.updates
         arch: dict[str, Any] = {"actor": sac.actor.arch(), "obs_fields": self._obs_fields()}
         tensors = sac.actor_state()
+        if self._norm is not None:  # robots read raw observations: the scaling goes into the first layer
+            tensors = self._norm.fold(tensors)
         if self._reward is not None:  # a classifier reward ships with the policy (robots end episodes on success)
             extra_tensors, extra_arch = self._reward.publish_parts()
             tensors.update(extra_tensors)
@@ -82,6 +86,7 @@ class Trainer(threading.Thread):
         t0 = time.monotonic()
         checkpoint.save(self.checkpoint_path, {
             "sac": self._sac.state_dict(), "algorithm": self.cfg.algorithm, "bc_pretrained": self._bc_pretrained,
+            "obs_norm": None if self._norm is None else self._norm.state_dict(),
             "rng": self._rng_state(), "updates": self.updates,
             "policy_version": self.version, "buffer_rows": self.buffer.rows,
             "buffer_segments": self.buffer.segment_count,
@@ -109,6 +114,12 @@ class Trainer(threading.Thread):
             except ValueError as e:  # the run's learner settings changed since: not a crash, a choice to make
                 raise ConfigError(f"{self.checkpoint_path} was trained with other learner settings ({e}); restore "
                                   "those settings to resume, or start a new run in a new data_dir") from None
+            if (state.get("obs_norm") is None) != (self._norm is None):
+                raise ConfigError(f"{self.checkpoint_path} was trained with learner.normalize_observations = "
+                                  f"{state.get('obs_norm') is not None}; restore that setting to resume, or start a "
+                                  "new run in a new data_dir")
+            if self._norm is not None:
+                self._norm = ObsNormalizer.from_state(state["obs_norm"])
             rng.bit_generator.state = state["rng"]
             self.updates = int(state["updates"])
             self._bc_pretrained = int(state.get("bc_pretrained", 0))
@@ -129,8 +140,9 @@ class Trainer(threading.Thread):
             ours = json.loads(json.dumps(sac.actor.arch()))
             if weights.arch.get("actor") != ours:
                 raise WeightsError(f"policy arch {weights.arch.get('actor')} differs from this run's {ours}")
+            tensors = weights.tensors if self._norm is None else self._norm.unfold(weights.tensors)
             with torch.no_grad():
-                sac.actor.load_state_dict(weights.tensors)
+                sac.actor.load_state_dict(tensors)
         except (WeightsError, RuntimeError) as e:
             log.error("event=%s checkpoint_version=%d published_version=%d error=%r action=training_without_it; "
                       "v%d onwards will not build on v%d", what, ckpt_version, blob.version, str(e), blob.version + 1,
@@ -232,7 +244,17 @@ class Trainer(threading.Thread):
             batch = self._prefetcher.get()
         else:
             batch = {k: torch.from_numpy(v) for k, v in self._source.sample(self.cfg.batch_size, rng).items()}
-        return batch if self._reward is None else self._reward(batch)
+        batch = batch if self._reward is None else self._reward(batch)
+        return batch if self._norm is None else self._norm(batch)
+
+    def _normalizer(self, sac: Algorithm) -> ObsNormalizer | None:
+        """Fitted now from what can be sampled (a checkpoint's statistics replace these in _restore)."""
+        if not self.cfg.normalize_observations:
+            return None
+        if sac.actor.arch()["kind"] != "mlp_gaussian":
+            raise ConfigError("learner.normalize_observations applies to state policies (mlp_gaussian); this run "
+                              f"trains {sac.actor.arch()['kind']}: turn it off")
+        return ObsNormalizer.fit(self._source, self.cfg.seed)
 
     def _run(self) -> None:
         torch.set_num_threads(self.cfg.threads)
@@ -243,14 +265,15 @@ class Trainer(threading.Thread):
         dims = self.buffer.dims
         assert dims is not None
         sac = self._build(dims)
-        self._reward = build_reward(self.cfg, dims)
+        self._reward = build_reward(self.cfg, dims, sac.device)
         if sac.device.type == "cuda":  # cuda:N: this thread's kernels and CUDA context go to that GPU, not GPU 0
             torch.cuda.set_device(sac.device)
         rng = np.random.default_rng(self.cfg.seed)
+        self._norm = self._normalizer(sac)
         self._restore(sac, rng)
         self._sac, self._rng = sac, rng
         if self._bc_pretrained == 0 and self.resumed_from is None and self.cfg.algorithm not in algorithms.CLONING:
-            self._bc_pretrained = algorithms.pretrain(sac, self.buffer, self.cfg, rng)
+            self._bc_pretrained = algorithms.pretrain(sac, self.buffer, self.cfg, rng, self._norm)
         if self.cfg.prefetch_batches > 0:  # after the restore: it draws from the checkpointed generator state
             self._prefetcher = Prefetcher(self._source, self.cfg.batch_size, rng, depth=self.cfg.prefetch_batches,
                                           pin_memory=sac.device.type == "cuda")

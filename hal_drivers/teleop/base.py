@@ -43,7 +43,8 @@ class AxisMap(BaseModel):
 
     source: str = Field(..., min_length=1, description="device axis or key name (device-specific)")
     action: int = Field(..., ge=0, description="action dimension it drives")
-    scale: float = Field(1.0, description="multiplier (negative inverts); the result is clipped to [-1, 1]")
+    scale: float = Field(1.0, allow_inf_nan=False,
+                         description="multiplier (negative inverts); the result is clipped to [-1, 1]")
     deadzone: float = Field(0.0, ge=0, lt=1, description="|value| below this reads as 0")
 
 
@@ -56,7 +57,8 @@ class TeleopOptions(DriverConfig):
     failure_button: str | None = Field(None, description="ends the episode as a failure")
     reset_button: str | None = Field(None, description="cuts the episode (neither success nor failure)")
     reward_button: str | None = Field(None, description="adds reward_value to the current step's human reward")
-    reward_value: float = Field(1.0, description="what one press of reward_button adds")
+    # finite: an inf or nan label would poison human_reward (and fail every read that carries one)
+    reward_value: float = Field(1.0, allow_inf_nan=False, description="what one press of reward_button adds")
 
 
 class Teleop(HardwareUnit):

@@ -172,7 +172,8 @@ class EvdevTeleop(Teleop):
                 self._dev.grab()
             self._decoder = EventDecoder(evdev, self._dev, axes, buttons, self.unipolar, self.config, self._state)
             self._decoder.resync()  # sticks off-centre, a trigger half-pulled, a button already down
-            self._reader = FdReader(self._dev.fd, self._on_readable, name=f"teleop-{self.name}")
+            self._reader = FdReader(self._dev.fd, self._on_readable, name=f"teleop-{self.name}",
+                                    on_lost=self._state.lost)
             self._reader.start()
         except BaseException:
             self.close()

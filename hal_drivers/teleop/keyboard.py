@@ -149,7 +149,8 @@ class Keyboard(Teleop):
             mode[6][termios.VMIN], mode[6][termios.VTIME] = 1, 0
             termios.tcsetattr(self._fd, termios.TCSAFLUSH, mode)
             atexit.register(self._restore)
-            self._reader = FdReader(self._fd, self._on_readable, name=f"teleop-{self.name}")
+            self._reader = FdReader(self._fd, self._on_readable, name=f"teleop-{self.name}",
+                                    on_lost=self._state.lost)
             self._reader.start()
         except BaseException:
             self.close()

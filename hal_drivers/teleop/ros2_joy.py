@@ -122,6 +122,8 @@ class Ros2Joy(Teleop):
         self._prev: list[int] = []  # the last Joy message's buttons (edges make presses)
         self._backend: Any = None
         self.messages = 0  # received, for tests and status
+        self.bad_messages = 0  # refused: not decodable as ros_type
+        self._bad = False  # the last message was refused (its warning said once)
 
     def describe(self) -> UnitDescription:
         c = self.config
@@ -157,8 +159,20 @@ class Ros2Joy(Teleop):
                  self.ros_type, self._backend.name, c.domain_id, takeover_mode)
 
     def _on_message(self, cdr: bytes, recv_ns: int) -> None:
-        """On the backend's thread: one message -> the latest input, valid for timeout_s."""
-        msg = types.decode(cdr, self.ros_type)
+        """On the backend's thread: one message -> the latest input, valid for timeout_s.
+
+        A message that cannot be decoded (a foreign publisher on the topic) is dropped and said in one
+        warning per run of bad ones, not a traceback per message at the publisher's rate."""
+        try:
+            msg = types.decode(cdr, self.ros_type)
+        except Exception as e:  # noqa: BLE001 - rosbags raises several types on truncated or foreign data
+            self.bad_messages += 1
+            if not self._bad:
+                self._bad = True
+                log.warning("event=teleop_message_refused topic=%s type=%s error=%r (further ones not logged "
+                            "until a good message)", self.config.topic, self.ros_type, e)
+            return
+        self._bad = False
         until = recv_ns / 1e9 + self.config.timeout_s
         st = self._state
         self.messages += 1

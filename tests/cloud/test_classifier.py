@@ -147,6 +147,10 @@ def test_save_load_round_trip_and_refusals(tmp_path, recording, trained):
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 64)
     with pytest.raises(ConfigError, match="not a readable safetensors file"):
         load_classifier(tmp_path / "junk.safetensors")
+    (tmp_path / "a_file").write_text("")
+    for where in (tmp_path, tmp_path / "a_file" / "clf.safetensors"):  # a directory; under a plain file
+        with pytest.raises(ConfigError, match="cannot write the classifier file"):
+            save_classifier(model, where)
 
 
 def test_reward_source_relabels_batches_from_frames_not_the_reward_column(tmp_path, recording, trained):
@@ -185,6 +189,21 @@ def test_reward_source_relabels_batches_from_frames_not_the_reward_column(tmp_pa
         build_reward(cfg.model_copy(update={"classifier": tmp_path / "junk.safetensors"}), dims)
     with pytest.raises(ConfigError, match="learner.classifier.*which the data does not have"):
         build_reward(cfg, Dims(16, 4, tuple(STATE), (("side", (64, 64, 3)),)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the learner's GPU)")
+def test_classifier_reward_runs_on_the_learner_device_for_cpu_batches(tmp_path, recording, trained):
+    model, _ = trained
+    save_classifier(model, tmp_path / "clf.safetensors")
+    cfg = LearnerAlgoConfig(reward="classifier", classifier=tmp_path / "clf.safetensors")
+    frames, _ = recording.frames(range(TRAIN_EPISODES, EPISODES))
+    batch = {"reward": torch.zeros(len(frames)), "terminated": torch.zeros(len(frames)),
+             NEXT_IMAGES + "overhead": torch.from_numpy(frames)}  # as the prefetcher hands it over: on the CPU
+    on_gpu, on_cpu = build_reward(cfg, None, "cuda"), build_reward(cfg, None, "cpu")
+    assert next(on_gpu.model.parameters()).device.type == "cuda"  # type: ignore[attr-defined]
+    out = on_gpu(batch)
+    assert out["reward"].device.type == "cpu"
+    assert (out["reward"] != on_cpu(batch)["reward"]).float().mean() < 0.01  # same decisions (up to GPU rounding)
 
 
 def _blob(reward, version: int = 1, tensors_update=None, arch_update=None):
@@ -276,6 +295,8 @@ def test_cli_trains_from_a_run_dir_and_refuses_one_class(tmp_path, recording, on
         res = runner.invoke(cli_app, ["classifier", "train", *args, "--out", str(tmp_path / "x.safetensors")])
         assert res.exit_code == 2 and match in res.output, (args, res.output)
     assert not (tmp_path / "x.safetensors").exists()
+    res = runner.invoke(cli_app, ["classifier", "train", "--data", str(run), "--camera", "overhead", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "is a directory" in res.output, res.output  # before any reading or training
 
 
 def test_trainer_with_classifier_reward_publishes_policies_that_carry_it(tmp_path, recording, trained, trainers):

@@ -9,7 +9,7 @@ import pytest
 
 from cloud.buffer.replay import ReplayBuffer
 from cloud.export.episodes import BufferEpisodes
-from cloud.export.mcap_export import export_mcap
+from cloud.export.mcap_export import F32_ARRAY, _f32_array, _File, export_mcap
 from cloud.export.mcap_import import import_mcap
 from shared.chunk import StepRecord, build_batch
 from shared.errors import ConfigError
@@ -93,3 +93,44 @@ def test_refuses_a_non_empty_out_and_no_files(exported, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no .mcap files"):
         import_mcap([tmp_path / "empty"], SPEC, tmp_path / "demos2")
+
+
+def test_a_step_message_that_is_not_json_is_refused_naming_the_file(tmp_path):
+    spec = EpisodeSpec({"q": FieldSpec((3,))}, 2, (-1.0, -1.0), (1.0, 1.0))
+    from hal_drivers.ros2 import types
+
+    f = _File(tmp_path / "in" / "bad.mcap")
+    for t in (1, 2):
+        f.write("/fleetrl/obs/q", F32_ARRAY, _f32_array(np.zeros(3, np.float32), "q"), t)
+    f.write("/fleetrl/action", F32_ARRAY, _f32_array(np.zeros(2, np.float32), "action"), 1)
+    f.write("/fleetrl/step", "std_msgs/msg/String", types.new("std_msgs/msg/String", data="{not json"), 1)
+    f.close()
+    with pytest.raises(ConfigError, match=r"bad.mcap: its messages are not what .*JSONDecodeError"):
+        import_mcap([tmp_path / "in"], spec, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_episodes_of_two_robots_with_one_name_stay_two_episodes(exported):
+    import shutil
+
+    shutil.copytree(exported / "mcap" / "arm-1", exported / "mcap" / "arm-2")  # arm-2/epA.mcap beside arm-1/epA.mcap
+    report = import_mcap([exported / "mcap"], SPEC, exported / "demos")
+    assert (report.episodes, report.steps) == (4, 16)
+    episodes = {e.episode_id: e.table.num_rows for e in BufferEpisodes(exported / "demos").episodes()}
+    assert sorted(episodes.values()) == [3, 3, 5, 5], episodes
+
+
+def test_the_cli_imports_and_says_how_to_use_the_dataset(exported):
+    from typer.testing import CliRunner
+
+    from cloud.cli import app
+
+    runner = CliRunner()
+    out = exported / "demos"
+    res = runner.invoke(app, ["demos", "import", str(exported / "mcap"), "--like", str(exported / "run"),
+                              "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "imported 2 demo episodes (8 steps)" in res.output and "learner.demo_paths" in res.output
+    bad = runner.invoke(app, ["demos", "import", str(exported / "mcap"), "--like", str(exported / "nowhere"),
+                              "--out", str(exported / "d2")])
+    assert bad.exit_code == 2 and "no buffer manifest" in bad.output and not (exported / "d2").exists()

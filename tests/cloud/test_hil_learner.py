@@ -7,6 +7,8 @@ import copy
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -149,6 +151,16 @@ def test_demo_ring_holds_live_interventions_and_survives_a_reopen(tmp_path: Path
     assert int(MixedSource(again, 0.5).sample(64, np.random.default_rng(0))["demo"].sum()) <= 32
 
 
+def test_a_reopen_refills_memory_with_the_online_rows_it_held_when_demos_came_last(tmp_path: Path) -> None:
+    buf = _buffer(tmp_path / "buffer", memory=4 * CHUNK)
+    seq = _write(buf, 1, 4)
+    _write(buf, seq, 4, demo=True)  # the newest segments hold demonstrations only
+    held = np.sort(buf.memory.data["action"][: buf.size], axis=0)  # type: ignore[union-attr]
+    again = _buffer(tmp_path / "buffer", memory=4 * CHUNK)
+    assert (again.size, again.demo_size) == (4 * CHUNK, 4 * CHUNK)
+    np.testing.assert_array_equal(np.sort(again.memory.data["action"][: again.size], axis=0), held)  # type: ignore[union-attr]
+
+
 def test_demo_paths_import_another_run_dir_and_its_segment_files(tmp_path: Path) -> None:
     other = _buffer(tmp_path / "demos" / "buffer")
     seq = _write(other, 1, 3, demo=True)
@@ -179,14 +191,31 @@ def test_demo_paths_with_another_spec_are_refused_naming_path_and_field_and_noth
     run = _buffer(tmp_path / "run" / "buffer")
     with pytest.raises(ConfigError, match=r"learner.demo_paths: .*bad.* observation.pos: run has .*3.*the import has .*4"):
         _buffer(tmp_path / "run" / "buffer", demo_paths=[tmp_path / "good", tmp_path / "bad"])
-    with pytest.raises(ConfigError, match=r"learner.demo_paths: .*bad.*segments.*column 'obs.pos'"):
+    with pytest.raises(ConfigError, match=r"learner.demo_paths: .*bad.*segments.* observation.pos: run has"):
         _buffer(tmp_path / "run" / "buffer", demo_paths=[tmp_path / "good", bad.segment_paths()[0]])
+    lone = tmp_path / "lone.parquet"  # away from its run's manifest: only its columns say what it is
+    lone.write_bytes(bad.segment_paths()[0].read_bytes())
+    with pytest.raises(ConfigError, match=r"learner.demo_paths: .*lone.parquet.*column 'obs.pos'"):
+        _buffer(tmp_path / "run" / "buffer", demo_paths=[tmp_path / "good", lone])
     assert run.demos is not None
     with pytest.raises(ConfigError):
         run.demos.load_imports([tmp_path / "good", tmp_path / "bad"], SPEC)
     assert run.demo_size == 0, "the good path before the bad one was not half-loaded"
     with pytest.raises(ConfigError, match="no such file"):
         _buffer(tmp_path / "new" / "buffer", demo_paths=[tmp_path / "nowhere"])
+    # a segment file of a run whose action bounds differ: same columns, rows normalised wrongly if taken
+    wide = EpisodeSpec(observation=SPEC.observation, action_dim=4, action_low=(-2.0,) * 4, action_high=(2.0,) * 4)
+    other = ReplayBuffer(tmp_path / "wide" / "buffer", memory_capacity=100)
+    other.check_spec(wide)
+    other.write([("arm", 1, build_batch(wide, "arm", "e", [StepRecord(
+        {k: np.zeros(f.shape, np.float32) for k, f in SPEC.observation.items()}, np.zeros(4, np.float32), 0.0,
+        {k: np.zeros(f.shape, np.float32) for k, f in SPEC.observation.items()}, True, False, demo=True)]))])
+    with pytest.raises(ConfigError, match=r"learner.demo_paths: .*wide.* action_low: run has .*-1.0.*the import has .*-2.0"):
+        _buffer(tmp_path / "run" / "buffer", demo_paths=[other.segment_paths()[0]])
+    foreign = tmp_path / "foreign.parquet"  # a Parquet file that is no fleetrl segment: said, not a traceback
+    pq.write_table(pa.table({"x": [1.0, 2.0]}), foreign)
+    with pytest.raises(ConfigError, match=r"learner.demo_paths: .*foreign.parquet.* lack the column"):
+        _buffer(tmp_path / "run" / "buffer", demo_paths=[foreign])
     assert ReplayBuffer(tmp_path / "new" / "buffer", 10).spec is None, "a refused new run fixed no spec"
 
 

@@ -252,3 +252,28 @@ def test_demo_loop_drives_every_step_and_tags_rows(robot):
     human_units = robot.clamp(_scale(robot).to_robot(HUMAN))
     assert all(s.demo and s.intervention for s in sink.steps)
     assert all(np.allclose(s.action, human_units) for s in sink.steps)
+
+
+def test_a_device_failing_while_recording_stops_the_loop_with_a_clear_error(robot, caplog):
+    """While recording demos nobody else may drive: no random exploration, no policy, no traceback."""
+    from edge_agent.human import TeleopLost
+
+    def plan(i: int) -> TeleopCommand:
+        if i == 3:
+            raise OSError(19, "No such device")  # unplugged mid-demo
+        return TeleopCommand(action=HUMAN, takeover=True)
+
+    spec = robot.describe().episode_spec()
+    holder = PolicyHolder({k: v.size for k, v in spec.observation.items() if not v.is_image}, spec.action_dim)
+    sink = _Sink()
+    loop = ControlLoop(robot, holder, Recorder(5, sink), ControlConfig(rate_hz=0, max_episodes=2), teleop=Hand(plan),
+                       demo=True)
+    with caplog.at_level(logging.INFO):
+        loop.start()
+        loop.join(60)
+    assert not loop.is_alive() and isinstance(loop.error, TeleopLost)
+    assert "No such device" in str(loop.error) and loop.human.read_errors == 1
+    human_units = robot.clamp(_scale(robot).to_robot(HUMAN))
+    assert len(sink.steps) == 3 and all(s.demo and np.allclose(s.action, human_units) for s in sink.steps)
+    assert sink.steps[-1].truncated  # the cut episode ends there
+    assert not any(r.exc_info for r in caplog.records)

@@ -360,3 +360,70 @@ def test_evdev_config_errors(tmp_path, monkeypatch):
         registry.create("gamepad", {}, section="teleop").start(4)
     d = registry.describe("spacemouse", {"name": "SpaceMouse Wireless"}, name="mouse")
     assert (d.name, d.driver, d.identity) == ("mouse", "spacemouse", "name:SpaceMouse Wireless")
+
+
+class _FailingDevice(_StandInDevice):
+    """A stand-in gamepad on a real pipe whose read fails with an error that is not ENODEV (EIO: a USB hub reset)."""
+
+    def __init__(self, evdev, absinfo, down=()):
+        super().__init__(evdev, absinfo, down)
+        self.fd, self._w = os.pipe()
+        self.path, self.closed = "/dev/input/stand-in", False
+
+    def read(self):
+        raise OSError(5, "Input/output error")
+
+    def close(self):
+        self.closed = True
+        for fd in (self.fd, self._w):
+            os.close(fd)
+
+
+def test_a_device_failing_while_takeover_is_held_hands_control_back():
+    """The reader thread dying (EIO, a decoder bug) must drop a held take-over and the stick values, which
+    otherwise stay valid forever: the robot would keep executing the human's last command."""
+    evdev = pytest.importorskip("evdev")
+    ec = evdev.ecodes
+    dev = _FailingDevice(evdev, {ec.ABS_X: evdev.AbsInfo(255, 0, 255, 0, 0, 0)}, down=[ec.BTN_TR])
+    pad = registry.create("gamepad", {}, section="teleop")
+    pad._open = lambda _evdev: dev
+    pad.start(4)
+    try:
+        cmd = pad.read({})
+        assert cmd.takeover and cmd.action[0] == 1.0  # held, stick full right
+        os.write(dev._w, b"x")  # readable: the read fails
+        wait_for(lambda: not pad._reader.alive, 5, "the reader to stop")
+        cmd = pad.read({})
+        assert not cmd.takeover and not cmd.action.any()
+    finally:
+        pad.close()
+    assert dev.closed
+
+
+def test_fd_reader_calls_on_lost_only_when_it_ends_by_itself():
+    from hal_drivers.teleop.reader import FdReader
+
+    r, w = os.pipe()
+    lost = []
+    reader = FdReader(r, lambda: 1 / 0, "t", on_lost=lambda: lost.append(1))  # a decoder bug
+    reader.start()
+    os.write(w, b"x")
+    wait_for(lambda: not reader.alive, 5, "the reader to stop")
+    assert lost == [1] and isinstance(reader.error, ZeroDivisionError)
+    reader.stop()
+    r2, w2 = os.pipe()
+    stopped = FdReader(r2, lambda: True, "t", on_lost=lambda: lost.append(2))
+    stopped.start()
+    stopped.stop()  # the owner closing: it drops its input itself
+    assert not stopped.alive and lost == [1]
+    for fd in (r, w, r2, w2):
+        os.close(fd)
+
+
+@pytest.mark.parametrize("opts, key", [({"reward_value": float("inf")}, "reward_value"),
+                                       ({"axes": [{"source": "w", "action": 0, "scale": float("nan")}]},
+                                        r"axes\.0\.scale")])
+def test_teleop_numbers_must_be_finite(opts, key):
+    """TOML has inf and nan; a non-finite label or scale is a config error, not a NaN in human_reward."""
+    with pytest.raises(ConfigError, match=rf"teleop\.options\.{key}: .*finite"):
+        registry.create("keyboard", opts, section="teleop")

@@ -241,3 +241,24 @@ def test_ros2_joy_config_errors():
     assert create(type="sensor_msgs/Joy").ros_type == "sensor_msgs/msg/Joy"
     d = registry.describe("ros2_joy", {"topic": "spacenav/joy", "domain_id": 7})
     assert d.driver == "ros2_joy" and d.identity == "ros2:7:/spacenav/joy" and d.kind.value == "teleop"
+
+
+def test_undecodable_messages_are_dropped_with_one_warning(caplog):
+    """Garbage on the topic never reaches the backend thread as a traceback per message."""
+    import logging
+
+    from hal_drivers.ros2 import types
+
+    dev = registry.create("ros2_joy", {}, section="teleop")
+    dev._action_dim = 4
+    good = types.encode(types.new("sensor_msgs/msg/Joy", header=types.new(
+        "std_msgs/msg/Header", stamp=types.new("builtin_interfaces/msg/Time", sec=0, nanosec=0), frame_id=""),
+        axes=np.array([0.0, 0.0, 0.0, 0.0], np.float32), buttons=np.array([0] * 11, np.int32)), "sensor_msgs/msg/Joy")
+    with caplog.at_level(logging.WARNING, logger="fleetrl.teleop"):
+        for _ in range(3):
+            dev._on_message(b"\x00\x01\x00\x00\xff", time.monotonic_ns())  # truncated CDR
+        dev._on_message(good, time.monotonic_ns())
+        dev._on_message(b"\x00\x01\x00\x00\xff", time.monotonic_ns())
+    refused = [r for r in caplog.records if "teleop_message_refused" in r.getMessage()]
+    assert dev.bad_messages == 4 and dev.messages == 1 and len(refused) == 2  # once per run of bad ones
+    assert not any(r.exc_info for r in caplog.records)

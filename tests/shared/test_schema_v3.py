@@ -6,9 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from cloud.buffer.replay import ReplayBuffer
-from shared.chunk import StepRecord, build_batch, decode_chunk, encode_chunk
+from cloud.export.episodes import BufferEpisodes
+from shared.chunk import StepRecord, build_batch, decode_chunk, encode_chunk, upgrade
+from shared.errors import SchemaError
 from shared.schema import V3_COLUMNS, EpisodeSpec, FieldSpec
 
 SPEC = EpisodeSpec({"o": FieldSpec((3,))}, 2, (-1.0, -1.0), (1.0, 1.0))
@@ -69,3 +72,30 @@ def test_segments_written_before_version_3_still_load(tmp_path):
     table = again.read_segment(again.segments()[0])
     assert table.column("policy_action").to_pylist() == table.column("action").to_pylist()
     assert isinstance(table, pa.Table)
+
+
+def test_a_v2_robot_with_another_spec_is_told_the_field_that_differs_not_the_layout(tmp_path):
+    buf = ReplayBuffer(tmp_path / "b", memory_capacity=100)
+    buf.check_spec(SPEC, "new")
+    wide = {**SPEC.to_dict(), "version": 2, "action_high": [2.0, 2.0]}
+    with pytest.raises(SchemaError, match=r"action_high: run has \[1.0, 1.0\], robot has \[2.0, 2.0\]"):
+        buf.check_spec(EpisodeSpec.from_dict(wide), "old")
+
+
+def test_a_run_with_segments_of_both_layouts_exports_its_episodes(tmp_path):
+    root = tmp_path / "buffer"
+    buf = ReplayBuffer(root, memory_capacity=100)
+    buf.check_spec(SPEC, "r")
+    buf.write([("r", 1, build_batch(SPEC, "r", "before", steps(4)))])
+    seg = buf.segment_paths()[0]
+    pq.write_table(pq.read_table(seg).drop_columns(list(V3_COLUMNS)), seg)  # stored by fleetrl before version 3
+    buf.write([("r", 2, build_batch(SPEC, "r", "after", steps(3, demo=True)))])
+    episodes = {e.episode_id: e.table for e in BufferEpisodes(tmp_path).episodes()}
+    assert sorted(episodes) == ["after", "before"]
+    assert episodes["before"].column("demo").to_pylist() == [False] * 4
+    assert episodes["after"].column("demo").to_pylist() == [True] * 3
+
+
+def test_rows_of_no_fleetrl_layout_are_refused_by_upgrade():
+    with pytest.raises(SchemaError, match="lack the column"):
+        upgrade(pa.table({"x": [1.0]}))
