@@ -70,13 +70,13 @@ CORRECT_OPERATOR = {"task": "push", "mode": "correct", "noise": 0.05, "patience"
 COMMON_LEARNER: dict[str, Any] = {
     "batch_size": 256, "hidden": [256, 256], "lr": 1e-3, "gamma": 0.98, "tau": 0.005, "learning_starts": 1000,
     "publish_every": 50, "memory_capacity": 200_000, "checkpoint_every": 10**6, "threads": 1, "device": "cpu",
-    "utd_ratio": 1.0, "prefetch_batches": 2,
+    "utd_ratio": 2.0, "prefetch_batches": 2,
     # Fetch mixes metre-scale positions with centimetre-scale velocities: on raw inputs BC of 20 push demos
     # succeeds in 1 of 30 episodes, on standardised ones in 10 of 30 (cloud/learner/normalize.py)
     "normalize_observations": True,
 }
-RLPD = {"algorithm": "rlpd", "critics": 10, "critic_subset": 2, "critic_layer_norm": True, "demo_fraction": 0.5,
-        "learning_starts": 500}
+RLPD = {"algorithm": "rlpd", "critics": 2, "critic_subset": 2, "critic_layer_norm": True, "demo_fraction": 0.5,
+        "learning_starts": 500, "bc_pretrain_updates": 2000}
 
 
 @dataclass
@@ -161,6 +161,17 @@ def _no_metrics_port(cfg: Path) -> None:
 # ---------------------------------------------------------------- phases
 
 
+def wait_done(p: subprocess.Popen, log: Path, what: str, timeout: float) -> None:
+    """Wait for a process that must finish by itself and exit 0 (RuntimeError with its log's tail otherwise)."""
+    try:
+        rc = p.wait(timeout)
+    except subprocess.TimeoutExpired:
+        C.stop(p)
+        raise RuntimeError(f"{what} did not finish in {timeout:g} s; log {log}") from None
+    if rc != 0:
+        raise RuntimeError(f"{what} exited {rc}: {log.read_text()[-1500:]}")
+
+
 def record_demos(root: Path, episodes: int, rate_hz: float, timeout: float = 300) -> tuple[Path, list[Episode]]:
     """``edge-agent record --episodes N`` with the scripted operator into a learner that does not train;
     that learner's data dir is what the variants import (``learner.demo_paths``)."""
@@ -170,13 +181,7 @@ def record_demos(root: Path, episodes: int, rate_hz: float, timeout: float = 300
         log = cfg.parent / "record.log"
         p = C.spawn([sys.executable, "-m", "edge_agent", "record", "--config", str(cfg), "--episodes", str(episodes),
                      "--drain-timeout", "60"], log)
-        try:
-            rc = p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            C.stop(p)
-            raise RuntimeError(f"edge-agent record did not finish {episodes} demos in {timeout:g} s; log {log}") from None
-        if rc != 0:
-            raise RuntimeError(f"edge-agent record exited {rc}: {log.read_text()[-1500:]}")
+        wait_done(p, log, f"edge-agent record ({episodes} demos)", timeout)
     finally:
         lrn.stop()
     eps = read_episodes(lrn.data_dir)

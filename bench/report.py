@@ -6,7 +6,7 @@ import json
 
 from . import common as C
 
-NAMES = ["compress", "ingest", "weights", "jitter", "async", "wan", "buffer", "pixels", "hil"]
+NAMES = ["compress", "ingest", "weights", "jitter", "async", "wan", "buffer", "pixels", "hil", "hil_reward"]
 
 HEAD = """# Benchmarks
 

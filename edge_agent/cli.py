@@ -211,5 +211,35 @@ def status(
     raise typer.Exit(0 if online else 3)
 
 
+@app.command()
+def label(
+    config: Path = typer.Option(..., "--config", "-c", help="agent TOML file (for its state_dir)"),
+    reward: float = typer.Option(None, "--reward", help="add this to the current step's human reward"),
+    success: bool = typer.Option(False, "--success", help="end the current episode as a success"),
+    failure: bool = typer.Option(False, "--failure", help="end the current episode as a failure"),
+    reset: bool = typer.Option(False, "--reset", help="cut the current episode (neither success nor failure)"),
+) -> None:
+    """Label the running agent's current step or episode (learner.reward = "human" trains on these labels)."""
+    from .labels import send_label
+    from .metrics import is_online, read_status
+
+    chosen = [k for k, on in (("success", success), ("failure", failure), ("reset", reset)) if on]
+    if len(chosen) + (reward is not None) != 1:
+        typer.echo("edge-agent label: give exactly one of --reward X, --success, --failure, --reset", err=True)
+        raise typer.Exit(2)
+    try:
+        cfg = cfgmod.load(cfgmod.AgentConfig, config)
+        s = read_status(cfg.state_dir)
+        if s is None or not is_online(s) or not s.get("metrics_url"):
+            raise FleetError("the agent is not running here with its local API (service.metrics = true), "
+                             f"no fresh status in {cfg.state_dir}")
+        body = {"reward": reward} if reward is not None else {"event": chosen[0]}
+        send_label(str(s["metrics_url"]), cfg.state_dir, body)
+    except FleetError as e:
+        typer.echo(f"edge-agent label: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"labelled: {', '.join(f'{k}={v}' for k, v in body.items())}")
+
+
 def main() -> None:
     app()

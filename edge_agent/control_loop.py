@@ -141,15 +141,16 @@ class ControlLoop(threading.Thread):
                 self.running.set()
                 self.heartbeat()
                 cut, operator_reward = self.operator.take()
+                events = tick.events + self.operator.take_events()
                 terminated, success = res.terminated, res.success
                 human_reward = operator_reward + tick.reward
-                if "success" in tick.events:
+                if "success" in events:
                     terminated, success, human_reward = True, True, human_reward + 1.0
-                elif "failure" in tick.events:
+                elif "failure" in events:
                     terminated, success = True, False
                 if not terminated and self.policy.success(res.observation):  # the learner's success classifier
                     terminated, success = True, True
-                cut = cut or "reset" in tick.events
+                cut = cut or "reset" in events
                 truncated = res.truncated or (cut and not terminated)
                 self.recorder.add(
                     StepRecord(

@@ -33,6 +33,7 @@ from .control_loop import ControlLoop, EpisodeEnd
 from .human import open_teleop
 from .operator import OperatorControls
 from .ledger import Ledger
+from .labels import label_routes, write_token
 from .metrics import render_metrics, summary_line, write_status
 from .service import Heartbeat, Notifier, Signals, reload_plan, watchdog_period
 from .policy_holder import PolicyHolder
@@ -326,7 +327,8 @@ class Agent:
         metrics = None
         if self.cfg.service.metrics:
             metrics = await start_metrics_listener(
-                lambda: render_metrics(lambda: self.last_status), self.cfg.service.metrics_host, self.cfg.service.metrics_port
+                lambda: render_metrics(lambda: self.last_status), self.cfg.service.metrics_host, self.cfg.service.metrics_port,
+                routes=label_routes(self.operator, await asyncio.to_thread(write_token, self.cfg.state_dir)),
             )
             if metrics is not None:
                 self.metrics_url = metrics[1]

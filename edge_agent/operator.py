@@ -1,6 +1,6 @@
 """What a human (or ROS tooling) asks of the control loop, read once per tick.
 
-Set from any thread (the ROS 2 bridge, a future dashboard); the loop only
+Set from any thread (the ROS 2 bridge, the label API of :mod:`edge_agent.labels`); the loop only
 reads it, so the control thread never waits on whoever sets it.
 """
 
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import threading
 from typing import Any
+
+from hal_drivers.teleop.base import EVENTS
 
 
 class OperatorControls:
@@ -20,6 +22,7 @@ class OperatorControls:
         self.intervention = False
         self._stop_episode = False
         self._reward = 0.0
+        self._events: list[str] = []  # episode labels (success, failure, reset) from outside the teleop device
 
     def pause(self, on: bool) -> None:
         (self.running.clear if on else self.running.set)()
@@ -35,6 +38,19 @@ class OperatorControls:
     def add_reward(self, value: float) -> None:
         with self._lock:
             self._reward += value
+
+    def label(self, event: str) -> None:
+        """End the current episode as a success or failure, or cut it ("reset"), at the next tick."""
+        if event not in EVENTS:
+            raise ValueError(f"episode label {event!r} is not one of {', '.join(EVENTS)}")
+        with self._lock:
+            self._events.append(event)
+
+    def take_events(self) -> tuple[str, ...]:
+        """Episode labels since the last call — consumed."""
+        with self._lock:
+            events, self._events = tuple(self._events), []
+        return events
 
     def take(self) -> tuple[bool, float]:
         """(end the current episode now?, human reward label for this step) — consumed.

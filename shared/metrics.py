@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 from aiohttp import web
 
@@ -42,14 +42,17 @@ class RateMeter:
         return self.rate
 
 
-async def start_metrics_listener(render: Callable[[], bytes], host: str, port: int) -> tuple[web.AppRunner, str] | None:
-    """Serve ``GET /metrics`` with ``render()``'s text; None (and a warning) if the address is taken."""
+async def start_metrics_listener(render: Callable[[], bytes], host: str, port: int,
+                                 routes: Sequence[web.RouteDef] = ()) -> tuple[web.AppRunner, str] | None:
+    """Serve ``GET /metrics`` with ``render()``'s text (and ``routes``: the agent's label API); None (and a
+    warning) if the address is taken."""
 
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=render(), headers={"Content-Type": CONTENT_TYPE})
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)
+    app.router.add_routes(routes)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     try:

@@ -29,7 +29,7 @@ from shared.errors import ConfigError, SchemaError, StorageError
 from shared.schema import EpisodeSpec
 
 from .memory import RingStorage
-from .source import Batch, Dims
+from .source import Batch, Dims, Relabel
 from .storage import MANIFEST, Manifest, SegmentInfo, read_manifest
 from .writer import RingWriter
 
@@ -60,8 +60,9 @@ def online_rows(table: pa.Table) -> pa.Table:
 class DemoRing:
     """Rows people drove, in a ring of ``capacity`` (the oldest go first); fed by the replay buffer."""
 
-    def __init__(self, capacity: int, writer: RingWriter):
+    def __init__(self, capacity: int, writer: RingWriter, relabel: Relabel | None = None):
         self.writer = writer
+        self.relabel = relabel  # rows not yet scored (imports, reloads) are scored here, whole tables at a time
         self.storage = RingStorage(capacity, writer.columns(), writer.dtypes())
 
     @property
@@ -72,8 +73,11 @@ class DemoRing:
     def added(self) -> int:
         return self.storage.added
 
-    def add(self, table: pa.Table) -> int:
-        """Keep the table's demo and intervention rows; how many there were."""
+    def add(self, table: pa.Table, scored: bool = False) -> int:
+        """Keep the table's demo and intervention rows; how many there were. ``scored``: the relabel has
+        been applied already (the buffer's live path scores once for both rings)."""
+        if self.relabel is not None and not scored and human_rows(table).num_rows:
+            table = self.relabel(table, self.writer.spec)  # the whole table: next frames need whole chunks
         rows = human_rows(table)
         if rows.num_rows:
             self.writer.write(self.storage, rows)

@@ -27,7 +27,7 @@ from .demos import DemoRing, demo_spec, online_rows
 from .history import DiskHistory
 from .memory import FrameRing, RingStorage
 from .sampler import UniformSampler
-from .source import IMAGES, NEXT_IMAGES, Batch, Dims
+from .source import IMAGES, NEXT_IMAGES, Batch, Dims, Relabel
 from .storage import SegmentInfo, SegmentStore
 from .transform import NormaliseAction, Transform
 from .writer import FRAME, Item, RingWriter, pack
@@ -57,7 +57,8 @@ class ReplayBuffer:
     def __init__(self, root: Path, memory_capacity: int, obs_fields: list[str] | None = None,
                  sampler: UniformSampler | None = None, image_fields: Sequence[str] = (),
                  image_memory_bytes: int = 2 << 30, history_fraction: float = 0.0,
-                 history_cache_bytes: int = 512 << 20, demo_capacity: int = 0, demo_paths: Sequence[Path] = ()):
+                 history_cache_bytes: int = 512 << 20, demo_capacity: int = 0, demo_paths: Sequence[Path] = (),
+                 relabel: Relabel | None = None):
         if not 0.0 <= history_fraction <= 1.0:
             raise ValueError(f"history_fraction must be in [0, 1], got {history_fraction}")
         self.store = SegmentStore(root)
@@ -68,6 +69,7 @@ class ReplayBuffer:
         self.history_cache_bytes = history_cache_bytes
         self.demo_capacity, self.demo_paths = demo_capacity, [Path(p) for p in demo_paths]
         self.demos: DemoRing | None = None  # demonstration and intervention rows (state runs, demo_capacity > 0)
+        self.relabel = relabel  # rewards rewritten as rows are indexed (a success classifier)
         self.sampler = sampler or UniformSampler()
         self.spec: EpisodeSpec | None = None
         self.obs_fields: list[str] = []
@@ -258,6 +260,8 @@ class ReplayBuffer:
         return self._wire.get(robot_id, self.spec)
 
     def _adopt(self, spec: EpisodeSpec) -> None:
+        if self.relabel is not None:
+            self.relabel.check(spec)
         fields = self.requested_fields or spec.state_fields
         missing = [f for f in fields if f not in spec.state_fields]
         if missing:
@@ -282,7 +286,7 @@ class ReplayBuffer:
             self.history = DiskHistory(self.store.seg_dir, writer, self.history_cache_bytes)
         self._transforms = [NormaliseAction(spec)]
         if self.demo_capacity > 0 and frames is None:
-            self.demos = DemoRing(self.demo_capacity, writer)
+            self.demos = DemoRing(self.demo_capacity, writer, self.relabel)
 
     def _import_demos(self) -> None:
         """``learner.demo_paths`` into the demo ring (all or nothing; ConfigError naming the path and field)."""
@@ -321,10 +325,13 @@ class ReplayBuffer:
                  self.memory.size, self.demo_size)
 
     def _index(self, table: pa.Table, segment: str | None = None) -> None:
-        assert self.memory is not None and self._writer is not None
+        assert self.memory is not None and self._writer is not None and self.spec is not None
+        sent = table  # what robots sent: the episode statistics below read its own flags
+        if self.relabel is not None:
+            table = self.relabel(table, self.spec)
         if self.frames is None:
             if self.demos is not None:  # demonstrations go to the demo ring only, interventions to both (HIL-SERL)
-                self.demos.add(table)
+                self.demos.add(table, scored=True)
                 table = online_rows(table)
             self._writer.write(self.memory, table)
         else:
@@ -335,7 +342,7 @@ class ReplayBuffer:
                     self.history.add(segment)
                 self._writer.write(self.memory, table, self.frames, frames)
                 self._recount()
-        live = online_rows(table)  # recorded demonstrations say nothing of how the policy does
+        live = online_rows(sent)  # recorded demonstrations say nothing of how the policy does
         ends = live.filter(pc.or_(live.column("terminated"), live.column("truncated")))
         for rid, succ, ver in zip(
             ends.column("robot_id").to_pylist(), ends.column("success").to_pylist(), ends.column("policy_version").to_pylist()

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+import pyarrow as pa
+
+from shared.schema import EpisodeSpec
 
 # obs, action (in [-1, 1]), reward, next_obs, terminated: float32, one row per draw; and for each
 # camera field F the source serves, "images.F" and "next_images.F": uint8 [B, H, W, C].
@@ -33,6 +36,17 @@ class Dims:
     @property
     def image_fields(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.images)
+
+
+class Relabel(Protocol):
+    """Rewrites rows' rewards as the buffer indexes them (memory only; segments keep what robots sent):
+    the success classifier of ``learner.reward = "classifier"``. Tables hold whole chunks."""
+
+    def check(self, spec: EpisodeSpec) -> None:
+        """SchemaError if rows of ``spec`` cannot be scored (a camera it reads is missing)."""
+        ...
+
+    def __call__(self, table: pa.Table, spec: EpisodeSpec) -> pa.Table: ...
 
 
 @runtime_checkable

@@ -15,20 +15,22 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from cloud.buffer import NEXT_IMAGES, Dims, ReplayBuffer
+from cloud.buffer import ReplayBuffer
 from cloud.classifier_cli import labelled_frames
 from cloud.cli import app as cli_app
 from cloud.learner.classifier import TrainSettings, load_classifier, save_classifier, train_classifier
-from cloud.learner.rewards import build_reward, reward_camera_fields
+from cloud.learner.rewards import build_reward, reward_camera_fields, table_relabel
 from edge_agent.policy_holder import PolicyHolder
 from shared.chunk import StepRecord, build_batch
 from shared.config import LearnerAlgoConfig
-from shared.errors import ConfigError, WeightsError
+from shared.errors import ConfigError, SchemaError, WeightsError
 from shared.policy import Actor
 from shared.schema import EpisodeSpec
 from shared.success_classifier import SuccessClassifier
@@ -153,28 +155,28 @@ def test_save_load_round_trip_and_refusals(tmp_path, recording, trained):
             save_classifier(model, where)
 
 
-def test_reward_source_relabels_batches_from_frames_not_the_reward_column(tmp_path, recording, trained):
+def test_rows_are_scored_from_their_next_frames_not_the_reward_column(tmp_path, recording, trained):
     model, _ = trained
     path = tmp_path / "clf.safetensors"
     save_classifier(model, path)
     cfg = LearnerAlgoConfig(reward="classifier", classifier=path, classifier_threshold=0.5, image_fields=["side"])
-    assert reward_camera_fields(cfg) == ["side", "overhead"]  # the buffer serves both; the policy sees "side"
-    dims = Dims(16, 4, tuple(STATE), (("overhead", (64, 64, 3)), ("side", (64, 64, 3))))
-    reward = build_reward(cfg, dims)
-    assert reward.name == "classifier" and reward.camera_fields() == ("overhead",)
+    assert reward_camera_fields(cfg) == ["side"]  # rows are scored as they are indexed: no frames served for it
+    reward = build_reward(cfg)
+    assert reward.name == "classifier" and reward.camera_fields() == ()
+    relabel = table_relabel(cfg)
+    assert relabel is not None
+    relabel.check(recording.spec)
 
-    frames, labels = recording.frames(range(TRAIN_EPISODES, EPISODES))
-    n = len(frames)
-    batch = {"reward": torch.randn(n) * 100, "terminated": torch.zeros(n), "obs": torch.zeros(n, 16),
-             NEXT_IMAGES + "overhead": torch.from_numpy(frames), "images.overhead": torch.zeros(n, 64, 64, 3, dtype=torch.uint8)}
-    out = reward(batch)
-    want = (_probability(model, frames) > 0.5).astype(np.float32)
-    np.testing.assert_array_equal(out["reward"].numpy(), want)
-    np.testing.assert_array_equal(out["terminated"].numpy(), want)  # success ends the episode
-    assert out["reward"].dtype == torch.float32 and out["obs"] is batch["obs"]
-    assert _balanced(want > 0, labels) >= 0.8
-    batch["terminated"][:] = 1.0  # an env's own termination is kept
-    assert bool((reward(batch)["terminated"] == 1).all())
+    eps = range(TRAIN_EPISODES, EPISODES)
+    table = pa.Table.from_batches([build_batch(recording.spec, "r", f"e{e}", recording.episodes[e]) for e in eps])
+    scored = relabel(table, recording.spec)
+    frames, labels = recording.frames(eps)
+    want = _probability(model, frames) > 0.5
+    np.testing.assert_array_equal(scored.column("reward").to_numpy(), want.astype(np.float32))
+    ended = table.column("terminated").to_numpy(zero_copy_only=False) | want  # success ends the episode
+    np.testing.assert_array_equal(scored.column("terminated").to_numpy(zero_copy_only=False), ended)
+    assert set(table.column("reward").to_pylist()) == {-123.0}  # the driver's reward is not what is kept
+    assert _balanced(want, labels) >= 0.8
 
     tensors, arch = reward.publish_parts()
     assert tensors and all(k.startswith("classifier.") for k in tensors)
@@ -183,27 +185,16 @@ def test_reward_source_relabels_batches_from_frames_not_the_reward_column(tmp_pa
     for bad, match in ((cfg.model_copy(update={"classifier": None}), "needs learner.classifier"),
                        (cfg.model_copy(update={"classifier": tmp_path / "missing.safetensors"}), "learner.classifier.*does not exist")):
         with pytest.raises(ConfigError, match=match):
-            build_reward(bad, dims)
+            build_reward(bad)
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
     with pytest.raises(ConfigError, match="learner.classifier.*not a readable"):
-        build_reward(cfg.model_copy(update={"classifier": tmp_path / "junk.safetensors"}), dims)
-    with pytest.raises(ConfigError, match="learner.classifier.*which the data does not have"):
-        build_reward(cfg, Dims(16, 4, tuple(STATE), (("side", (64, 64, 3)),)))
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the learner's GPU)")
-def test_classifier_reward_runs_on_the_learner_device_for_cpu_batches(tmp_path, recording, trained):
-    model, _ = trained
-    save_classifier(model, tmp_path / "clf.safetensors")
-    cfg = LearnerAlgoConfig(reward="classifier", classifier=tmp_path / "clf.safetensors")
-    frames, _ = recording.frames(range(TRAIN_EPISODES, EPISODES))
-    batch = {"reward": torch.zeros(len(frames)), "terminated": torch.zeros(len(frames)),
-             NEXT_IMAGES + "overhead": torch.from_numpy(frames)}  # as the prefetcher hands it over: on the CPU
-    on_gpu, on_cpu = build_reward(cfg, None, "cuda"), build_reward(cfg, None, "cpu")
-    assert next(on_gpu.model.parameters()).device.type == "cuda"  # type: ignore[attr-defined]
-    out = on_gpu(batch)
-    assert out["reward"].device.type == "cpu"
-    assert (out["reward"] != on_cpu(batch)["reward"]).float().mean() < 0.01  # same decisions (up to GPU rounding)
+        table_relabel(cfg.model_copy(update={"classifier": tmp_path / "junk.safetensors"}))
+    with pytest.raises(ConfigError, match="history_fraction"):
+        table_relabel(cfg.model_copy(update={"history_fraction": 0.5}))
+    no_camera = EpisodeSpec({k: v for k, v in recording.spec.observation.items() if k != "overhead"},
+                            recording.spec.action_dim, recording.spec.action_low, recording.spec.action_high)
+    with pytest.raises(SchemaError, match="learner.classifier.*which the data does not have"):
+        relabel.check(no_camera)
 
 
 def _blob(reward, version: int = 1, tensors_update=None, arch_update=None):
@@ -299,9 +290,10 @@ def test_cli_trains_from_a_run_dir_and_refuses_one_class(tmp_path, recording, on
     assert res.exit_code == 2 and "is a directory" in res.output, res.output  # before any reading or training
 
 
-def test_trainer_with_classifier_reward_publishes_policies_that_carry_it(tmp_path, recording, trained, trainers):
-    """The learner's path: the buffer serves the classifier's camera (not the policy's: it is state-only),
-    the trainer rewards from it, and every published blob carries the classifier to robots."""
+def test_trainer_with_classifier_reward_trains_on_scored_rows_and_ships_the_classifier(tmp_path, recording, trained,
+                                                                                       trainers):
+    """The learner's path: the buffer scores each row as it indexes it (memory only: the segments keep the
+    driver's reward), the trainer trains on those rewards, every published blob carries the classifier."""
     import time
 
     from cloud.learner.trainer import Trainer
@@ -311,8 +303,13 @@ def test_trainer_with_classifier_reward_publishes_policies_that_carry_it(tmp_pat
     run = _run_dir(tmp_path / "run", recording, range(8))
     cfg = LearnerAlgoConfig(reward="classifier", classifier=tmp_path / "clf.safetensors", learning_starts=50,
                             batch_size=32, hidden=[32], publish_every=5, history_fraction=0.0)
-    buf = ReplayBuffer(run / "buffer", 10_000, image_fields=reward_camera_fields(cfg), image_memory_bytes=64 << 20)
-    assert buf.dims is not None and buf.dims.image_fields == ("overhead",)
+    buf = ReplayBuffer(run / "buffer", 10_000, image_fields=reward_camera_fields(cfg), relabel=table_relabel(cfg))
+    assert buf.dims is not None and buf.dims.image_fields == () and buf.memory is not None
+    frames, _ = recording.frames(range(8))
+    want = (_probability(model, frames) > 0.5).astype(np.float32)
+    np.testing.assert_array_equal(buf.memory.data["reward"][: buf.size], want)  # reloaded rows, scored
+    disk = pa.concat_tables([pq.read_table(p) for p in buf.segment_paths()])
+    assert set(disk.column("reward").to_pylist()) == {-123.0}
     blobs: list = []
     t = Trainer(buf, cfg, blobs.append)
     trainers.append(t)

@@ -84,6 +84,17 @@ def test_record_stores_exactly_the_demonstration_rows(tmp_path: Path, learner: L
     assert status["teleop"] == {"device": "scripted_fetch", "human_driving": False, "interventions": 2 * STEPS,
                                 "takeovers": 1, "read_errors": 0, "recording": True}
 
+    # a later RLPD run imports them (learner.demo_paths): every row in its demo ring, none online
+    from cloud.buffer import ReplayBuffer
+
+    rlpd = ReplayBuffer(tmp_path / "rlpd" / "buffer", 1000, demo_capacity=1000, demo_paths=[learner.data_dir])
+    assert rlpd.demo_size == 2 * STEPS and rlpd.size == 0
+    assert rlpd.demos is not None
+    ring = rlpd.demos.storage.data
+    assert (ring["demo"][: 2 * STEPS] == 1).all() and (ring["intervention"][: 2 * STEPS] == 1).all()
+    stored = sorted(tuple(np.round(r["action"], 5)) for r in rows)
+    assert sorted(tuple(np.round(a, 5)) for a in ring["action"][: 2 * STEPS]) == stored
+
 
 def test_record_without_teleop_is_a_clear_error(tmp_path: Path) -> None:
     done = _record(_config(tmp_path, "ws://127.0.0.1:1/ws", teleop=False), 1, timeout=60)

@@ -1,9 +1,7 @@
 """The agent's ROS 2 bridge, seen from a separate DDS participant with hand-written ROS 2 types."""
 
 import json
-import os
 import queue
-import random
 import threading
 from dataclasses import dataclass
 
@@ -12,14 +10,9 @@ import pytest
 
 from harness.waits import wait_for
 
-LOOPBACK = (
-    '<CycloneDDS><Domain Id="any"><General><Interfaces><NetworkInterface address="127.0.0.1"/></Interfaces>'
-    "<AllowMulticast>false</AllowMulticast></General><Discovery><ParticipantIndex>auto</ParticipantIndex>"
-    '<MaxAutoParticipantIndex>64</MaxAutoParticipantIndex><Peers><Peer address="127.0.0.1"/></Peers></Discovery>'
-    "</Domain></CycloneDDS>"
-)
-DOMAIN = random.SystemRandom().randint(1, 230)
-os.environ["CYCLONEDDS_URI"] = LOOPBACK
+from harness.dds import loopback_domain  # noqa: E402
+
+DOMAIN = loopback_domain()
 
 from cyclonedds.core import Listener, Policy, Qos  # noqa: E402
 from cyclonedds.domain import DomainParticipant  # noqa: E402

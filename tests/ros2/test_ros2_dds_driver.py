@@ -21,12 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-LOOPBACK = (
-    '<CycloneDDS><Domain Id="any"><General><Interfaces><NetworkInterface address="127.0.0.1"/></Interfaces>'
-    "<AllowMulticast>false</AllowMulticast></General><Discovery><ParticipantIndex>auto</ParticipantIndex>"
-    '<MaxAutoParticipantIndex>64</MaxAutoParticipantIndex><Peers><Peer address="127.0.0.1"/></Peers></Discovery>'
-    "</Domain></CycloneDDS>"
-)
+from harness.dds import LOOPBACK
+
 DOMAIN = random.SystemRandom().randint(1, 230)
 H, W = 48, 64
 ACTION_TOPICS = {"/arm/joint_trajectory": "JointTrajectory_", "/base/cmd_vel": "Twist_", "/gripper/cmd": "Float64MultiArray_"}

@@ -5,8 +5,6 @@ a real control loop on the MuJoCo Fetch robot; the row is checked in the
 Arrow batch the chunk is encoded from, as the learner stores it.
 """
 
-import os
-import random
 import threading
 from dataclasses import dataclass
 
@@ -15,14 +13,9 @@ import pytest
 
 from harness.waits import wait_for
 
-LOOPBACK = (
-    '<CycloneDDS><Domain Id="any"><General><Interfaces><NetworkInterface address="127.0.0.1"/></Interfaces>'
-    "<AllowMulticast>false</AllowMulticast></General><Discovery><ParticipantIndex>auto</ParticipantIndex>"
-    '<MaxAutoParticipantIndex>64</MaxAutoParticipantIndex><Peers><Peer address="127.0.0.1"/></Peers></Discovery>'
-    "</Domain></CycloneDDS>"
-)
-DOMAIN = random.SystemRandom().randint(1, 230)
-os.environ["CYCLONEDDS_URI"] = LOOPBACK
+from harness.dds import loopback_domain  # noqa: E402
+
+DOMAIN = loopback_domain()
 
 from cyclonedds.core import Policy, Qos  # noqa: E402
 from cyclonedds.domain import DomainParticipant  # noqa: E402

@@ -4,7 +4,6 @@ The publishing side uses hand-written DDS types (as a ROS 2 node's would look
 on the wire), independent of the device's generated ones.
 """
 
-import os
 import random
 import threading
 import time
@@ -18,14 +17,9 @@ from harness.waits import wait_for
 pytest.importorskip("cyclonedds")
 pytest.importorskip("rosbags")
 
-LOOPBACK = (
-    '<CycloneDDS><Domain Id="any"><General><Interfaces><NetworkInterface address="127.0.0.1"/></Interfaces>'
-    "<AllowMulticast>false</AllowMulticast></General><Discovery><ParticipantIndex>auto</ParticipantIndex>"
-    '<MaxAutoParticipantIndex>64</MaxAutoParticipantIndex><Peers><Peer address="127.0.0.1"/></Peers></Discovery>'
-    "</Domain></CycloneDDS>"
-)
-DOMAIN = random.SystemRandom().randint(1, 230)
-os.environ["CYCLONEDDS_URI"] = LOOPBACK
+from harness.dds import loopback_domain  # noqa: E402
+
+DOMAIN = loopback_domain()
 
 from cyclonedds.core import Policy, Qos  # noqa: E402
 from cyclonedds.domain import DomainParticipant  # noqa: E402
