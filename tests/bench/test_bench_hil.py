@@ -20,7 +20,8 @@ def test_every_variant_writes_configs_the_real_models_accept(v, tmp_path):
     if v.demos:
         assert cfg.learner.demo_paths == [tmp_path / "demos"]
     if cfg.learner.algorithm == "rlpd":
-        assert (cfg.learner.critics, cfg.learner.critic_subset, cfg.learner.critic_layer_norm) == (10, 2, True)
+        assert cfg.learner.critic_layer_norm and cfg.learner.critic_subset == 2 <= cfg.learner.critics
+        assert cfg.learner.bc_pretrain_updates > 0 and cfg.learner.normalize_observations
     teleop = hil.CORRECT_OPERATOR if v.operator else None
     agent = AgentConfig.model_validate(hil.agent_table("sim-0", "ws://127.0.0.1:1/ws", tmp_path, seed=1, rate_hz=25,
                                                        teleop=teleop))
@@ -29,6 +30,9 @@ def test_every_variant_writes_configs_the_real_models_accept(v, tmp_path):
     if agent.teleop is not None:
         op = registry.create(agent.teleop.device, agent.teleop.options, section="teleop")
         assert op.config.mode == "correct"  # type: ignore[attr-defined]
+    ev = AgentConfig.model_validate(hil.agent_table(hil.EVAL, "ws://127.0.0.1:1/ws", tmp_path, seed=1, rate_hz=25,
+                                                    teleop=None, deterministic=True))
+    assert ev.control.deterministic and ev.teleop is None  # the evaluation robot: the policy alone
 
 
 def test_demo_operator_options_are_valid():
