@@ -56,6 +56,7 @@ EVAL = "eval-0"  # one more robot per variant: the policy's mean action, no oper
 RATE_HZ, QUICK_RATE_HZ = 25.0, 0.0  # quick: as fast as the robots step, to finish episodes at all
 DOCS_PNG = C.ROOT / "docs" / "hil_curves.png"
 VARIANTS = ("sac", "rlpd", "rlpd+operator", "hg_dagger")
+QUICK_VARIANTS = ("rlpd+operator", "hg_dagger")  # the CI smoke run: every part (demos, RLPD, operator, BC), fewer processes
 _minutes_override: float | None = None  # set by ``python -m bench.hil --minutes``
 _variants_override: tuple[str, ...] | None = None
 
@@ -246,7 +247,7 @@ def _stop_variant(running: tuple[Variant, C.Learner, list]) -> None:
 
 def run(quick: bool = False, minutes: float | None = None, names: tuple[str, ...] | None = None) -> C.Result:
     minutes = minutes or _minutes_override or (QUICK_MINUTES if quick else FULL_MINUTES)
-    vs = variants(names or _variants_override or VARIANTS)
+    vs = variants(names or _variants_override or (QUICK_VARIANTS if quick else VARIANTS))
     res = C.Result("hil", quick)
     root = Path(tempfile.mkdtemp(prefix="fleetrl-bench-hil-"))
     rate = QUICK_RATE_HZ if quick else RATE_HZ
