@@ -31,8 +31,8 @@ from . import common as C
 from .hil import start_learner, wait_done, write_agent
 from .hil_episodes import curve, read_episodes, time_to, windowed_rate
 
-FULL_MINUTES, QUICK_MINUTES = 5.0, 0.4
-LABEL_EPISODES, QUICK_LABEL_EPISODES = 20, 4
+FULL_MINUTES, QUICK_MINUTES = 5.0, 0.25
+LABEL_EPISODES, QUICK_LABEL_EPISODES = 20, 3
 ROBOTS, WINDOW, TARGET = 2, 50, 0.8
 RATE_HZ = 25.0
 CAMERA = {"name": "overhead", "view": "external_camera_0", "size": 64, "codec": "raw"}  # cloud/demo.py's view

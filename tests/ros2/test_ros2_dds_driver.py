@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -171,7 +172,9 @@ def _peer(domain: int) -> None:  # pragma: no cover - runs in the subprocess
 
 class Peer:
     def __init__(self) -> None:
-        env = {**os.environ, "CYCLONEDDS_URI": LOOPBACK}
+        root = str(Path(__file__).resolve().parents[2])  # the script imports harness, beside tests/
+        env = {**os.environ, "CYCLONEDDS_URI": LOOPBACK,
+               "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
         self.proc = subprocess.Popen(
             [sys.executable, __file__, str(DOMAIN)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
         )
