@@ -55,6 +55,7 @@ ROBOTS = 2  # training robots (with the operator, in the operator variants)
 EVAL = "eval-0"  # one more robot per variant: the policy's mean action, no operator; its episodes are the curve
 RATE_HZ, QUICK_RATE_HZ = 25.0, 0.0  # quick: as fast as the robots step, to finish episodes at all
 DOCS_PNG = C.ROOT / "docs" / "hil_curves.png"
+PUSH = {"task": "push", "dense_reward": True}
 VARIANTS = ("sac", "rlpd", "rlpd+operator", "hg_dagger")
 QUICK_VARIANTS = ("rlpd+operator", "hg_dagger")  # the CI smoke run: every part (demos, RLPD, operator, BC), fewer processes
 _minutes_override: float | None = None  # set by ``python -m bench.hil --minutes``
@@ -118,13 +119,15 @@ def learner_table(v: Variant, demo_dir: Path | None, seed: int = 0) -> dict[str,
 
 
 def agent_table(robot_id: str, url: str, root: Path, *, seed: int, rate_hz: float, teleop: dict[str, Any] | None,
-                max_episodes: int = 0, random_steps: int = 0, deterministic: bool = False) -> dict[str, Any]:
-    """A simulated FetchPush robot's agent config, with the scripted operator as its teleop device."""
+                max_episodes: int = 0, random_steps: int = 0, deterministic: bool = False,
+                robot: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A simulated Fetch robot's agent config (FetchPush unless ``robot`` gives other driver options), with the
+    scripted operator as its teleop device."""
     d = root / robot_id
     cfg: dict[str, Any] = {
         "robot_id": robot_id,
         "link": {"url": url, **C.FAST_LINK, "allow_unauthenticated": True},
-        "robot": {"driver": "mujoco_fetch", "options": {"task": "push", "dense_reward": True, "seed": seed}},
+        "robot": {"driver": "mujoco_fetch", "options": {**(robot or PUSH), "seed": seed}},
         "control": {"rate_hz": rate_hz, "max_episodes": max_episodes, "chunk_steps": 50, "seed": seed,
                     "random_steps": random_steps, "deterministic": deterministic},
         "spool": {"dir": str(d / "spool"), "fsync": "never"},

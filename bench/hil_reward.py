@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from . import common as C
-from .hil import start_learner, wait_done, write_agent
+from .hil import agent_table, start_learner, wait_done, write_agent
 from .hil_episodes import curve, read_episodes, time_to, windowed_rate
 
 FULL_MINUTES, QUICK_MINUTES = 5.0, 0.25
@@ -45,30 +45,14 @@ LEARNER: dict[str, Any] = {
 _minutes_override: float | None = None
 
 
-def agent_table(robot_id: str, url: str, root: Path, *, seed: int, rate_hz: float, max_episodes: int = 0,
-                teleop: dict[str, Any] | None = None) -> dict[str, Any]:
-    d = root / robot_id
-    cfg: dict[str, Any] = {
-        "robot_id": robot_id,
-        "link": {"url": url, **C.FAST_LINK, "allow_unauthenticated": True},
-        "robot": {"driver": "mujoco_fetch", "options": {**ROBOT, "seed": seed}},
-        "control": {"rate_hz": rate_hz, "max_episodes": max_episodes, "chunk_steps": 50, "seed": seed},
-        "spool": {"dir": str(d / "spool"), "fsync": "never"},
-        "state_dir": str(d / "state"),
-        "service": {"metrics_port": 0},
-    }
-    if teleop is not None:
-        cfg["teleop"] = {"device": "scripted_fetch", "options": teleop}
-    return cfg
-
-
 def record_labels(root: Path, episodes: int) -> Path:
     """Successes (the scripted operator) and failures (random actions) with their frames, stored by a learner."""
     lrn = start_learner(root, "labels", {**LEARNER, "learning_starts": 10**9})
     try:
-        oracle = write_agent(agent_table("oracle", lrn.url, root, seed=700, rate_hz=0,
+        oracle = write_agent(agent_table("oracle", lrn.url, root, seed=700, rate_hz=0, robot=ROBOT,
                                          teleop={"task": "reach", "mode": "always", "noise": 0.3, "seed": 7}), root)
-        rand = write_agent(agent_table("random", lrn.url, root, seed=701, rate_hz=0, max_episodes=episodes), root)
+        rand = write_agent(agent_table("random", lrn.url, root, seed=701, rate_hz=0, max_episodes=episodes,
+                                       robot=ROBOT, teleop=None), root)
         p1 = C.spawn([sys.executable, "-m", "edge_agent", "record", "--config", str(oracle), "--episodes",
                       str(episodes), "--drain-timeout", "60"], oracle.parent / "record.log")
         p2 = C.spawn([sys.executable, "-m", "edge_agent", "run", "--config", str(rand), "--drain-timeout", "60"],
@@ -100,8 +84,9 @@ def run_pair(root: Path, classifier: Path, minutes: float, rate_hz: float) -> di
         d = root / name
         lrn = start_learner(d, "learner", {**LEARNER, **extra})
         t0 = time.time_ns()
-        agents = [C.start_agent(write_agent(agent_table(f"sim-{i}", lrn.url, d, seed=200 + i, rate_hz=rate_hz), d),
-                                drain_timeout=10) for i in range(ROBOTS)]
+        agents = [C.start_agent(write_agent(agent_table(f"sim-{i}", lrn.url, d, seed=200 + i, rate_hz=rate_hz,
+                                                        robot=ROBOT, teleop=None), d), drain_timeout=10)
+                  for i in range(ROBOTS)]
         deadline = time.monotonic() + minutes * 60
         error = ""
         while time.monotonic() < deadline and not error:

@@ -25,7 +25,7 @@ from .access import follow_robots
 from .admin import admin_listener, admin_token
 from .keys import HANDSHAKES, ADMIN_TOKEN, BUFFER, CONFIG, INGEST, LIMITS, PUBLISHER, REGISTRY, REJECTIONS, RESUME, ROBOTS, TRAINER
 from .robots import RobotRegistry
-from .learner.rewards import reward_camera_fields, table_relabel
+from .learner.rewards import table_relabel
 from .learner.algorithms import needs_demos
 from .learner.trainer import Trainer
 from .publisher import WeightPublisher
@@ -80,7 +80,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     relabel = await asyncio.to_thread(table_relabel, lc)  # reward = "classifier": rows scored as they are indexed
     buffer = await asyncio.to_thread(
         partial(ReplayBuffer, cfg.data_dir / "buffer", lc.memory_capacity, lc.observation_fields,
-                image_fields=reward_camera_fields(lc), image_memory_bytes=int(lc.image_memory_mb * 2**20),
+                image_fields=lc.image_fields, image_memory_bytes=int(lc.image_memory_mb * 2**20),
                 history_fraction=lc.history_fraction, demo_capacity=lc.demo_capacity if needs_demos(lc) else 0,
                 demo_paths=lc.demo_paths, relabel=relabel)
     )

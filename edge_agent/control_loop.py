@@ -140,8 +140,8 @@ class ControlLoop(threading.Thread):
                 res = self.robot.step(action)
                 self.running.set()
                 self.heartbeat()
-                cut, operator_reward = self.operator.take()
-                events = tick.events + self.operator.take_events()
+                cut, operator_reward, labels = self.operator.take()
+                events = tick.events + labels
                 terminated, success = res.terminated, res.success
                 human_reward = operator_reward + tick.reward
                 if "success" in events:

@@ -46,20 +46,14 @@ class OperatorControls:
         with self._lock:
             self._events.append(event)
 
-    def take_events(self) -> tuple[str, ...]:
-        """Episode labels since the last call — consumed."""
-        with self._lock:
-            events, self._events = tuple(self._events), []
-        return events
-
-    def take(self) -> tuple[bool, float]:
-        """(end the current episode now?, human reward label for this step) — consumed.
+    def take(self) -> tuple[bool, float, tuple[str, ...]]:
+        """(end the current episode now?, human reward label for this step, episode labels) — consumed.
 
         The label goes to the row's ``human_reward``, apart from the driver's ``reward``."""
         with self._lock:
-            stop, reward = self._stop_episode, self._reward
-            self._stop_episode, self._reward = False, 0.0
-        return stop, reward
+            stop, reward, events = self._stop_episode, self._reward, tuple(self._events)
+            self._stop_episode, self._reward, self._events = False, 0.0, []
+        return stop, reward, events
 
     def apply(self, cmd: Any) -> None:
         """One command from ROS 2 (:class:`edge_agent.ros2_bridge.Command`: ``kind``, ``value``)."""

@@ -25,16 +25,11 @@ from shared.observations import image_shapes
 from shared.schema import EpisodeSpec
 from shared.success_classifier import PREFIX, SuccessClassifier
 
-from ..buffer import Dims
 from .classifier import check_cameras, load_classifier
 
 
 class RewardSource(Protocol):
     name: str
-
-    def camera_fields(self) -> tuple[str, ...]:
-        """Camera fields the buffer must serve for this reward (beyond the policy's own)."""
-        ...
 
     def __call__(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """The batch with ``reward`` (and, for a classifier, ``terminated`` on success) replaced."""
@@ -50,9 +45,6 @@ class ColumnReward:
 
     def __init__(self, name: str, column: str):
         self.name, self.column = name, column
-
-    def camera_fields(self) -> tuple[str, ...]:
-        return ()
 
     def __call__(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         if self.column == "reward":
@@ -74,9 +66,6 @@ class ClassifierReward:
 
     def __init__(self, model: SuccessClassifier, threshold: float):
         self.model, self.threshold = model, float(threshold)
-
-    def camera_fields(self) -> tuple[str, ...]:
-        return ()  # scored once per row at indexing: the buffer need not serve the frames
 
     def __call__(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return batch
@@ -123,7 +112,7 @@ class ClassifierRelabel:
         return table.set_column(names.index("terminated"), "terminated", done)
 
 
-def build_reward(cfg: LearnerAlgoConfig, dims: Dims | None = None, device: torch.device | str = "cpu") -> RewardSource:
+def build_reward(cfg: LearnerAlgoConfig) -> RewardSource:
     """The reward source the config names (the classifier file is loaded and checked here)."""
     if cfg.reward == "env":
         return ColumnReward("env", "reward")
@@ -142,21 +131,13 @@ def table_relabel(cfg: LearnerAlgoConfig) -> ClassifierRelabel | None:
     return ClassifierRelabel(classifier_model(cfg), cfg.classifier_threshold)
 
 
-def classifier_model(cfg: LearnerAlgoConfig, dims: Dims | None = None) -> SuccessClassifier:
-    """``learner.classifier`` loaded and checked (against the buffer's cameras when ``dims`` is known)."""
+def classifier_model(cfg: LearnerAlgoConfig) -> SuccessClassifier:
+    """``learner.classifier`` loaded and checked (its cameras against a run's: ``ClassifierRelabel.check``)."""
     if cfg.classifier is None:
         raise ConfigError('learner.reward = "classifier" needs learner.classifier: the trained classifier file '
                           "(cloud-learner classifier train --out ...)")
     try:
         model = load_classifier(cfg.classifier)
-        if dims is not None:
-            check_cameras(model.encoder.views, dict(dims.images), f"classifier file {cfg.classifier}")
     except ConfigError as e:
         raise ConfigError(f"learner.classifier: {e}") from None
     return model
-
-
-def reward_camera_fields(cfg: LearnerAlgoConfig) -> list[str]:
-    """Camera fields the buffer must serve: the policy's ``image_fields`` (a classifier's rows are scored
-    when indexed, so its cameras need not be served)."""
-    return list(cfg.image_fields)

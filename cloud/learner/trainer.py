@@ -265,7 +265,7 @@ class Trainer(threading.Thread):
         dims = self.buffer.dims
         assert dims is not None
         sac = self._build(dims)
-        self._reward = build_reward(self.cfg, dims, sac.device)
+        self._reward = build_reward(self.cfg)
         if sac.device.type == "cuda":  # cuda:N: this thread's kernels and CUDA context go to that GPU, not GPU 0
             torch.cuda.set_device(sac.device)
         rng = np.random.default_rng(self.cfg.seed)

@@ -26,7 +26,7 @@ from cloud.buffer import ReplayBuffer
 from cloud.classifier_cli import labelled_frames
 from cloud.cli import app as cli_app
 from cloud.learner.classifier import TrainSettings, load_classifier, save_classifier, train_classifier
-from cloud.learner.rewards import build_reward, reward_camera_fields, table_relabel
+from cloud.learner.rewards import build_reward, table_relabel
 from edge_agent.policy_holder import PolicyHolder
 from shared.chunk import StepRecord, build_batch
 from shared.config import LearnerAlgoConfig
@@ -160,9 +160,8 @@ def test_rows_are_scored_from_their_next_frames_not_the_reward_column(tmp_path, 
     path = tmp_path / "clf.safetensors"
     save_classifier(model, path)
     cfg = LearnerAlgoConfig(reward="classifier", classifier=path, classifier_threshold=0.5, image_fields=["side"])
-    assert reward_camera_fields(cfg) == ["side"]  # rows are scored as they are indexed: no frames served for it
     reward = build_reward(cfg)
-    assert reward.name == "classifier" and reward.camera_fields() == ()
+    assert reward.name == "classifier"
     relabel = table_relabel(cfg)
     assert relabel is not None
     relabel.check(recording.spec)
@@ -303,7 +302,7 @@ def test_trainer_with_classifier_reward_trains_on_scored_rows_and_ships_the_clas
     run = _run_dir(tmp_path / "run", recording, range(8))
     cfg = LearnerAlgoConfig(reward="classifier", classifier=tmp_path / "clf.safetensors", learning_starts=50,
                             batch_size=32, hidden=[32], publish_every=5, history_fraction=0.0)
-    buf = ReplayBuffer(run / "buffer", 10_000, image_fields=reward_camera_fields(cfg), relabel=table_relabel(cfg))
+    buf = ReplayBuffer(run / "buffer", 10_000, image_fields=cfg.image_fields, relabel=table_relabel(cfg))
     assert buf.dims is not None and buf.dims.image_fields == () and buf.memory is not None
     frames, _ = recording.frames(range(8))
     want = (_probability(model, frames) > 0.5).astype(np.float32)

@@ -37,13 +37,13 @@ async def test_labels_reach_the_operator_with_the_token_only(tmp_path):
         assert await asyncio.to_thread(send_label, url, tmp_path, {"reward": 0.5}) == {"ok": True, "reward": 0.5}
         await asyncio.to_thread(send_label, url, tmp_path, {"reward": 0.25})
         await asyncio.to_thread(send_label, url, tmp_path, {"event": "success"})
-        assert op.take() == (False, 0.75) and op.take_events() == ("success",) and op.take_events() == ()
+        assert op.take() == (False, 0.75, ("success",)) and op.take() == (False, 0.0, ())
         with pytest.raises(ConfigError, match="event must be one of"):
             await asyncio.to_thread(send_label, url, tmp_path, {"event": "maybe"})
         (tmp_path / TOKEN_FILE).write_text("not-the-token")
         with pytest.raises(ConfigError, match="wrong token"):
             await asyncio.to_thread(send_label, url, tmp_path, {"reward": 1.0})
-        assert op.take() == (False, 0.0)  # refused labels changed nothing
+        assert op.take() == (False, 0.0, ())  # refused labels changed nothing
     finally:
         await runner.cleanup()
     with pytest.raises(ConfigError, match="cannot reach the agent"):
