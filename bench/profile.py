@@ -2,6 +2,7 @@
 
     python -m bench.profile compress   # cProfile of the agent's chunk encoder (clean camera frames)
     python -m bench.profile weights    # each step of a 10M-parameter policy push, timed, + cProfile of the robot side
+    python -m bench.profile gil        # each robot-side step of a 100M swap beside a 1 kHz ticker: its worst delay
     python -m bench.profile ingest     # py-spy of a real learner while a real agent drains a state-only backlog
 """
 
@@ -55,8 +56,11 @@ def weights() -> None:
 
     from edge_agent.policy_holder import PolicyHolder
     from shared.fsutil import atomic_write
-    from shared.protocol.frames import MsgType, encode_frame
-    from shared.weights import decode_weights
+    from shared.protocol import Policy
+    from shared.protocol.stream import POLICY_PART_BYTES, PolicyReceiver
+    from shared.weights import WeightsBlob, decode_weights, load_weights_file
+
+    from cloud.policy_frames import PolicyFrames
 
     from .weights import make_blob
 
@@ -66,23 +70,38 @@ def weights() -> None:
     import json
 
     sha = json.loads((d / "p.json").read_text())["sha256"]
+    blob = WeightsBlob(1, sha, data)
     t = {}
     t0 = time.perf_counter()
     atomic_write(d / "latest.safetensors", data)
-    t["learner: persist latest.safetensors (atomic_write + fsync), before any link is told"] = time.perf_counter() - t0
+    t["learner: persist latest.safetensors (atomic_write + fsync), overlapped with the push"] = time.perf_counter() - t0
+    frames = PolicyFrames()
+    spans = [(o, min(o + POLICY_PART_BYTES, len(data))) for o in range(0, len(data), POLICY_PART_BYTES)]
     t0 = time.perf_counter()
-    encode_frame(MsgType.POLICY, {"version": 1, "sha256": sha}, data)
-    t["learner: encode the frame (one copy of the blob)"] = time.perf_counter() - t0
+    for a, b in spans:
+        frames.part(blob, a, b)
+    t["learner: encode the frames (one copy of the blob, shared by every link)"] = time.perf_counter() - t0
+    rx = PolicyReceiver(1 << 31)
+    parts = [Policy(1, sha, len(data), a, data[a:b]) for a, b in spans]
     t0 = time.perf_counter()
-    w = decode_weights(data, sha, 1 << 30)
-    t["robot: decode_weights (sha256 + safetensors load)"] = time.perf_counter() - t0
+    whole = None
+    for p in parts:
+        whole = rx.add(p) or whole
+    assert whole is not None
+    t["robot: PolicyReceiver.add of every part (copy into one buffer + sha256 as they arrive)"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    w = decode_weights(whole[2], None, 1 << 30)
+    t["robot: decode_weights of the received buffer (verified already: zero-copy parse)"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    load_weights_file(d / "latest.safetensors", sha, 1 << 30)
+    t["robot: load_weights_file with sha256 (mmap, copy-on-write)"] = time.perf_counter() - t0
     holder = PolicyHolder({"observation": 10, "achieved_goal": 3, "desired_goal": 3}, 4)
     t0 = time.perf_counter()
     pr = cProfile.Profile()
     pr.enable()
     loaded = holder.prepare(w)
     pr.disable()
-    t["robot: PolicyHolder.prepare (build actor, load_state_dict, isfinite)"] = time.perf_counter() - t0
+    t["robot: PolicyHolder.prepare (meta-device actor, assign, finite check)"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     holder.swap(loaded)
     t["robot: swap"] = time.perf_counter() - t0
@@ -158,14 +177,14 @@ def summarize(who: str, path: Path, n: int = 14) -> None:
 
 
 def gil(params: int = 100_000_000) -> None:
-    """How long each robot-side step of a policy swap keeps a 50 Hz-like thread from running:
+    """How long each robot-side step of a policy swap keeps a 1 kHz thread from running:
     a ticker thread sleeps 1 ms in a loop and records its worst lateness while each step runs."""
     import json
     import threading
 
     from edge_agent.policy_download import PolicyDownload
     from edge_agent.policy_holder import PolicyHolder
-    from shared.weights import decode_weights
+    from shared.weights import decode_weights, load_weights_file
 
     from .weights import make_blob
 
@@ -200,16 +219,19 @@ def gil(params: int = 100_000_000) -> None:
     parts = [Policy(version=1, sha256=sha, size=len(data), offset=off, body=data[off:off + part])
              for off in range(0, len(data), part)]
 
-    def download() -> bytes:
+    def download():
         done = None
         for p in parts:
             done = dl.add(p) or done
         return done[2]
 
-    whole = step(f"reassemble {len(data) // part} parts of 1 MiB (PolicyDownload.add)", download)
-    w = step("decode_weights (sha256 + safetensors load)", lambda: decode_weights(whole, sha, 1 << 31))
+    whole = step(f"reassemble {len(data) // part} parts of 1 MiB, sha256 as they arrive (PolicyDownload.add)", download)
+    step("decode_weights of the verified buffer (no re-hash, zero-copy)", lambda: decode_weights(whole, None, 1 << 31))
+    step("load_weights_file, no re-hash (mmap copy-on-write, zero-copy)",
+         lambda: load_weights_file(d / "p.safetensors", None, 1 << 31))
+    w = step("load_weights_file with sha256", lambda: load_weights_file(d / "p.safetensors", sha, 1 << 31))
     holder = PolicyHolder({"observation": 10, "achieved_goal": 3, "desired_goal": 3}, 4)
-    loaded = step("PolicyHolder.prepare (build actor, load_state_dict, isfinite)", lambda: holder.prepare(w))
+    loaded = step("PolicyHolder.prepare (meta-device actor, assign, finite check)", lambda: holder.prepare(w))
     step("swap", lambda: holder.swap(loaded))
     stop.set()
     shutil.rmtree(d)

@@ -306,15 +306,18 @@ async def _ack_in_order(conn: CloudConnection, order: AckOrder, acks: asyncio.Qu
 
 async def _push_policies(app: web.Application, conn: CloudConnection, outbox: Outbox, hello: Hello) -> None:
     """Send each newer policy in parts (:class:`PolicySender` says which); a part waits for the previous
-    one to leave, so acks overtake it and a newer version cuts in; a hello with a partial download resumes it."""
+    one to leave, so acks overtake it and a newer version cuts in; a hello with a partial download resumes it.
+    Sending starts while the learner still writes the blob; the last part waits for the write
+    (:meth:`WeightPublisher.written`), so a robot never completes a version the learner could lose.
+    Every link sends the same encoded parts (:class:`cloud.policy_frames.PolicyFrames`)."""
     publisher = app[PUBLISHER]
     sender = PolicySender(hello.policy_version, (hello.partial_policy, hello.partial_bytes), POLICY_PART_BYTES)
     while True:
-        blob = await publisher.wait_newer(sender.have)
+        blob = await publisher.wait_offered(sender.have)
         offset = sender.begin(blob.version, len(blob.data))
         if offset:
             log.info("event=policy_resume robot_id=%s version=%d offset=%d size=%d", hello.robot_id, blob.version, offset, len(blob.data))
-        view = memoryview(blob.data)
-        while (span := sender.next_part(publisher.version)) is not None:
-            part = view[span[0] : span[1]]  # a view, not a copy: msgpack copies it once
-            await outbox.send(BULK, conn.policy(blob.version, blob.sha256, len(blob.data), span[0], part))  # type: ignore[arg-type]
+        while (span := sender.next_part(publisher.offered)) is not None:
+            if span[1] == len(blob.data) and not await publisher.written(blob):
+                break  # its write failed or a newer one cut in: the robot keeps a partial, never this whole
+            await outbox.send(BULK, publisher.frames.part(blob, *span))

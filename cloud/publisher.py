@@ -1,9 +1,14 @@
 """The weight publisher: holds the newest policy, persists it, tells links.
 
-Each robot link waits on :meth:`wait_newer` and sends the newest version it
+Each robot link waits on :meth:`wait_offered` and sends the newest version it
 has not sent; a robot that was slow or offline skips straight to the latest.
 The newest blob is kept on disk so a restarted learner serves it at once and
 never reuses a version number.
+
+The write runs while the links already send the blob: a link sends every part
+but the last at once, and the last only once :meth:`written` says the blob is
+on disk. So a robot never completes a version the learner could lose (a failed
+write keeps robots on the previous version), yet the fsync overlaps the transfer.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from shared.lograte import LogLimiter
 from shared.errors import WeightsError
 from shared.weights import WeightsBlob, sha256, weights_version
 
+from .policy_frames import PolicyFrames
+
 log = logging.getLogger("fleetrl.publisher")
 
 
@@ -25,7 +32,9 @@ class WeightPublisher:
     def __init__(self, policy_dir: Path):
         self.dir = Path(policy_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.latest: WeightsBlob | None = self._load()
+        self.latest: WeightsBlob | None = self._load()  # the newest blob on disk
+        self.pending: WeightsBlob | None = None  # the blob being written (and already sent, but its last part)
+        self.frames = PolicyFrames()  # its parts, encoded once for every link
         self.failures = 0  # publishes whose write failed (shown in /status and the metrics)
         self.last_error = ""  # the latest failure, cleared by the next good publish
         self._logs = LogLimiter(60.0)  # a full disk fails every publish: one line a minute per kind
@@ -34,7 +43,13 @@ class WeightPublisher:
 
     @property
     def version(self) -> int:
+        """The newest version on disk: what robots may hold, and what a restart serves."""
         return self.latest.version if self.latest else 0
+
+    @property
+    def offered(self) -> int:
+        """The newest version links send: the one being written, else :attr:`version`."""
+        return self.pending.version if self.pending else self.version
 
     def _load(self) -> WeightsBlob | None:
         """The newest persisted policy. The blob and its JSON are written one after the other
@@ -78,8 +93,8 @@ class WeightPublisher:
             raise
 
     async def publish(self, blob: WeightsBlob) -> bool:
-        """Persist, then hand out. A failed write (disk full) keeps robots on the
-        previous version: it is logged (once a minute per kind), counted and shown
+        """Hand out and persist at once (the last part of each link waits for the write,
+        see :meth:`written`). A failed write (disk full) keeps robots on the previous version: it is logged (once a minute per kind), counted and shown
         in /status, and the next publish tries again."""
         async with self._writing:  # one write at a time: they share temp names, and the newest must land last
             return await self._publish(blob)
@@ -87,6 +102,9 @@ class WeightPublisher:
     async def _publish(self, blob: WeightsBlob) -> bool:
         if blob.version <= self.version:
             return False
+        async with self._cond:  # links start sending it now; its last part waits for the write
+            self.pending = blob
+            self._cond.notify_all()
         try:
             await asyncio.to_thread(self._persist, blob)
         except OSError as e:
@@ -95,18 +113,37 @@ class WeightPublisher:
             self._logs.log(log, logging.ERROR, ("publish_failed", type(e), e.errno),
                       "event=publish_failed version=%d error=%r failures=%d action=robots_stay_on_v%d",
                       blob.version, e.strerror or str(e), self.failures, self.version)
+            async with self._cond:
+                self.pending = None
+                self._cond.notify_all()
             return False
         if self.last_error:
             log.info("event=publish_recovered version=%d failures_so_far=%d", blob.version, self.failures)
             self.last_error = ""
         async with self._cond:
-            self.latest = blob
+            self.latest, self.pending = blob, None
             self._cond.notify_all()
         log.info("event=policy_published version=%d bytes=%d", blob.version, len(blob.data))
         return True
 
     async def wait_newer(self, than: int) -> WeightsBlob:
+        """The newest blob on disk, once its version is above ``than``."""
         async with self._cond:
             await self._cond.wait_for(lambda: self.version > than)
             assert self.latest is not None
             return self.latest
+
+    async def wait_offered(self, than: int) -> WeightsBlob:
+        """The newest blob to send (maybe still being written), once its version is above ``than``."""
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.offered > than)
+            blob = self.pending or self.latest
+            assert blob is not None
+            return blob
+
+    async def written(self, blob: WeightsBlob) -> bool:
+        """Wait for ``blob``'s write; True if it is the newest on disk (send its last part),
+        False if the write failed or a newer one took its place (the link cuts it)."""
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.pending is not blob)
+            return self.latest is blob

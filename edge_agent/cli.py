@@ -81,7 +81,7 @@ def record(
         raise typer.Exit(rc)
     if agent.pending_at_exit:
         typer.echo(f"recorded {done} episode(s), but the learner did not acknowledge {agent.pending_at_exit} "
-                   f"chunk(s) (unreachable? {agent.uplink.last_error or 'no ack in time'}); they are kept in the "
+                   f"chunk(s) (unreachable? {agent.link_state['last_error'] or 'no ack in time'}); they are kept in the "
                    f"spool at {cfg.spool.dir} and sent when the agent next runs", err=True)
         raise typer.Exit(3)
     if done < episodes:

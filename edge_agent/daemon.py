@@ -1,7 +1,10 @@
-"""The edge agent: wires driver, control loop, recorder, spool, uplink and policy.
+"""The edge agent's control process: driver, control loop, recorder, spool, policy.
 
 Threads: the control loop (its own), encoding and disk writes (asyncio's
-worker threads). Everything else is one asyncio loop.
+worker threads). Everything else is one asyncio loop. The websocket and the
+policy download run in the link process (:mod:`edge_agent.link_process`),
+which this process starts, feeds and restarts: nothing the link does can take
+the interpreter lock from the control loop.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -22,11 +26,11 @@ from shared.config import AgentConfig
 from shared.logs import set_level
 from shared.metrics import RateMeter, start_metrics_listener
 from shared.errors import ConfigError, FleetError, WeightsError
-from shared.protocol import EdgeConnection, Limits
+from shared.protocol import Limits
 from shared.devices import resolve_device
 from shared.observations import image_shapes, state_sizes
 from shared.tasks import cancel_and_reap, until_first_done
-from shared.weights import decode_weights
+from shared.weights import load_weights_file
 
 from . import enrollment
 from .control_loop import ControlLoop, EpisodeEnd
@@ -36,15 +40,16 @@ from .ledger import Ledger
 from .labels import label_routes, write_token
 from .metrics import render_metrics, summary_line, write_status
 from .service import Heartbeat, Notifier, Signals, reload_plan, watchdog_period
+from .link_feed import LinkFeed
 from .policy_holder import PolicyHolder
 from .recorder import PendingChunk, Recorder
 from .spool import Spool
 from .status import AgentStatus, LinkReport
-from .uplink import Uplink
 
 log = logging.getLogger("fleetrl.agent")
 
 DISK_RETRY_S = 5.0  # retry a failed spool write this often even if no ack frees space
+SWITCH_INTERVAL_S = 0.0005  # how long another thread of this process may hold the GIL when a tick is due
 
 
 class Agent:
@@ -74,6 +79,7 @@ class Agent:
         self._rate = RateMeter()
         self._last_ack: float | None = None
         self._status_write_failed = False
+        self._status_lock = asyncio.Lock()  # one writer of status.json at a time: they share its temp file
         sc = cfg.spool
         self.notifier.status("recovering the spool")
         # The spool first: after a crash, what was recorded is recovered before anything runs.
@@ -150,14 +156,25 @@ class Agent:
             log.info("event=spool_resumed bytes=%d", self.spool.bytes)
             self.may_start.set()
 
-    async def _on_policy(self, version: int, sha256: str, data: bytes) -> None:
+    def _load_policy(self, version: int, sha256: str, path: Path):
+        """Map the file the link process wrote, check it and build the network (a worker thread)."""
         try:
-            weights = await asyncio.to_thread(decode_weights, data, sha256, self.limits.max_weights_bytes)
+            weights = load_weights_file(path, sha256, self.limits.max_weights_bytes)
             if weights.version != version:
                 raise WeightsError(f"weights say version {weights.version}, the link said {version}")
-            loaded = await asyncio.to_thread(self.policy.prepare, weights)
+            return self.policy.prepare(weights)
+        finally:
+            path.unlink(missing_ok=True)  # mapped (or refused): the file is not needed again
+
+    async def _on_policy(self, version: int, sha256: str, path: Path) -> None:
+        """A whole policy the link process received: swap it in between two ticks."""
+        try:
+            loaded = await asyncio.to_thread(self._load_policy, version, sha256, path)
         except FleetError as e:
             log.error("event=policy_refused version=%d code=%s message=%r", version, e.code, e.message)
+            return
+        except OSError as e:
+            log.error("event=policy_refused version=%d code=load_failed message=%r", version, str(e))
             return
         if self.policy.swap(loaded):
             log.info("event=policy_swapped version=%d", loaded.version)
@@ -202,17 +219,18 @@ class Agent:
 
     def service_status(self) -> AgentStatus:
         """The one snapshot behind status.json, /metrics and systemd's STATUS= line."""
-        c, up, sp = self.control, self.uplink, self.spool
+        c, up, sp, link = self.control, self.link_state, self.spool, self.feed.supervisor
         j = c.jitter()
         return {
             "time": time.time(), "pid": os.getpid(), "robot_id": self.cfg.robot_id, "state": self.state,
             "status_interval_s": self.cfg.service.status_interval_s, "metrics_url": self.metrics_url,
             "policy_version": self.policy.version,
             "link": {
-                "connected": up.connected, "url": up.url, "reconnects": up.reconnects, "last_error": up.last_error,
-                "refused": up.refused, "learner_holding": up.holding,
+                "connected": up["connected"], "url": up["url"], "reconnects": up["reconnects"],
+                "last_error": up["last_error"], "refused": up["refused"], "learner_holding": up["learner_holding"],
                 "last_ack_age_s": None if self._last_ack is None else round(time.monotonic() - self._last_ack, 3),
-                "policy_refused_reason": up.policy_refused_reason,  # weights from an unproven learner are refused
+                "policy_refused_reason": up["policy_refused_reason"],  # weights from an unproven learner are refused
+                "process_pid": up["pid"], "process_restarts": link.restarts,
             },
             "spool": {
                 "bytes": sp.bytes, "quota_bytes": sp.quota_bytes, "fill": sp.bytes / sp.quota_bytes if sp.quota_bytes else None,
@@ -239,7 +257,8 @@ class Agent:
         log.debug("event=status state=%s link_up=%d policy_version=%d rate_hz=%.1f unacked=%d", s["state"],
                   s["link"]["connected"], s["policy_version"], s["control"]["rate_hz"], s["spool"]["pending_chunks"])
         try:
-            await asyncio.to_thread(write_status, self.cfg.state_dir, s)
+            async with self._status_lock:
+                await asyncio.to_thread(write_status, self.cfg.state_dir, s)
             self._status_write_failed = False
         except OSError as e:  # a full disk must not stop the robot; say it once
             if not self._status_write_failed:
@@ -266,7 +285,7 @@ class Agent:
             for key in refused:
                 log.warning("event=reload_refused key=%s reason=restart_required action=keeping_running_value", key)
             self.cfg = merged
-            self.uplink.cfg = merged.link
+            self.feed.supervisor.send("link_cfg", merged.link.model_dump(mode="json"))
             if "service.log_level" in applied:
                 set_level(merged.service.log_level)
             log.info("event=reloaded applied=%s refused=%s", ",".join(applied) or "-", ",".join(refused) or "-")
@@ -281,10 +300,18 @@ class Agent:
             if self.teleop is not None:
                 self.teleop.close()  # idempotent: normally done when the loop stopped
 
+    @property
+    def link_state(self) -> dict:
+        """The link process's latest figures (connected, url, errors): see edge_agent.link_feed."""
+        return self.feed.state
+
     async def _run(self) -> int:
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[PendingChunk | None] = asyncio.Queue()
-        recorder = Recorder(self.cfg.control.chunk_steps, lambda pc: loop.call_soon_threadsafe(chunks.put_nowait, pc))
+        control = self.cfg.control
+        recorder = Recorder(control.chunk_steps, lambda pc: loop.call_soon_threadsafe(chunks.put_nowait, pc),
+                            chunk_bytes=control.chunk_bytes, chunk_seconds=control.chunk_seconds)
         bridge = self._start_ros2() if self.cfg.ros2 is not None else None
         if bridge is not None:
             from .ros2_bridge import bridged_recorder
@@ -299,20 +326,13 @@ class Agent:
         self.control.on_episode = episode_ended
         space_freed = asyncio.Event()
         credential, pin = enrollment.load(self.cfg)
-        uplink = Uplink(
-            self.cfg.link,
-            lambda: EdgeConnection(self.cfg.robot_id, self.spec.to_dict(), [self.desc.to_dict()], self.limits, credential),
-            self.spool, self._on_policy, lambda: dict(self.status()),  # a plain dict is what goes on the wire
-            lambda: self.policy.version, self.limits, pin,
-        )
+
         def on_ack() -> None:
             self._last_ack = time.monotonic()
             space_freed.set()
             self._apply_quota()
 
-        uplink.on_ack = on_ack
-        uplink.on_welcome = lambda welcome: self.policy.learner_announced(welcome.policy_version)
-        self.uplink = uplink
+        self.feed = LinkFeed(self, credential, pin, self._on_policy, on_ack)
         stop = asyncio.Event()
 
         def on_stop(_sig: int) -> None:
@@ -344,18 +364,16 @@ class Agent:
 
         async def store_chunks() -> None:
             while (pc := await chunks.get()) is not None:
-                seq = await self._store(pc, space_freed)
-                uplink.limit_seq = seq  # counted in the ledger: now it may be sent
-                uplink.wake()
+                self.feed.spooled(await self._store(pc, space_freed))  # counted in the ledger: now it may be sent
 
         async def ros2_status() -> None:
             assert bridge is not None and self.cfg.ros2 is not None
             while True:
-                bridge.publish_status({**self.status(), "link": "connected" if uplink.connected else "disconnected"})
+                bridge.publish_status({**self.status(), "link": "connected" if self.link_state["connected"] else "disconnected"})
                 await asyncio.sleep(self.cfg.ros2.status_interval_s)
 
         store_task = asyncio.create_task(store_chunks())
-        link_task = asyncio.create_task(uplink.run())
+        self.feed.start()
         ros2_task = asyncio.create_task(ros2_status()) if bridge is not None else None
         status_task = asyncio.create_task(self._status_loop())
         ready_task = asyncio.create_task(say_ready())
@@ -372,14 +390,8 @@ class Agent:
             self.teleop.close()
         chunks.put_nowait(None)  # after the loop's last chunk: FIFO keeps the order
         await store_task
-        t0 = time.monotonic()
-        try:
-            await asyncio.wait_for(uplink.wait_drained(), self.drain_timeout_s)
-            log.info("event=drained seconds=%.2f", time.monotonic() - t0)
-        except asyncio.TimeoutError:
-            log.warning("event=drain_timeout pending=%d (kept in the spool for the next start)", self.spool.pending())
-        await uplink.close(f"agent stopping; {self.spool.pending()} chunks left in its spool")
-        await cancel_and_reap((link_task, ros2_task, status_task, ready_task))
+        await self.feed.drain(self.drain_timeout_s)
+        await cancel_and_reap((ros2_task, status_task, ready_task))
         if bridge is not None:
             bridge.close()
         self.ledger.save(self.policy.versions_used)

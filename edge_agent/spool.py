@@ -41,6 +41,11 @@ _FIXED = struct.Struct("<QIQIH")
 _SUFFIX = ".seg"
 _MAX_RECORD = 1 << 31
 DEFAULT_QUOTA_SHARE = 0.5  # of the disk free at start (plus what the spool holds), when spool.quota_mb is unset
+# The acked mark goes to disk at most this often, or after this many acks: rewriting and fsyncing the state
+# file on every ack was most of the agent's time at full upload speed. A mark on disk behind the real one only
+# causes resends the cloud drops (its welcome carries its durable mark: ``adopt_cloud_mark``).
+ACK_PERSIST_S = 0.1
+ACK_PERSIST_EVERY = 100
 
 
 class SpoolCorrupt(StorageError):
@@ -112,7 +117,11 @@ class Spool:
         self.bytes = 0
         self._state = StateSlots(self.dir / "state", fsync=fsync != "never")
         state = self._state.read()
-        self.acked_seq: int = state.get("acked", 0)
+        self.acked_seq: int = state.get("acked", 0)  # exact, in memory
+        self._saved_acked = self.acked_seq  # what the state file says: segments are deleted up to here only
+        self._unsaved_acks = 0
+        self._last_save = 0.0
+        self._timer: threading.Timer | None = None  # a pending write of the acked mark
         # [first, last, reason] ranges the cloud must hear of; their own file, so the
         # fixed-size state slot never has to make room by forgetting one.
         self.lost: list[list] = [r for r in self._read_lost() if r[1] > self.acked_seq]
@@ -128,7 +137,9 @@ class Spool:
     # ---------------------------------------------------------------- state file
 
     def _write_state(self) -> None:
-        self._state.write({"acked": self.acked_seq, "last": self.last_seq})
+        acked = self.acked_seq
+        self._state.write({"acked": acked, "last": self.last_seq})
+        self._saved_acked, self._unsaved_acks, self._last_save = acked, 0, time.monotonic()
 
     def _read_lost(self) -> list[list]:
         path = self.dir / "lost.json"
@@ -323,7 +334,12 @@ class Spool:
         return self.last_seq - self.acked_seq
 
     def ack(self, seq: int) -> None:
-        """The cloud holds everything up to ``seq`` durably: forget it here."""
+        """The cloud holds everything up to ``seq`` durably: forget it here.
+
+        The mark is exact in memory at once; it reaches disk at most every ``ACK_PERSIST_S`` or
+        ``ACK_PERSIST_EVERY`` acks (a timer writes the last of a burst; :meth:`sync_acks`, :meth:`close`), and
+        at once while the spool is over its quota (the caller checks ``full`` right after). Files are deleted
+        only up to the mark on disk, so after a crash every record above it is still there to resend."""
         with self._lock:
             seq = min(seq, self.last_seq)
             if seq <= self.acked_seq:
@@ -333,9 +349,37 @@ class Spool:
             if still_lost != self.lost:
                 self.lost = still_lost
                 self._write_lost()
+            index = self._index
+            while index:  # seq order (appends arrive in order): drop from the front
+                first = next(iter(index))
+                if first > seq:
+                    break
+                del index[first]
+            self._unsaved_acks += 1
+            wait = ACK_PERSIST_S - (time.monotonic() - self._last_save)
+            if self._unsaved_acks >= ACK_PERSIST_EVERY or wait <= 0 or self.full:  # full: free its files now
+                self._save_acks()
+            elif self._timer is None:  # the last acks of a burst reach disk (and free files) within ACK_PERSIST_S
+                self._timer = threading.Timer(wait, self._timed_save)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def _timed_save(self) -> None:
+        with self._lock:
+            self._timer = None
+            try:
+                self._save_acks()
+            except OSError as e:  # the next ack or close() tries again; the mark in memory is exact
+                log.warning("event=spool_ack_write_failed error=%r", e)
+
+    def sync_acks(self) -> None:
+        """Write the acked mark now if the file is behind it (and delete the files it frees)."""
+        with self._lock:
+            self._save_acks()
+
+    def _save_acks(self) -> None:
+        if self._saved_acked != self.acked_seq:
             self._write_state()
-            for s in [s for s in self._index if s <= seq]:
-                del self._index[s]
             self._drop_acked_segments()
 
     def adopt_cloud_mark(self, cloud_acked: int) -> None:
@@ -346,12 +390,13 @@ class Spool:
                 self.last_seq = cloud_acked
                 self._close_active()
         self.ack(cloud_acked)
+        self.sync_acks()  # once per connection; a raised last seq must reach disk (never reuse one)
 
     def _drop_acked_segments(self) -> None:
         keep = []
         for i, (first, path) in enumerate(self._segments):
             last_in = self._segments[i + 1][0] - 1 if i + 1 < len(self._segments) else self.last_seq
-            if last_in <= self.acked_seq:
+            if last_in <= self._saved_acked:
                 if path == self._active:
                     self._close_active()
                 self.bytes -= path.stat().st_size
@@ -361,5 +406,16 @@ class Spool:
         self._segments = keep
 
     def close(self) -> None:
+        """The latest acked mark to disk, then the active segment closed."""
         with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._save_acks()
             self._close_active()
+
+    def location(self, seq: int) -> tuple[str, int, int]:
+        """(segment path, offset, length) of a pending record: the link process reads it from there."""
+        with self._lock:
+            loc = self._index[seq]
+        return str(loc.segment), loc.offset, loc.length

@@ -50,6 +50,8 @@ class LinkStatus(TypedDict):
     learner_holding: bool  # the learner's storage fails: it keeps nothing, the robot keeps its data
     last_ack_age_s: float | None
     policy_refused_reason: str  # weights from an unproven learner are refused
+    process_pid: int | None  # the link process (the control process restarts it if it dies)
+    process_restarts: int  # times the link process died and was started again
 
 
 class SpoolStatus(TypedDict):

@@ -45,7 +45,7 @@ class Uplink:
         cfg: LinkConfig,
         make_connection: Callable[[], EdgeConnection],
         spool: Spool,
-        on_policy: Callable[[int, str, bytes], Awaitable[None]],
+        on_policy: Callable[[int, str, bytes | memoryview], Awaitable[None]],
         status: Callable[[], dict[str, Any]],
         policy_version: Callable[[], int],
         limits: Limits,

@@ -51,7 +51,11 @@ def chunk_rows(state_dir: Path) -> dict[int, int]:
 def stored_rows(data_dir: Path, columns: Iterable[str] = KEY_COLUMNS) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(manifest, one dict per stored row) of a learner's data directory."""
     buf = data_dir / "buffer"
-    manifest = json.loads((buf / "manifest.json").read_text())
+    from cloud.buffer.storage import read_manifest  # snapshot + the log of commits since it
+
+    m = read_manifest(buf)
+    assert m is not None, f"no buffer manifest in {buf}"
+    manifest = m.to_dict()
     rows: list[dict[str, Any]] = []
     for s in manifest["segments"]:
         rows.extend(pq.read_table(buf / "segments" / s["name"], columns=list(columns)).to_pylist())

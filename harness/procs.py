@@ -148,10 +148,11 @@ class Learner:
         return admin_status(self.data_dir)
 
     def policy(self, timeout: float = 30) -> Any:
-        """The published policy on disk (shared.weights.Weights). latest.json and latest.safetensors
-        are two files a running learner replaces one after the other: read until they agree."""
+        """The published policy on disk (shared.weights.Weights), read as a restarted learner reads
+        it: latest.safetensors is replaced atomically and carries its own version, so it wins over
+        latest.json, which a kill -9 between the two writes leaves one version behind."""
         from shared.errors import WeightsError
-        from shared.weights import decode_weights
+        from shared.weights import decode_weights, sha256
 
         from .waits import wait_for
 
@@ -159,8 +160,8 @@ class Learner:
 
         def read() -> Any:
             try:
-                meta = json.loads((d / "latest.json").read_text())
-                return decode_weights((d / "latest.safetensors").read_bytes(), meta["sha256"], 1 << 31)
+                blob = (d / "latest.safetensors").read_bytes()
+                return decode_weights(blob, sha256(blob), 1 << 31)
             except (OSError, ValueError, WeightsError):
                 return None
 

@@ -92,7 +92,19 @@ class RobotConfig(_Strict):
 
 class ControlConfig(_Strict):
     rate_hz: float = Field(25.0, ge=0, description="control loop rate; 0 runs as fast as the robot steps (simulation)")
-    chunk_steps: int = Field(50, gt=0, le=10_000, description="steps per uploaded chunk; episode ends also cut a chunk")
+    chunk_steps: int = Field(
+        50, gt=0, le=10_000, description="most steps per uploaded chunk; episode ends, chunk_bytes and "
+        "chunk_seconds also cut one (on a fast link, raise it with chunk_bytes set: fewer, bigger chunks)",
+    )
+    chunk_bytes: int = Field(
+        32 << 20, ge=0, description="cut a chunk once its steps hold this many raw bytes (observations and "
+        "actions, before compression; 0: no cut by size); keeps camera chunks well under the learner's "
+        "limits.max_decompressed_bytes",
+    )
+    chunk_seconds: float = Field(
+        0.0, ge=0, description="cut a chunk this long after its first step (0: no cut by age); bounds how "
+        "late a slow robot's steps reach the learner",
+    )
     max_episodes: int = Field(0, ge=0, description="stop after this many episodes (0: run forever)")
     random_steps: int = Field(0, ge=0, description="uniform random actions for this many steps before any policy arrives")
     deterministic: bool = Field(False, description="act with the policy mean instead of sampling (evaluation)")

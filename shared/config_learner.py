@@ -115,6 +115,11 @@ class LearnerAlgoConfig(_Strict):
     publish_when_idle: bool = Field(
         False, description="also publish whenever training catches up with the data (for synchronous runs)"
     )
+    sync_robots: int = Field(
+        0, ge=0, description="synchronous rounds across robots (with their [control] sync = true): publish only once "
+        "this many robots have each finished an episode since the last publish and training has caught up with "
+        "the data; publish_every does not apply. 0: off",
+    )
     observation_fields: list[str] | None = Field(None, description="state fields fed to the policy (default: all)")
     memory_capacity: int = Field(1_000_000, gt=0, description="transitions kept in memory for sampling")
     checkpoint_every: int = Field(5000, gt=0, description="checkpoint the learner every this many updates")

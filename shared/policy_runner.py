@@ -27,7 +27,7 @@ from .success_classifier import SuccessClassifier
 from .success_classifier import build as build_classifier
 from .success_classifier import check_arch as check_classifier_arch
 from .success_classifier import shapes as classifier_shapes
-from .weights import Weights
+from .weights import Weights, all_finite
 
 
 def _frame(a: np.ndarray) -> np.ndarray:
@@ -140,7 +140,7 @@ def load_policy(weights: Weights, state_fields: Mapping[str, int], action_dim: i
     odd = sorted({str(t.dtype) for t in weights.tensors.values()} - {"torch.float32"})
     if odd:
         raise WeightsError(f"weights hold {', '.join(odd)} tensors; policies are float32")
-    if not all(torch.isfinite(t).all() for t in weights.tensors.values()):
+    if not all_finite(weights.tensors):  # one min/max pass per tensor, without the GIL
         raise WeightsError("weights contain NaN or inf")
     try:
         # Built on the meta device and given the blob's own tensors: no random init to overwrite and no

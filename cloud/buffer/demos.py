@@ -52,8 +52,8 @@ def human_rows(table: pa.Table) -> pa.Table:
 
 def online_rows(table: pa.Table) -> pa.Table:
     """The rows the online ring keeps: all but recorded demonstrations (interventions stay: the policy was live)."""
-    if "demo" not in table.schema.names:
-        return table
+    if "demo" not in table.schema.names or not pc.any(table.column("demo")).as_py():
+        return table  # no demonstration rows (the usual case): no filtered copy of the whole table
     return table.filter(pc.invert(table.column("demo")))
 
 

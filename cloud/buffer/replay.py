@@ -343,10 +343,11 @@ class ReplayBuffer:
                 self._writer.write(self.memory, table, self.frames, frames)
                 self._recount()
         live = online_rows(sent)  # recorded demonstrations say nothing of how the policy does
-        ends = live.filter(pc.or_(live.column("terminated"), live.column("truncated")))
-        for rid, succ, ver in zip(
-            ends.column("robot_id").to_pylist(), ends.column("success").to_pylist(), ends.column("policy_version").to_pylist()
-        ):
+        ends = pc.indices_nonzero(pc.or_(live.column("terminated"), live.column("truncated")))  # only the
+        # episodes' last rows are read (no filtered copy of the whole table)
+        for rid, succ, ver in zip(live.column("robot_id").take(ends).to_pylist(),
+                                  live.column("success").take(ends).to_pylist(),
+                                  live.column("policy_version").take(ends).to_pylist()):
             self.episodes.append({"robot_id": rid, "success": bool(succ), "policy_version": ver})
             self.episodes_total += 1
 

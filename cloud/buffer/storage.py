@@ -1,18 +1,17 @@
 """Sealed Parquet segments and the manifest that names them.
 
 A segment is written under a temporary name, fsynced, renamed and the
-directory fsynced; then the manifest (segments + each robot's durable
-high-water stream sequence) is replaced atomically. A crash between the two
+directory fsynced; then one line naming it (and each robot's durable
+high-water stream sequence) is appended to the manifest log and fsynced
+(``manifest``: snapshot + log, compacted now and then). A crash between the two
 leaves a stray segment that recovery reports and removes: its chunks were
 never acked, so robots resend them, and nothing is stored twice.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +25,14 @@ from shared.errors import StorageError
 from shared.faults import crash_point
 from shared.fsutil import atomic_write, fsync_dir
 
+from .manifest import LOG, MANIFEST, MANIFEST_VERSION, Manifest, ManifestLog, SegmentInfo, load, read_log, replay
+
+__all__ = ["LOG", "MANIFEST", "MANIFEST_VERSION", "Manifest", "SegmentInfo", "SegmentStore", "read_manifest",
+           "segment_path", "image_columns", "row_groups"]
+
 log = logging.getLogger("fleetrl.storage")
 
-MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
+COMPACT_MIN = 1024  # log records before a snapshot is considered (then: as many as the snapshot has segments)
 SEGMENTS = "segments"  # the sealed segments' directory under the buffer root
 IMAGE_ROW_GROUP_ROWS = 64  # a segment with cameras is cut into row groups of whole chunks of about this many rows
 IMAGE_PAGE_BYTES = 1 << 30  # one data page per column chunk: raw frames then lie at a known place in the file
@@ -76,69 +79,13 @@ def row_groups(table: pa.Table, target: int) -> list[tuple[int, int]]:
     return out
 
 
-@dataclass
-class SegmentInfo:
-    name: str
-    rows: int
-    robots: dict[str, list[int]]  # robot id -> [first seq, last seq, rows]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "rows": self.rows, "robots": self.robots}
-
-
-@dataclass
-class Manifest:
-    run_id: str
-    spec: dict[str, Any] | None = None
-    segments: list[SegmentInfo] = field(default_factory=list)
-    hwm: dict[str, int] = field(default_factory=dict)  # robot id -> highest durable stream seq
-    lost: list[dict[str, Any]] = field(default_factory=list)  # ranges robots reported damaged
-    next_segment: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
-    robot_bytes: dict[str, int] | None = None  # robot id -> disk bytes of its rows (segment size, shared by rows)
-
-    def to_json(self) -> bytes:
-        return json.dumps(
-            {
-                "version": MANIFEST_VERSION, "run_id": self.run_id, "spec": self.spec,
-                "segments": [s.to_dict() for s in self.segments], "hwm": self.hwm, "lost": self.lost,
-                "next_segment": self.next_segment, "extra": self.extra, "robot_bytes": self.robot_bytes,
-            },
-            indent=1,
-        ).encode()
-
-    @classmethod
-    def from_json(cls, data: bytes, path: Path | str = MANIFEST) -> "Manifest":
-        """Parse a manifest; StorageError naming ``path`` if it is damaged or of another version."""
-        try:
-            return cls._parse(json.loads(data))
-        except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSON, UTF-8, missing or mistyped fields
-            why = (str(e).splitlines() or [""])[0][:200]
-            raise StorageError(f"buffer manifest {path} is damaged or not one this build reads "
-                               f"({type(e).__name__}: {why}); the buffer was left as it is") from None
-
-    @classmethod
-    def _parse(cls, d: Any) -> "Manifest":
-        if d.get("version") != MANIFEST_VERSION:
-            raise ValueError(f"unsupported manifest version {d.get('version')!r}")
-        return cls(
-            run_id=d["run_id"], spec=d.get("spec"),
-            segments=[SegmentInfo(s["name"], s["rows"], s["robots"]) for s in d["segments"]],
-            hwm={k: int(v) for k, v in d["hwm"].items()}, lost=list(d.get("lost", [])),
-            next_segment=int(d["next_segment"]),
-            extra=d.get("extra", {}),
-            robot_bytes=None if d.get("robot_bytes") is None else {k: int(v) for k, v in d["robot_bytes"].items()},
-        )
-
-
 def read_manifest(root: Path) -> Manifest | None:
-    """The manifest as on disk, or None where there is none; no recovery runs.
+    """The manifest as on disk (snapshot + log), or None where there is none; no recovery runs.
 
     For readers beside a live learner (export): opening a ``SegmentStore``
     would delete the learner's in-flight segment files as strays.
     """
-    path = Path(root) / MANIFEST
-    return Manifest.from_json(path.read_bytes(), path) if path.is_file() else None
+    return load(Path(root))
 
 
 def segment_path(root: Path, seg: SegmentInfo) -> Path:
@@ -151,18 +98,28 @@ class SegmentStore:
         self.seg_dir = self.root / SEGMENTS
         self.seg_dir.mkdir(parents=True, exist_ok=True)
         self.compression = compression
-        path = self.root / MANIFEST
+        path, log_path = self.root / MANIFEST, self.root / LOG
+        recs: list[dict[str, Any]] = []
+        good = self._snapshot_segments = 0
         if path.exists():
             self.manifest = Manifest.from_json(path.read_bytes(), path)
+            self._snapshot_segments = len(self.manifest.segments)
+            recs, good = read_log(log_path)
+            replay(self.manifest, recs, log_path)
         else:
             self.manifest = Manifest(run_id=os.urandom(8).hex(), robot_bytes={})
-            self._commit()
-        self.recovery_report = self._recover()
+            log_path.unlink(missing_ok=True)  # a log without its snapshot names nothing this run wrote
+            atomic_write(path, self.manifest.to_json())
+        self.recovery_report = self._recover()  # before any write: a damaged buffer is left as it is
+        self._log = ManifestLog(log_path, good)
+        self._logged = len(recs)  # records in the log (a snapshot is due when they are many)
+        if self.manifest.version < MANIFEST_VERSION:
+            self.compact()  # an older build must refuse this buffer, not read the snapshot without the log
         self._account()
 
     @property
     def rows(self) -> int:
-        return sum(s.rows for s in self.manifest.segments)
+        return self.manifest.rows
 
     def _recover(self) -> dict[str, Any]:
         known = {s.name for s in self.manifest.segments}
@@ -186,29 +143,43 @@ class SegmentStore:
         return {"segments": len(self.manifest.segments), "rows": self.rows, "stray_removed": stray}
 
     def _account(self) -> None:
-        """A manifest from before per-robot accounting: charge its segments now."""
+        """A manifest from before per-robot accounting: charge its segments now (and write it down)."""
         if self.manifest.robot_bytes is None:
             self.manifest.robot_bytes = {}
             for seg in self.manifest.segments:
-                self._charge(seg, (self.seg_dir / seg.name).stat().st_size)
+                self.manifest.charge(seg, (self.seg_dir / seg.name).stat().st_size)
+            self.compact()
 
-    def _charge(self, seg: SegmentInfo, size: int) -> None:
-        """Add a segment's disk bytes to its robots, shared by their rows (what the disk quota counts)."""
-        assert self.manifest.robot_bytes is not None
-        for rid, (_, _, rows) in seg.robots.items():
-            share = size * rows // max(seg.rows, 1)
-            self.manifest.robot_bytes[rid] = self.manifest.robot_bytes.get(rid, 0) + share
+    def _commit(self, rec: dict[str, Any]) -> None:
+        """Append one commit to the log (durable when this returns), then apply it in memory.
 
-    def _commit(self) -> None:
+        Raises with memory unchanged when the append fails. A snapshot follows when the log holds as many
+        records as the last snapshot has segments (at least ``COMPACT_MIN``): its cost, spread over those
+        commits, keeps each commit's cost flat on average."""
+        rec = {"n": self.manifest.commits + 1, **rec}
+        self._log.append(rec)
+        self.manifest.apply(rec)
+        self._logged += 1
+        if self._logged >= max(COMPACT_MIN, self._snapshot_segments):
+            try:
+                self.compact()
+            except OSError as e:  # the commit is durable in the log; the snapshot waits for the next try
+                log.warning("event=manifest_compaction_failed error=%r action=kept_the_log", e)
+
+    def compact(self) -> None:
+        """Write the state as a new snapshot (atomic replace), then empty the log."""
         atomic_write(self.root / MANIFEST, self.manifest.to_json())
+        self._log.reset()
+        self._logged, self._snapshot_segments = 0, len(self.manifest.segments)
+
+    def close(self) -> None:
+        self._log.close()
 
     def set_spec(self, spec: dict[str, Any]) -> None:
-        self.manifest.spec = spec
-        self._commit()
+        self._commit({"op": "spec", "spec": spec})
 
     def set_extra(self, key: str, value: Any) -> None:
-        self.manifest.extra[key] = value
-        self._commit()
+        self._commit({"op": "extra", "key": key, "value": value})
 
     def write_segment(
         self, table: pa.Table | None, robots: dict[str, list[int]], lost: list[dict[str, Any]] | None = None
@@ -218,7 +189,7 @@ class SegmentStore:
         ``table`` may be None when only lost ranges move a mark.
         """
         m = self.manifest
-        info = None
+        info, size = None, 0
         if table is not None and table.num_rows:
             name = f"seg-{m.next_segment:08d}.parquet"
             tmp = self.seg_dir / (name + ".tmp")
@@ -229,28 +200,23 @@ class SegmentStore:
             fsync_dir(self.seg_dir)
             crash_point("seal_before_manifest")
             info = SegmentInfo(name, table.num_rows, {r: v for r, v in robots.items() if v[2]})
-            m.segments.append(info)
-            m.next_segment += 1
-            self._charge(info, (self.seg_dir / name).stat().st_size)
-        for rid, (_, last, _) in robots.items():
-            m.hwm[rid] = max(m.hwm.get(rid, 0), last)
-        m.lost.extend(lost or [])
-        try:
-            self._commit()
-        except BaseException:
-            # Not committed: go back to what is on disk; the renamed segment is a stray.
-            self.manifest = Manifest.from_json((self.root / MANIFEST).read_bytes())
-            self._account()
-            raise
+            size = (self.seg_dir / name).stat().st_size
+        # Not committed if this raises: memory stays as on disk; the renamed segment is a stray.
+        self._commit({"op": "seg", "seg": None if info is None else info.to_dict(), "bytes": size,
+                      "hwm": {rid: last for rid, (_, last, _) in robots.items()}, "lost": list(lost or []),
+                      "next": m.next_segment + (info is not None)})
         return info
 
     def _write_parquet(self, table: pa.Table, path: Path) -> None:
-        """State-only: one zstd table. With cameras: frames uncompressed (raw bytes or PNG/JPEG already), in
+        """State-only: one zstd table (dictionaries for string columns only). With cameras: frames uncompressed (raw bytes or PNG/JPEG already), in
         row groups of whole chunks (~``IMAGE_ROW_GROUP_ROWS``) that history sampling reads one at a time, one
         page per column chunk (so raw frames can be read in place: ``history``)."""
         images = image_columns(table.schema)
+        # Dictionaries only where values repeat (robot and episode ids): on float columns one costs a third of
+        # the write and makes the file bigger.
+        strings = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
         if not images:
-            pq.write_table(table, path, compression=self.compression)
+            pq.write_table(table, path, compression=self.compression, use_dictionary=strings)
             return
         comp = {leaf: ("none" if f.name in images else self.compression)
                 for f in table.schema for leaf in _leaves(f.name, f.type)}
@@ -264,8 +230,12 @@ class SegmentStore:
         if longest * widest < IMAGE_PAGE_BYTES and ROWS_PER_PAGE_OPTION:
             schema = schema.with_metadata({**(schema.metadata or {}), ONE_PAGE_KEY: b"one"})
             pages = {"max_rows_per_page": max(longest, 1)}
+        # Frames are stored as they came: no compression (raw noise does not compress, PNG/JPEG already is),
+        # no dictionary, no min/max statistics (nothing filters on pixels; they cost a pass over every byte).
+        rest = [leaf for f in table.schema if f.name not in images for leaf in _leaves(f.name, f.type)]
         with pq.ParquetWriter(path, schema, compression=comp, data_page_size=IMAGE_PAGE_BYTES, **pages,
-                              use_dictionary=[n for n in table.schema.names if n not in images]) as w:
+                              use_dictionary=strings,
+                              write_statistics=rest) as w:
             for a, b in cuts:
                 w.write_table(table.slice(a, b - a).replace_schema_metadata(schema.metadata), row_group_size=b - a)
 

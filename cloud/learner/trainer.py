@@ -59,12 +59,29 @@ class Trainer(threading.Thread):
         self._prefetcher: Prefetcher | None = None
         self.device: torch.device | None = None  # where training runs, once it has started
         self._published_at = 0
+        self._episodes_at_publish = 0  # buffer.episodes_total when the last policy was published (sync_robots)
         self.updates = 0
         self.last_losses: dict[str, float] = {}
         self.updates_per_s = 0.0
         self.error: BaseException | None = None
         self._cond = threading.Condition()
         self._stopping = False
+
+    def _round_over(self) -> bool:
+        """Synchronous publishing: training has caught up with the data (and trained since the last publish),
+        and with ``sync_robots`` also each of that many robots has finished an episode since then."""
+        if not (self.cfg.publish_when_idle or self.cfg.sync_robots) or self.updates <= self._published_at:
+            return False
+        total = int(getattr(self.buffer, "episodes_total", 0))  # before _allowed: what it counts was trained on
+        if self._allowed():
+            return False
+        if self.cfg.sync_robots:
+            new = total - self._episodes_at_publish
+            recent = list(getattr(self.buffer, "episodes", ()))[-new:] if new > 0 else []  # a bounded deque: its
+            if len({e["robot_id"] for e in recent}) < self.cfg.sync_robots:  # newest episodes are the ones counted
+                return False
+        self._episodes_at_publish = total
+        return True
 
     def _publish(self, sac: Algorithm) -> None:
         self.version += 1
@@ -162,6 +179,9 @@ class Trainer(threading.Thread):
             checkpoint.check_encoder_weights_file(Path(self.cfg.encoder_weights))
         algorithms.check_source(self.cfg, self.buffer, self.buffer.dims)
         self._source = algorithms.source_for(self.cfg, self.buffer)
+        if self.cfg.sync_robots and not hasattr(self.buffer, "episodes_total"):
+            raise ConfigError(f"learner.sync_robots = {self.cfg.sync_robots} needs the single-node learner, which "
+                              "counts each robot's episodes; this one trains from shards: set sync_robots = 0")
         if self.checkpoint_path is None or not self.checkpoint_path.exists():
             if self.published is not None:
                 log.warning("event=resume_without_checkpoint checkpoint=none published_policy=v%d "
@@ -289,9 +309,12 @@ class Trainer(threading.Thread):
 
     def _loop(self, sac: Algorithm) -> None:
         t_last, n_last = time.monotonic(), 0
+        if self.cfg.sync_robots and self.version == 0:  # the robots' first policy: they wait after each episode
+            self._episodes_at_publish = int(getattr(self.buffer, "episodes_total", 0))  # from now on (until then
+            self._publish(sac)  # they run free, faster than a learner catches up with them)
         while True:
-            if self.cfg.publish_when_idle and not self._allowed() and self.updates > self._published_at:
-                self._publish(sac)  # caught up with the data: a synchronous robot is waiting for this
+            if self._round_over():
+                self._publish(sac)  # caught up with the data: synchronous robots are waiting for this
             with self._cond:
                 self._cond.wait_for(lambda: self._stopping or self._allowed())
                 if self._stopping:
@@ -299,7 +322,7 @@ class Trainer(threading.Thread):
                     return
             self.last_losses = sac.update(self._sample(self._rng))
             self.updates += 1
-            if self.updates % self.cfg.publish_every == 0:
+            if self.updates % self.cfg.publish_every == 0 and not self.cfg.sync_robots:
                 self._publish(sac)
             if self.updates % self.cfg.checkpoint_every == 0:
                 self.save_checkpoint()

@@ -10,7 +10,10 @@ a network (tests/shared/test_shared_stream.py).
 
 from __future__ import annotations
 
+import hashlib
+import mmap
 from collections import deque
+from typing import Callable
 
 from ..errors import ProtocolError, WeightsError
 from .codes import RejectCode
@@ -103,7 +106,9 @@ class PolicySender:
 
     Starts from the robot's hello: the version it runs (``have``) and a partial
     download to resume (``partial`` = (version, bytes)). A newer published version
-    cuts in between parts; the cut one is not resumed."""
+    cuts in between parts; the cut one is not resumed. Parts end on multiples of
+    ``part_bytes`` (a resume's first part is shorter), so every link sends the
+    same spans and the learner encodes each once."""
 
     def __init__(self, have: int, partial: tuple[int, int] = (0, 0), part_bytes: int = POLICY_PART_BYTES):
         if part_bytes < 1:
@@ -129,42 +134,73 @@ class PolicySender:
         if latest != self.version:
             return None
         start = self.offset
-        self.offset = min(start + self.part_bytes, self.size)
+        self.offset = min((start // self.part_bytes + 1) * self.part_bytes, self.size)  # on the grid every link shares
         return start, self.offset
 
 
 class PolicyReceiver:
     """The robot's side: reassembles a policy sent in parts, and survives a cut link
-    (:attr:`partial` goes into the next hello so the learner resumes from there)."""
+    (:attr:`partial` goes into the next hello so the learner resumes from there).
 
-    def __init__(self, max_bytes: int):
+    The parts go into one buffer allocated at the first part (its size is announced,
+    and bounded by ``max_bytes``) and are hashed as they arrive, so the whole blob is
+    never copied and its digest is ready when the last part lands (hashlib releases
+    the GIL on large parts). ``buffers`` supplies that buffer (the robot's link process
+    maps a file, :class:`edge_agent.policy_download.PolicyFiles`, so the whole blob is
+    already where the control process maps it); by default it is anonymous memory."""
+
+    def __init__(self, max_bytes: int, buffers: Callable[[int, int], memoryview] | None = None):
         self.max_bytes = max_bytes
+        self.buffers = buffers or _anonymous  # (version, size) -> a writable buffer of that size
         self.version = 0
         self.sha256 = ""
         self.size = 0
-        self.buf = bytearray()
+        self.got = 0
+        self.buf = memoryview(bytearray())
+        self._hash = hashlib.sha256()
 
     @property
     def partial(self) -> tuple[int, int]:
         """(version, bytes received) to put in the hello."""
-        return (self.version, len(self.buf)) if self.version and len(self.buf) < self.size else (0, 0)
+        return (self.version, self.got) if self.version and self.got < self.size else (0, 0)
 
-    def add(self, part: Policy) -> tuple[int, str, bytes] | None:
-        """Take one part; the whole (version, sha256, bytes) once complete, else None."""
+    def add(self, part: Policy) -> tuple[int, str, memoryview] | None:
+        """Take one part; once complete, ``(version, sha256, data)`` with the digest verified
+        (else WeightsError ``bad_digest``) and ``data`` the receiver's buffer, handed over
+        (a writable memoryview: decode it without a copy); None while parts are missing."""
         if part.size > self.max_bytes:
             raise WeightsError(f"policy of {part.size} bytes exceeds the limit {self.max_bytes}", code=RejectCode.TOO_LARGE)
-        if (part.version, part.sha256) != (self.version, self.sha256):
-            if part.offset != 0:
-                raise WeightsError(f"policy v{part.version} resumes at {part.offset} but nothing of it is here")
-            self.version, self.sha256, self.size, self.buf = part.version, part.sha256, part.size, bytearray()
-        if part.offset != len(self.buf):
-            raise WeightsError(f"policy v{part.version} part at {part.offset}, expected {len(self.buf)}")
-        self.buf += part.body
-        if len(self.buf) < self.size:
+        other = (part.version, part.sha256, part.size) != (self.version, self.sha256, self.size)
+        if part.offset == 0 and (other or self.got):  # a blob starting (or starting over) from its first byte
+            self._reset(part.version, part.sha256, part.size)
+        elif other:
+            raise WeightsError(f"policy v{part.version} resumes at {part.offset} but nothing of it is here")
+        if part.offset != self.got:
+            raise WeightsError(f"policy v{part.version} part at {part.offset}, expected {self.got}")
+        end = self.got + len(part.body)
+        if end > self.size:
+            raise WeightsError(f"policy v{part.version} part ends at {end}, past its size {self.size}")
+        self.buf[self.got : end] = part.body
+        self._hash.update(part.body)
+        self.got = end
+        if self.got < self.size:
             return None
-        data, self.buf = bytes(self.buf), bytearray()
-        self.version, done = 0, self.version
-        return done, self.sha256, data
+        done, digest, data = self.version, self._hash.hexdigest(), self.buf
+        self._reset(0, "", 0)
+        if digest != part.sha256:
+            raise WeightsError(f"policy v{done} sha256 does not match the announced digest", code="bad_digest")
+        return done, part.sha256, data
+
+    def _reset(self, version: int, sha256: str, size: int) -> None:
+        self.version, self.sha256, self.size, self.got = version, sha256, size, 0
+        self.buf = self.buffers(version, size) if sha256 else memoryview(bytearray())
+        self._hash = hashlib.sha256()
+
+
+def _anonymous(version: int, size: int) -> memoryview:
+    # Zero pages from the OS, touched only as parts land (a bytearray would be memset
+    # whole, holding the GIL for half a second at 400 MB).
+    return memoryview(mmap.mmap(-1, size) if size else bytearray())
 
 
 class RateLimit:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import errno
-import json
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import cloud.buffer.manifest as manifest_mod
 import cloud.buffer.storage as storage_mod
 from cloud.buffer import NormaliseAction, ReplayBuffer, RingStorage, RingWriter, SegmentStore
 from shared.chunk import StepRecord, build_batch
@@ -54,9 +54,9 @@ def test_segment_written_atomically_and_readable(tmp_path):
     assert files == [info.name]  # no temp file left behind
     assert st.read_segment(info.name).equals(t)
     assert pq.read_metadata(tmp_path / "segments" / info.name).num_rows == 6
-    m = json.loads((tmp_path / "manifest.json").read_text())
-    assert [s["name"] for s in m["segments"]] == [info.name]
-    assert m["hwm"] == {"r1": 1}
+    m = storage_mod.read_manifest(tmp_path)  # the snapshot and the log line naming the segment
+    assert m is not None and [s.name for s in m.segments] == [info.name]
+    assert m.hwm == {"r1": 1}
     assert not (tmp_path / "manifest.json.tmp").exists()
 
 
@@ -101,17 +101,18 @@ def test_stray_segment_and_leftover_tmp_are_removed_and_reported(tmp_path):
 def test_failed_manifest_commit_leaves_a_stray_that_recovery_removes(tmp_path, monkeypatch):
     st = SegmentStore(tmp_path)
     st.write_segment(_table("a", 1, 0, 3), {"a": [1, 1, 3]})
-    real = storage_mod.atomic_write
+    real = manifest_mod._write_all
 
-    def full_disk(path, data, fsync=True):
+    def full_disk(fd, data):
+        real(fd, data[: len(data) // 2])  # half a line reaches the file, then the disk is full
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(storage_mod, "atomic_write", full_disk)
+    monkeypatch.setattr(manifest_mod, "_write_all", full_disk)
     with pytest.raises(OSError):
         st.write_segment(_table("a", 2, 3, 2), {"a": [2, 2, 2]})
     # in memory it is as if the write never happened
     assert st.manifest.hwm == {"a": 1} and st.rows == 3
-    monkeypatch.setattr(storage_mod, "atomic_write", real)
+    monkeypatch.setattr(manifest_mod, "_write_all", real)
 
     st2 = SegmentStore(tmp_path)
     assert st2.recovery_report["stray_removed"] == ["seg-00000002.parquet"]
@@ -124,16 +125,16 @@ def test_failed_manifest_commit_leaves_a_stray_that_recovery_removes(tmp_path, m
 
 def test_failed_commit_then_retry_in_the_same_process(tmp_path, monkeypatch):
     st = SegmentStore(tmp_path)
-    real = storage_mod.atomic_write
+    real = manifest_mod._write_all
     calls = {"n": 0}
 
-    def once(path, data, fsync=True):
+    def once(fd, data):
         calls["n"] += 1
         if calls["n"] == 1:
             raise OSError(errno.EIO, "I/O error")
-        return real(path, data, fsync)
+        return real(fd, data)
 
-    monkeypatch.setattr(storage_mod, "atomic_write", once)
+    monkeypatch.setattr(manifest_mod, "_write_all", once)
     with pytest.raises(OSError):
         st.write_segment(_table("a", 1, 0, 2), {"a": [1, 1, 2]})
     st.write_segment(_table("a", 1, 0, 2), {"a": [1, 1, 2]})

@@ -168,6 +168,8 @@ def test_two_robot_groups_land_in_their_own_shards_and_the_learner_samples_both(
                        "the learner to publish a version", every=0.2)
     assert learner["error"] is None
     assert learner["samples_by_shard"]["site-a"] > 0 and learner["samples_by_shard"]["site-b"] > 0
+    # the trainer hands weights to the publisher actor without waiting: wait until it holds them
+    wait_for(lambda: ray.get(runtime.publisher.version.remote()) >= 1, 30, "the publisher to hold a version", every=0.2)
     # new weights reach the sim worker in the next sync round (gloo), between rollouts
     summary = runtime.rollout_round()
     version = ray.get(runtime.publisher.version.remote())

@@ -92,3 +92,32 @@ def test_robot_keeps_acting_while_learner_is_down_and_follows_it_to_a_new_addres
         second.stop()
     finally:
         first.kill()
+
+
+def test_link_process_killed_mid_upload_while_the_control_process_keeps_running(tmp_path: Path) -> None:
+    """The uplink lives in its own process: kill -9 it mid-upload. The control process keeps
+    acting and spooling, starts a new link process, and every transition is stored exactly once."""
+    import os
+    import signal
+
+    learner = Learner(tmp_path).start()
+    agent = Agent(tmp_path, "lk9", [learner.url], episodes=30, rate_hz=200, chunk_steps=5,
+                  service={"status_interval_s": 0.2})
+    try:
+        agent.start()
+        wait_for(lambda: learner.rows("lk9") >= 200, 60, "uploads to be under way")
+        first = wait_for(lambda: agent.status().get("link", {}).get("process_pid"), 30, "the link process's pid")
+        assert first != agent.proc.pid
+        os.kill(first, signal.SIGKILL)
+        steps_at_kill = agent.status()["control"]["steps"]
+        second = wait_for(lambda: (p := agent.status()["link"]["process_pid"]) not in (None, first) and p, 60,
+                          "a new link process")
+        assert agent.proc.poll() is None, "the control process died with its link process"
+        assert agent.status()["control"]["steps"] > steps_at_kill, "the robot stopped acting while the link was down"
+        assert agent.status()["link"]["process_restarts"] >= 1
+        assert agent.wait(120) == 0, agent.log.read_text()[-2000:]
+        log = agent.log.read_text()
+        assert "event=link_process_exited rc=-9" in log and f"event=link_process_started pid={second}" in log
+        assert_exactly_once(learner.data_dir, [agent])
+    finally:
+        learner.stop()

@@ -126,9 +126,11 @@ def test_unauthenticated_handshakes_are_capped_and_a_big_hello_is_refused(tmp_pa
 
 
 def _robot_segments(data_dir: Path, robot: str) -> tuple[int, dict]:
-    import json
+    from cloud.buffer.storage import read_manifest  # the snapshot and the log of commits since it
 
-    manifest = json.loads((data_dir / "buffer" / "manifest.json").read_text())
+    m = read_manifest(data_dir / "buffer")
+    assert m is not None
+    manifest = m.to_dict()
     return sum(1 for s in manifest["segments"] if robot in s["robots"]), manifest
 
 
@@ -214,7 +216,6 @@ def test_loss_reports_per_minute_are_capped(tmp_path: Path) -> None:
 
 
 def test_non_finite_action_bounds_are_refused_and_do_not_fix_the_run_spec(tmp_path: Path) -> None:
-    import json
 
     from shared.errors import SchemaError
     from shared.schema import EpisodeSpec
@@ -230,7 +231,9 @@ def test_non_finite_action_bounds_are_refused_and_do_not_fix_the_run_spec(tmp_pa
         ws, _, reply = asyncio.run(_open_link(learner.url, "first", poisoned))
         print("first robot with NaN bounds ->", reply)
         assert isinstance(reply, Reject) and reply.code == "bad_schema" and "finite" in reply.message
-        assert json.loads((learner.data_dir / "buffer" / "manifest.json").read_text())["spec"] is None
+        from cloud.buffer.storage import read_manifest
+
+        assert read_manifest(learner.data_dir / "buffer").spec is None  # type: ignore[union-attr]
         ws, _, reply = asyncio.run(_open_link(learner.url, "second", good))  # an honest robot still fixes the spec
         assert not isinstance(reply, Reject), reply
     finally:

@@ -269,6 +269,7 @@ def test_a_v1_state_only_run_still_opens(tmp_path):
     buf = ReplayBuffer(root, memory_capacity=100)
     buf.check_spec(STATE)
     buf.write([("r", 1, build_batch(STATE, "r", "e", episode(np.random.default_rng(12), 5, STATE)))])
+    buf.store.compact()  # everything in the snapshot (the log of commits since it emptied) to edit it by hand
     manifest = json.loads((root / "manifest.json").read_bytes())
     manifest["spec"]["version"] = 1  # as an older fleetrl wrote it
     (root / "manifest.json").write_text(json.dumps(manifest))

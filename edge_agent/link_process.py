@@ -1,0 +1,165 @@
+"""The link process: the uplink websocket, reading and acking the spool, receiving policies.
+
+Started (and restarted) by the control process (:mod:`edge_agent.link_supervisor`)
+with one end of a socketpair. Whatever happens here (a stall, a crash, a kill,
+a 400 MB policy being parsed) happens outside the control process, so the
+control loop never misses a tick for it. It ignores SIGTERM/SIGINT/SIGHUP
+(systemd signals the whole unit; the control process decides when the link
+drains) and dies with its parent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from shared.fsutil import atomic_write
+from shared.logs import setup as setup_logs
+from shared.config import AgentConfig, LinkConfig
+from shared.protocol import EdgeConnection, Limits
+from shared.tasks import cancel_and_reap
+
+from .link_ipc import Channel, open_channel
+from .link_spool import SpoolView
+from .uplink import Uplink
+
+log = logging.getLogger("fleetrl.link")
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: SIGKILL this process when the control process dies (a kill -9 of the agent must
+    not leave a link process streaming on its own)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # it died before the line above took effect
+        os._exit(1)
+
+
+class LinkProcess:
+    def __init__(self, ch: Channel, hello: dict[str, Any]):
+        self.ch, self.hello = ch, hello
+        self.cfg = AgentConfig.model_validate(hello["cfg"])
+        self.loop = asyncio.get_running_loop()
+        self.report: dict[str, Any] = hello["report"]
+        self.policy_version: int = hello["policy_version"]
+        self.inbox = Path(hello["policy_inbox"])
+        sp = hello["spool"]
+        self.view = SpoolView(Path(sp["dir"]), sp["acked_seq"], sp["last_seq"], sp["lost"], self._notify)
+        self.view.owner_state(sp)
+        cfg, limits = self.cfg, Limits(**hello["limits"])
+        robot_id, spec, desc, credential = cfg.robot_id, hello["spec"], hello["desc"], hello["credential"]
+        self.uplink = Uplink(
+            cfg.link, lambda: EdgeConnection(robot_id, spec, [desc], limits, credential),
+            self.view, self._on_policy, lambda: dict(self.report), lambda: self.policy_version,  # type: ignore[arg-type]
+            limits, hello["pin"],
+        )
+        self.uplink.limit_seq = hello["limit_seq"]
+        self.uplink.on_welcome = lambda welcome: self.ch.send("welcome", welcome.policy_version)
+        self._snapshot_changed = asyncio.Event()
+        self.uplink.on_ack = self._snapshot_changed.set
+
+    def _notify(self, kind: str, payload: Any) -> None:
+        self.loop.call_soon_threadsafe(self.ch.send, kind, payload)
+
+    async def _on_policy(self, version: int, sha256: str, data: Any) -> None:
+        """Hand a whole policy to the control process as a file: it maps it and swaps between ticks."""
+        path = self.inbox / f"policy-v{version}.safetensors"
+        await asyncio.to_thread(self.inbox.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(atomic_write, path, data, False)
+        self.ch.send("policy", (version, sha256, str(path)))
+
+    def snapshot(self) -> dict[str, Any]:
+        up = self.uplink
+        return {"pid": os.getpid(), "connected": up.connected, "url": up.url, "reconnects": up.reconnects,
+                "last_error": up.last_error, "refused": up.refused, "learner_holding": up.holding,
+                "policy_refused_reason": up.policy_refused_reason}
+
+    async def _send_snapshots(self) -> None:
+        """The link's state for status.json and systemd: on a change, and every status interval."""
+        last: dict[str, Any] = {}
+        while True:
+            now = self.snapshot()
+            if now != last:
+                self.ch.send("link", now)
+                last = now
+            self._snapshot_changed.clear()
+            try:
+                await asyncio.wait_for(self._snapshot_changed.wait(), min(1.0, self.cfg.service.status_interval_s))
+            except asyncio.TimeoutError:
+                pass
+
+    async def run(self) -> int:
+        tasks = (asyncio.create_task(self.uplink.run()), asyncio.create_task(self._send_snapshots()))
+        try:
+            while (msg := await self.ch.receive()) is not None:
+                kind, payload = msg
+                if kind == "spooled":
+                    seq, segment, offset, length = payload
+                    self.view.appended(seq, segment, offset, length)
+                    self.uplink.limit_seq = max(self.uplink.limit_seq, seq)
+                    self.uplink.wake()
+                elif kind == "status":
+                    self.report, self.policy_version = payload["report"], payload["policy_version"]
+                    self.view.owner_state(payload["spool"])
+                elif kind == "link_cfg":
+                    self.uplink.cfg = LinkConfig.model_validate(payload)
+                elif kind == "drain":
+                    await self._drain(*payload)
+                    return 0
+            return 0  # the control process is gone
+        finally:
+            await cancel_and_reap(tasks)
+
+    async def _drain(self, timeout: float, reason: str) -> None:
+        try:
+            await asyncio.wait_for(self.uplink.wait_drained(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        await self.uplink.close(reason)
+        self.ch.send("drained", self.view.acked_seq)
+        try:
+            await self.ch.writer.drain()
+        except ConnectionError:  # the control process read it and closed its end first: done either way
+            pass
+
+
+async def _main(fd: int) -> int:
+    ch = await open_channel(socket.socket(fileno=fd))
+    msg = await ch.receive()
+    if msg is None or msg[0] != "hello":
+        return 1
+    hello = msg[1]
+    setup_logs(hello["log_level"])
+    return await LinkProcess(ch, hello).run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="fleetrl edge agent: the link process (started by `edge-agent run`)")
+    p.add_argument("--fd", type=int, required=True, help="the socketpair end inherited from the control process")
+    p.add_argument("--parent", type=int, required=True, help="the control process's pid")
+    args = p.parse_args(argv)
+    _die_with_parent(args.parent)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    try:
+        os.nice(5)  # below the control process, which shares the robot computer's cores
+    except OSError:
+        pass
+    return asyncio.run(_main(args.fd))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
