@@ -40,7 +40,8 @@ def _link_pid(state_dir: Path) -> int | None:
 def loop_run(root: Path, learner: C.Learner, robot: str, episodes: int, backlog: C.ChunkSet | None,
              repeat: int, blobs: list[Path], res: C.Result, stall_s: float = 0.0) -> dict:
     cfg = C.agent_config(root, robot, learner.url, camera=False,
-                         control={"rate_hz": 50, "max_episodes": episodes, "random_steps": 10**9})
+                         control={"rate_hz": 50, "max_episodes": episodes, "random_steps": 10**9,
+                                  "realtime_priority": 50})  # as a robot computer would run it
     if backlog is not None:
         C.prefill_spool(cfg.parent / "spool", C.ChunkSet(backlog.spec, backlog.chunks * repeat))
     probe = cfg.parent / "probe.json"
@@ -93,7 +94,8 @@ def run(quick: bool = False) -> C.Result:
             for v in range(n_swaps + 1, 2 * n_swaps + 1):  # newer versions: the learner only pushes forward
                 blobs2.append(root / f"policy-{v}.safetensors")
                 make_blob(params, v, blobs2[-1])
-            stall = loop_run(root, learner, "jitter-stall", episodes, backlog, 1 if quick else 12, blobs2, res,
+            backlog2 = C.make_chunks("state", 3000 if quick else 30_000, "jitter-stall")  # chunks name their robot
+            stall = loop_run(root, learner, "jitter-stall", episodes, backlog2, 1 if quick else 12, blobs2, res,
                              stall_s=1.0 if quick else 5.0)
         finally:
             learner.stop()

@@ -30,6 +30,7 @@ from shared.faults import hang_point
 from .human import HumanInput, TeleopLost, TickInput
 from .operator import OperatorControls
 from .policy_holder import PolicyHolder
+from .realtime import make_realtime
 from .recorder import Recorder
 from .status import Jitter
 
@@ -93,6 +94,8 @@ class ControlLoop(threading.Thread):
 
     def run(self) -> None:
         try:
+            if self.cfg.rate_hz > 0:
+                make_realtime(self.cfg.realtime_priority)
             self._run()
         except TeleopLost as e:  # a clear reason, not a crash: said in one line
             self.error = e

@@ -10,6 +10,7 @@ the interpreter lock from the control loop.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -379,6 +380,11 @@ class Agent:
         ready_task = asyncio.create_task(say_ready())
         log.info("event=agent_start robot_id=%s driver=%s spool_pending=%d", self.cfg.robot_id, self.desc.driver, self.spool.pending())
         self._apply_quota()
+        # Start-up built ~200k objects (torch, MuJoCo, the driver). A full collection, set off later by
+        # the objects a policy build makes, would walk them all holding the GIL for 100-300 ms, a hole
+        # in the loop: keep them out of every collection from now on.
+        gc.collect()
+        gc.freeze()
         self.control.start()
         await until_first_done(asyncio.to_thread(self.control.join), stop.wait())  # the loop ended, or a signal
         if self.state != "draining":  # the loop ended by itself (max_episodes, error)

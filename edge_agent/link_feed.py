@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Coroutine
 from shared.tasks import cancel_and_reap
 
 from .link_supervisor import LinkSupervisor
+from .policy_inbox import clear, inbox_dir
 from .spool import SpoolCorrupt
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ class LinkFeed:
         self.on_policy, self.on_ack = on_policy, on_ack
         self.state: dict[str, Any] = {**DOWN, "url": agent.cfg.link.urls[0]}
         self.stored_seq = agent.spool.last_seq  # spooled and counted in the ledger: may be sent
-        self.inbox = agent.cfg.state_dir / "policy-inbox"
+        self.inbox = inbox_dir(agent.cfg.state_dir)
         self._ack_to = 0
         self._ack_wanted = asyncio.Event()
         self._policies: set[asyncio.Task[None]] = set()
@@ -122,8 +123,7 @@ class LinkFeed:
 
     def start(self) -> None:
         self.inbox.mkdir(parents=True, exist_ok=True)
-        for stale in self.inbox.glob("*"):  # from a link process of an earlier run
-            stale.unlink(missing_ok=True)
+        clear(self.inbox)  # from a link process of an earlier run
         self._tasks = (asyncio.create_task(self.supervisor.run()), asyncio.create_task(self._apply_acks()),
                        asyncio.create_task(self._report()))
 
@@ -141,3 +141,4 @@ class LinkFeed:
         if acked is not None:
             await asyncio.to_thread(self.agent.spool.ack, acked)
         await cancel_and_reap((*self._tasks, *self._policies))
+        await asyncio.to_thread(clear, self.inbox)  # a policy that came too late to map: not left in memory

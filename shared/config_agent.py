@@ -105,6 +105,12 @@ class ControlConfig(_Strict):
         0.0, ge=0, description="cut a chunk this long after its first step (0: no cut by age); bounds how "
         "late a slow robot's steps reach the learner",
     )
+    realtime_priority: int = Field(
+        0, ge=0, le=99, description="run the control loop's thread SCHED_FIFO at this priority (1-99) so a due "
+        "tick never waits for another task's time slice; needs CAP_SYS_NICE or an RLIMIT_RTPRIO (the installed "
+        "unit: a drop-in with RestrictRealtime=no and LimitRTPRIO=<priority>); not granted, the loop runs as before "
+        "and logs event=realtime_unavailable. 0: normal scheduling. Ignored with rate_hz = 0 (a loop that never sleeps must not hold a core)",
+    )
     max_episodes: int = Field(0, ge=0, description="stop after this many episodes (0: run forever)")
     random_steps: int = Field(0, ge=0, description="uniform random actions for this many steps before any policy arrives")
     deterministic: bool = Field(False, description="act with the policy mean instead of sampling (evaluation)")
