@@ -27,41 +27,33 @@ ANALYSIS = """
 
 ## Where the time goes, and what would close each gap
 
-### ingest (target >= 0.6x of a raw websocket: missed by far)
+### ingest (commit cost flat: met; >= 0.6x of a raw websocket: still missed by far)
 
 The baseline streams chunk bodies into a socket and counts them; the product
 decodes and validates every chunk, seals it into a Parquet segment with
-fsync + rename + directory fsync + manifest rewrite, acks, and the robot
-records the ack durably. py-spy (`python -m bench.profile ingest`, state-only
-50-step chunks, share of busy samples):
+fsync + rename + directory fsync + one fsynced manifest line, acks, and the
+robot records the ack. Built since the last profile (`python -m bench.profile
+ingest`): the manifest is an append-only log compacted when it is as long as
+the segment list (`cloud/buffer/manifest.py`; the `cost per commit` rows:
+the 9,901st-10,000th commits cost 0.8x the first hundred), acks are persisted
+cumulatively on the robot (every 100 acks or 100 ms; the cloud's welcome
+carries the durable mark, so a stale local mark only causes resends the cloud
+drops), chunk validation checks cheap invariants (robot id from first and last
+value), chunks are cut by bytes and age as well as steps (`control.chunk_bytes`,
+`control.chunk_seconds`), and camera columns are stored without Parquet
+compression. State-only goodput rose ~40 % (2.4 -> 3.4 MB/s wire); the
+ratios stay ~0.01x (state), ~0.01x (clean frames), ~0.12x (noisy frames).
 
-| side | where | share |
-|---|---|---|
-| learner | `ReplayBuffer.write` (sealing a segment) | 59 % |
-| learner | ... of which `SegmentStore._commit` (manifest rewrite) | 22 % (`Manifest.to_json` alone 10 %) |
-| learner | ... of which `pq.write_table` | ~15 % |
-| learner | `Ingest.decode` (zstd, IPC, full validation, `single_value` = `unique()` on string columns) | 24 % |
-| agent | `Spool.ack` -> `StateSlots.write` (a state file rewritten and fsynced for **every** ack) | 41 % |
-| agent | `Spool.read` + `ws.send` | 24 % |
-
-What would close the gap (product changes, not made here):
-1. **Manifest as an append-only log** (one fsynced line per segment, compacted
-   now and then) instead of re-serialising every segment ever written on each
-   commit: the cost now grows with the run (quadratic over a run of small segments).
-2. **Cumulative acks on the robot**: persist the acked mark at most every
-   ~100 ms or per N acks. Safe: on reconnect the cloud's welcome carries the
-   durable mark and the spool adopts it (`adopt_cloud_mark`), so a stale local
-   mark only causes resends the cloud already drops.
-3. **Bigger chunks on fast links**: 50-step state chunks are ~4 kB on the wire;
-   every per-chunk cost (frame, validation, CRC, ack, fsync share) is paid 600
-   times a second. Cut chunks by bytes/time as well as steps.
-4. **Images**: the learner re-compresses image columns with Parquet zstd
-   (noisy frames do not compress, so it is wasted CPU): write camera columns
-   uncompressed, without dictionary or statistics, or keep the chunk's zstd
-   body as the stored form.
-5. `validate(full=True)` and `unique()` per chunk: check cheaper invariants
-   (offsets are already bounded by the IPC reader) and compare the robot id
-   from the dictionary/first and last value.
+Why it is still far: in this benchmark an episode is 50 steps and a chunk never
+spans episodes, so a chunk is ~4 kB of state and the product pays a whole
+durable round (decode, Parquet segment, two fsyncs, ack) per ~4 kB, while the
+baseline pays a `send`. The fsync alone bounds a commit at a few hundred per
+second on this disk. What would close it: group commit across chunks and
+robots (one segment and one fsync for every chunk that arrived while the
+previous commit ran, acks released together), and chunks that carry several
+short episodes (an episode index column) so a fast link sends MBs per frame.
+Both change the stored layout and the exactly-once proofs; they are the next
+step, not done here.
 
 ### compress (raw+zstd: ratio equal, camera bytes halved; speed ~0.7x clean / 0.9x noisy)
 
@@ -80,60 +72,70 @@ remains: compress straight from the IPC buffer (zstd accepts the buffer
 protocol), one copy of the chunk fewer. With camera noise only JPEG keeps a
 20 Mbit/s uplink above 30 frames/s.
 
-### weights (<= 1.5x of a raw send: missed, ~2-3x)
+### weights (one robot <= 1.5x at 10M and 100M: met; 8 robots <= 3x one: missed)
 
-Step timings for 10M parameters (`python -m bench.profile weights`):
-learner persists `latest.safetensors` with fsync before telling any link
-(~50 ms), one extra copy when the frame is encoded (~25 ms); the robot
-checks sha256 and parses safetensors (~50 ms), then `PolicyHolder.prepare`
-builds a fresh `Actor` - **randomly initialising 10M parameters** (`uniform_`,
-~50 ms) only to overwrite them - and runs `isfinite` over every tensor
-(~35 ms). Since policies travel in parts, reassembly adds one more copy.
-To close it: persist the blob concurrently with (not before) the push; build
-the actor on the `meta` device or with `torch.nn.utils.skip_init` and load
-with `assign=True`; hash the parts as they arrive (incremental sha256) so
-verification overlaps the transfer. To 8 agents on this 2-core machine the
-robot-side work of all 8 runs on 2 cores, so the fan-out time is mostly
-that work serialised; the learner sends each link its own copy of the frame.
+Built: the learner encodes each policy's parts once for every link
+(`cloud/policy_frames.py`) and persists the blob while the links send it (the
+last part of each link waits for the write, so no robot completes a version a
+crash could lose); the robot hashes parts as they arrive into one
+preallocated buffer (`PolicyReceiver`), the link process writes the whole
+blob to the shared-memory inbox, and the control process maps it
+copy-on-write (`load_weights_file`: no read, no copy, no second hash) and
+builds the actor on the `meta` device with `assign=True` (no random init).
+One robot: 1.49x at 10M (was 2.62x), 1.02x at 100M (was 1.88x).
 
-### jitter (< 2 ms added at p99: missed under a 100M swap)
+8 robots take 4.7x (10M) and 6.5x (100M) one robot's time. On this machine
+the 8 robots are 16 processes on 2 cores, next to the learner: each robot
+hashes, writes and maps 400 MB and builds its network, so the fan-out time is
+those 8 robots' CPU work serialised on the cores they share (the learner's
+side, encoding once and 8 sends, is a small part). On 8 robot computers that
+work runs in parallel; the loopback send of 8 copies is what remains. A
+measure of this target needs robots on their own machines (or cores).
 
-Idle, the 50 Hz loop's ticks are late by ~0.1-0.2 ms (p99). Upload at full
-speed alone adds a few ms at p99 (quick runs with a 1M policy); the two
-100M-parameter swaps add tens of ms at p99 and hundreds at max. The control
-loop is a thread in the same interpreter as the uplink's event loop and the
-decode/load workers, so any step that holds the GIL stalls a tick that is due.
-`python -m bench.profile gil` runs each robot-side step of a 100M swap next to
-a 1 kHz ticker thread and records the ticker's worst delay:
+### jitter (p99 < 1 ms and max < 5 ms added: met, also with the link process stopped)
 
-| step (100M parameters, 400 MB) | time | worst delay of another thread |
+The agent is two processes: the control process (driver, control loop,
+recorder, spool, policy) and the link process (websocket, uplink, policy
+download; `edge_agent/link_process.py`), which the control process starts,
+feeds over a socketpair and restarts. The link process never takes the
+control loop's interpreter lock. Getting from there to the targets took
+three more things, each found by looking at which ticks were late:
+
+| cause (100M policy, both agent processes pinned to one core) | late ticks | fix |
 |---|---|---|
-| reassemble 381 parts (`PolicyDownload.add`: `bytearray +=`, then `bytes(buf)`) | ~0.8 s | **~510 ms** |
-| `decode_weights` (sha256, then safetensors `load` from bytes) | ~0.6 s | **~320 ms** |
-| `PolicyHolder.prepare` (build actor, load_state_dict, isfinite) | ~1.6 s | ~7 ms (torch releases the GIL) |
+| a full garbage collection, set off by the objects a policy build makes, walks the ~200k objects of torch, MuJoCo and the driver holding the GIL | one tick 130-310 ms late per swap | `gc.freeze()` once start-up is done (`edge_agent/daemon.py`): those objects are never walked again |
+| the kernel lets a running task finish its slice (EEVDF, ~3 ms) before a woken one runs: the due tick waits behind the link process, spool writes, a policy being hashed | p99 +3.5 ms | `control.realtime_priority`: the loop's thread runs SCHED_FIFO (`edge_agent/realtime.py`); the bench sets 50, as a robot computer would |
+| writing the 400 MB policy to a disk-backed file: writeback interrupts land on the loop's core, and no priority outranks an interrupt | ~0.5 s of ticks 1-4 ms late before each swap | the policy inbox is a private folder in `/dev/shm` (`edge_agent/policy_inbox.py`): the same write to tmpfs delays a SCHED_FIFO thread 0.2 ms |
 
-So the max is the policy download and parse, not the swap itself. To close it:
-reassemble into one preallocated buffer (size is known from the first part)
-and hand on a `memoryview`, never `bytes(buf)`; hash each part as it arrives
-(`hashlib.sha256().update` releases the GIL on large buffers); load the
-tensors zero-copy (`torch.frombuffer` on the memoryview at the safetensors
-offsets, or write the blob to the spool disk and `safe_open` it) or parse in a
-subprocess; and lower `sys.setswitchinterval` in the agent (5 ms by default).
-The robust fix is a control loop in its own process (policy in shared memory,
-swapped by version), which makes the loop immune to anything the uplink does.
+`python -m bench.profile gil` shows the robot-side steps of a swap beside a
+1 kHz ticker: mapping the file with sha256 ~0.3 s and preparing the network
+~40 ms, each delaying another thread < 1 ms; dropping the old 100M network
+(on the event loop thread) ~13 ms, < 2.5 ms delay. What remains of the max
+(2-3.5 ms, one or two ticks per run) is the rest of the machine's interrupts
+and kernel work on that core. Without `realtime_priority` the max target is
+still met but p99 is ~+3.5 ms: on a robot computer, grant the priority (the
+installed unit sets `RestrictRealtime=yes`; a drop-in with
+`RestrictRealtime=no` and `LimitRTPRIO=50` allows it).
 
-### async (generation ~1.5x: at the target, met or missed by noise; >= 4.6x training missed)
+### async (4 robots: generation >= 1.5x met, ~3.2x; training >= 4.6x missed, ~1.6x)
 
-One robot at 50 Hz, the product's default SAC (256x256, batch 256,
-`utd_ratio` 1, one torch thread on its own core): the learner makes ~50
-updates/s, just what 50 transitions/s allow. Synchronous, the robot idles
-while the learner trains on its episode, and the learner idles while the robot
-collects the next one. With one robot the training speed-up is bounded by
-(generation + training) / max(generation, training), i.e. at most 2x; 4.6x
-needs a learner that is idle most of the synchronous cycle (many robots
-whose episodes the synchronous learner waits for, or a faster learner with a
-higher `utd_ratio`). The run reports what this setup gives; a multi-robot
-synchronous variant is the next benchmark to add.
+`bench async` now runs N robots (4 by default, `FLEETRL_BENCH_ASYNC_ROBOTS`)
+in both modes with the same learner settings; synchronous means the learner
+waits for every robot's episode (`learner.sync_robots`), trains the updates
+they ask for, publishes, and the robots wait for that policy (`control.sync`).
+With g one episode's time, E the updates an episode asks, U the learner's
+updates/s and o the upload, publish and load time, a synchronous round takes
+g + robots x E / U + o. Asynchronous, generation takes g and training
+max(g, robots x E / U). Writing u = U g / (robots E) and b = o / g, the
+generation speed-up is 1 + 1/u + b and the training speed-up
+min(u, 1)(1 + 1/u + b), which is at most 2 + b for any fleet size: the
+learner cannot train more than all the time, and synchronous mode already
+trains a round's worth of updates each round. 4.6x training needs b >= 2.6,
+i.e. a synchronous baseline that spends most of its round moving data and
+weights (a baseline with slow upload and publish paths reads that way); with
+our upload and weight paths fast, b is small. Measured: 4
+robots, utd 1: generation 3.2x, training 1.6x; utd 0.25: 1.6x / 1.6x; one
+robot 1.56x / 1.54x.
 
 ### wan (goodput and loss met; recovery < 2 s met or missed depending on timing)
 

@@ -54,7 +54,7 @@ def loop_run(root: Path, learner: C.Learner, robot: str, episodes: int, backlog:
     stalled = None
     if stall_s:  # stop the link process (mid-upload) for stall_s, while swaps are under way
         pid = C.wait_for(lambda: _link_pid(cfg.parent / "state"), 30, "the link process's pid")
-        time.sleep(1.0)
+        time.sleep(min(1.0, episodes / 4))
         os.kill(pid, signal.SIGSTOP)
         stalled = time.time() - t0
         time.sleep(stall_s)
@@ -75,7 +75,7 @@ def loop_run(root: Path, learner: C.Learner, robot: str, episodes: int, backlog:
 
 def run(quick: bool = False) -> C.Result:
     res = C.Result("jitter", quick)
-    episodes = 1 if quick else 15
+    episodes = 4 if quick else 15  # quick: long enough to stop the link process mid-run
     params = 1_000_000 if quick else 100_000_000
     n_swaps = 1 if quick else 2
     with tempfile.TemporaryDirectory(prefix="fleetrl-bench-jitter-") as d:
@@ -96,7 +96,7 @@ def run(quick: bool = False) -> C.Result:
                 make_blob(params, v, blobs2[-1])
             backlog2 = C.make_chunks("state", 3000 if quick else 30_000, "jitter-stall")  # chunks name their robot
             stall = loop_run(root, learner, "jitter-stall", episodes, backlog2, 1 if quick else 12, blobs2, res,
-                             stall_s=1.0 if quick else 5.0)
+                             stall_s=0.5 if quick else 5.0)
         finally:
             learner.stop()
     targets = {"p99": 1.0, "max": 5.0}
@@ -117,7 +117,7 @@ def run(quick: bool = False) -> C.Result:
     res.notes.append(f"policy pushed mid-run: {params / 1e6:.0f}M parameters, {n_swaps} times (policies travel in parts)")
     res.notes.append("the agent runs as shipped: control loop, recorder and spool in its main process, the uplink and "
                      "policy download in its link process; both pinned to one core (taskset), the learner to the other; "
-                     f"stalled run: the link process SIGSTOPped for {1.0 if quick else 5.0:g} s mid-upload")
+                     f"stalled run: the link process SIGSTOPped for {0.5 if quick else 5.0:g} s mid-upload")
     res.notes.append("period error = lateness of each tick against its schedule (ControlLoop._period_errors); "
                      "the robot acts with random actions so the big policy's inference is not in the loop")
     return res

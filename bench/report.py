@@ -29,7 +29,9 @@ Each run prints a table per benchmark and writes
 target, pass/fail, package versions and the machine. `wan` needs root, `tc`
 and `iptables` (`apt-get install -y iptables iproute2`); without them it says
 so and is skipped. Camera frames are rendered by MuJoCo headless
-(`MUJOCO_GL=egl`; `apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri libgl1`).
+(`MUJOCO_GL=egl`; `apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri libgl1`;
+where EGL finds no device, `MUJOCO_GL=osmesa PYOPENGL_PLATFORM=osmesa` with
+`libosmesa6`, as for the latest `ingest` run).
 """
 
 
