@@ -157,7 +157,7 @@ class Agent:
             log.info("event=spool_resumed bytes=%d", self.spool.bytes)
             self.may_start.set()
 
-    def _load_policy(self, version: int, sha256: str, path: Path):
+    def _load_policy(self, version: int, path: Path):
         """Map the file the link process wrote, check it and build the network (a worker thread)."""
         try:
             # No second sha256: the link process hashed the parts as they arrived and wrote the file
@@ -172,7 +172,7 @@ class Agent:
     async def _on_policy(self, version: int, sha256: str, path: Path) -> None:
         """A whole policy the link process received: swap it in between two ticks."""
         try:
-            loaded = await asyncio.to_thread(self._load_policy, version, sha256, path)
+            loaded = await asyncio.to_thread(self._load_policy, version, path)
         except FleetError as e:
             log.error("event=policy_refused version=%d code=%s message=%r", version, e.code, e.message)
             return
