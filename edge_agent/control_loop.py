@@ -29,7 +29,7 @@ from shared.faults import hang_point
 
 from .human import HumanInput, TeleopLost, TickInput
 from .operator import OperatorControls
-from .policy_holder import PolicyHolder
+from .policy_holder import LoadedPolicy, PolicyHolder
 from .realtime import make_realtime
 from .recorder import Recorder
 from .status import Jitter
@@ -81,6 +81,7 @@ class ControlLoop(threading.Thread):
         self.human = HumanInput(teleop, len(d.action_low), force_takeover=demo)
         self.on_episode: Callable[[EpisodeEnd], None] = lambda _end: None  # called on the loop's thread
         self._period_errors: deque[float] = deque(maxlen=2000)
+        self._pinned: LoadedPolicy | None = None  # synchronous mode: the episode's policy
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -121,6 +122,8 @@ class ControlLoop(threading.Thread):
             if self.stop_event.is_set():
                 return
             obs = self.robot.reset()
+            # synchronous mode acts a whole episode with the policy it started with (None: no policy yet)
+            self._pinned = self.policy.current if self.cfg.sync else None
             self.recorder.start_episode()
             step = episode_interventions = 0
             while not self.stop_event.is_set():
@@ -151,7 +154,7 @@ class ControlLoop(threading.Thread):
                     terminated, success, human_reward = True, True, human_reward + 1.0
                 elif "failure" in events:
                     terminated, success = True, False
-                if not terminated and self.policy.success(res.observation):  # the learner's success classifier
+                if not terminated and self.policy.success(res.observation, self._pinned):  # the learner's success classifier
                     terminated, success = True, True
                 cut = cut or "reset" in events
                 truncated = res.truncated or (cut and not terminated)
@@ -172,7 +175,7 @@ class ControlLoop(threading.Thread):
                     self.episodes += 1
                     self.successes += int(success)
                     self.on_episode(EpisodeEnd(self.episodes, step, success, terminated, episode_interventions))
-                    if self.cfg.sync and version > 0:
+                    if self.cfg.sync and version > 0 and not self.finished:  # nothing to wait for after the last
                         self._wait_for_update(version)
                     next_tick = time.monotonic()
                     break
@@ -205,12 +208,12 @@ class ControlLoop(threading.Thread):
         The policy proposes every tick, even while the human drives, so a row
         holds both; with no proposal (no policy yet, past random_steps) while
         the human drives, the proposal is the human's action."""
-        version = self.policy.version
+        version = self._pinned.version if self._pinned is not None else self.policy.version
         proposal = None
         if self.steps < self.cfg.random_steps:
             proposal = self.robot.clamp(self._scale.sample(rng))
         else:
-            choice = self.policy.act(obs, self.cfg.deterministic)
+            choice = self.policy.act(obs, self.cfg.deterministic, self._pinned)
             if choice is not None:
                 a, version = choice
                 proposal = self.robot.clamp(self._scale.to_robot(a))

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Coroutine
 from shared.tasks import cancel_and_reap
 
 from .link_supervisor import LinkSupervisor
-from .policy_inbox import clear, inbox_dir
+from .policy_inbox import clear, inboxes
 from .spool import SpoolCorrupt
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ class LinkFeed:
         self.on_policy, self.on_ack = on_policy, on_ack
         self.state: dict[str, Any] = {**DOWN, "url": agent.cfg.link.urls[0]}
         self.stored_seq = agent.spool.last_seq  # spooled and counted in the ledger: may be sent
-        self.inbox = inbox_dir(agent.cfg.state_dir)
+        self.inboxes = inboxes(agent.cfg.state_dir)
         self._ack_to = 0
         self._ack_wanted = asyncio.Event()
         self._policies: set[asyncio.Task[None]] = set()
@@ -59,7 +59,7 @@ class LinkFeed:
             "cfg": a.cfg.model_dump(mode="json"), "spec": a.spec.to_dict(), "desc": a.desc.to_dict(),
             "limits": dataclasses.asdict(a.limits),
             "credential": self.credential, "pin": self.pin, "log_level": a.cfg.service.log_level,
-            "report": dict(a.status()), "policy_version": a.policy.version, "policy_inbox": str(self.inbox),
+            "report": dict(a.status()), "policy_version": a.policy.version, "policy_inboxes": [str(p) for p in self.inboxes],
             "limit_seq": self.stored_seq,
             "spool": {"dir": str(sp.dir), "acked_seq": sp.acked_seq, "last_seq": sp.last_seq, **self._spool_state()},
         }
@@ -122,8 +122,8 @@ class LinkFeed:
     # ---------------------------------------------------------------- lifecycle
 
     def start(self) -> None:
-        self.inbox.mkdir(parents=True, exist_ok=True)
-        clear(self.inbox)  # from a link process of an earlier run
+        for inbox in self.inboxes:
+            clear(inbox)  # from a link process of an earlier run
         self._tasks = (asyncio.create_task(self.supervisor.run()), asyncio.create_task(self._apply_acks()),
                        asyncio.create_task(self._report()))
 
@@ -141,4 +141,5 @@ class LinkFeed:
         if acked is not None:
             await asyncio.to_thread(self.agent.spool.ack, acked)
         await cancel_and_reap((*self._tasks, *self._policies))
-        await asyncio.to_thread(clear, self.inbox)  # a policy that came too late to map: not left in memory
+        for inbox in self.inboxes:
+            await asyncio.to_thread(clear, inbox)  # a policy that came too late to map: not left in memory

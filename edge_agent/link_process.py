@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from shared.fsutil import atomic_write
 from shared.logs import setup as setup_logs
 from shared.config import AgentConfig, LinkConfig
 from shared.protocol import EdgeConnection, Limits
@@ -29,6 +28,7 @@ from shared.tasks import cancel_and_reap
 
 from .link_ipc import Channel, open_channel
 from .link_spool import SpoolView
+from .policy_inbox import write_policy
 from .uplink import Uplink
 
 log = logging.getLogger("fleetrl.link")
@@ -55,7 +55,7 @@ class LinkProcess:
         self.loop = asyncio.get_running_loop()
         self.report: dict[str, Any] = hello["report"]
         self.policy_version: int = hello["policy_version"]
-        self.inbox = Path(hello["policy_inbox"])
+        self.inboxes = [Path(p) for p in hello["policy_inboxes"]]
         sp = hello["spool"]
         self.view = SpoolView(Path(sp["dir"]), sp["acked_seq"], sp["last_seq"], sp["lost"], self._notify)
         self.view.owner_state(sp)
@@ -76,9 +76,7 @@ class LinkProcess:
 
     async def _on_policy(self, version: int, sha256: str, data: Any) -> None:
         """Hand a whole policy to the control process as a file: it maps it and swaps between ticks."""
-        path = self.inbox / f"policy-v{version}.safetensors"
-        await asyncio.to_thread(self.inbox.mkdir, parents=True, exist_ok=True)
-        await asyncio.to_thread(atomic_write, path, data, False)
+        path = await asyncio.to_thread(write_policy, self.inboxes, f"policy-v{version}.safetensors", data)
         self.ch.send("policy", (version, sha256, str(path)))
 
     def snapshot(self) -> dict[str, Any]:

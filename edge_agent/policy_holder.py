@@ -87,18 +87,22 @@ class PolicyHolder:
             self._interrupted = True
             self._lock.notify_all()
 
-    def act(self, obs: dict[str, np.ndarray], deterministic: bool) -> tuple[np.ndarray, int] | None:
-        """The policy's action in [-1, 1] and the version that chose it; None before any policy."""
-        cur = self.current  # one read: the whole tick uses one policy
+    def act(self, obs: dict[str, np.ndarray], deterministic: bool,
+            pinned: LoadedPolicy | None = None) -> tuple[np.ndarray, int] | None:
+        """The policy's action in [-1, 1] and the version that chose it; None before any policy.
+
+        ``pinned`` (synchronous mode: the policy an episode started with) acts instead of the
+        current one, so a version published mid-episode waits for the next episode."""
+        cur = pinned or self.current  # one read: the whole tick uses one policy
         if cur is None:
             return None
         return cur.act(obs, deterministic), cur.version
 
-    def success(self, obs: dict[str, np.ndarray]) -> bool | None:
+    def success(self, obs: dict[str, np.ndarray], pinned: LoadedPolicy | None = None) -> bool | None:
         """Whether the current policy's success classifier sees a success in ``obs``; None without one.
 
         A learner with ``reward = "classifier"`` ships its classifier with the policy, so a robot
         can end an episode as soon as the classifier sees the task done."""
-        cur = self.current  # one read, as in act
+        cur = pinned or self.current  # one read, as in act
         return cur.success(obs) if cur is not None else None
 

@@ -141,6 +141,33 @@ def test_policy_actions_are_scaled_and_tagged_with_version(make_robot):
     assert np.all(np.abs(acts) <= 1)
 
 
+def _weights(loop: ControlLoop, version: int):
+    actor = Actor(16, 4, hidden=(16, 16))
+    blob = encode_weights(actor.state_dict(), version, {"actor": actor.arch(), "obs_fields": ["observation", "achieved_goal", "desired_goal"]})
+    return loop.policy.prepare(decode_weights(blob.data, blob.sha256, 1 << 30))
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_synchronous_mode_acts_a_whole_episode_with_the_policy_it_started_with(make_robot, sync):
+    """A version published mid-episode waits for the next episode in synchronous mode (an episode is
+    on-policy for one version); an asynchronous robot takes it at the next tick."""
+    robot = make_robot(max_episode_steps=10)
+    sink = _Sink()
+    loop = _loop(robot, sink, chunk_steps=10, rate_hz=0, max_episodes=2, seed=0, sync=sync, sync_timeout_s=5)
+    loop.policy.swap(_weights(loop, 3))
+    v4 = _weights(loop, 4)
+    loop.heartbeat = lambda: loop.steps == 4 and loop.policy.swap(v4)  # on the control thread, mid-episode 1
+    loop.start()
+    loop.join(30)
+    assert loop.error is None
+    versions = [[s.policy_version for s in c.steps] for c in sink.chunks]
+    if sync:
+        assert versions == [[3] * 10, [4] * 10]
+        assert loop.sync_wait_s < 1  # the newer policy was already there: no wait
+    else:
+        assert versions == [[3] * 5 + [4] * 5, [4] * 10]
+
+
 def test_fixed_rate_and_jitter(make_robot):
     robot = make_robot(max_episode_steps=1000)
     sink = _Sink()

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.policy_inbox import clear, inbox_dir
+from edge_agent.policy_inbox import SHM, clear, inbox_dir, inboxes, write_policy
 from edge_agent.realtime import make_realtime
+
+SHM_USABLE = SHM.is_dir() and os.access(SHM, os.W_OK)
 
 
 def test_inbox_is_a_private_folder_in_shared_memory_fixed_per_state_dir(tmp_path: Path) -> None:
@@ -76,3 +78,30 @@ def test_realtime_refused_is_said_and_the_loop_runs_on(tmp_path: Path) -> None:
                          env={**os.environ, "PYTHONPATH": str(root)})
     assert "result False True" in out.stdout, out.stdout + out.stderr
     assert "event=realtime_unavailable" in out.stdout and "LimitRTPRIO" in out.stdout
+
+
+def test_a_policy_that_does_not_fit_in_shared_memory_goes_to_the_state_dir(tmp_path: Path) -> None:
+    """A container's /dev/shm is often 64 MB: a real 1 MiB tmpfs stands in for it (root only: mount)."""
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(tmp_path)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root and a tmpfs mount")
+    try:
+        small, fallback = tmp_path / "shm", tmp_path.parent / (tmp_path.name + "-state") / "policy-inbox"
+        small.mkdir()
+        blob = bytes(range(256)) * 8192  # 2 MiB: more than the tmpfs holds
+        path = write_policy([small, fallback], "policy-v2.safetensors", memoryview(blob))
+        assert path == fallback / "policy-v2.safetensors" and path.read_bytes() == blob
+        assert list(small.iterdir()) == [], "nothing half-written left in shared memory"
+        tiny = write_policy([small, fallback], "policy-v3.safetensors", b"x" * 1000)
+        assert tiny.parent == fallback, "a small tmpfs keeps a 16 MiB margin, so this one falls back too"
+        with pytest.raises(OSError):
+            write_policy([small], "policy-v4.safetensors", blob)  # no folder fits: the error, not a torn file
+        assert list(small.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(tmp_path)], check=False)
+
+
+def test_inboxes_put_shared_memory_first_and_the_state_dir_last(tmp_path: Path) -> None:
+    found = inboxes(tmp_path / "robot")
+    assert found[-1] == tmp_path / "robot" / "policy-inbox"
+    assert len(found) == (2 if SHM_USABLE else 1)
