@@ -21,14 +21,17 @@ from shared.tasks import until_first_done
 
 from . import access
 from .admission import url_host
+from .dashboard import SNAPSHOT, cookie_ok, dashboard_routes, sample_history
 from .gateway import BULK, CONTROL, TunnelInbox
-from .keys import ADMIN_TOKEN, CONFIG, REGISTRY, ROBOTS
+from .keys import ADMIN_TOKEN, CONFIG, REGISTRY, ROBOTS, TRAINER
+from .robot_commands import command_routes
 
 log = logging.getLogger("fleetrl.admin")
 _streams = itertools.count(1)
 MAIN = web.AppKey("learner_app", web.Application)  # the admin app's handle on the learner app
 ADMIN_URL = web.AppKey("admin_url", str)  # set on the learner app once the admin listener is up
 MIN_TOKEN_CHARS = 32
+CHECKPOINT_WAIT_S = 60.0
 
 
 def admin_token(data_dir: Path) -> str:
@@ -47,10 +50,12 @@ def admin_token(data_dir: Path) -> str:
     return token
 
 
-def _check(request: web.Request) -> web.Application:
-    """The learner app, for a request that carries the admin token."""
+def _check(request: web.Request, cookie: bool = True) -> web.Application:
+    """The learner app, for a request that carries the admin token (or, with ``cookie``, the dashboard's cookie)."""
+    token = request.app[ADMIN_TOKEN]
     given = request.headers.get("Authorization", "").removeprefix("Bearer ").encode()
-    if not is_loopback(request.remote or "") or not hmac.compare_digest(given, request.app[ADMIN_TOKEN].encode()):
+    authorized = hmac.compare_digest(given, token.encode()) or (cookie and cookie_ok(request, token))
+    if not is_loopback(request.remote or "") or not authorized:
         raise web.HTTPForbidden(text="admin endpoints need loopback and the admin token")
     return request.app[MAIN]
 
@@ -64,6 +69,25 @@ async def reload_robots(request: web.Request) -> web.Response:
     return web.json_response({"robots": len(app[REGISTRY].entries), "closed": closed})
 
 
+async def checkpoint(request: web.Request) -> web.Response:
+    """Save the learner's checkpoint now (what ``--resume`` continues from), between two updates."""
+    app = _check(request)
+    trainer = app.get(TRAINER)
+    if trainer is None or trainer.checkpoint_path is None:
+        return web.json_response({"ok": False, "message": "this learner does not train here"}, status=409)
+    if not await asyncio.to_thread(trainer.checkpoint_now, CHECKPOINT_WAIT_S):
+        if trainer.error is not None:
+            why = f"the trainer stopped: {trainer.error!r}"
+        elif trainer.device is None:
+            why = "training has not started yet (nothing to save)"
+        else:
+            why = f"not saved within {CHECKPOINT_WAIT_S:g} s"
+        return web.json_response({"ok": False, "message": why}, status=409)
+    log.info("event=checkpoint_requested updates=%d", trainer.updates)
+    return web.json_response({"ok": True, "message": f"saved at update {trainer.updates}",
+                              "path": str(trainer.checkpoint_path)})
+
+
 async def status(request: web.Request) -> web.Response:
     from .app import snapshot
 
@@ -72,7 +96,7 @@ async def status(request: web.Request) -> web.Response:
 
 async def tunnel(request: web.Request) -> web.WebSocketResponse:
     """One tunnelled TCP stream: this websocket <-> the robot's link <-> a port on the robot."""
-    app = _check(request)
+    app = _check(request, cookie=False)  # a raw TCP bridge: the CLI's header only, never a browser's cookie
     robot, port = request.query.get("robot", ""), int(request.query.get("port", "0"))
     link = app[ROBOTS].get(robot)
     if link is None:
@@ -113,9 +137,16 @@ async def admin_listener(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG].admin
     admin = web.Application()
     admin[MAIN], admin[ADMIN_TOKEN] = app, app[ADMIN_TOKEN]
+    from .app import snapshot  # the app module builds this listener: imported when it runs
+
+    admin[SNAPSHOT] = lambda: snapshot(app)
+    admin.cleanup_ctx.append(sample_history)
+    admin.router.add_routes(dashboard_routes(_check))  # the page at /, its feeds under /api
     admin.router.add_get("/status", status)
     admin.router.add_post("/admin/reload", reload_robots)
+    admin.router.add_post("/admin/checkpoint", checkpoint)
     admin.router.add_get("/admin/tunnel", tunnel)
+    admin.router.add_routes(command_routes(_check))  # POST /admin/robots/{robot_id}/command
     runner = web.AppRunner(admin, handle_signals=False, shutdown_timeout=1.0, access_log=None)
     await runner.setup()
     try:

@@ -1,7 +1,7 @@
 """The CLI side of admin work on the learner host, through the learner's
 loopback admin listener (endpoint.json, admin token): robots table edits that a
-running learner picks up at once (or a loud failure), its status, and the local
-end of a reverse tunnel."""
+running learner picks up at once (or a loud failure), its status, operator
+commands to a robot, and the local end of a reverse tunnel."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import json
 import os
 import socket
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import Any
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 
@@ -105,6 +106,54 @@ def fetch_status(cfg: LearnerConfig) -> dict:
 
     try:
         return asyncio.run(get())
+    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
+        raise AdminError(f"the learner's admin listener {base} is not reachable: {e}") from None
+
+
+def value_from_text(kind: str, text: str | None) -> Any:
+    """A command's value as typed on a command line (``pause`` alone pauses; ``pause false`` resumes)."""
+    if kind == "pause":
+        words = {"true": True, "on": True, "yes": True, "1": True, "false": False, "off": False, "no": False, "0": False}
+        if text is None:
+            return True
+        if text.lower() not in words:
+            raise ValueError(f"pause takes true (pause) or false (resume), got {text!r}")
+        return words[text.lower()]
+    if kind == "reward" and text is not None:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"reward takes a number, got {text!r}") from None
+    return text
+
+
+def send_command(cfg: LearnerConfig, robot_id: str, kind: str, value: Any = None) -> dict[str, Any]:
+    """Ask the running learner to send a robot an operator command (``POST /admin/robots/<id>/command``).
+
+    Its answer on success (``{"ok": true, ...}``: queued on the robot's link); AdminError with the
+    learner's reason otherwise (bad value, robot not linked, robot takes no commands)."""
+    ep = _endpoint(cfg)
+    if ep is None or not _alive(ep[2]):
+        raise ConfigError(f"no learner is running on {cfg.data_dir}: start `cloud-learner serve` first")
+    base, token, _ = ep
+    url = f"{base}/robots/{quote(robot_id, safe='')}/command"
+
+    async def post() -> dict[str, Any]:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(url, json={"kind": kind, "value": value}, headers=_headers(token),
+                                 timeout=aiohttp.ClientTimeout(total=5)) as r:
+                text = await r.text()
+                try:
+                    answer = json.loads(text)
+                except ValueError:
+                    answer = {"error": text[:200]}
+                if r.status != 200:
+                    raise AdminError(f"the learner refused the command ({r.status}): {answer.get('error', text[:200])}")
+                out: dict[str, Any] = answer
+                return out
+
+    try:
+        return asyncio.run(post())
     except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
         raise AdminError(f"the learner's admin listener {base} is not reachable: {e}") from None
 

@@ -27,6 +27,7 @@ from .keys import HANDSHAKES, ADMIN_TOKEN, BUFFER, CONFIG, INGEST, LIMITS, PUBLI
 from .robots import RobotRegistry
 from .learner.rewards import table_relabel
 from .learner.algorithms import needs_demos
+from .learner.tblog import RunStats
 from .learner.trainer import Trainer
 from .publisher import WeightPublisher
 from .status import LearnerStatus
@@ -35,6 +36,7 @@ log = logging.getLogger("fleetrl.app")
 
 
 CHECKPOINT = "checkpoints/learner.safetensors"
+TENSORBOARD = "tb"  # learner.tensorboard writes here: tensorboard --logdir <data_dir>/tb
 
 
 def make_app(cfg: LearnerConfig, resume: bool = False, with_trainer: bool = True) -> web.Application:
@@ -105,9 +107,16 @@ async def _learning(app: web.Application, with_trainer: bool = True) -> AsyncIte
     trainer = None
     if with_trainer:
         (cfg.data_dir / CHECKPOINT).parent.mkdir(parents=True, exist_ok=True)
+        buffer, ingest = app[BUFFER], app[INGEST]
+
+        def run_stats() -> RunStats:  # on the trainer thread: plain counters only
+            return RunStats(buffer_rows=buffer.rows, ingested_rows=ingest.rows, episodes=buffer.episodes_total,
+                            success_rate=buffer.success_rate(), mean_return=buffer.mean_return())
+
         trainer = Trainer(
-            app[BUFFER], cfg.learner, publish, start_version=publisher.version,
+            buffer, cfg.learner, publish, start_version=publisher.version,
             checkpoint_path=cfg.data_dir / CHECKPOINT, resume=app[RESUME], published=publisher.latest,
+            tensorboard_dir=cfg.data_dir / TENSORBOARD, run_stats=run_stats,
         )
         app[TRAINER] = trainer
         app[INGEST].on_durable = trainer.notify_data
@@ -118,6 +127,8 @@ async def _learning(app: web.Application, with_trainer: bool = True) -> AsyncIte
     if trainer is not None:
         trainer.stop()
         await asyncio.to_thread(trainer.join, 10.0)
+        if trainer.is_alive():  # hung (the watchdog said so): its last checkpoint stands, the buffer is durable
+            log.error("event=trainer_not_stopped waited_s=10 action=exiting_without_a_final_checkpoint")
 
 
 def _publish_done(fut) -> None:
@@ -137,6 +148,7 @@ def snapshot(app: web.Application) -> LearnerStatus:
         "hwm": buffer.marks(),
         "episodes": buffer.episodes_total,
         "success_rate": buffer.success_rate(),
+        "mean_return": buffer.mean_return(),
         "policy_version": app[PUBLISHER].version,
         "updates": trainer.updates if trainer else 0,
         "resumed_from_update": trainer.resumed_from if trainer else None,
@@ -151,7 +163,8 @@ def snapshot(app: web.Application) -> LearnerStatus:
         "trainer_error": repr(trainer.error) if trainer and trainer.error else None,
         "ingest": {"chunks": ingest.chunks, "rows": ingest.rows, "duplicates": ingest.duplicates},
         "robots": {
-            rid: {"since": r.since, "chunks": r.chunks, "authenticated": r.authenticated, "reported": r.status}
+            rid: {"since": r.since, "chunks": r.chunks, "authenticated": r.authenticated,
+                  "commands": r.conn.takes_commands, "reported": r.status}
             for rid, r in app[ROBOTS].items()
         },
         "rejections": dict(app[REJECTIONS].items()),

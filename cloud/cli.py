@@ -187,6 +187,51 @@ def robots_revoke(
     _notify(cfg, f"the revocation of {name}", prefix=f"revoked {name} in robots.json; ")
 
 
+@robots_app.command("command")
+def robots_command(
+    robot_id: str = typer.Argument(..., help="robot id (linked to the running learner now)"),
+    kind: str = typer.Argument(..., help="pause, start_episode, stop_episode, label or reward"),
+    value: str = typer.Argument(
+        None, help="pause: true (default) or false to resume; label: success, failure or reset; reward: a number; "
+        "start_episode / stop_episode: none"
+    ),
+    config: Path = typer.Option(..., "--config", "-c", help="run TOML file of the running learner"),
+) -> None:
+    """Send a linked robot an operator command; it applies it at its next control tick.
+
+    pause: hold the control loop between ticks (its status says paused = operator_pause); pause false: run again.
+
+    stop_episode: end the current episode and start no new one until start_episode.
+
+    label success, failure or reset: end the current episode as a success or a failure, or cut it.
+
+    reward NUMBER: add NUMBER to the current step's human_reward.
+
+    Prints the learner's answer (JSON) once the command is queued on the link.
+
+    The robot must offer commands (cloud-learner status: robots.<id>.commands);
+    one whose control.remote_commands is false, or whose agent predates them,
+    is refused (exit 1)."""
+    import json
+
+    from shared.protocol import commands
+
+    from .admin_client import send_command, value_from_text
+
+    cfg = _load(config)
+    try:
+        checked = commands.check(kind, value_from_text(kind, value))
+    except (ValueError, FleetError) as e:  # a bad kind or value: said before reaching the learner
+        typer.echo(f"cloud-learner: {e}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        answer = send_command(cfg, robot_id, kind, checked)
+    except FleetError as e:
+        typer.echo(f"cloud-learner: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(answer))
+
+
 @app.command()
 def status(config: Path = typer.Option(..., "--config", "-c", help="run TOML file of the running learner")) -> None:
     """The running learner's status as JSON (from its loopback admin listener, with the admin token)."""
@@ -222,6 +267,31 @@ def tunnel(
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         pass
+
+
+@app.command()
+def dashboard(
+    config: Path = typer.Option(..., "--config", "-c", help="run TOML file of the running learner"),
+    open_browser: bool = typer.Option(False, "--open", help="also open it in this machine's web browser"),
+) -> None:
+    """Print the link to the running learner's live dashboard (robots, learning curves, pause/label buttons).
+
+    The dashboard is served on the learner's loopback admin listener; the link holds
+    the admin token, so keep it to yourself. From another machine, forward the port
+    first: ssh -L PORT:127.0.0.1:PORT learner-host, then open the link there."""
+    from .dashboard import dashboard_url
+
+    cfg = _load(config)
+    try:
+        url = dashboard_url(cfg)
+    except FleetError as e:
+        typer.echo(f"cloud-learner: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(url)
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(url)
 
 
 def main() -> None:

@@ -3,6 +3,8 @@
 The gateway port faces robots (often the internet); metrics stay on
 ``metrics.host`` (127.0.0.1 by default), scraped by a local Prometheus or
 node agent. The numbers are the ones the admin listener's ``/status`` shows (one snapshot).
+Every family is listed in docs/observability.md; examples/grafana-fleetrl.json
+is a dashboard over them (a test checks it names only metrics exported here).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Callable, Iterator
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 
 from shared.config import MetricsConfig
 from shared.metrics import RateMeter, start_metrics_listener
@@ -59,6 +61,27 @@ class _LearnerCollector:
                       storage.get("write_failures", 0))
         yield gauge("storage_holding", "1 while buffer writes fail and robots are told to hold",
                     int(bool(storage.get("holding"))))
+        # learning: is the fleet getting better, and what is the learner doing
+        success = s.get("success_rate")
+        if success is not None:  # unknown before the first episode ends: no sample, not a 0
+            yield gauge("success_rate", "share of the recent episodes (the last 50) that succeeded", success)
+        mean_return = s.get("mean_return")
+        if mean_return is not None:
+            yield gauge("mean_return", "mean summed reward of the recent episodes (the last 50)", mean_return)
+        losses = GaugeMetricFamily("fleetrl_learner_loss", "the trainer's last reported losses and statistics, by name "
+                                   "(critic_loss, actor_loss, alpha, ...; bc_loss for bc and hg_dagger)", labels=["name"])
+        for name, v in sorted(s.get("losses", {}).items()):
+            losses.add_metric([name], float(v))
+        yield losses
+        by_robot = GaugeMetricFamily("fleetrl_learner_robot_rows", "transitions stored from each robot (in the buffer, "
+                                     "across restarts)", labels=["robot_id"])
+        for rid, n in sorted(s.get("rows_by_robot", {}).items()):
+            by_robot.add_metric([rid], float(n))
+        yield by_robot
+        device = s.get("learner_device")
+        if device:
+            yield InfoMetricFamily("fleetrl_learner_device", "where the trainer trains (cpu, cuda:0, ...)",
+                                   value={"device": device})
 
 
 async def start_metrics(snapshot: Callable[[], LearnerStatus], cfg: MetricsConfig) -> tuple[web.AppRunner, str] | None:

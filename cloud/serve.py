@@ -1,4 +1,4 @@
-"""Run the learner application until SIGTERM/SIGINT."""
+"""Run the learner application until SIGTERM/SIGINT (under systemd: a ``Type=notify`` service, ``cloud.service``)."""
 
 from __future__ import annotations
 
@@ -14,16 +14,21 @@ import sys
 from shared.config import LearnerConfig
 from shared.errors import FleetError
 from shared.fsutil import atomic_write
+from shared.sdnotify import Notifier, watchdog_period
 
 from .admin import ADMIN_URL
 from .admission import serve_robot_port
 from .app import make_app, snapshot
+from .keys import TRAINER
 from .metrics import start_metrics
+from .service import LearnerWatchdog
 
 log = logging.getLogger("fleetrl.serve")
 
 
 async def serve(cfg: LearnerConfig, resume: bool = False) -> int:
+    notifier = Notifier()  # a no-op unless systemd set NOTIFY_SOCKET
+    notifier.status("starting: recovering the replay buffer")
     app = make_app(cfg, resume)
     runner, url = await serve_robot_port(app, cfg.server, shutdown_timeout=5.0)  # TLS, socket caps, header deadline
     metrics = await start_metrics(lambda: snapshot(app), cfg.metrics)  # localhost only; never fatal
@@ -39,12 +44,21 @@ async def serve(cfg: LearnerConfig, resume: bool = False) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    watchdog = None
+    if notifier.enabled:
+        notifier.ready(f"serving robots at {url}")
+        service = LearnerWatchdog(notifier, watchdog_period(), lambda: snapshot(app), lambda: app.get(TRAINER))
+        watchdog = asyncio.create_task(service.run())
     await stop.wait()
     log.info("event=learner_stopping")
+    if watchdog is not None:
+        watchdog.cancel()
+        notifier.stopping("stopping: closing robot links, checkpointing the learner")
     if metrics is not None:
         await metrics[0].cleanup()
     await runner.cleanup()
     endpoint.unlink(missing_ok=True)  # a stopped learner: the CLI can say so truthfully
+    notifier.close()
     return 0
 
 

@@ -27,6 +27,7 @@ class RobotLinkStatus(TypedDict):
     since: float  # wall clock the link opened
     chunks: int
     authenticated: bool
+    commands: bool  # its hello offered operator commands (POST /admin/robots/<id>/command)
     reported: dict[str, Any]  # the robot's own last status report, as it sent it (untrusted)
 
 
@@ -39,6 +40,7 @@ class LearnerStatus(TypedDict):
     hwm: dict[str, int]  # robot id -> highest durable stream seq
     episodes: int
     success_rate: float | None  # over the last episodes; None before any
+    mean_return: float | None  # mean summed reward of the same episodes
     policy_version: int
     updates: int
     resumed_from_update: int | None

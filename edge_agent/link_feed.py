@@ -3,8 +3,8 @@
 The control process owns the spool and the policy; the link process streams
 and downloads. This module holds the control side of that conversation: the
 hello each new link process starts from, the records to send, the loop's
-figures for the learner, and the handling of acks, lost records, welcomes and
-policies that come back. Everything runs on the control process's event loop;
+figures for the learner, and the handling of acks, lost records, welcomes,
+policies and operator commands that come back. Everything runs on the control process's event loop;
 slow work (fsync of the acked mark, mapping a policy) goes to worker threads.
 """
 
@@ -21,6 +21,7 @@ from shared.tasks import cancel_and_reap
 
 from .link_supervisor import LinkSupervisor
 from .policy_inbox import clear, inboxes
+from .remote_commands import RemoteCommands
 from .spool import SpoolCorrupt
 
 if TYPE_CHECKING:
@@ -44,9 +45,11 @@ class LinkFeed:
         self._ack_to = 0
         self._ack_wanted = asyncio.Event()
         self._policies: set[asyncio.Task[None]] = set()
+        self.commands = RemoteCommands(agent.operator, lambda: agent.cfg.control.remote_commands)
         self.supervisor = LinkSupervisor(self.hello, {
             "acked": self._acked, "adopt": self._adopt, "lost": self._lost, "link": self._link,
             "welcome": lambda v: agent.policy.learner_announced(v), "policy": self._policy,
+            "command": self.commands.handle,  # an operator command from the learner
         })
         self._tasks: tuple[asyncio.Task, ...] = ()
 

@@ -1,4 +1,4 @@
-"""The link process: the uplink websocket, reading and acking the spool, receiving policies.
+"""The link process: the uplink websocket, reading and acking the spool, receiving policies and commands.
 
 Started (and restarted) by the control process (:mod:`edge_agent.link_supervisor`)
 with one end of a socketpair. Whatever happens here (a stall, a crash, a kill,
@@ -23,7 +23,7 @@ from typing import Any
 
 from shared.logs import setup as setup_logs
 from shared.config import AgentConfig, LinkConfig
-from shared.protocol import EdgeConnection, Limits
+from shared.protocol import Command, EdgeConnection, Limits, commands
 from shared.tasks import cancel_and_reap
 
 from .link_ipc import Channel, open_channel
@@ -48,6 +48,15 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def offered(cfg: AgentConfig, credential: str | None) -> tuple[str, ...]:
+    """The hello's features: commands only where they would be applied, i.e. the site allows them
+    (``control.remote_commands``) and the learner can prove itself, as for weights (a credential, or
+    ``link.allow_unauthenticated``: :meth:`Uplink._trusted`). The learner answers 409 for any other
+    robot, rather than accept a command this robot would drop."""
+    takes = cfg.control.remote_commands and (bool(credential) or cfg.link.allow_unauthenticated)
+    return (commands.FEATURE,) if takes else ()
+
+
 class LinkProcess:
     def __init__(self, ch: Channel, hello: dict[str, Any]):
         self.ch, self.hello = ch, hello
@@ -61,18 +70,24 @@ class LinkProcess:
         self.view.owner_state(sp)
         cfg, limits = self.cfg, Limits(**hello["limits"])
         robot_id, spec, desc, credential = cfg.robot_id, hello["spec"], hello["desc"], hello["credential"]
+        features = offered(cfg, credential)
         self.uplink = Uplink(
-            cfg.link, lambda: EdgeConnection(robot_id, spec, [desc], limits, credential),
+            cfg.link, lambda: EdgeConnection(robot_id, spec, [desc], limits, credential, features),
             self.view, self._on_policy, lambda: dict(self.report), lambda: self.policy_version,  # type: ignore[arg-type]
             limits, hello["pin"],
         )
         self.uplink.limit_seq = hello["limit_seq"]
         self.uplink.on_welcome = lambda welcome: self.ch.send("welcome", welcome.policy_version)
+        self.uplink.on_command = self._on_command
         self._snapshot_changed = asyncio.Event()
         self.uplink.on_ack = self._snapshot_changed.set
 
     def _notify(self, kind: str, payload: Any) -> None:
         self.loop.call_soon_threadsafe(self.ch.send, kind, payload)
+
+    def _on_command(self, cmd: Command) -> None:
+        """An operator command from the learner: the control process applies it (or refuses: its config)."""
+        self.ch.send("command", [cmd.kind, cmd.value])
 
     async def _on_policy(self, version: int, sha256: str, data: Any) -> None:
         """Hand a whole policy to the control process as a file: it maps it and swaps between ticks."""

@@ -1,6 +1,7 @@
 """What a human (or ROS tooling) asks of the control loop, read once per tick.
 
-Set from any thread (the ROS 2 bridge, the label API of :mod:`edge_agent.labels`); the loop only
+Set from any thread (the ROS 2 bridge, the label API of :mod:`edge_agent.labels`, the learner's
+commands through :mod:`edge_agent.remote_commands`); the loop only
 reads it, so the control thread never waits on whoever sets it.
 """
 
@@ -56,7 +57,8 @@ class OperatorControls:
         return stop, reward, events
 
     def apply(self, cmd: Any) -> None:
-        """One command from ROS 2 (:class:`edge_agent.ros2_bridge.Command`: ``kind``, ``value``)."""
+        """One command (``kind``, ``value``): from ROS 2 (:class:`edge_agent.ros2_bridge.Command`) or the
+        learner (:class:`shared.protocol.Command`, checked by :mod:`edge_agent.remote_commands`)."""
         if cmd.kind == "pause":
             self.pause(bool(cmd.value))
         elif cmd.kind == "stop_episode":
@@ -67,6 +69,8 @@ class OperatorControls:
             self.intervention = bool(cmd.value)
         elif cmd.kind == "reward":  # a human reward label: the next step's human_reward
             self.add_reward(float(cmd.value or 0.0))
+        elif cmd.kind == "label":  # success / failure / reset: ends (or cuts) the current episode
+            self.label(str(cmd.value))
 
     def wake(self) -> None:
         self.running.set()

@@ -1,5 +1,5 @@
 """The websocket client: hello, resume from the cloud's durable mark, stream
-chunks under a credit window, take acks and policies, reconnect with backoff.
+chunks under a credit window, take acks, policies and commands, reconnect with backoff.
 
 A thin asyncio layer: the link's rules live sans-I/O in :class:`shared.protocol.EdgeConnection`
 and :mod:`shared.protocol.stream` (the credit window, policy reassembly); this moves the bytes.
@@ -18,7 +18,8 @@ from websockets.asyncio.client import connect
 
 from shared.errors import FleetError, InvalidState
 from shared.lograte import LogLimiter
-from shared.protocol import Ack, EdgeConnection, Limits, Policy, Reject, TunnelClose, TunnelData, TunnelOpen, Welcome
+from shared.protocol import (Ack, Command, EdgeConnection, Limits, Policy, Reject, TunnelClose, TunnelData, TunnelOpen,
+                             Welcome)
 from shared.protocol.codes import TRANSIENT, RejectCode
 from shared.protocol.stream import PolicyReceiver, UploadWindow
 from shared.config import LinkConfig
@@ -67,6 +68,7 @@ class Uplink:
         self._acked = asyncio.Event()
         self.on_ack: Callable[[], Any] = lambda: None
         self.on_welcome: Callable[[Welcome], Any] = lambda welcome: None  # e.g. the learner's policy version
+        self.on_command: Callable[[Command], Any] = lambda cmd: None  # an operator command (edge_agent.remote_commands)
         self._live: tuple[Any, EdgeConnection | None] = (None, None)
         self.window = UploadWindow(spool.acked_seq, max(1, limits.max_inflight_chunks))  # renewed by each welcome
         self._ack_arrived = asyncio.Event()
@@ -257,5 +259,11 @@ class Uplink:
                         log.error("event=policy_refused version=%d code=load_failed message=%r", whole[0], f"{type(e).__name__}: {e}")
             elif isinstance(msg, (TunnelOpen, TunnelData, TunnelClose)):
                 await tunnels.handle(msg)
+            elif isinstance(msg, Command):
+                if self.policy_refused_reason:  # an unproven learner: its commands are not taken either
+                    _REFUSED.log(log, logging.WARNING, ("command_refused",), "event=remote_command_refused kind=%s "
+                                 "value=%r reason=unauthenticated_learner", msg.kind, msg.value)
+                    continue
+                self.on_command(msg)
             elif isinstance(msg, Reject):
                 raise LinkRejected(msg.message, msg.code)

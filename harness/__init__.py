@@ -7,16 +7,18 @@ bench/ alike (from the repository root); not part of the installed product.
 - waits: wait_for (threads), until (event loops), thread_parked (a worker idle on its condition)
 - ledger: stored rows read from Parquet, assert_exactly_once, count_exactly_once
 - logs: assert_logs_quiet, log_events
+- notify: NotifySocket (what systemd sees of a Type=notify daemon)
 """
 
 from .ledger import RobotState, assert_exactly_once, count_exactly_once, stored_count, stored_rows
 from .logs import assert_logs_quiet, log_events
+from .notify import NotifySocket
 from .procs import FAST_LINK, LIVE, Agent, Learner, admin_status, free_port, kill_all, read_ready, spawn, stop
 from .proxy import Proxy
 from .waits import WaitTimeout, thread_parked, until, wait_for, worker_idle
 
 __all__ = [
-    "FAST_LINK", "LIVE", "Agent", "Learner", "Proxy", "RobotState", "WaitTimeout", "admin_status", "assert_exactly_once",
+    "FAST_LINK", "LIVE", "Agent", "Learner", "NotifySocket", "Proxy", "RobotState", "WaitTimeout", "admin_status", "assert_exactly_once",
     "assert_logs_quiet", "count_exactly_once", "free_port", "kill_all", "log_events", "read_ready",
     "spawn", "stop", "stored_count", "stored_rows", "thread_parked", "until", "wait_for", "worker_idle",
 ]

@@ -180,7 +180,8 @@ class Agent:
 
     def __init__(self, root: Path, robot_id: str, urls: list[str], episodes: int, rate_hz: float = 0,
                  chunk_steps: int = 10, spool: dict[str, Any] | None = None, spool_dir: Path | None = None,
-                 link: dict[str, Any] | None = None, service: dict[str, Any] | None = None):
+                 link: dict[str, Any] | None = None, service: dict[str, Any] | None = None,
+                 control: dict[str, Any] | None = None):
         self.root, self.robot_id = root, robot_id
         self.dir = root / robot_id
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -192,6 +193,7 @@ class Agent:
         self.spool = spool or {}
         self.link = link or {}
         self.service = service or {}
+        self.control = control or {}  # more [control] keys (e.g. remote_commands)
         self.proc: subprocess.Popen | None = None
 
     def write_config(self) -> None:
@@ -201,7 +203,8 @@ class Agent:
             "link": {"url": self.urls[0], "fallback_urls": self.urls[1:], **FAST_LINK, "allow_unauthenticated": True,
                      **self.link},
             "robot": {"driver": "mujoco_fetch", "options": {"seed": abs(hash(self.robot_id)) % 1000}},
-            "control": {"rate_hz": self.rate_hz, "max_episodes": self.episodes, "chunk_steps": self.chunk_steps},
+            "control": {"rate_hz": self.rate_hz, "max_episodes": self.episodes, "chunk_steps": self.chunk_steps,
+                        **self.control},
             "spool": {"dir": str(self.spool_dir), **self.spool},
             "state_dir": str(self.state_dir),
             **service,

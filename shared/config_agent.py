@@ -119,6 +119,12 @@ class ControlConfig(_Strict):
         False, description="synchronous baseline: after each episode, wait for a policy newer than the one that acted"
     )
     sync_timeout_s: float = Field(30.0, gt=0, description="with sync, give up waiting for a new policy after this long")
+    remote_commands: bool = Field(
+        True, description="take operator commands from the learner (pause/resume, start/stop episode, success/failure "
+        "labels, rewards: `cloud-learner robots command`, the dashboard); false: the robot does not offer them in its "
+        "hello, so the learner answers 409, and any that arrive are logged (event=remote_command_refused), not applied. "
+        "Needs a learner this robot can verify (a credential, or link.allow_unauthenticated)",
+    )
     policy_device: str = Field(
         "cpu", description='where the robot runs its policy: "cpu", "auto" (a GPU if torch sees one), "cuda" or '
         '"cuda:N"; independent of the learner\'s device',

@@ -123,6 +123,12 @@ class LearnerAlgoConfig(_Strict):
     observation_fields: list[str] | None = Field(None, description="state fields fed to the policy (default: all)")
     memory_capacity: int = Field(1_000_000, gt=0, description="transitions kept in memory for sampling")
     checkpoint_every: int = Field(5000, gt=0, description="checkpoint the learner every this many updates")
+    tensorboard: bool = Field(
+        False, description="write TensorBoard scalars (every loss, updates/s, buffer rows, episodes, success rate, "
+        "policy version, ingest rows/s) to <data_dir>/tb: tensorboard --logdir <data_dir>/tb; needs the tensorboard "
+        "package (pip install 'fleetrl[tensorboard]')",
+    )
+    tensorboard_every: int = Field(100, gt=0, description="updates between two TensorBoard points (tensorboard = true)")
     seed: int = Field(0, description="seed for the learner (nets, sampling)")
     threads: int = Field(1, gt=0, description="torch CPU threads for training")
     device: str = Field(

@@ -17,7 +17,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from shared.errors import ConfigError, SchemaError
 from shared.observations import image_shapes
@@ -26,6 +25,7 @@ from shared.schema import EpisodeSpec
 from .demos import DemoRing, demo_spec, online_rows
 from .history import DiskHistory
 from .memory import FrameRing, RingStorage
+from .outcomes import EpisodeOutcomes
 from .sampler import UniformSampler
 from .source import IMAGES, NEXT_IMAGES, Batch, Dims, Relabel
 from .storage import SegmentInfo, SegmentStore
@@ -81,8 +81,7 @@ class ReplayBuffer:
         self._transforms: list[Transform] = []
         self.rows_by_robot: dict[str, int] = {}
         self._wire: dict[str, EpisodeSpec] = {}  # each linked robot's own spec (its chunks' layout)
-        self.episodes: deque[dict[str, Any]] = deque(maxlen=1000)  # recent episode outcomes
-        self.episodes_total = 0
+        self.outcomes = EpisodeOutcomes()  # recent episodes' success and return
         if self.demo_paths and (self.image_fields or demo_capacity <= 0):
             raise ConfigError("learner.demo_paths: demonstrations are kept for state-only runs (no image_fields) "
                               "whose algorithm uses them (rlpd, bc, hg_dagger, or bc_pretrain_updates > 0); this run "
@@ -343,13 +342,7 @@ class ReplayBuffer:
                 self._writer.write(self.memory, table, self.frames, frames)
                 self._recount()
         live = online_rows(sent)  # recorded demonstrations say nothing of how the policy does
-        ends = pc.indices_nonzero(pc.or_(live.column("terminated"), live.column("truncated")))  # only the
-        # episodes' last rows are read (no filtered copy of the whole table)
-        for rid, succ, ver in zip(live.column("robot_id").take(ends).to_pylist(),
-                                  live.column("success").take(ends).to_pylist(),
-                                  live.column("policy_version").take(ends).to_pylist()):
-            self.episodes.append({"robot_id": rid, "success": bool(succ), "policy_version": ver})
-            self.episodes_total += 1
+        self.outcomes.add(live)
 
     def write(self, items: list[Item]) -> None:
         """Make chunks (and reported losses) durable as one sealed segment, then index them. Blocking."""
@@ -374,6 +367,17 @@ class ReplayBuffer:
                     lo = mid + 1
             self._recent = size - lo
 
+    @property
+    def episodes(self) -> deque[dict[str, Any]]:
+        """The newest episodes' outcomes (robot, success, policy version, return)."""
+        return self.outcomes.episodes
+
+    @property
+    def episodes_total(self) -> int:
+        return self.outcomes.total
+
     def success_rate(self, last: int = 50) -> float | None:
-        recent = list(self.episodes)[-last:]
-        return sum(e["success"] for e in recent) / len(recent) if recent else None
+        return self.outcomes.success_rate(last)
+
+    def mean_return(self, last: int = 50) -> float | None:
+        return self.outcomes.mean_return(last)

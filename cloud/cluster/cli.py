@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import logging
 import signal
@@ -64,6 +66,11 @@ def show(
     raise typer.Exit(0 if ok else 2)
 
 
+def _stop_on_signals(stop: threading.Event) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+
+
 def serve_cluster(cfg: cfgmod.LearnerConfig, address: str, resume: bool = False) -> int:
     """Run the learner's components on Ray (``serve --cluster auto|ray://...|local``) until SIGTERM/SIGINT."""
     try:
@@ -75,24 +82,33 @@ def serve_cluster(cfg: cfgmod.LearnerConfig, address: str, resume: bool = False)
     except FleetError as e:
         print(f"cloud-learner: {e}", file=sys.stderr)
         return 2
-    try:
-        import ray
-    except ImportError:
+    if importlib.util.find_spec("ray") is None:
         print("cloud-learner: --cluster needs Ray: pip install 'fleetrl[cluster]'", file=sys.stderr)
         return 2
-    from .channels import NAMESPACE
-    from .ray_env import ensure_ray_temp_root
-    from .runtime import ClusterRuntime
-
+    stop = threading.Event()  # from here on a signal stops the run cleanly, even while Ray starts
+    _stop_on_signals(stop)
     if resume:
         print("cloud-learner: note: on a cluster, shards and policy versions always resume; "
               "the learner restarts training from the shards' data", file=sys.stderr)
-    if address == "local":
-        ensure_ray_temp_root()
-    if address == "local":
-        ray.init(namespace=NAMESPACE, include_dashboard=False)
-    else:
-        ray.init(address=address, namespace=NAMESPACE)
+    with contextlib.ExitStack() as stack:
+        if address == "local":
+            from .local import local_cluster, ray_nodes
+
+            print(f"cloud-learner: starting a local Ray cluster of {len(ray_nodes(cluster))} node(s) "
+                  f"({', '.join(n.name for n in ray_nodes(cluster))})", file=sys.stderr, flush=True)
+            address = stack.enter_context(local_cluster(cluster))
+        rc = _serve_on_ray(cfg, cluster, address, stop)
+    return rc
+
+
+def _serve_on_ray(cfg: cfgmod.LearnerConfig, cluster: ClusterConfig, address: str, stop: threading.Event) -> int:
+    import ray
+
+    from .channels import NAMESPACE
+    from .runtime import ClusterRuntime
+
+    ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING)
+    _stop_on_signals(stop)  # ray.init installs a SIGTERM handler that exits at once: ours stops cleanly
     runtime = ClusterRuntime(cfg, cluster)
     try:
         runtime.start()
@@ -101,12 +117,11 @@ def serve_cluster(cfg: cfgmod.LearnerConfig, address: str, resume: bool = False)
         ray.shutdown()
         return 2
     endpoints = runtime.endpoints()
+    placed = "; ".join(f"{comp} on {', '.join(nodes)}" for comp, nodes in runtime.where().items())
+    print(f"cloud-learner: placed {placed}", file=sys.stderr, flush=True)
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(cfg.data_dir / "endpoints.json", json.dumps(endpoints).encode())
     print(f"READY {json.dumps(endpoints)}", flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     rollouts = threading.Thread(target=runtime.run_rollouts, args=(stop,), name="rollouts", daemon=True)
     if runtime.workers:
         rollouts.start()

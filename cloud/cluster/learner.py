@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from shared.config import LearnerAlgoConfig
 from shared.weights import WeightsBlob
 
 from ..buffer import Batch, Dims
+from ..learner.tblog import RunStats
 from ..learner.trainer import Trainer
 from .channels import NAMESPACE, shard_actor_name
 from .shard import node_id
@@ -103,9 +105,14 @@ class ShardedBuffer:
 
 
 class LearnerWorker:
-    """Runs the Trainer thread; weights go to the cluster publisher actor."""
+    """Runs the Trainer thread; weights go to the cluster publisher actor.
 
-    def __init__(self, algo: dict[str, Any], shards: list[str], publisher: str, namespace: str = NAMESPACE):
+    ``tensorboard_dir``: where ``learner.tensorboard`` writes, on the learner's node (``<data_dir>/tb``); the
+    buffer side of the scalars is what the shards report (rows, and rows added as the ingest rate; the shards
+    do not count episodes, so there is no success rate)."""
+
+    def __init__(self, algo: dict[str, Any], shards: list[str], publisher: str, namespace: str = NAMESPACE,
+                 tensorboard_dir: str | None = None):
         import ray
 
         self.buffer = ShardedBuffer(shards, namespace)
@@ -115,7 +122,13 @@ class LearnerWorker:
         def publish(blob: WeightsBlob) -> None:  # on the trainer thread; fire and forget
             pub.publish.remote(blob)
 
-        self.trainer = Trainer(self.buffer, LearnerAlgoConfig(**algo), publish, start_version=start_version)
+        buffer = self.buffer
+
+        def run_stats() -> RunStats:
+            return RunStats(buffer_rows=buffer.rows, ingested_rows=buffer.added)
+
+        self.trainer = Trainer(self.buffer, LearnerAlgoConfig(**algo), publish, start_version=start_version,
+                               tensorboard_dir=Path(tensorboard_dir) if tensorboard_dir else None, run_stats=run_stats)
         self.trainer.start()
 
     def notify(self, shard: str, mem: dict[str, Any]) -> None:

@@ -16,6 +16,8 @@ from typing import Any
 
 from shared.config import LearnerConfig
 
+from ..app import TENSORBOARD
+from ..learner.tblog import summary_writer_class
 from .channels import NAMESPACE, ShardChannel, shard_actor_name
 from .config import ClusterConfig, Placement
 from .learner import LearnerWorker, NotifyLearner
@@ -90,6 +92,8 @@ class ClusterRuntime:
 
         check(self.cluster)
         check_shards(self.cfg, self.cluster)
+        if self.cfg.learner.tensorboard:  # a missing package: one line here, not an actor's traceback later
+            summary_writer_class()
         check_live(self.cluster, ray.nodes())
         try:
             self._start()
@@ -114,7 +118,8 @@ class ClusterRuntime:
         ).remote(self.cfg.data_dir / "policy", names, self.namespace)
         self.learner = ray.remote(LearnerWorker).options(  # type: ignore[attr-defined]
             **self._opts("learner", pl.learner, name=LEARNER, max_concurrency=4),
-        ).remote(self.cfg.learner.model_dump(), names, PUBLISHER, self.namespace)
+        ).remote(self.cfg.learner.model_dump(), names, PUBLISHER, self.namespace,
+                 tensorboard_dir=str(self.cfg.data_dir / TENSORBOARD))
         if pl.rollout is not None:
             cls = ray.remote(ClusterRolloutWorker)
             self.workers = [

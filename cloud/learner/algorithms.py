@@ -80,8 +80,10 @@ def build(cfg: LearnerAlgoConfig, dims: Dims, sac_cfg: SACConfig, device: torch.
 
 
 def pretrain(algo: Algorithm, source: SampleSource, cfg: LearnerAlgoConfig, rng: np.random.Generator,
-             transform: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None) -> int:
-    """``bc_pretrain_updates`` behaviour-cloning steps of the actor on the demo ring (its own Adam); steps done."""
+             transform: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+             beat: Callable[[], None] = lambda: None) -> int:
+    """``bc_pretrain_updates`` behaviour-cloning steps of the actor on the demo ring (its own Adam); steps done.
+    ``beat`` is called after each (the trainer's heartbeat: a long warm start is progress, not a hang)."""
     steps = cfg.bc_pretrain_updates
     demos = MixedSource(source, 1.0)  # type: ignore[arg-type]
     if steps <= 0 or demos.size <= 0:
@@ -98,5 +100,6 @@ def pretrain(algo: Algorithm, source: SampleSource, cfg: LearnerAlgoConfig, rng:
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()
+        beat()
     log.info("event=bc_pretrained updates=%d demo_rows=%d final_loss=%.4f", steps, demos.size, loss.item())
     return steps

@@ -8,6 +8,12 @@ publishes by handing a finished blob to a callback. It trains on the device
 update never waits on I/O. ``learner.algorithm`` picks the learner and what it
 samples (:mod:`.algorithms`); ``learner.reward`` what reward each batch carries
 (:mod:`.rewards`), whose parts (a classifier) ship with every published policy.
+
+``alive_at`` is its heartbeat (monotonic seconds), renewed after every update
+and at least every ``IDLE_BEAT_S`` while it waits for data: systemd's watchdog
+(:mod:`cloud.service`) pings only while it is fresh, so a hung trainer gets the
+learner restarted and a trainer waiting for robots does not. With
+``learner.tensorboard`` it writes TensorBoard scalars (:mod:`.tblog`).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import torch
 from shared.config import LearnerAlgoConfig
 from shared.devices import resolve_device
 from shared.errors import ConfigError, WeightsError
+from shared.faults import hang_point
 from shared.weights import WeightsBlob, decode_weights, encode_weights
 
 from ..buffer import Dims, SampleSource
@@ -34,16 +41,23 @@ from .algorithms import Algorithm
 from .normalize import ObsNormalizer
 from .rewards import RewardSource, build_reward
 from .sac import SACConfig
+from .tblog import RunStats, TrainingLog
 
 log = logging.getLogger("fleetrl.trainer")
 
 
 class Trainer(threading.Thread):
+    IDLE_BEAT_S = 0.5  # while waiting for data, the heartbeat is renewed this often
+    RATE_WINDOW_S = 2.0  # updates_per_s: over this long
+
     def __init__(
         self, buffer: SampleSource, cfg: LearnerAlgoConfig, publish: Callable[[WeightsBlob], None],
         start_version: int = 0, checkpoint_path: Path | None = None, resume: bool = False,
-        published: WeightsBlob | None = None,
+        published: WeightsBlob | None = None, tensorboard_dir: Path | None = None,
+        run_stats: Callable[[], RunStats] | None = None,
     ):
+        """``tensorboard_dir``: where ``learner.tensorboard`` writes (``<data_dir>/tb``); ``run_stats``: the
+        buffer and ingest counters it logs beside the trainer's own (read on the trainer thread)."""
         super().__init__(name="trainer", daemon=True)
         self.buffer, self.cfg, self.publish = buffer, cfg, publish
         self.version = start_version
@@ -62,10 +76,15 @@ class Trainer(threading.Thread):
         self._episodes_at_publish = 0  # buffer.episodes_total when the last policy was published (sync_robots)
         self.updates = 0
         self.last_losses: dict[str, float] = {}
-        self.updates_per_s = 0.0
+        self._updates_per_s = 0.0
         self.error: BaseException | None = None
+        self.alive_at = time.monotonic()  # the heartbeat: renewed by every pass of the thread's loop
+        self._rate_base = (self.alive_at, 0)  # (time, updates) updates_per_s counts from
+        self.tensorboard_dir, self.run_stats = tensorboard_dir, run_stats
+        self._tb: TrainingLog | None = None
         self._cond = threading.Condition()
         self._stopping = False
+        self._checkpoint_asked = self._checkpoint_done = 0  # checkpoints asked for from outside / saved
 
     def _round_over(self) -> bool:
         """Synchronous publishing: training has caught up with the data (and trained since the last publish),
@@ -182,6 +201,13 @@ class Trainer(threading.Thread):
         if self.cfg.sync_robots and not hasattr(self.buffer, "episodes_total"):
             raise ConfigError(f"learner.sync_robots = {self.cfg.sync_robots} needs the single-node learner, which "
                               "counts each robot's episodes; this one trains from shards: set sync_robots = 0")
+        if self.cfg.tensorboard:
+            if self.tensorboard_dir is None:
+                log.warning("event=tensorboard_off reason=no_log_folder (learner.tensorboard is set, but this trainer "
+                            "was given no folder to write to)")
+            else:  # a missing tensorboard package: a ConfigError now, before anything listens
+                self._tb = TrainingLog(self.tensorboard_dir, self.cfg.tensorboard_every, self.run_stats)
+                log.info("event=tensorboard_logging logdir=%s every=%d", self.tensorboard_dir, self.cfg.tensorboard_every)
         if self.checkpoint_path is None or not self.checkpoint_path.exists():
             if self.published is not None:
                 log.warning("event=resume_without_checkpoint checkpoint=none published_policy=v%d "
@@ -192,9 +218,46 @@ class Trainer(threading.Thread):
                             "action=training_starts_from_fresh_weights")
         super().start()
 
+    @property
+    def updates_per_s(self) -> float:
+        """Updates per second over the last RATE_WINDOW_S; 0 while it waits for data, and once the thread has
+        not been heard from for two windows (hung, or in one long step: no updates either way)."""
+        if time.monotonic() - self.alive_at > 2 * self.RATE_WINDOW_S:
+            return 0.0
+        return self._updates_per_s
+
+    def beat(self) -> None:
+        """The heartbeat: this thread is making progress (or deliberately waiting, not stuck); renews the rate."""
+        hang_point("trainer_tick")  # FLEETRL_HANG_AT=trainer_tick:n: the watchdog tests' real hang
+        now = self.alive_at = time.monotonic()
+        t0, n0 = self._rate_base
+        if now - t0 >= self.RATE_WINDOW_S:
+            self._updates_per_s = (self.updates - n0) / (now - t0)
+            self._rate_base = (now, self.updates)
+
+    def _wait_for_work(self) -> None:
+        """Until there is data to train on or a stop; the heartbeat goes on while it waits."""
+        with self._cond:
+            while not (self._stopping or self._allowed() or self._checkpoint_asked > self._checkpoint_done):
+                self.beat()
+                self._cond.wait(self.IDLE_BEAT_S)
+        self.beat()
+
     def notify_data(self, rows: int = 0) -> None:
         with self._cond:
             self._cond.notify_all()
+
+    def checkpoint_now(self, timeout: float = 60.0) -> bool:
+        """Have the trainer thread save its checkpoint between two updates, and wait for it. False when
+        training has not started (nothing to save), the trainer stopped, or it did not save within ``timeout``."""
+        with self._cond:
+            if self._sac is None or self._stopping or not self.is_alive():
+                return False
+            self._checkpoint_asked += 1
+            mine = self._checkpoint_asked
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: self._checkpoint_done >= mine or self._stopping or not self.is_alive(), timeout)
+            return self._checkpoint_done >= mine
 
     def stop(self) -> None:
         with self._cond:
@@ -224,6 +287,9 @@ class Trainer(threading.Thread):
         except BaseException as e:
             log.exception("event=trainer_crashed")
             self.error = e
+        finally:
+            if self._tb is not None:
+                self._tb.close()
 
     def _sac_config(self, dims: Dims) -> SACConfig:
         """The config's architecture over what the buffer serves: a CNN needs every camera it names."""
@@ -278,8 +344,7 @@ class Trainer(threading.Thread):
 
     def _run(self) -> None:
         torch.set_num_threads(self.cfg.threads)
-        with self._cond:
-            self._cond.wait_for(lambda: self._stopping or self._allowed())
+        self._wait_for_work()
         if self._stopping:
             return
         dims = self.buffer.dims
@@ -293,7 +358,7 @@ class Trainer(threading.Thread):
         self._restore(sac, rng)
         self._sac, self._rng = sac, rng
         if self._bc_pretrained == 0 and self.resumed_from is None and self.cfg.algorithm not in algorithms.CLONING:
-            self._bc_pretrained = algorithms.pretrain(sac, self.buffer, self.cfg, rng, self._norm)
+            self._bc_pretrained = algorithms.pretrain(sac, self.buffer, self.cfg, rng, self._norm, beat=self.beat)
         if self.cfg.prefetch_batches > 0:  # after the restore: it draws from the checkpointed generator state
             self._prefetcher = Prefetcher(self._source, self.cfg.batch_size, rng, depth=self.cfg.prefetch_batches,
                                           pin_memory=sac.device.type == "cuda")
@@ -308,25 +373,32 @@ class Trainer(threading.Thread):
                 self._prefetcher.close()
 
     def _loop(self, sac: Algorithm) -> None:
-        t_last, n_last = time.monotonic(), 0
+        self._rate_base = (time.monotonic(), self.updates)  # a resumed run's updates are not this run's rate
+        tb = self._tb
+        if tb is not None:
+            tb.begin(self.updates)
         if self.cfg.sync_robots and self.version == 0:  # the robots' first policy: they wait after each episode
             self._episodes_at_publish = int(getattr(self.buffer, "episodes_total", 0))  # from now on (until then
             self._publish(sac)  # they run free, faster than a learner catches up with them)
         while True:
             if self._round_over():
                 self._publish(sac)  # caught up with the data: synchronous robots are waiting for this
-            with self._cond:
-                self._cond.wait_for(lambda: self._stopping or self._allowed())
-                if self._stopping:
-                    self.save_checkpoint()
-                    return
+            self._wait_for_work()
+            if self._stopping:
+                self.save_checkpoint()
+                return
+            asked = self._checkpoint_asked
+            if asked > self._checkpoint_done:  # someone asked for one (the dashboard, the admin API)
+                self.save_checkpoint()
+                with self._cond:
+                    self._checkpoint_done = asked
+                    self._cond.notify_all()
+                continue
             self.last_losses = sac.update(self._sample(self._rng))
             self.updates += 1
             if self.updates % self.cfg.publish_every == 0 and not self.cfg.sync_robots:
                 self._publish(sac)
             if self.updates % self.cfg.checkpoint_every == 0:
                 self.save_checkpoint()
-            now = time.monotonic()
-            if now - t_last >= 2.0:
-                self.updates_per_s = (self.updates - n_last) / (now - t_last)
-                t_last, n_last = now, self.updates
+            if tb is not None and tb.due(self.updates):
+                tb.log(self.updates, self.last_losses, self.version)

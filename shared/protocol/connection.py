@@ -4,8 +4,10 @@ Bytes in, messages out; messages in, bytes out. No sockets, files or clocks:
 the asyncio layers in ``edge_agent.uplink`` and ``cloud.gateway`` move the
 bytes, which is what lets the protocol be fuzzed and tested without a network.
 
-Handshake: cloud -> challenge(nonce); robot -> hello(identity, spec, proof);
-cloud -> welcome(resume point, server signature) or reject.
+Handshake: cloud -> challenge(nonce); robot -> hello(identity, spec, proof, features);
+cloud -> welcome(resume point, server signature) or reject. The hello's features
+say what else the robot's link takes (commands: :mod:`.commands`); the cloud end
+encodes nothing a robot did not offer.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from typing import Any
 
 from .. import auth
 from ..errors import InvalidState, ProtocolError
+from . import commands
 from .codes import RejectCode
 from .frames import MsgType, decode_frame, encode_frame
 from .limits import Limits
 from .messages import (
-    PARSERS, PROTOCOL_VERSIONS, Ack, Challenge, Chunk, Hello, Lost, Message, Policy, Reject, Status,
+    PARSERS, PROTOCOL_VERSIONS, Ack, Challenge, Chunk, Command, Hello, Lost, Message, Policy, Reject, Status,
     TunnelClose, TunnelData, TunnelOpen, Welcome,
 )
 
@@ -75,15 +78,19 @@ class _Base:
 
 
 class EdgeConnection(_Base):
-    """The robot's end: answers the challenge, then streams chunks and takes acks, policies, tunnels."""
+    """The robot's end: answers the challenge, then streams chunks and takes acks, policies, tunnels, commands.
+
+    ``features``: what the hello offers beyond the base messages (``commands.FEATURE``: the
+    I/O layer applies commands). A command that comes anyway is still parsed and checked;
+    the I/O layer decides, so a confused learner costs a log line, not the link."""
 
     accepts = frozenset({MsgType.ACK, MsgType.POLICY, MsgType.REJECT, MsgType.TUNNEL_OPEN, MsgType.TUNNEL_DATA,
-                         MsgType.TUNNEL_CLOSE})
+                         MsgType.TUNNEL_CLOSE, MsgType.COMMAND})
 
     def __init__(self, robot_id: str, spec: dict[str, Any], units: list[dict[str, Any]], limits: Limits | None = None,
-                 credential: str | None = None):
+                 credential: str | None = None, features: tuple[str, ...] = ()):
         super().__init__(limits)
-        self.robot_id, self.spec, self.units = robot_id, spec, units
+        self.robot_id, self.spec, self.units, self.features = robot_id, spec, units, features
         self.key = auth.client_key(credential) if credential else None
         self.max_inflight = self.limits.max_inflight_chunks
         self._server_nonce = ""
@@ -102,7 +109,7 @@ class EdgeConnection(_Base):
         if self.key is not None:
             proof = auth.prove(self.key, self.robot_id, self._server_nonce, self._client_nonce, channel)
         return _encode(Hello(self.robot_id, PROTOCOL_VERSIONS, self.spec, self.units, policy_version, agent_version,
-                             self._client_nonce, proof, *partial))
+                             self._client_nonce, proof, *partial, features=self.features))
 
     def receive(self, data: bytes) -> Message:
         if self.state is State.HANDSHAKE or self.state is State.START:
@@ -212,3 +219,16 @@ class CloudConnection(_Base):
     def tunnel_open(self, stream: int, port: int) -> bytes:
         self._require_open()
         return _encode(TunnelOpen(stream, port))
+
+    @property
+    def takes_commands(self) -> bool:
+        """Whether the robot's hello offered commands (an older agent, or one whose site turned them off, did not)."""
+        return self.hello_msg is not None and commands.FEATURE in self.hello_msg.features
+
+    def command(self, kind: str, value: Any = None) -> bytes:
+        """An operator command (``commands.check`` says which values are valid: ProtocolError otherwise).
+        InvalidState for a robot that did not offer commands: its link would break on the frame."""
+        self._require_open()
+        if not self.takes_commands:
+            raise InvalidState(f"robot {self.robot_id} did not offer commands in its hello")
+        return _encode(Command(kind, commands.check(kind, value)))

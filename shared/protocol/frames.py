@@ -37,6 +37,7 @@ class MsgType(enum.IntEnum):
     TUNNEL_OPEN = 10
     TUNNEL_DATA = 11
     TUNNEL_CLOSE = 12
+    COMMAND = 13  # only to a robot whose hello lists the feature (shared.protocol.commands)
 
 
 @dataclass(frozen=True)

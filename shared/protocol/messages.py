@@ -12,6 +12,7 @@ from typing import Any, ClassVar, TypeVar
 from ..errors import ProtocolError
 from .codes import RejectCode
 from ..ids import SAFE_ID
+from . import commands
 from .frames import Frame, MsgType
 
 PROTOCOL_VERSIONS = (1,)  # link protocol versions this build speaks
@@ -53,10 +54,13 @@ class Hello:
     proof: str = ""  # credential proof (shared.auth); empty for an unenrolled robot
     partial_policy: int = 0  # a policy version the robot has part of ...
     partial_bytes: int = 0  # ... and how many bytes: the cloud resumes from there
+    # What this link takes beyond v1's base messages (commands.FEATURE); an older peer ignores or omits it.
+    features: tuple[str, ...] = ()
 
     def meta(self) -> dict[str, Any]:
         d = asdict(self)
         d["versions"] = list(self.versions)
+        d["features"] = list(self.features)
         return d
 
     @classmethod
@@ -69,6 +73,9 @@ class Hello:
         if not versions or len(versions) > 16 or not all(isinstance(v, int) and not isinstance(v, bool) for v in versions):
             raise ProtocolError("hello.versions must be a short list of ints", RejectCode.BAD_META)
         units = _field(m, "units", list, "hello") if "units" in m else []
+        features = _field(m, "features", list, "hello") if "features" in m else []
+        if len(features) > 16 or not all(isinstance(f, str) and len(f) <= 32 for f in features):
+            raise ProtocolError("hello.features must be a short list of short strings", RejectCode.BAD_META)
         return cls(
             robot_id=robot_id,
             versions=tuple(versions),
@@ -80,6 +87,7 @@ class Hello:
             proof=_field(m, "proof", str, "hello")[:128] if "proof" in m else "",
             partial_policy=_uint(m, "partial_policy", "hello") if "partial_policy" in m else 0,
             partial_bytes=_uint(m, "partial_bytes", "hello") if "partial_bytes" in m else 0,
+            features=tuple(features),
         )
 
 
@@ -320,8 +328,29 @@ class TunnelClose:
                    reason=_field(f.meta, "reason", str, "tunnel_close")[:256] if "reason" in f.meta else "")
 
 
-Message = Hello | Welcome | Chunk | Ack | Policy | Status | Reject | Lost | Challenge | TunnelOpen | TunnelData | TunnelClose
+@dataclass(frozen=True)
+class Command:
+    """Cloud to robot: an operator's command (pause, start/stop episode, label, reward), applied
+    at the robot's next control tick. Sent only to a robot whose hello offered them
+    (:mod:`shared.protocol.commands` says why, and what each kind's value is)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.COMMAND
+    kind: str
+    value: bool | float | str | None = None
+
+    def meta(self) -> dict[str, Any]:
+        return {"kind": self.kind, "value": self.value}
+
+    @classmethod
+    def parse(cls, f: Frame) -> "Command":
+        kind = _field(f.meta, "kind", str, "command")
+        return cls(kind=kind, value=commands.check(kind, f.meta.get("value")))
+
+
+Message = (Hello | Welcome | Chunk | Ack | Policy | Status | Reject | Lost | Challenge | TunnelOpen | TunnelData | TunnelClose
+           | Command)
 PARSERS: dict[MsgType, Any] = {
     c.TYPE: c
-    for c in (Hello, Welcome, Chunk, Ack, Policy, Status, Reject, Lost, Challenge, TunnelOpen, TunnelData, TunnelClose)
+    for c in (Hello, Welcome, Chunk, Ack, Policy, Status, Reject, Lost, Challenge, TunnelOpen, TunnelData, TunnelClose,
+              Command)
 }

@@ -86,7 +86,8 @@ def runtime(ray_cluster, tmp_path_factory):
     cfg = LearnerConfig.model_validate({
         "data_dir": str(data),
         "server": {"port": 0},
-        "learner": {"learning_starts": 60, "batch_size": 32, "hidden": [32, 32], "utd_ratio": 0.2, "publish_every": 4},
+        "learner": {"learning_starts": 60, "batch_size": 32, "hidden": [32, 32], "utd_ratio": 0.2, "publish_every": 4,
+                    "tensorboard": True, "tensorboard_every": 2},
     })
     rt = ClusterRuntime(cfg, parse_cluster(cluster_table()))
     rt.start()
@@ -168,6 +169,18 @@ def test_two_robot_groups_land_in_their_own_shards_and_the_learner_samples_both(
                        "the learner to publish a version", every=0.2)
     assert learner["error"] is None
     assert learner["samples_by_shard"]["site-a"] > 0 and learner["samples_by_shard"]["site-b"] > 0
+    # learner.tensorboard: the cluster learner writes under <data_dir>/tb on its node (this machine here);
+    # no episodes or success rate (shards do not count them)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def scalar_tags() -> set[str]:
+        acc = EventAccumulator(str(runtime.cfg.data_dir / "tb"))
+        acc.Reload()
+        return set(acc.Tags()["scalars"])
+
+    tags = wait_for(lambda: {"loss/critic_loss", "buffer/rows", "ingest/rows_per_s"} <= (t := scalar_tags()) and t, 30,
+                    "the cluster learner's TensorBoard scalars (flushed every 10 s)", every=0.5)
+    assert "buffer/episodes" not in tags and "episodes/success_rate" not in tags
     # the trainer hands weights to the publisher actor without waiting: wait until it holds them
     wait_for(lambda: ray.get(runtime.publisher.version.remote()) >= 1, 30, "the publisher to hold a version", every=0.2)
     # new weights reach the sim worker in the next sync round (gloo), between rollouts
@@ -252,7 +265,8 @@ def test_cameras_in_cluster_mode_shards_serve_frames_and_the_learner_trains_a_cn
                            "the cluster learner to publish a camera policy", every=0.2)
         assert learner["error"] is None
         assert learner["samples_by_shard"]["site-a"] > 0 and learner["samples_by_shard"]["site-b"] > 0
-        blob = ray.get(rt.publisher.latest.remote())
+        # the trainer counts a version before it hands the weights over (fire and forget): wait for the publisher
+        blob = wait_for(lambda: ray.get(rt.publisher.latest.remote()), 30, "the publisher to hold them", every=0.2)
         arch = decode_weights(blob.data, blob.sha256, len(blob.data)).arch
         assert arch["actor"]["kind"] == "cnn_gaussian" and arch["actor"]["images"] == [["cam", *CAM]]
 

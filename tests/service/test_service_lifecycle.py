@@ -1,6 +1,7 @@
 """Daemon lifecycle with real processes: SIGTERM drains and a restart loses
 nothing (the exact ledger count), SIGHUP reloads only what is safe,
-`edge-agent status`, both Prometheus endpoints, and `edge-agent check`
+`edge-agent status`, both Prometheus endpoints (the learner's learning metrics
+parsed with prometheus_client's parser), and `edge-agent check`
 against a good and a broken setup."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import tomli_w
+from prometheus_client.parser import text_string_to_metric_families
 
 from harness import Agent, Learner, assert_exactly_once, free_port, wait_for
 
@@ -71,6 +73,21 @@ def test_sigterm_drains_restart_resumes_sighup_reloads_nothing_lost(tmp_path: Pa
     endpoint = json.loads((learner.data_dir / "endpoint.json").read_text())
     lm = _get(endpoint["metrics"])
     assert "fleetrl_learner_robots_linked 1.0" in lm and "fleetrl_learner_ingest_rows_total" in lm
+    # Learning metrics, parsed as Prometheus parses them, once the learner trains (learning_starts rows in)
+    # and some episode has ended.
+    def learning() -> str | None:
+        text = _get(endpoint["metrics"])
+        return text if 'fleetrl_learner_loss{name="critic_loss"}' in text and "fleetrl_learner_success_rate " in text else None
+
+    lm = wait_for(learning, 90, "learning metrics")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(lm) for s in fam.samples}
+    losses = {dict(k[1])["name"]: v for k, v in samples.items() if k[0] == "fleetrl_learner_loss"}
+    assert {"critic_loss", "actor_loss", "alpha_loss", "alpha"} <= set(losses), losses
+    assert 0.0 <= samples[("fleetrl_learner_success_rate", ())] <= 1.0
+    assert samples[("fleetrl_learner_robot_rows", (("robot_id", "svc"),))] >= Learner.DEFAULTS["learning_starts"]
+    assert samples[("fleetrl_learner_device_info", (("device", "cpu"),))] == 1.0
+    assert samples[("fleetrl_learner_updates_total", ())] > 0 and samples[("fleetrl_learner_robots_linked", ())] == 1.0
 
     cfg = tomllib.loads(agent.cfg.read_text())  # SIGHUP: one safe change, two that need a restart
     cfg["service"]["log_level"] = "DEBUG"

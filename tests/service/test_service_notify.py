@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 import tomli_w
+
+from harness.notify import NotifySocket
 
 WATCHDOG_S = 0.6  # WatchdogSec for the hang tests: pings are expected every 0.3 s
 # The ping-rate test measures gaps at this end, on a busy 2-core CI machine: a longer WatchdogSec
@@ -22,40 +22,11 @@ WATCHDOG_S = 0.6  # WatchdogSec for the hang tests: pings are expected every 0.3
 RATE_WATCHDOG_S = 2.0
 
 
-class NotifySocket:
-    """What systemd would see: every datagram, with its arrival time."""
-
-    def __init__(self) -> None:
-        self.name = f"fleetrl-notify-{uuid.uuid4().hex}"
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind("\0" + self.name)  # abstract: NOTIFY_SOCKET=@name
-        self.msgs: list[tuple[float, dict[str, str]]] = []
-
-    def read_until(self, pred, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                data = self.sock.recv(65536).decode()
-            except socket.timeout:
-                break
-            self.msgs.append((time.monotonic(), dict(ln.split("=", 1) for ln in data.split("\n") if "=" in ln)))
-            if pred(self.msgs[-1][1]):
-                return True
-        return False
-
-    def times(self, key: str) -> list[float]:
-        return [t for t, m in self.msgs if key in m]
-
-    def count_after(self, key: str, since: float) -> int:
-        return sum(1 for t in self.times(key) if t > since)
-
-
 @pytest.fixture
 def notify():
     ns = NotifySocket()
     yield ns
-    ns.sock.close()
+    ns.close()
 
 
 def _start(tmp_path: Path, ns: NotifySocket, hang_at: str | None = None, watchdog_s: float = WATCHDOG_S) -> subprocess.Popen:

@@ -17,6 +17,7 @@ from shared.protocol import (
     Challenge,
     Chunk,
     CloudConnection,
+    Command,
     EdgeConnection,
     Hello,
     Limits,
@@ -241,6 +242,11 @@ ALL_MESSAGES = [
     TunnelData(0, b""),
     TunnelClose(7, "connection refused"),
     TunnelClose(1),
+    Command("pause", True),
+    Command("label", "success"),
+    Command("reward", -0.5),
+    Command("stop_episode"),
+    Hello("robot-1", (1,), SPEC, UNITS, features=("commands",)),
 ]
 
 
@@ -360,7 +366,8 @@ def test_cloud_refuses_chunk_before_it_sent_welcome():
 
 
 @pytest.mark.parametrize(
-    "msg", [Ack(1), Policy(1, "ab" * 32, 1, 0, b"y"), Welcome(1, "r", 0, 0, 1), Challenge("ab" * 16), TunnelOpen(1, 22)],
+    "msg", [Ack(1), Policy(1, "ab" * 32, 1, 0, b"y"), Welcome(1, "r", 0, 0, 1), Challenge("ab" * 16), TunnelOpen(1, 22),
+            Command("pause", True)],
     ids=lambda m: type(m).__name__,
 )
 def test_cloud_refuses_cloud_to_robot_messages(msg):
@@ -712,7 +719,8 @@ def feed_all(data: bytes) -> None:
     """Feed bytes to every receiving end; each must return a message or raise a FleetError."""
     from shared.protocol.messages import Message  # noqa: F401  (union type, for isinstance below)
 
-    kinds = (Hello, Welcome, Chunk, Ack, Policy, Status, Reject, Lost, Challenge, TunnelOpen, TunnelData, TunnelClose)
+    kinds = (Hello, Welcome, Chunk, Ack, Policy, Status, Reject, Lost, Challenge, TunnelOpen, TunnelData, TunnelClose,
+             Command)
     receivers = [challenged().receive, EdgeConnection("robot-1", SPEC, []).receive]
     edge, cloud = handshake()
     receivers += [edge.receive, cloud.receive]
@@ -775,6 +783,7 @@ FIELD_NAMES = [
     "robot_id", "versions", "spec", "units", "policy_version", "agent_version", "version", "run_id", "acked_seq",
     "max_inflight", "seq", "episode_id", "rows", "raw_size", "crc32", "sha256", "size", "values", "code", "message", "first", "last", "reason",
     "client_nonce", "proof", "server_signature", "nonce", "stream", "port", "offset", "partial_policy", "partial_bytes",
+    "features", "kind", "value",
 ]
 
 
