@@ -18,7 +18,7 @@ from .base import HardwareUnit, UnitDescription
 
 ENTRY_POINT_GROUP = "fleetrl.hal_drivers"
 _BUILTIN = {
-    "mujoco_fetch": "hal_drivers.mujoco_fetch", "ros2": "hal_drivers.ros2",
+    "mujoco_fetch": "hal_drivers.mujoco_fetch", "point_mass": "hal_drivers.point_mass", "ros2": "hal_drivers.ros2",
     # teleop devices (UnitKind.TELEOP)
     "keyboard": "hal_drivers.teleop.keyboard", "gamepad": "hal_drivers.teleop.evdev_device",
     "spacemouse": "hal_drivers.teleop.evdev_device", "ros2_joy": "hal_drivers.teleop.ros2_joy",

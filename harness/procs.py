@@ -176,12 +176,16 @@ class Learner:
 
 
 class Agent:
-    """``python -m edge_agent run`` for one simulated robot (MuJoCo Fetch), on fast link settings."""
+    """``python -m edge_agent run`` for one simulated robot, on fast link settings.
+
+    The robot is MuJoCo Fetch unless ``driver`` names another; ``driver_options`` is its
+    [robot.options] table as given (default: a seed derived from the robot id)."""
 
     def __init__(self, root: Path, robot_id: str, urls: list[str], episodes: int, rate_hz: float = 0,
                  chunk_steps: int = 10, spool: dict[str, Any] | None = None, spool_dir: Path | None = None,
                  link: dict[str, Any] | None = None, service: dict[str, Any] | None = None,
-                 control: dict[str, Any] | None = None):
+                 control: dict[str, Any] | None = None, driver: str = "mujoco_fetch",
+                 driver_options: dict[str, Any] | None = None):
         self.root, self.robot_id = root, robot_id
         self.dir = root / robot_id
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -194,6 +198,8 @@ class Agent:
         self.link = link or {}
         self.service = service or {}
         self.control = control or {}  # more [control] keys (e.g. remote_commands)
+        self.driver = driver
+        self.driver_options = {"seed": abs(hash(robot_id)) % 1000} if driver_options is None else dict(driver_options)
         self.proc: subprocess.Popen | None = None
 
     def write_config(self) -> None:
@@ -202,7 +208,7 @@ class Agent:
             "robot_id": self.robot_id,
             "link": {"url": self.urls[0], "fallback_urls": self.urls[1:], **FAST_LINK, "allow_unauthenticated": True,
                      **self.link},
-            "robot": {"driver": "mujoco_fetch", "options": {"seed": abs(hash(self.robot_id)) % 1000}},
+            "robot": {"driver": self.driver, "options": self.driver_options},
             "control": {"rate_hz": self.rate_hz, "max_episodes": self.episodes, "chunk_steps": self.chunk_steps,
                         **self.control},
             "spool": {"dir": str(self.spool_dir), **self.spool},

@@ -3,10 +3,7 @@ learner sampling from both sites, weight sync to a sim worker, shard restart."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections import Counter
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,19 +11,17 @@ import pyarrow.parquet as pq
 import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is the cluster extra: pip install 'fleetrl[cluster]'")
-from ray.cluster_utils import Cluster  # noqa: E402
 
 from cloud.cluster.channels import ShardChannel  # noqa: E402
 from harness import wait_for  # noqa: E402
 from cloud.cluster.config import parse_cluster  # noqa: E402
-from cloud.cluster.placement import PlacementError, node_resources  # noqa: E402
-from cloud.cluster.ray_env import ensure_ray_temp_root  # noqa: E402
+from cloud.cluster.placement import PlacementError  # noqa: E402
+from cloud.cluster.local import local_cluster  # noqa: E402
 from cloud.cluster.runtime import ClusterRuntime  # noqa: E402
 from shared.chunk import StepRecord, build_batch, checksum, encode_chunk  # noqa: E402
 from shared.config import LearnerConfig  # noqa: E402
 from shared.protocol import Chunk  # noqa: E402
 
-MB = 1 << 20
 
 
 def cluster_table() -> dict:
@@ -50,34 +45,11 @@ def cluster_table() -> dict:
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    # A fresh short temp dir: Ray's socket paths must stay under 108 bytes, and a
-    # stale ray_current_cluster file from a killed run must not be picked up.
-    tmp = tempfile.mkdtemp(prefix="ray-")
-    # Ray also writes ray_current_cluster under its default temp root, whatever
-    # temp_dir says; point that root at our fresh folder, which we make exist.
-    saved = os.environ.get("RAY_TMPDIR")
-    os.environ["RAY_TMPDIR"] = tmp
-    ensure_ray_temp_root()
-    nodes = parse_cluster(cluster_table()).nodes
-    common = {"object_store_memory": 100 * MB}
-    r0 = node_resources(nodes[0])
-    c = Cluster(initialize_head=True, head_node_args={
-        **common, "num_cpus": r0["num_cpus"], "num_gpus": r0["num_gpus"], "resources": r0["resources"],
-        "include_dashboard": False, "temp_dir": tmp})
-    try:
-        for n in nodes[1:3]:
-            r = node_resources(n)
-            c.add_node(**common, num_cpus=r["num_cpus"], num_gpus=r["num_gpus"], resources=r["resources"])
-        ray.init(address=c.address, namespace="fleetrl", logging_level="WARNING")
-        yield c
-    finally:
-        ray.shutdown()
-        c.shutdown()
-        shutil.rmtree(tmp, ignore_errors=True)
-        if saved is None:
-            os.environ.pop("RAY_TMPDIR", None)
-        else:
-            os.environ["RAY_TMPDIR"] = saved
+    """The config's nodes as Ray nodes on this machine: what ``serve --cluster local`` starts
+    (a fresh short temp root; robot computers, which host no component, not started)."""
+    with local_cluster(parse_cluster(cluster_table())) as address:
+        ray.init(address=address, namespace="fleetrl", logging_level="WARNING")
+        yield address
 
 
 @pytest.fixture(scope="module")
