@@ -167,7 +167,10 @@ async def _demo(robots: int, minutes: float, target: float, rate_hz: float, task
             return 1
         url = line.split()[1].decode()
         data_dir = run_dir / "learner"  # /status is on the learner's loopback admin listener, with its token
-        status = (json.loads((data_dir / "endpoint.json").read_text())["status"], (data_dir / "admin_token").read_text().strip())
+        endpoint = json.loads((data_dir / "endpoint.json").read_text())
+        status = (endpoint["status"], (data_dir / "admin_token").read_text().strip())
+        console.print(f"watch it live in a browser: [cyan]{endpoint['admin'].rsplit('/admin', 1)[0]}/?token={status[1]}[/] "
+                      "(the learner's dashboard; the link holds its admin token)")
         for i, p in enumerate(agent_cfgs):
             _set_url(p, url)
             agents.append(await _start(["-m", "edge_agent", "run", "--config", str(p)], logs / f"agent-{i}.log"))
