@@ -27,7 +27,7 @@ class NamedGroup(Strict):
     )
     learner: dict[str, Any] = Field(
         default_factory=dict, description="[learner] keys this group trains with instead of the run's "
-        "(e.g. { hidden = [64, 64], learning_starts = 500 }); checked like [learner]",
+        "(e.g. { hidden = [64, 64], learning_starts = 500 }); checked like [learner]; paths in it: absolute",
     )
 
     @field_validator("name")
