@@ -249,16 +249,24 @@ async def _watch(status: tuple[str, str], agents, learner, minutes: float, targe
         console.print(f"[green bold]reached {target:.0%} success[/] over the last {WINDOW} episodes in {reached_at:.0f} s")
     elif not failed:
         console.print(f"[yellow]did not reach {target:.0%} in {elapsed:.0f} s[/]")
-    console.print(
-        f"success: {0 if first_rate is None else first_rate:.0%} (first 20 episodes) -> {s.get('success_rate') or 0:.0%} (last {WINDOW}); "
-        f"{s.get('buffer_rows', 0)} transitions in {s.get('episodes', 0)} episodes; policy v{s.get('policy_version', 0)}; "
-        f"{s.get('updates', 0)} updates"
-    )
+    lines = group_lines(s)
+    if lines:  # a mixed fleet: the slowest group's success, then each group's
+        console.print(f"success of the slowest group: {0 if first_rate is None else first_rate:.0%} (first 20 episodes) "
+                      f"-> {fleet_rate(s)[0] or 0:.0%} (last {WINDOW}); {s.get('buffer_rows', 0)} transitions in "
+                      f"{s.get('episodes', 0)} episodes")
+    else:
+        console.print(
+            f"success: {0 if first_rate is None else first_rate:.0%} (first 20 episodes) -> {s.get('success_rate') or 0:.0%} (last {WINDOW}); "
+            f"{s.get('buffer_rows', 0)} transitions in {s.get('episodes', 0)} episodes; policy v{s.get('policy_version', 0)}; "
+            f"{s.get('updates', 0)} updates"
+        )
     png = success_curve_png(run_dir / CURVE_PNG, curve.t_s, curve.success_rate, title, target=target)
-    for line in group_lines(s):
+    for line in lines:
         console.print(line)
     console.print(f"success over time: [cyan]{png}[/]")
-    console.print(f"data: Parquet segments in [cyan]{run_dir / 'learner' / 'buffer'}[/], logs in [cyan]{run_dir / 'logs'}[/]")
+    console.print(f"data: Parquet segments in [cyan]{run_dir / 'learner' / 'buffer'}[/]"
+                  + (f" (later groups: [cyan]{run_dir / 'learner' / 'groups'}[/])" if lines else "")
+                  + f", logs in [cyan]{run_dir / 'logs'}[/]")
     console.print(f"continue this run: cloud-learner serve --resume --config {run_dir / 'learner.toml'}")
     (run_dir / "summary.json").write_text(json.dumps({
         "reached_s": reached_at, "target": target, "elapsed_s": round(elapsed, 1), "first_rate": first_rate,
