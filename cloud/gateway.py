@@ -185,6 +185,9 @@ async def robot_ws(request: web.Request) -> web.WebSocketResponse:
         # Into the table before any await: every live link of a robot is either in the table
         # (where revocation and /status find it) or being closed by the link that replaced it.
         link = Link(robot_id, ws, conn, Outbox(), request.remote, authenticated, stored, group=group)
+        lost_right = access_refusal(link, app[REGISTRY])  # the table may have changed while resolve() awaited
+        if lost_right is not None:
+            raise ProtocolError(lost_right[1], lost_right[0])
         old, app[ROBOTS][robot_id] = app[ROBOTS].get(robot_id), link
         if old is not None:
             log.warning("event=robot_reconnected_while_linked robot_id=%s (closing the older link)", robot_id)
@@ -228,6 +231,12 @@ async def robot_ws(request: web.Request) -> web.WebSocketResponse:
             _forget(app, link)
         await ws.close()
     return ws
+
+
+def access_refusal(link: Link, registry: Any) -> tuple[str, str] | None:
+    from .access import refusal  # access imports this module for Link
+
+    return refusal(link, registry)
 
 
 def _forget(app: web.Application, link: Link) -> None:
