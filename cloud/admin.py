@@ -23,7 +23,7 @@ from . import access
 from .admission import url_host
 from .dashboard import SNAPSHOT, cookie_ok, dashboard_routes, sample_history
 from .gateway import BULK, CONTROL, TunnelInbox
-from .keys import ADMIN_TOKEN, CONFIG, REGISTRY, ROBOTS, TRAINER
+from .keys import ADMIN_TOKEN, CONFIG, GROUPS, REGISTRY, ROBOTS
 from .robot_commands import command_routes
 
 log = logging.getLogger("fleetrl.admin")
@@ -70,22 +70,33 @@ async def reload_robots(request: web.Request) -> web.Response:
 
 
 async def checkpoint(request: web.Request) -> web.Response:
-    """Save the learner's checkpoint now (what ``--resume`` continues from), between two updates."""
+    """Save every group's learner checkpoint now (what ``--resume`` continues from), between two updates."""
     app = _check(request)
-    trainer = app.get(TRAINER)
-    if trainer is None or trainer.checkpoint_path is None:
+    trainers = [(g.name, g.trainer) for g in app[GROUPS] if g.trainer is not None and g.trainer.checkpoint_path]
+    if not trainers:
         return web.json_response({"ok": False, "message": "this learner does not train here"}, status=409)
-    if not await asyncio.to_thread(trainer.checkpoint_now, CHECKPOINT_WAIT_S):
+    saved, failed = [], []
+    for name, trainer in trainers:
+        if await asyncio.to_thread(trainer.checkpoint_now, CHECKPOINT_WAIT_S):
+            log.info("event=checkpoint_requested group=%s updates=%d", name, trainer.updates)
+            saved.append((name, trainer))
+            continue
         if trainer.error is not None:
             why = f"the trainer stopped: {trainer.error!r}"
         elif trainer.device is None:
             why = "training has not started yet (nothing to save)"
         else:
             why = f"not saved within {CHECKPOINT_WAIT_S:g} s"
-        return web.json_response({"ok": False, "message": why}, status=409)
-    log.info("event=checkpoint_requested updates=%d", trainer.updates)
-    return web.json_response({"ok": True, "message": f"saved at update {trainer.updates}",
-                              "path": str(trainer.checkpoint_path)})
+        failed.append(f"group {name}: {why}" if len(trainers) > 1 else why)
+    if failed and not saved:
+        return web.json_response({"ok": False, "message": "; ".join(failed)}, status=409)
+    name, first = saved[0]
+    message = f"saved at update {first.updates}" + "".join(f"; group {n}: at update {t.updates}" for n, t in saved[1:])
+    body: dict[str, object] = {"ok": True, "message": message + "".join(f"; {f}" for f in failed),
+                               "path": str(first.checkpoint_path)}
+    if len(trainers) > 1:
+        body["paths"] = {n: str(t.checkpoint_path) for n, t in saved}
+    return web.json_response(body)
 
 
 async def status(request: web.Request) -> web.Response:

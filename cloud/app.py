@@ -17,26 +17,20 @@ from shared.errors import ConfigError
 from shared.protocol import Limits
 
 from .admission import SourceCounter
-from .buffer import ReplayBuffer
 from .gateway import robot_ws
-from .ingest import Ingest
-from .quotas import Quotas
+from .groups import GroupRegistry, group
+from .groups.registry import stored_checkpoints
 from .access import follow_robots
 from .admin import admin_listener, admin_token
-from .keys import HANDSHAKES, ADMIN_TOKEN, BUFFER, CONFIG, INGEST, LIMITS, PUBLISHER, REGISTRY, REJECTIONS, RESUME, ROBOTS, TRAINER
+from .keys import ADMIN_TOKEN, BUFFER, CONFIG, GROUPS, HANDSHAKES, INGEST, LIMITS, PUBLISHER, REGISTRY, REJECTIONS, RESUME, ROBOTS, TRAINER
 from .robots import RobotRegistry
-from .learner.rewards import table_relabel
-from .learner.algorithms import needs_demos
-from .learner.tblog import RunStats
-from .learner.trainer import Trainer
-from .publisher import WeightPublisher
-from .status import LearnerStatus
+from .status import LearnerStatus, group_status
 
 log = logging.getLogger("fleetrl.app")
 
 
-CHECKPOINT = "checkpoints/learner.safetensors"
-TENSORBOARD = "tb"  # learner.tensorboard writes here: tensorboard --logdir <data_dir>/tb
+CHECKPOINT = group.CHECKPOINT  # the first group's, under <data_dir>; later groups' under <data_dir>/groups/<name>/
+TENSORBOARD = group.TENSORBOARD  # learner.tensorboard writes here: tensorboard --logdir <data_dir>/tb
 
 
 def make_app(cfg: LearnerConfig, resume: bool = False, with_trainer: bool = True) -> web.Application:
@@ -44,8 +38,7 @@ def make_app(cfg: LearnerConfig, resume: bool = False, with_trainer: bool = True
 
     ``with_trainer=False``: gateway, buffer and weight publisher only (a cluster
     shard: the cluster learner trains and its weights are relayed here)."""
-    ckpt = cfg.data_dir / CHECKPOINT
-    if ckpt.exists() and not resume:
+    if stored_checkpoints(cfg.data_dir) and not resume:
         raise ConfigError(
             f"{cfg.data_dir} holds a run with a learner checkpoint: pass --resume to continue it, or use a new data_dir"
         )
@@ -63,8 +56,7 @@ def make_app(cfg: LearnerConfig, resume: bool = False, with_trainer: bool = True
     app[REJECTIONS] = Counter()
     app[HANDSHAKES] = SourceCounter(cfg.server.max_pending_handshakes, cfg.server.max_pending_per_source)
     app[ADMIN_TOKEN] = admin_token(cfg.data_dir)
-    app.cleanup_ctx.append(_storage)
-    app.cleanup_ctx.append(partial(_learning, with_trainer=with_trainer))
+    app.cleanup_ctx.append(partial(_groups, with_trainer=with_trainer))
     app.cleanup_ctx.append(follow_robots)
     app.cleanup_ctx.append(admin_listener)  # /status and /admin/*: loopback, token; never on the robot port
     app.router.add_get("/ws", robot_ws)  # the only route robots (and the internet) can reach
@@ -75,97 +67,65 @@ def make_app(cfg: LearnerConfig, resume: bool = False, with_trainer: bool = True
     return app
 
 
-async def _storage(app: web.Application) -> AsyncIterator[None]:
+async def _groups(app: web.Application, with_trainer: bool = True) -> AsyncIterator[None]:
+    """cleanup_ctx: every group of the run (buffer, ingest, trainer, publisher), opened from disk and started;
+    the first group's parts also under the single-group keys (``BUFFER``, ...) for code that predates groups."""
     cfg = app[CONFIG]
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    lc = cfg.learner
-    relabel = await asyncio.to_thread(table_relabel, lc)  # reward = "classifier": rows scored as they are indexed
-    buffer = await asyncio.to_thread(
-        partial(ReplayBuffer, cfg.data_dir / "buffer", lc.memory_capacity, lc.observation_fields,
-                image_fields=lc.image_fields, image_memory_bytes=int(lc.image_memory_mb * 2**20),
-                history_fraction=lc.history_fraction, demo_capacity=lc.demo_capacity if needs_demos(lc) else 0,
-                demo_paths=lc.demo_paths, relabel=relabel)
-    )
-    app[BUFFER] = buffer
-    app[INGEST] = Ingest(buffer, app[LIMITS], quotas=Quotas.from_config(cfg.limits))
-    writer = asyncio.create_task(app[INGEST].run_writer())
-    log.info("event=buffer_ready run_id=%s rows=%d report=%s", buffer.run_id, buffer.rows, buffer.recovery_report)
-    yield
-    writer.cancel()
-    await asyncio.gather(writer, return_exceptions=True)
-
-
-async def _learning(app: web.Application, with_trainer: bool = True) -> AsyncIterator[None]:
-    cfg = app[CONFIG]
-    loop = asyncio.get_running_loop()
-    publisher = WeightPublisher(cfg.data_dir / "policy")
-    app[PUBLISHER] = publisher
-
-    def publish(blob) -> None:  # called on the trainer thread
-        asyncio.run_coroutine_threadsafe(publisher.publish(blob), loop).add_done_callback(_publish_done)
-
-    trainer = None
-    if with_trainer:
-        (cfg.data_dir / CHECKPOINT).parent.mkdir(parents=True, exist_ok=True)
-        buffer, ingest = app[BUFFER], app[INGEST]
-
-        def run_stats() -> RunStats:  # on the trainer thread: plain counters only
-            return RunStats(buffer_rows=buffer.rows, ingested_rows=ingest.rows, episodes=buffer.episodes_total,
-                            success_rate=buffer.success_rate(), mean_return=buffer.mean_return())
-
-        trainer = Trainer(
-            buffer, cfg.learner, publish, start_version=publisher.version,
-            checkpoint_path=cfg.data_dir / CHECKPOINT, resume=app[RESUME], published=publisher.latest,
-            tensorboard_dir=cfg.data_dir / TENSORBOARD, run_stats=run_stats,
-        )
-        app[TRAINER] = trainer
-        app[INGEST].on_durable = trainer.notify_data
-        trainer.start()
+    groups = await asyncio.to_thread(GroupRegistry.open, cfg, app[LIMITS], not with_trainer)
+    app[GROUPS] = groups
+    first = groups.first
+    app[BUFFER], app[INGEST], app[PUBLISHER] = first.buffer, first.ingest, first.publisher
+    groups.start(asyncio.get_running_loop(), with_trainer, app[RESUME])
+    if first.trainer is not None:
+        app[TRAINER] = first.trainer
     yield
     for robot in list(app[ROBOTS].values()):
         await robot.ws.close(code=1001, message=b"learner shutting down")
-    if trainer is not None:
-        trainer.stop()
-        await asyncio.to_thread(trainer.join, 10.0)
-        if trainer.is_alive():  # hung (the watchdog said so): its last checkpoint stands, the buffer is durable
-            log.error("event=trainer_not_stopped waited_s=10 action=exiting_without_a_final_checkpoint")
-
-
-def _publish_done(fut) -> None:
-    """Failed writes are handled in the publisher; anything else is a bug: say so, once per failure."""
-    if not fut.cancelled() and fut.exception() is not None:
-        log.error("event=publish_crashed error=%r", fut.exception())
+    await groups.stop()
 
 
 def snapshot(app: web.Application) -> LearnerStatus:
-    buffer, trainer, ingest = app[BUFFER], app.get(TRAINER), app[INGEST]
+    """The /status record. With groups, the learner's keys (run id, policy, updates, losses, success) are
+    the first group's and the counts (rows, episodes, ingest, robots) the run's totals; ``groups`` has each."""
+    groups = app[GROUPS]
+    first = groups.first
+    buffer, trainer, publisher = first.buffer, first.trainer, first.publisher
+    robots = app[ROBOTS]
+    per_group = {g.name: group_status(g, [rid for rid, r in robots.items() if r.group is g]) for g in groups}
+    all_ = list(groups)
     return {
         "time": time.time(),
         "run_id": buffer.run_id,
         "data_dir": str(app[CONFIG].data_dir),
-        "buffer_rows": buffer.rows,
-        "rows_by_robot": dict(buffer.rows_by_robot),
-        "hwm": buffer.marks(),
-        "episodes": buffer.episodes_total,
+        "buffer_rows": sum(g.buffer.rows for g in all_),
+        "rows_by_robot": {rid: n for g in all_ for rid, n in g.buffer.rows_by_robot.items()},
+        "hwm": {rid: n for g in all_ for rid, n in g.buffer.marks().items()},
+        "episodes": sum(g.buffer.episodes_total for g in all_),
         "success_rate": buffer.success_rate(),
         "mean_return": buffer.mean_return(),
-        "policy_version": app[PUBLISHER].version,
+        "policy_version": publisher.version,
         "updates": trainer.updates if trainer else 0,
         "resumed_from_update": trainer.resumed_from if trainer else None,
         "resumed_from_policy": trainer.resumed_from_policy if trainer else None,
-        "publish_failures": app[PUBLISHER].failures,
-        "last_publish_error": app[PUBLISHER].last_error or None,
-        "storage": {"holding": ingest.holding, "write_failures": ingest.write_failures,
-                    "last_write_error": ingest.last_write_error or None},
+        "publish_failures": sum(g.publisher.failures for g in all_),
+        "last_publish_error": next((g.publisher.last_error for g in all_ if g.publisher.last_error), None),
+        "storage": {"holding": any(g.ingest.holding for g in all_),
+                    "write_failures": sum(g.ingest.write_failures for g in all_),
+                    "last_write_error": next((g.ingest.last_write_error for g in all_ if g.ingest.last_write_error), None)},
         "updates_per_s": round(trainer.updates_per_s, 1) if trainer else 0.0,
         "learner_device": str(trainer.device) if trainer and trainer.device else None,
         "losses": trainer.last_losses if trainer else {},
-        "trainer_error": repr(trainer.error) if trainer and trainer.error else None,
-        "ingest": {"chunks": ingest.chunks, "rows": ingest.rows, "duplicates": ingest.duplicates},
+        "trainer_error": next((f"{g.name}: {g.trainer.error!r}" if len(all_) > 1 else repr(g.trainer.error)
+                               for g in all_ if g.trainer is not None and g.trainer.error is not None), None),
+        "ingest": {"chunks": sum(g.ingest.chunks for g in all_), "rows": sum(g.ingest.rows for g in all_),
+                   "duplicates": sum(g.ingest.duplicates for g in all_)},
         "robots": {
             rid: {"since": r.since, "chunks": r.chunks, "authenticated": r.authenticated,
-                  "commands": r.conn.takes_commands, "reported": r.status}
-            for rid, r in app[ROBOTS].items()
+                  "commands": r.conn.takes_commands, "reported": r.status,
+                  "group": r.group.name if r.group is not None else None}
+            for rid, r in robots.items()
         },
         "rejections": dict(app[REJECTIONS].items()),
+        "groups": per_group,
     }

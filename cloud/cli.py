@@ -54,7 +54,10 @@ def serve(
 
 @app.command()
 def demo(
-    robots: int = typer.Option(2, min=1, max=8, help="simulated robots, each its own edge-agent process"),
+    robots: str = typer.Option(
+        "2", help="simulated robots, each its own edge-agent process: a number (Fetch robots of --task) or a mixed "
+        "fleet such as reach:2,point_mass:2 (kinds: reach, push, point_mass; each embodiment learns its own policy)"
+    ),
     minutes: float = typer.Option(10.0, min=0.1, help="stop after this long even if the target is not reached"),
     target: float = typer.Option(0.8, min=0.0, max=1.0, help="stop once the success rate over the last 50 episodes reaches this"),
     rate_hz: float = typer.Option(
@@ -72,12 +75,18 @@ def demo(
 
     Writes success.png (success rate over time) and summary.json into the run directory."""
     from .demo import OBS_MODES, run_demo
+    from .demo_fleet import parse_fleet
 
     if obs not in OBS_MODES:
         raise typer.BadParameter(f"{obs!r}: use one of {', '.join(OBS_MODES)}", param_hint="--obs")
-    if obs == "pixels" and task != "reach":  # the cameras frame FetchReach's goal cube (docs/pixels.md)
-        raise typer.BadParameter(f"--obs pixels runs the reach task (its cameras frame the reach goal), not {task!r}",
-                                 param_hint="--task")
+    try:
+        fleet = parse_fleet(robots, task)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--robots") from None
+    others = sorted({k.name for k in fleet.kinds} - {"reach"})
+    if obs == "pixels" and others:  # the cameras frame FetchReach's goal cube (docs/pixels.md)
+        raise typer.BadParameter(f"--obs pixels runs the reach task (its cameras frame the reach goal), not {others[0]!r}",
+                                 param_hint="--task" if robots.strip().isdigit() else "--robots")
     raise typer.Exit(run_demo(robots=robots, minutes=minutes, target=target, rate_hz=rate_hz, task=task,
                               run_dir=run_dir, seed=seed, obs=obs))
 

@@ -22,6 +22,7 @@ import tomli_w
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from .demo_fleet import Fleet, fleet_rate, group_lines, parse_fleet
 from .plot import success_curve_png
 
 console = Console()
@@ -88,8 +89,9 @@ def _gpu_seen() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def _write_configs(run_dir: Path, robots: int, rate_hz: float, task: str, seed: int,
+def _write_configs(run_dir: Path, robots: int | str | Fleet, rate_hz: float, task: str, seed: int,
                    obs: str = "state") -> tuple[Path, list[Path]]:
+    fleet = robots if isinstance(robots, Fleet) else parse_fleet(str(robots), task)
     run_dir.mkdir(parents=True, exist_ok=True)
     learner = run_dir / "learner.toml"
     algo: dict[str, Any] = {"seed": seed}
@@ -100,22 +102,23 @@ def _write_configs(run_dir: Path, robots: int, rate_hz: float, task: str, seed: 
         # unenrolled simulated robots: the learner opts in to open mode, which binds loopback only
         "server": {"host": "127.0.0.1", "port": 0, "auth": "open"},
         "learner": algo,
+        **({"groups": {"mode": "auto"}} if fleet.mixed else {}),  # each embodiment its own policy
     }))
     agents = []
-    for i in range(robots):
+    for i, (robot_id, kind) in enumerate(fleet.robots):
         p = run_dir / f"agent-{i}.toml"
-        options: dict[str, Any] = {"task": task, "seed": seed * 100 + i}
+        options: dict[str, Any] = {**kind.options, "seed": seed * 100 + i}
         if obs == "pixels":
             options.update(PIXEL_ROBOT, cameras=PIXEL_CAMERAS)
         p.write_text(tomli_w.dumps({
-            "robot_id": f"sim-{i}",
+            "robot_id": robot_id,
             # replaced once the learner has its port; a robot without a credential takes weights
             # only from a learner on this computer, and only when told so
             "link": {"url": "ws://127.0.0.1:0/ws", "allow_unauthenticated": True},
-            "robot": {"driver": "mujoco_fetch", "options": options},
+            "robot": {"driver": kind.driver, "options": options},
             "control": {"rate_hz": rate_hz, "random_steps": 500, "seed": seed * 100 + i},
-            "spool": {"dir": f"robots/sim-{i}/spool"},
-            "state_dir": f"robots/sim-{i}/state",
+            "spool": {"dir": f"robots/{robot_id}/spool"},
+            "state_dir": f"robots/{robot_id}/state",
         }))
         agents.append(p)
     return learner, agents
@@ -148,13 +151,13 @@ async def _stop(proc: asyncio.subprocess.Process, timeout: float) -> int | None:
     return proc.returncode
 
 
-async def _demo(robots: int, minutes: float, target: float, rate_hz: float, task: str, run_dir: Path, seed: int,
+async def _demo(fleet: Fleet, minutes: float, target: float, rate_hz: float, task: str, run_dir: Path, seed: int,
                 obs: str) -> int:
-    learner_cfg, agent_cfgs = _write_configs(run_dir, robots, rate_hz, task, seed, obs)
+    learner_cfg, agent_cfgs = _write_configs(run_dir, fleet, rate_hz, task, seed, obs)
     logs = run_dir / "logs"
     seen = "two camera views + the gripper's state (no goal vector)" if obs == "pixels" else "state vectors"
-    console.print(f"[bold]fleetrl demo[/]: 1 learner + {robots} simulated Fetch-{task} robots, the policy sees {seen}; "
-                  f"run dir [cyan]{run_dir}[/]")
+    what = fleet.describe() + " robots" + (", one policy per embodiment" if fleet.mixed else "")
+    console.print(f"[bold]fleetrl demo[/]: 1 learner + {what}, the policy sees {seen}; run dir [cyan]{run_dir}[/]")
     console.print("[yellow]open mode[/]: the learner lets robots in without a credential and listens on 127.0.0.1 only "
                   "(real robots: server.auth = \"required\" and `cloud-learner robots add`)")
     learner = await _start(["-m", "cloud", "serve", "--config", str(learner_cfg)], logs / "learner.log")
@@ -174,7 +177,7 @@ async def _demo(robots: int, minutes: float, target: float, rate_hz: float, task
         for i, p in enumerate(agent_cfgs):
             _set_url(p, url)
             agents.append(await _start(["-m", "edge_agent", "run", "--config", str(p)], logs / f"agent-{i}.log"))
-        title = f"fleetrl demo: Fetch-{task}, {robots} robots, {obs}; success over the last {WINDOW} episodes"
+        title = f"fleetrl demo: {fleet.describe()}, {obs}; success over the last {WINDOW} episodes"
         return await _watch(status, agents, learner, minutes, target, run_dir, title)
     finally:
         for a in agents:
@@ -225,17 +228,21 @@ async def _watch(status: tuple[str, str], agents, learner, minutes: float, targe
                         s = await r.json()
                 except aiohttp.ClientError:
                     pass
-                rate = s.get("success_rate")
+                rate, episodes = fleet_rate(s)  # with several groups: the slowest group's
                 curve.add(time.monotonic() - t0, rate, int(s.get("episodes", 0)))
-                if rate is not None and first_rate is None and s.get("episodes", 0) >= 20:
+                if rate is not None and first_rate is None and episodes >= 20:
                     first_rate = rate
-                info = (
-                    f"success {0 if rate is None else rate:>4.0%} | steps {s.get('buffer_rows', 0)} "
-                    f"eps {s.get('episodes', 0)} | policy v{s.get('policy_version', 0)} "
-                    f"| {s.get('updates', 0)} upd ({s.get('updates_per_s', 0):.0f}/s)"
-                )
+                if len(s.get("groups") or {}) > 1:  # each group's success and policy: "point_mass 40% v12 | ..."
+                    info = " | ".join(f"{n.rsplit('-', 1)[0]} {g.get('success_rate') or 0:>4.0%} v{g.get('policy_version', 0)}"
+                                      for n, g in sorted(s["groups"].items())) + f" | steps {s.get('buffer_rows', 0)}"
+                else:
+                    info = (
+                        f"success {0 if rate is None else rate:>4.0%} | steps {s.get('buffer_rows', 0)} "
+                        f"eps {s.get('episodes', 0)} | policy v{s.get('policy_version', 0)} "
+                        f"| {s.get('updates', 0)} upd ({s.get('updates_per_s', 0):.0f}/s)"
+                    )
                 progress.update(bar, completed=rate or 0.0, info=info)
-                if rate is not None and rate >= target and s.get("episodes", 0) >= WINDOW:
+                if rate is not None and rate >= target and episodes >= WINDOW:
                     reached_at = time.monotonic() - t0
                     break
                 await asyncio.sleep(0.5)  # screen refresh interval, not synchronisation
@@ -245,14 +252,24 @@ async def _watch(status: tuple[str, str], agents, learner, minutes: float, targe
         console.print(f"[green bold]reached {target:.0%} success[/] over the last {WINDOW} episodes in {reached_at:.0f} s")
     elif not failed:
         console.print(f"[yellow]did not reach {target:.0%} in {elapsed:.0f} s[/]")
-    console.print(
-        f"success: {0 if first_rate is None else first_rate:.0%} (first 20 episodes) -> {s.get('success_rate') or 0:.0%} (last {WINDOW}); "
-        f"{s.get('buffer_rows', 0)} transitions in {s.get('episodes', 0)} episodes; policy v{s.get('policy_version', 0)}; "
-        f"{s.get('updates', 0)} updates"
-    )
+    lines = group_lines(s)
+    if lines:  # a mixed fleet: the slowest group's success, then each group's
+        console.print(f"success of the slowest group: {0 if first_rate is None else first_rate:.0%} (first 20 episodes) "
+                      f"-> {fleet_rate(s)[0] or 0:.0%} (last {WINDOW}); {s.get('buffer_rows', 0)} transitions in "
+                      f"{s.get('episodes', 0)} episodes")
+    else:
+        console.print(
+            f"success: {0 if first_rate is None else first_rate:.0%} (first 20 episodes) -> {s.get('success_rate') or 0:.0%} (last {WINDOW}); "
+            f"{s.get('buffer_rows', 0)} transitions in {s.get('episodes', 0)} episodes; policy v{s.get('policy_version', 0)}; "
+            f"{s.get('updates', 0)} updates"
+        )
     png = success_curve_png(run_dir / CURVE_PNG, curve.t_s, curve.success_rate, title, target=target)
+    for line in lines:
+        console.print(line)
     console.print(f"success over time: [cyan]{png}[/]")
-    console.print(f"data: Parquet segments in [cyan]{run_dir / 'learner' / 'buffer'}[/], logs in [cyan]{run_dir / 'logs'}[/]")
+    console.print(f"data: Parquet segments in [cyan]{run_dir / 'learner' / 'buffer'}[/]"
+                  + (f" (later groups: [cyan]{run_dir / 'learner' / 'groups'}[/])" if lines else "")
+                  + f", logs in [cyan]{run_dir / 'logs'}[/]")
     console.print(f"continue this run: cloud-learner serve --resume --config {run_dir / 'learner.toml'}")
     (run_dir / "summary.json").write_text(json.dumps({
         "reached_s": reached_at, "target": target, "elapsed_s": round(elapsed, 1), "first_rate": first_rate,
@@ -263,14 +280,19 @@ async def _watch(status: tuple[str, str], agents, learner, minutes: float, targe
     return 0 if reached_at is not None else 3
 
 
-def run_demo(robots: int, minutes: float, target: float, rate_hz: float | None, task: str, run_dir: Path | None,
+def run_demo(robots: int | str, minutes: float, target: float, rate_hz: float | None, task: str, run_dir: Path | None,
              seed: int, obs: str = "state") -> int:
     """Run the demo; 0 when the target was reached, 3 when time ran out, 1 when a process failed.
 
+    ``robots``: a count of Fetch robots of ``task``, or a mixed fleet (``"reach:2,point_mass:2"``: each
+    embodiment in its own group, the target reached once every group reaches it).
     ``rate_hz`` None: 50 Hz for state, 25 Hz (the env's own rate) for pixels."""
     if obs not in OBS_MODES:
         raise ValueError(f"obs: {obs!r} is not one of {', '.join(OBS_MODES)}")
+    fleet = parse_fleet(str(robots), task)
+    if obs == "pixels" and any(k.name != "reach" for k in fleet.kinds):
+        raise ValueError("obs: pixels runs Fetch reach robots only (its cameras frame the reach goal)")
     if rate_hz is None:
         rate_hz = PIXEL_RATE_HZ if obs == "pixels" else STATE_RATE_HZ
     run_dir = (run_dir or Path("fleetrl-runs") / time.strftime("demo-%Y%m%d-%H%M%S")).resolve()
-    return asyncio.run(_demo(robots, minutes, target, rate_hz, task, run_dir, seed, obs))
+    return asyncio.run(_demo(fleet, minutes, target, rate_hz, task, run_dir, seed, obs))

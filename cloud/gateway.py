@@ -27,7 +27,8 @@ from shared.protocol.stream import POLICY_PART_BYTES, AckOrder, PolicySender, Ra
 from shared.schema import EpisodeSpec
 from shared.tasks import until_first_done
 
-from .keys import HANDSHAKES, BUFFER, CONFIG, INGEST, LIMITS, PUBLISHER, REGISTRY, REJECTIONS, ROBOTS
+from .groups import Group
+from .keys import CONFIG, GROUPS, HANDSHAKES, LIMITS, REGISTRY, REJECTIONS, ROBOTS
 
 log = logging.getLogger("fleetrl.gateway")
 LOGS = LogLimiter(1.0)  # a flapping link or a full disk: one line per kind and robot per second
@@ -73,6 +74,7 @@ class Link:
     chunks: int = 0
     status: dict[str, Any] = field(default_factory=dict)
     tunnels: dict[int, "TunnelInbox"] = field(default_factory=dict)
+    group: Group | None = None  # its embodiment group: the only buffer and publisher this link uses
 
 
 class TunnelInbox:
@@ -178,24 +180,27 @@ async def robot_ws(request: web.Request) -> web.WebSocketResponse:
             await ws.send_bytes(conn.reject(RejectCode.CREDENTIAL_OK,
                                             "credential accepted; a hello without an episode spec only checks it"))
             return ws
-        buffer = app[BUFFER]
-        buffer.check_spec(EpisodeSpec.from_dict(hello.spec), robot_id)
+        group = await app[GROUPS].resolve(robot_id, EpisodeSpec.from_dict(hello.spec), hello.units)
+        buffer = group.buffer
         # Into the table before any await: every live link of a robot is either in the table
         # (where revocation and /status find it) or being closed by the link that replaced it.
-        link = Link(robot_id, ws, conn, Outbox(), request.remote, authenticated, stored)
+        link = Link(robot_id, ws, conn, Outbox(), request.remote, authenticated, stored, group=group)
+        lost_right = access_refusal(link, app[REGISTRY])  # the table may have changed while resolve() awaited
+        if lost_right is not None:
+            raise ProtocolError(lost_right[1], lost_right[0])
         old, app[ROBOTS][robot_id] = app[ROBOTS].get(robot_id), link
         if old is not None:
             log.warning("event=robot_reconnected_while_linked robot_id=%s (closing the older link)", robot_id)
             await old.ws.close(code=4000, message=b"replaced by a newer link")
-        await ws.send_bytes(conn.welcome(buffer.run_id, buffer.hwm(robot_id), app[PUBLISHER].version, stored))
+        await ws.send_bytes(conn.welcome(buffer.run_id, buffer.hwm(robot_id), group.publisher.version, stored))
         LOGS.log(log, logging.INFO, ("robot_linked", robot_id),
-                 "event=robot_linked robot_id=%s acked_seq=%d remote=%s authenticated=%s",
-                 robot_id, buffer.hwm(robot_id), request.remote, authenticated)
+                 "event=robot_linked robot_id=%s group=%s acked_seq=%d remote=%s authenticated=%s",
+                 robot_id, group.name, buffer.hwm(robot_id), request.remote, authenticated)
         acks: asyncio.Queue[tuple[int, asyncio.Future[None]]] = asyncio.Queue()
         order = AckOrder(limits.max_inflight_chunks)
         aws = [link.outbox.pump(ws), _ack_in_order(conn, order, acks, link.outbox), _read(app, link, order, acks)]
         if authenticated or server.open:  # weights go only to a robot that proved itself
-            aws.append(_push_policies(app, conn, link.outbox, hello))
+            aws.append(_push_policies(group, conn, link.outbox, hello))
         for t in sorted(await until_first_done(*aws), key=_cause_first):
             t.result()
     except _ClosedBeforeHello as e:  # a cut or a port probe, not a refusal
@@ -228,6 +233,12 @@ async def robot_ws(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
+def access_refusal(link: Link, registry: Any) -> tuple[str, str] | None:
+    from .access import refusal  # access imports this module for Link
+
+    return refusal(link, registry)
+
+
 def _forget(app: web.Application, link: Link) -> None:
     """A link that ended: its tunnels end, and it leaves the table unless a newer link replaced it."""
     for q in link.tunnels.values():
@@ -255,7 +266,8 @@ def _authenticate(app: web.Application, conn: CloudConnection, hello: Hello) -> 
 
 
 async def _read(app: web.Application, link: Link, order: AckOrder, acks: asyncio.Queue) -> None:
-    ingest = app[INGEST]
+    assert link.group is not None
+    ingest = link.group.ingest  # its own group's: rows of one spec go to the buffer of that spec
     bucket = RateLimit(app[CONFIG].limits.max_messages_per_s, time.monotonic())
     async for m in link.ws:
         if m.type is not WSMsgType.BINARY:
@@ -304,13 +316,14 @@ async def _ack_in_order(conn: CloudConnection, order: AckOrder, acks: asyncio.Qu
             outbox.put(CONTROL, conn.ack(release))
 
 
-async def _push_policies(app: web.Application, conn: CloudConnection, outbox: Outbox, hello: Hello) -> None:
+async def _push_policies(group: Group, conn: CloudConnection, outbox: Outbox, hello: Hello) -> None:
     """Send each newer policy in parts (:class:`PolicySender` says which); a part waits for the previous
     one to leave, so acks overtake it and a newer version cuts in; a hello with a partial download resumes it.
     Sending starts while the learner still writes the blob; the last part waits for the write
     (:meth:`WeightPublisher.written`), so a robot never completes a version the learner could lose.
-    Every link sends the same encoded parts (:class:`cloud.policy_frames.PolicyFrames`)."""
-    publisher = app[PUBLISHER]
+    Every link of the group sends the same encoded parts (:class:`cloud.policy_frames.PolicyFrames`); a link
+    hears only its own group's publisher, so a robot never receives a policy of another embodiment."""
+    publisher = group.publisher
     sender = PolicySender(hello.policy_version, (hello.partial_policy, hello.partial_bytes), POLICY_PART_BYTES)
     while True:
         blob = await publisher.wait_offered(sender.have)

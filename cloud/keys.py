@@ -12,6 +12,7 @@ from shared.protocol import Limits
 
 from .admission import SourceCounter
 from .buffer import ReplayBuffer
+from .groups import GroupRegistry
 from .ingest import Ingest
 from .learner.trainer import Trainer
 from .publisher import WeightPublisher
@@ -20,6 +21,8 @@ from .robots import RobotRegistry
 CONFIG = web.AppKey("config", LearnerConfig)
 LIMITS = web.AppKey("limits", Limits)
 RESUME = web.AppKey("resume", bool)
+GROUPS = web.AppKey("groups", GroupRegistry)  # every embodiment group; a link uses its own group's parts
+# The first group's parts, for code that predates groups (a cluster shard has one group); never a link's.
 BUFFER = web.AppKey("buffer", ReplayBuffer)
 INGEST = web.AppKey("ingest", Ingest)
 PUBLISHER = web.AppKey("publisher", WeightPublisher)

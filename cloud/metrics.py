@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from shared.config import MetricsConfig
 from shared.metrics import RateMeter, start_metrics_listener
 
-from .status import LearnerStatus
+from .status import GroupStatus, LearnerStatus
 
 log = logging.getLogger("fleetrl.metrics")
 
@@ -78,10 +78,41 @@ class _LearnerCollector:
         for rid, n in sorted(s.get("rows_by_robot", {}).items()):
             by_robot.add_metric([rid], float(n))
         yield by_robot
+        yield from _group_families(s.get("groups", {}))
         device = s.get("learner_device")
         if device:
             yield InfoMetricFamily("fleetrl_learner_device", "where the trainer trains (cpu, cuda:0, ...)",
                                    value={"device": device})
+
+
+def _group_families(groups: dict[str, GroupStatus]) -> Iterator[Metric]:
+    """Each embodiment group's own figures, labelled ``group`` (the unlabelled families above are the first
+    group's learner figures and the run's totals, as before groups)."""
+    def family(name: str, doc: str, counter: bool = False) -> GaugeMetricFamily | CounterMetricFamily:
+        cls = CounterMetricFamily if counter else GaugeMetricFamily
+        return cls(f"fleetrl_learner_group_{name}", doc, labels=["group"])
+
+    rows = family("buffer_rows", "transitions in the group's replay buffer")
+    episodes = family("episodes", "episodes stored in the group's buffer", counter=True)
+    version = family("policy_version", "the group's latest published policy version")
+    updates = family("updates", "the group's gradient updates", counter=True)
+    rate = family("updates_per_second", "the group's learner steps per second")
+    linked = family("robots_linked", "robots linked to the group now")
+    success = family("success_rate", "share of the group's recent episodes (the last 50) that succeeded")
+    losses = GaugeMetricFamily("fleetrl_learner_group_loss", "the group's trainer's last losses, by name",
+                               labels=["group", "name"])
+    for name, g in sorted(groups.items()):
+        rows.add_metric([name], float(g["buffer_rows"]))
+        episodes.add_metric([name], float(g["episodes"]))
+        version.add_metric([name], float(g["policy_version"]))
+        updates.add_metric([name], float(g["updates"]))
+        rate.add_metric([name], float(g["updates_per_s"]))
+        linked.add_metric([name], float(len(g["robots"])))
+        if g["success_rate"] is not None:
+            success.add_metric([name], float(g["success_rate"]))
+        for loss, v in sorted(g["losses"].items()):
+            losses.add_metric([name, loss], float(v))
+    yield from (rows, episodes, version, updates, rate, linked, success, losses)
 
 
 async def start_metrics(snapshot: Callable[[], LearnerStatus], cfg: MetricsConfig) -> tuple[web.AppRunner, str] | None:

@@ -29,8 +29,9 @@ log = logging.getLogger("fleetrl.publisher")
 
 
 class WeightPublisher:
-    def __init__(self, policy_dir: Path):
+    def __init__(self, policy_dir: Path, group: str = ""):
         self.dir = Path(policy_dir)
+        self.group = group  # its embodiment group, for the log (``cloud.groups``)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.latest: WeightsBlob | None = self._load()  # the newest blob on disk
         self.pending: WeightsBlob | None = None  # the blob being written (and already sent, but its last part)
@@ -123,7 +124,7 @@ class WeightPublisher:
         async with self._cond:
             self.latest, self.pending = blob, None
             self._cond.notify_all()
-        log.info("event=policy_published version=%d bytes=%d", blob.version, len(blob.data))
+        log.info("event=policy_published version=%d bytes=%d group=%s", blob.version, len(blob.data), self.group or "-")
         return True
 
     async def wait_newer(self, than: int) -> WeightsBlob:

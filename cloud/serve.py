@@ -19,7 +19,7 @@ from shared.sdnotify import Notifier, watchdog_period
 from .admin import ADMIN_URL
 from .admission import serve_robot_port
 from .app import make_app, snapshot
-from .keys import TRAINER
+from .keys import GROUPS
 from .metrics import start_metrics
 from .service import LearnerWatchdog
 
@@ -47,7 +47,7 @@ async def serve(cfg: LearnerConfig, resume: bool = False) -> int:
     watchdog = None
     if notifier.enabled:
         notifier.ready(f"serving robots at {url}")
-        service = LearnerWatchdog(notifier, watchdog_period(), lambda: snapshot(app), lambda: app.get(TRAINER))
+        service = LearnerWatchdog(notifier, watchdog_period(), lambda: snapshot(app), app[GROUPS].stalest_trainer)
         watchdog = asyncio.create_task(service.run())
     await stop.wait()
     log.info("event=learner_stopping")

@@ -101,7 +101,7 @@ class Learner:
 
     def __init__(self, root: Path, port: int = 0, data_dir: Path | None = None, env: dict[str, str] | None = None,
                  learner: dict[str, Any] | None = None, name: str = "learner", server: dict[str, Any] | None = None,
-                 limits: dict[str, Any] | None = None, host: str = "127.0.0.1"):
+                 limits: dict[str, Any] | None = None, host: str = "127.0.0.1", groups: dict[str, Any] | None = None):
         self.root, self.name = root, name
         root.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir or root / name
@@ -115,6 +115,8 @@ class Learner:
         }
         if limits:
             cfg["limits"] = limits
+        if groups:
+            cfg["groups"] = groups
         self.cfg.write_text(tomli_w.dumps(cfg))
         self.env = env or {}
         self.proc: subprocess.Popen | None = None
@@ -147,16 +149,17 @@ class Learner:
     def status(self) -> dict[str, Any]:
         return admin_status(self.data_dir)
 
-    def policy(self, timeout: float = 30) -> Any:
+    def policy(self, timeout: float = 30, root: Path | None = None) -> Any:
         """The published policy on disk (shared.weights.Weights), read as a restarted learner reads
         it: latest.safetensors is replaced atomically and carries its own version, so it wins over
-        latest.json, which a kill -9 between the two writes leaves one version behind."""
+        latest.json, which a kill -9 between the two writes leaves one version behind.
+        ``root``: an embodiment group's folder (its ``data_dir`` in /status ``groups``) instead of the run's."""
         from shared.errors import WeightsError
         from shared.weights import decode_weights, sha256
 
         from .waits import wait_for
 
-        d = self.data_dir / "policy"
+        d = (root or self.data_dir) / "policy"
 
         def read() -> Any:
             try:

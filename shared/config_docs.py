@@ -94,7 +94,8 @@ def _section(model: type[BaseModel], prefix: str, reloadable: frozenset[str], ou
     if rows:
         out += ["| key | type | default | meaning |", "|---|---|---|---|", *rows, ""]
     for name, sub, f in subs:
-        out.append(f"### `[{prefix}{name}]`\n")
+        many = typing.get_origin(f.annotation) is list  # an array of tables: [[name]] entries
+        out.append(f"### `[[{prefix}{name}]]`\n" if many else f"### `[{prefix}{name}]`\n")
         if f.description:
             out.append(f.description[0].upper() + f.description[1:] + ".\n")
         _section(sub, f"{prefix}{name}.", reloadable, out)

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from .config_base import Strict as _Strict, device_setting, is_loopback
+from .config_groups import GroupsConfig, NamedGroup
 
 # ---------------------------------------------------------------- cloud learner
 
@@ -214,6 +215,28 @@ class LearnerConfig(_Strict):
     learner: LearnerAlgoConfig = Field(default_factory=LearnerAlgoConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig, description="admin listener for the CLI on the learner host")
+    groups: GroupsConfig = Field(
+        default_factory=GroupsConfig, description="embodiment groups: robots of another episode spec get their own "
+        "buffer, policy and checkpoints (mixed fleets)",
+    )
     cluster: dict[str, Any] | None = Field(
         None, description="multi-node run on Ray: nodes, groups, placement (checked by cloud.cluster.config)"
     )
+
+    @model_validator(mode="after")
+    def _group_learners(self) -> "LearnerConfig":
+        if self.cluster is not None and (self.groups.mode == "auto" or len(self.groups.named) > 1):
+            raise ValueError("groups: a cluster run trains one policy; mixed fleets (groups.mode = \"auto\" or more "
+                             "than one [[groups.named]]) run on a single-process learner")
+        for g in self.groups.named:
+            try:
+                self.group_learner(g)
+            except ValueError as e:
+                raise ValueError(f"groups.named[{g.name}].learner: {e}") from None
+        return self
+
+    def group_learner(self, group: NamedGroup | None) -> LearnerAlgoConfig:
+        """The [learner] settings a group trains with: the run's, with the group's own keys over them."""
+        if group is None or not group.learner:
+            return self.learner
+        return LearnerAlgoConfig.model_validate({**self.learner.model_dump(), **group.learner})

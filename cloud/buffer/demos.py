@@ -28,6 +28,7 @@ from shared.chunk import upgrade
 from shared.errors import ConfigError, SchemaError, StorageError
 from shared.schema import EpisodeSpec
 
+from .specs import spec_difference
 from .memory import RingStorage
 from .source import Batch, Dims, Relabel
 from .storage import MANIFEST, Manifest, SegmentInfo, read_manifest
@@ -184,8 +185,6 @@ def _read_import(path: Path, spec: EpisodeSpec) -> list[pa.Table]:
 
 def _check_spec(what: str, spec: EpisodeSpec, theirs: EpisodeSpec) -> None:
     if theirs != spec:
-        from .replay import spec_difference  # replay imports this module
-
         raise ConfigError(f"{what} was recorded with another spec: {spec_difference(spec, theirs, 'the import')}")
 
 

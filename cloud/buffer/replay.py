@@ -27,28 +27,13 @@ from .history import DiskHistory
 from .memory import FrameRing, RingStorage
 from .outcomes import EpisodeOutcomes
 from .sampler import UniformSampler
+from .specs import spec_difference
 from .source import IMAGES, NEXT_IMAGES, Batch, Dims, Relabel
 from .storage import SegmentInfo, SegmentStore
 from .transform import NormaliseAction, Transform
 from .writer import FRAME, Item, RingWriter, pack
 
 log = logging.getLogger("fleetrl.buffer")
-
-
-def spec_difference(run: EpisodeSpec, robot: EpisodeSpec, other: str = "robot") -> str:
-    """The first field that differs, with both values: what an operator needs to fix the robot or start a new run."""
-    a, b = run.to_dict(), robot.to_dict()
-    a.pop("version"), b.pop("version")  # the wire layout: an older robot's is read, it is not what differs
-    ra, rb = a.pop("observation"), b.pop("observation")
-    for name in list(ra) + [n for n in rb if n not in ra]:
-        if ra.get(name) != rb.get(name):
-            return f"observation.{name}: run has {ra.get(name, 'no such field')}, {other} has {rb.get(name, 'no such field')}"
-    if list(ra) != list(rb):
-        return f"observation field order: run has {list(ra)}, {other} has {list(rb)}"
-    for key in a:
-        if a[key] != b.get(key):
-            return f"{key}: run has {a[key]}, {other} has {b.get(key)}"
-    return "specs differ"
 
 
 class ReplayBuffer:

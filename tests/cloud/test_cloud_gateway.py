@@ -50,13 +50,14 @@ def _chunk_args(robot: str, seq: int, spec: EpisodeSpec = SPEC) -> tuple:
 
 
 @contextlib.asynccontextmanager
-async def serve(tmp_path, server: dict | None = None, limits: dict | None = None):
-    """The learner on a free loopback port; ``server``/``limits`` override config sections."""
+async def serve(tmp_path, server: dict | None = None, limits: dict | None = None, groups: dict | None = None):
+    """The learner on a free loopback port; ``server``/``limits``/``groups`` override config sections."""
     cfg = LearnerConfig(
         data_dir=tmp_path / "run",
         server={"host": "127.0.0.1", "port": 0, "auth": "open", **(server or {})},  # unenrolled test robots: opted in
         limits=limits or {},
         learner={"learning_starts": 10**9, "hidden": [16, 16], "batch_size": 8},
+        groups=groups or {},
     )
     app = make_app(cfg)
     async with serving(app) as base:
@@ -81,14 +82,16 @@ def enroll(app, name: str) -> str:
 class Robot:
     """A minimal robot end: the real EdgeConnection over a real websocket."""
 
-    def __init__(self, url: str, robot_id: str, spec: EpisodeSpec = SPEC, credential: str | None = None):
+    def __init__(self, url: str, robot_id: str, spec: EpisodeSpec = SPEC, credential: str | None = None,
+                 units: list[dict] | None = None):
         self.url, self.robot_id, self.spec, self.credential = url, robot_id, spec, credential
+        self.units = units or [{"name": "arm"}]
         self.ws = None
         self.conn: EdgeConnection | None = None
 
     async def connect(self):
         """Connect and take the cloud's first message: its challenge (or a reject)."""
-        self.conn = EdgeConnection(self.robot_id, self.spec.to_dict(), [{"name": "arm"}], credential=self.credential)
+        self.conn = EdgeConnection(self.robot_id, self.spec.to_dict(), self.units, credential=self.credential)
         self.ws = await connect(self.url, compression=None, open_timeout=TIMEOUT)
         return await self.recv()
 

@@ -10,6 +10,7 @@ from aiohttp import web
 from PIL import Image
 
 from cloud import demo
+from cloud.demo_fleet import fleet_rate, group_lines, parse_fleet
 from hal_drivers.mujoco_fetch import FetchConfig
 from shared import config as cfgmod
 
@@ -38,6 +39,40 @@ def test_state_configs_unchanged(tmp_path):
     assert learner.policy_kind == "mlp_gaussian" and learner.image_fields == [] and learner.observation_fields is None
     fetch = FetchConfig(**cfgmod.load(cfgmod.AgentConfig, agent_paths[0]).robot.options)
     assert fetch.views == []
+
+
+def test_mixed_fleet_configs_run_one_group_per_embodiment(tmp_path):
+    learner_path, agent_paths = demo._write_configs(tmp_path, "reach:2,point_mass:2", 50.0, "reach", 1)
+    run = cfgmod.load(cfgmod.LearnerConfig, learner_path)
+    assert run.groups.mode == "auto"
+    agents = [cfgmod.load(cfgmod.AgentConfig, p) for p in agent_paths]
+    assert [a.robot_id for a in agents] == ["reach-0", "reach-1", "point_mass-0", "point_mass-1"]
+    assert [a.robot.driver for a in agents] == ["mujoco_fetch"] * 2 + ["point_mass"] * 2
+    assert agents[2].robot.options == {"dims": 3, "seed": 102} and agents[0].robot.options["task"] == "reach"
+    assert demo._write_configs(tmp_path / "plain", 2, 50.0, "push", 0)[1]  # a plain count: as before
+    plain = cfgmod.load(cfgmod.AgentConfig, tmp_path / "plain" / "agent-1.toml")
+    assert plain.robot_id == "sim-1" and plain.robot.options["task"] == "push"
+    assert cfgmod.load(cfgmod.LearnerConfig, tmp_path / "plain" / "learner.toml").groups.mode == "fixed"
+
+
+@pytest.mark.parametrize("robots, message", [
+    ("reach:2,arm:1", "'arm' is not a robot kind"), ("reach:9", "9 robots: use 1 to 8"), ("reach=2", "use KIND:COUNT"),
+    ("reach:1,reach:1", "reach is listed twice"), ("0", "0 robots"),
+])
+def test_bad_fleets_are_refused_saying_why(robots, message):
+    with pytest.raises(ValueError, match=message):
+        parse_fleet(robots)
+
+
+def test_fleet_rate_follows_the_slowest_group():
+    one = {"success_rate": 0.5, "episodes": 7, "groups": {"a": {"success_rate": 0.5, "episodes": 7}}}
+    assert fleet_rate(one) == (0.5, 7)
+    two = {"success_rate": 0.9, "episodes": 30, "groups": {"a": {"success_rate": 0.9, "episodes": 20, "robots": ["x"]},
+                                                           "b": {"success_rate": None, "episodes": 10}}}
+    assert fleet_rate(two) == (None, 10)
+    two["groups"]["b"]["success_rate"] = 0.4
+    assert fleet_rate(two) == (0.4, 10)
+    assert [line.split(":")[0] for line in group_lines(two)] == ["group a (x)", "group b (no robot linked)"]
 
 
 def test_unknown_obs_mode_refused(tmp_path):
