@@ -14,6 +14,7 @@ from edge_agent.policy_holder import PolicyHolder
 from edge_agent.recorder import PendingChunk, Recorder
 from hal_drivers import registry
 from harness.waits import thread_parked, wait_for
+from harness.sinks import ChunkSink
 from shared.config import ControlConfig
 from shared.policy import Actor
 from shared.weights import decode_weights, encode_weights
@@ -33,16 +34,6 @@ def make_robot():
         r.close()
 
 
-class _Sink:
-    def __init__(self):
-        self.chunks: list[PendingChunk] = []
-        self.threads: set[str] = set()
-        self._lock = threading.Lock()
-
-    def __call__(self, pc: PendingChunk) -> None:
-        with self._lock:
-            self.chunks.append(pc)
-            self.threads.add(threading.current_thread().name)
 
 
 def _holder(robot) -> PolicyHolder:
@@ -63,7 +54,7 @@ def _episodes(chunks: list[PendingChunk]) -> dict[str, list[PendingChunk]]:
 
 def test_chunks_cover_every_step_once_with_right_boundaries(make_robot):
     robot = make_robot(max_episode_steps=20)
-    sink = _Sink()
+    sink = ChunkSink()
     loop = _loop(robot, sink, chunk_steps=7, rate_hz=0, max_episodes=2, seed=3)
     loop.start()
     loop.join(30)
@@ -101,7 +92,7 @@ def test_chunks_cover_every_step_once_with_right_boundaries(make_robot):
 
 def test_chunk_steps_larger_than_episode_gives_one_chunk_per_episode(make_robot):
     robot = make_robot(max_episode_steps=12)
-    sink = _Sink()
+    sink = ChunkSink()
     loop = _loop(robot, sink, chunk_steps=50, rate_hz=0, max_episodes=3, seed=1)
     loop.start()
     loop.join(30)
@@ -115,7 +106,7 @@ def test_same_seed_gives_same_random_actions(make_robot):
     runs = []
     for _ in range(2):
         robot = make_robot(max_episode_steps=10)
-        sink = _Sink()
+        sink = ChunkSink()
         loop = _loop(robot, sink, chunk_steps=4, rate_hz=0, max_episodes=1, seed=7)
         loop.start()
         loop.join(30)
@@ -125,7 +116,7 @@ def test_same_seed_gives_same_random_actions(make_robot):
 
 def test_policy_actions_are_scaled_and_tagged_with_version(make_robot):
     robot = make_robot(max_episode_steps=10)
-    sink = _Sink()
+    sink = ChunkSink()
     loop = _loop(robot, sink, chunk_steps=5, rate_hz=0, max_episodes=2, random_steps=5, seed=0)
     actor = Actor(16, 4, hidden=(16, 16))
     blob = encode_weights(actor.state_dict(), 3, {"actor": actor.arch(), "obs_fields": ["observation", "achieved_goal", "desired_goal"]})
@@ -152,7 +143,7 @@ def test_synchronous_mode_acts_a_whole_episode_with_the_policy_it_started_with(m
     """A version published mid-episode waits for the next episode in synchronous mode (an episode is
     on-policy for one version); an asynchronous robot takes it at the next tick."""
     robot = make_robot(max_episode_steps=10)
-    sink = _Sink()
+    sink = ChunkSink()
     loop = _loop(robot, sink, chunk_steps=10, rate_hz=0, max_episodes=2, seed=0, sync=sync, sync_timeout_s=5)
     loop.policy.swap(_weights(loop, 3))
     v4 = _weights(loop, 4)
@@ -170,7 +161,7 @@ def test_synchronous_mode_acts_a_whole_episode_with_the_policy_it_started_with(m
 
 def test_fixed_rate_and_jitter(make_robot):
     robot = make_robot(max_episode_steps=1000)
-    sink = _Sink()
+    sink = ChunkSink()
     loop = _loop(robot, sink, chunk_steps=25, rate_hz=100, max_episodes=0)
     loop.start()
     assert loop.running.wait(10)
@@ -197,7 +188,7 @@ def test_fixed_rate_and_jitter(make_robot):
 
 def test_jitter_without_a_rate_is_zero(make_robot):
     robot = make_robot(max_episode_steps=5)
-    loop = _loop(robot, _Sink(), rate_hz=0, max_episodes=1)
+    loop = _loop(robot, ChunkSink(), rate_hz=0, max_episodes=1)
     loop.start()
     loop.join(30)
     assert loop.jitter() == {"p50_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0}
@@ -206,7 +197,7 @@ def test_jitter_without_a_rate_is_zero(make_robot):
 @pytest.mark.parametrize("rate_hz", [0, 20])
 def test_stop_is_prompt_and_cuts_the_partial_episode(make_robot, rate_hz):
     robot = make_robot(max_episode_steps=100_000)
-    sink = _Sink()
+    sink = ChunkSink()
     loop = _loop(robot, sink, chunk_steps=1000, rate_hz=rate_hz, max_episodes=0)
     loop.start()
     assert loop.running.wait(10)
@@ -242,7 +233,7 @@ def test_a_crashing_robot_is_surfaced_and_recorded_steps_still_go_out(make_robot
         return real_step(action)
 
     robot.step = step  # the driver failing is the fault under test, not our code
-    sink = _Sink()
+    sink = ChunkSink()
     loop = _loop(robot, sink, chunk_steps=5, rate_hz=0, max_episodes=0)
     loop.start()
     loop.join(10)
@@ -254,7 +245,7 @@ def test_a_crashing_robot_is_surfaced_and_recorded_steps_still_go_out(make_robot
 
 def test_no_new_episode_while_may_start_is_clear_and_stop_still_ends_it(make_robot):
     robot = make_robot(max_episode_steps=5)
-    sink = _Sink()
+    sink = ChunkSink()
     gate = threading.Event()  # clear: e.g. the spool is full
     loop = ControlLoop(robot, _holder(robot), Recorder(10, sink), ControlConfig(rate_hz=0, max_episodes=0), may_start=gate)
     loop.start()

@@ -7,7 +7,6 @@ here); the robot, policy, loop and recorder are the real ones.
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Callable, Mapping
 
 import numpy as np
@@ -15,7 +14,8 @@ import pytest
 
 from edge_agent.control_loop import ControlLoop, EpisodeEnd
 from edge_agent.policy_holder import PolicyHolder
-from edge_agent.recorder import PendingChunk, Recorder
+from edge_agent.recorder import Recorder
+from harness.sinks import ChunkSink
 from hal_drivers import registry
 from hal_drivers.base import UnitDescription, UnitKind
 from hal_drivers.teleop.base import Teleop, TeleopCommand
@@ -52,18 +52,6 @@ def idle(_i: int) -> TeleopCommand:
     return TeleopCommand(action=np.zeros(4, np.float32))
 
 
-class _Sink:
-    def __init__(self):
-        self.chunks: list[PendingChunk] = []
-        self._lock = threading.Lock()
-
-    def __call__(self, pc: PendingChunk) -> None:
-        with self._lock:
-            self.chunks.append(pc)
-
-    @property
-    def steps(self) -> list[StepRecord]:
-        return [s for c in self.chunks for s in c.steps]
 
 
 @pytest.fixture
@@ -73,10 +61,10 @@ def robot():
     r.close()
 
 
-def _run(robot, teleop, episodes=2, policy: PolicyHolder | None = None, **cfg) -> tuple[ControlLoop, _Sink]:
+def _run(robot, teleop, episodes=2, policy: PolicyHolder | None = None, **cfg) -> tuple[ControlLoop, ChunkSink]:
     spec = robot.describe().episode_spec()
     holder = policy or PolicyHolder({k: v.size for k, v in spec.observation.items() if not v.is_image}, spec.action_dim)
-    sink = _Sink()
+    sink = ChunkSink()
     loop = ControlLoop(robot, holder, Recorder(5, sink), ControlConfig(rate_hz=0, max_episodes=episodes, seed=1, **cfg),
                        teleop=teleop)
     loop.start()
@@ -151,7 +139,7 @@ def test_no_policy_while_the_human_drives_records_the_human_as_the_proposal(robo
     assert all(s.intervention and np.array_equal(s.action, s.policy_action) for s in sink.steps)
 
 
-def _episode_rows(sink: _Sink) -> list[list[StepRecord]]:
+def _episode_rows(sink: ChunkSink) -> list[list[StepRecord]]:
     eps: dict[str, list[StepRecord]] = {}
     for c in sink.chunks:
         eps.setdefault(c.episode_id, []).extend(c.steps)
@@ -165,7 +153,7 @@ def test_episode_buttons_end_the_episode(robot, event, terminated, success, rewa
     ends: list[EpisodeEnd] = []
     spec = robot.describe().episode_spec()
     holder = PolicyHolder({k: v.size for k, v in spec.observation.items() if not v.is_image}, spec.action_dim)
-    sink = _Sink()
+    sink = ChunkSink()
     loop = ControlLoop(robot, holder, Recorder(50, sink), ControlConfig(rate_hz=0, max_episodes=2), teleop=hand)
     loop.on_episode = ends.append
     loop.start()
@@ -185,7 +173,7 @@ def test_reward_presses_and_operator_labels_go_to_human_reward(robot):
     hand = Hand(lambda i: TeleopCommand(action=HUMAN, reward=0.5 if i in (2, 5) else 0.0))
     spec = robot.describe().episode_spec()
     holder = PolicyHolder({k: v.size for k, v in spec.observation.items() if not v.is_image}, spec.action_dim)
-    sink = _Sink()
+    sink = ChunkSink()
     loop = ControlLoop(robot, holder, Recorder(50, sink), ControlConfig(rate_hz=0, max_episodes=1), teleop=hand)
     loop.operator.add_reward(2.0)  # a ROS 2 cmd/reward label, waiting for the next tick
     loop.start()
@@ -244,7 +232,7 @@ def test_demo_loop_drives_every_step_and_tags_rows(robot):
     hand = Hand(lambda i: TeleopCommand(action=HUMAN, takeover=False))  # button not held: forced on anyway
     spec = robot.describe().episode_spec()
     holder = PolicyHolder({k: v.size for k, v in spec.observation.items() if not v.is_image}, spec.action_dim)
-    sink = _Sink()
+    sink = ChunkSink()
     loop = ControlLoop(robot, holder, Recorder(5, sink), ControlConfig(rate_hz=0, max_episodes=2), teleop=hand, demo=True)
     loop.start()
     loop.join(60)
@@ -265,7 +253,7 @@ def test_a_device_failing_while_recording_stops_the_loop_with_a_clear_error(robo
 
     spec = robot.describe().episode_spec()
     holder = PolicyHolder({k: v.size for k, v in spec.observation.items() if not v.is_image}, spec.action_dim)
-    sink = _Sink()
+    sink = ChunkSink()
     loop = ControlLoop(robot, holder, Recorder(5, sink), ControlConfig(rate_hz=0, max_episodes=2), teleop=Hand(plan),
                        demo=True)
     with caplog.at_level(logging.INFO):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -13,7 +12,8 @@ import pytest
 
 from edge_agent.control_loop import ControlLoop
 from edge_agent.policy_holder import PolicyHolder
-from edge_agent.recorder import PendingChunk, Recorder
+from edge_agent.recorder import Recorder
+from harness.sinks import ChunkSink
 from hal_drivers import registry
 from hal_drivers.base import Robot, UnitKind
 from hal_drivers.point_mass import PointMassConfig, PointMassRobot
@@ -302,17 +302,9 @@ def test_a_bad_arena_is_reported_once_not_twice():
 # -- under the real control loop ---------------------------------------------------
 
 
-class _Sink:
-    def __init__(self):
-        self.chunks: list[PendingChunk] = []
-        self._lock = threading.Lock()
-
-    def __call__(self, pc: PendingChunk) -> None:
-        with self._lock:
-            self.chunks.append(pc)
 
 
-def _loop(robot: Robot, sink: _Sink, **cfg) -> ControlLoop:
+def _loop(robot: Robot, sink: ChunkSink, **cfg) -> ControlLoop:
     spec = robot.describe().episode_spec()
     holder = PolicyHolder({k: v.size for k, v in spec.observation.items()}, spec.action_dim)
     return ControlLoop(robot, holder, Recorder(8, sink), ControlConfig(**cfg))
@@ -321,7 +313,7 @@ def _loop(robot: Robot, sink: _Sink, **cfg) -> ControlLoop:
 def test_control_loop_records_every_step_with_its_episode_ends():
     # a wide tolerance: random actions reach the goal in some episodes, not in others
     robot = make(seed=1, dims=3, arena=1.0, tolerance=0.8, max_episode_steps=20)
-    sink = _Sink()
+    sink = ChunkSink()
     loop = _loop(robot, sink, rate_hz=0, max_episodes=12, seed=2)
     loop.start()
     loop.join(30)
@@ -357,7 +349,7 @@ def test_control_loop_records_every_step_with_its_episode_ends():
 def test_control_loop_acts_with_a_policy_for_this_embodiment():
     """A policy of the point mass's own sizes (9 inputs, 3 outputs) drives it through the loop."""
     robot = make(seed=0, dims=3, max_episode_steps=10)
-    sink = _Sink()
+    sink = ChunkSink()
     loop = _loop(robot, sink, rate_hz=0, max_episodes=2, seed=0)
     actor = Actor(9, 3, hidden=(16, 16))
     blob = encode_weights(actor.state_dict(), 5, {"actor": actor.arch(), "obs_fields": list(FIELDS)})
@@ -372,7 +364,7 @@ def test_control_loop_acts_with_a_policy_for_this_embodiment():
 
 def test_control_loop_keeps_a_fixed_rate_with_it():
     robot = make(max_episode_steps=1000)
-    sink = _Sink()
+    sink = ChunkSink()
     loop = _loop(robot, sink, rate_hz=50, max_episodes=0)
     loop.start()
     assert loop.running.wait(10)
