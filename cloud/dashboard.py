@@ -19,6 +19,7 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import time
 from collections import deque
 from importlib import resources
@@ -51,6 +52,21 @@ def cookie_ok(request: web.Request, token: str) -> bool:
     if origin is not None and origin != f"{request.scheme}://{request.host}":
         return False  # another page on this host (same site for cookies, other origin) may not use ours
     return request.method in ("GET", "HEAD") or request.headers.get(CSRF_HEADER) == "1"
+
+
+def to_json(value: Any) -> str:
+    """JSON a browser's ``JSON.parse`` accepts: a diverged loss (NaN, inf) becomes null, not a bare NaN
+    that would stop the page from updating."""
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(value), allow_nan=False)
 
 
 def point(s: LearnerStatus, last: dict[str, Any] | None) -> dict[str, Any]:
@@ -112,7 +128,7 @@ def dashboard_routes(check: Callable[[web.Request], web.Application]) -> list[we
     async def history(request: web.Request) -> web.Response:
         check(request)
         hist = request.app[HISTORY]
-        return web.json_response(list(hist))
+        return web.json_response(text=to_json(list(hist)))
 
     async def events(request: web.Request) -> web.StreamResponse:
         """Server-sent events: the whole status every EVENT_S, and each new history sample."""
@@ -125,7 +141,7 @@ def dashboard_routes(check: Callable[[web.Request], web.Application]) -> list[we
             while True:
                 new = [p for p in list(hist)[-8:] if p["t"] > sent]
                 sent = new[-1]["t"] if new else sent
-                body = json.dumps({"status": request.app[SNAPSHOT](), "points": new, "server_time": time.time()})
+                body = to_json({"status": request.app[SNAPSHOT](), "points": new, "server_time": time.time()})
                 await resp.write(f"data: {body}\n\n".encode())
                 await asyncio.sleep(EVENT_S)
         except ConnectionResetError:

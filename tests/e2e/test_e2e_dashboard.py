@@ -136,3 +136,11 @@ def test_dashboard_in_chromium_shows_the_fleet_learning_and_pauses_a_robot(fleet
         assert history and history[-1]["buffer_rows"] > 0
     finally:
         driver.quit()
+
+
+def test_a_diverged_loss_reaches_the_page_as_null_not_as_invalid_json() -> None:
+    from cloud.dashboard import to_json
+
+    text = to_json({"losses": {"critic_loss": float("nan"), "actor_loss": float("inf"), "alpha": 0.5}, "p": [float("-inf"), 1]})
+    assert json.loads(text) == {"losses": {"critic_loss": None, "actor_loss": None, "alpha": 0.5}, "p": [None, 1]}
+    assert "NaN" not in text and "Infinity" not in text  # what JSON.parse refuses
