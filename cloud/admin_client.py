@@ -56,6 +56,14 @@ def _alive(record: dict) -> bool:
         return False
 
 
+def running_endpoint(cfg: LearnerConfig) -> tuple[str, str, dict]:
+    """(admin base URL, token, endpoint record) of the learner running on this data_dir; ConfigError if none is."""
+    ep = _endpoint(cfg)
+    if ep is None or not _alive(ep[2]):
+        raise ConfigError(f"no learner is running on {cfg.data_dir}: start `cloud-learner serve` first")
+    return ep
+
+
 def _headers(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
@@ -91,10 +99,7 @@ def notify_reload(cfg: LearnerConfig, change: str = "the change") -> str:
 
 def fetch_status(cfg: LearnerConfig) -> dict:
     """The running learner's /status, from its admin listener (with the admin token)."""
-    ep = _endpoint(cfg)
-    if ep is None or not _alive(ep[2]):
-        raise ConfigError(f"no learner is running on {cfg.data_dir}: start `cloud-learner serve` first")
-    base, token, record = ep
+    base, token, record = running_endpoint(cfg)
 
     async def get() -> dict:
         async with aiohttp.ClientSession() as http:
@@ -132,10 +137,7 @@ def send_command(cfg: LearnerConfig, robot_id: str, kind: str, value: Any = None
 
     Its answer on success (``{"ok": true, ...}``: queued on the robot's link); AdminError with the
     learner's reason otherwise (bad value, robot not linked, robot takes no commands)."""
-    ep = _endpoint(cfg)
-    if ep is None or not _alive(ep[2]):
-        raise ConfigError(f"no learner is running on {cfg.data_dir}: start `cloud-learner serve` first")
-    base, token, _ = ep
+    base, token, _ = running_endpoint(cfg)
     url = f"{base}/robots/{quote(robot_id, safe='')}/command"
 
     async def post() -> dict[str, Any]:

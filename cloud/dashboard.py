@@ -153,12 +153,7 @@ def dashboard_routes(check: Callable[[web.Request], web.Application]) -> list[we
 
 def dashboard_url(cfg: Any) -> str:
     """The one-time link to a running learner's dashboard (``cloud-learner dashboard``): it holds the admin token."""
-    from shared.errors import ConfigError
+    from .admin_client import running_endpoint
 
-    from .admin_client import _alive, _endpoint
-
-    ep = _endpoint(cfg)
-    if ep is None or not _alive(ep[2]):
-        raise ConfigError(f"no learner is running on {cfg.data_dir}: start `cloud-learner serve` first")
-    base, token, _ = ep
+    base, token, _ = running_endpoint(cfg)
     return f"{base.rsplit('/admin', 1)[0]}/?token={token}"
