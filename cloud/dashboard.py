@@ -156,4 +156,9 @@ def dashboard_url(cfg: Any) -> str:
     from .admin_client import running_endpoint
 
     base, token, _ = running_endpoint(cfg)
-    return f"{base.rsplit('/admin', 1)[0]}/?token={token}"
+    return dashboard_link(base, token)
+
+
+def dashboard_link(admin_base: str, token: str) -> str:
+    """The page's one-time link from endpoint.json's ``admin`` URL (``http://host:port/admin``) and the token."""
+    return f"{admin_base.rsplit('/admin', 1)[0]}/?token={token}"

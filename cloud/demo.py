@@ -22,6 +22,7 @@ import tomli_w
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from .dashboard import dashboard_link
 from .demo_fleet import Fleet, fleet_rate, group_lines, parse_fleet
 from .plot import success_curve_png
 
@@ -172,7 +173,7 @@ async def _demo(fleet: Fleet, minutes: float, target: float, rate_hz: float, tas
         data_dir = run_dir / "learner"  # /status is on the learner's loopback admin listener, with its token
         endpoint = json.loads((data_dir / "endpoint.json").read_text())
         status = (endpoint["status"], (data_dir / "admin_token").read_text().strip())
-        console.print(f"watch it live in a browser: [cyan]{endpoint['admin'].rsplit('/admin', 1)[0]}/?token={status[1]}[/] "
+        console.print(f"watch it live in a browser: [cyan]{dashboard_link(endpoint['admin'], status[1])}[/] "
                       "(the learner's dashboard; the link holds its admin token)")
         for i, p in enumerate(agent_cfgs):
             _set_url(p, url)
