@@ -35,6 +35,7 @@ log = logging.getLogger("fleetrl.dashboard")
 COOKIE = "fleetrl_admin"
 CSRF_HEADER = "X-Fleetrl-Dashboard"
 SAMPLE_S = 2.0  # history resolution
+GROUP_FIGURES = ("success_rate", "mean_return", "updates_per_s", "buffer_rows", "policy_version", "episodes")
 HISTORY_POINTS = 1800  # an hour at SAMPLE_S
 EVENT_S = 1.0  # how often an open page hears the status
 
@@ -79,6 +80,9 @@ def point(s: LearnerStatus, last: dict[str, Any] | None) -> dict[str, Any]:
         "ingest_rows": rows, "ingest_rows_per_s": round((rows - last["ingest_rows"]) / dt, 1) if last and dt > 0 else 0.0,
         "policy_version": s["policy_version"], "robots": len(s["robots"]), "episodes": s["episodes"],
         "losses": {k: round(v, 6) for k, v in s["losses"].items()},
+        # a mixed fleet's page draws one curve per embodiment group (one group: the figures above are its own)
+        "groups": {name: {k: g[k] for k in GROUP_FIGURES} for name, g in s.get("groups", {}).items()}
+        if len(s.get("groups", {})) > 1 else {},
     }
 
 

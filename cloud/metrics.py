@@ -99,6 +99,7 @@ def _group_families(groups: dict[str, GroupStatus]) -> Iterator[Metric]:
     rate = family("updates_per_second", "the group's learner steps per second")
     linked = family("robots_linked", "robots linked to the group now")
     success = family("success_rate", "share of the group's recent episodes (the last 50) that succeeded")
+    mean_return = family("mean_return", "mean summed reward of the group's recent episodes (the last 50)")
     losses = GaugeMetricFamily("fleetrl_learner_group_loss", "the group's trainer's last losses, by name",
                                labels=["group", "name"])
     for name, g in sorted(groups.items()):
@@ -110,9 +111,11 @@ def _group_families(groups: dict[str, GroupStatus]) -> Iterator[Metric]:
         linked.add_metric([name], float(len(g["robots"])))
         if g["success_rate"] is not None:
             success.add_metric([name], float(g["success_rate"]))
+        if g["mean_return"] is not None:
+            mean_return.add_metric([name], float(g["mean_return"]))
         for loss, v in sorted(g["losses"].items()):
             losses.add_metric([name, loss], float(v))
-    yield from (rows, episodes, version, updates, rate, linked, success, losses)
+    yield from (rows, episodes, version, updates, rate, linked, success, mean_return, losses)
 
 
 async def start_metrics(snapshot: Callable[[], LearnerStatus], cfg: MetricsConfig) -> tuple[web.AppRunner, str] | None:

@@ -177,10 +177,43 @@ def _exported_metric_names() -> set[str]:
     s = {"buffer_rows": 1, "episodes": 1, "policy_version": 1, "updates": 1, "updates_per_s": 1.0,
          "ingest": {"chunks": 1, "rows": 1, "duplicates": 0}, "robots": {"r": {}}, "rejections": {"auth_failed": 1},
          "success_rate": 0.5, "losses": {"critic_loss": 1.0}, "rows_by_robot": {"r": 1}, "learner_device": "cpu",
-         "storage": {"holding": False, "write_failures": 0}, "trainer_error": None, "publish_failures": 0}
+         "storage": {"holding": False, "write_failures": 0}, "trainer_error": None, "publish_failures": 0,
+         "mean_return": 1.0, "groups": {"arm": _group(), "pm": _group()}}
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_LearnerCollector(lambda: s))  # type: ignore[arg-type]
     return set(_samples(generate_latest(registry).decode()))
+
+
+def _group(success: float | None = 0.5, ret: float | None = 2.0) -> dict:
+    return {"spec": None, "driver": "d", "data_dir": "/x", "robot_patterns": [], "robots": ["r"], "buffer_rows": 10,
+            "episodes": 2, "success_rate": success, "mean_return": ret, "policy_version": 3, "updates": 7,
+            "updates_per_s": 1.5, "losses": {"critic_loss": 1.0}, "trainer_error": None}
+
+
+def test_each_group_reports_its_own_success_and_return_and_none_before_an_episode_ends() -> None:
+    from cloud.metrics import _group_families
+
+    families = {f.name: f for f in _group_families({"arm": _group(0.25, -3.5), "pm": _group(None, None)})}
+    got = {(f.name, tuple(sorted(s.labels.items())), s.value) for f in families.values() for s in f.samples}
+    assert ("fleetrl_learner_group_success_rate", (("group", "arm"),), 0.25) in got
+    assert ("fleetrl_learner_group_mean_return", (("group", "arm"),), -3.5) in got
+    # a group whose robots have not finished an episode has no rate to report, not a made-up zero
+    assert not [s for f in families.values() for s in f.samples
+                if s.labels.get("group") == "pm" and f.name in ("fleetrl_learner_group_success_rate",
+                                                                 "fleetrl_learner_group_mean_return")]
+
+
+def test_dashboard_history_keeps_each_groups_curve_only_for_a_mixed_fleet() -> None:
+    from cloud.dashboard import point
+
+    base = {"time": 100.0, "ingest": {"rows": 50}, "success_rate": 0.5, "mean_return": 1.0, "buffer_rows": 50,
+            "updates": 3, "updates_per_s": 1.0, "policy_version": 2, "robots": {}, "episodes": 2, "losses": {}}
+    one = point({**base, "groups": {"arm": _group()}}, None)  # type: ignore[arg-type]
+    assert one["groups"] == {} and one["success_rate"] == 0.5  # one group: the learner's own curve, as before
+    two = point({**base, "groups": {"arm": _group(0.25, -1.0), "pm": _group(None, None)}}, None)  # type: ignore[arg-type]
+    assert two["groups"]["arm"] == {"success_rate": 0.25, "mean_return": -1.0, "updates_per_s": 1.5, "buffer_rows": 10,
+                                    "policy_version": 3, "episodes": 2}
+    assert two["groups"]["pm"]["success_rate"] is None  # drawn as a gap, not as 0
 
 
 def _panels(dash: dict) -> list[dict]:
@@ -218,7 +251,9 @@ def test_grafana_dashboard_names_only_metrics_the_learner_exports() -> None:
         assert not unknown, f"{expr!r} names {sorted(unknown)}, which the learner's /metrics does not export"
     for wanted in ("fleetrl_learner_success_rate", "fleetrl_learner_loss", "fleetrl_learner_updates_per_second",
                    "fleetrl_learner_buffer_rows", "fleetrl_learner_ingest_rows_per_second", "fleetrl_learner_robot_rows",
-                   "fleetrl_learner_robots_linked", "fleetrl_learner_rejections_total"):
+                   "fleetrl_learner_robots_linked", "fleetrl_learner_rejections_total",
+                   "fleetrl_learner_group_success_rate", "fleetrl_learner_group_mean_return",
+                   "fleetrl_learner_group_loss", "fleetrl_learner_group_buffer_rows"):
         assert wanted in covered, f"the dashboard has no panel on {wanted}"
     titles = [p["title"] for p in _panels(dash)]
     assert len(titles) == len(set(titles))
