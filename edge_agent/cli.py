@@ -93,10 +93,15 @@ def record(
 
 @app.command("check-config")
 def check_config(config: Path = typer.Argument(..., help="agent TOML file")) -> None:
-    """Validate an agent config file (and its teleop device's options) and print it with defaults filled in."""
+    """Validate an agent config file (its robot driver's and teleop device's options too) and print it with
+    defaults filled in. The robot is not started: its options are checked by its driver's config class."""
     try:
         cfg = cfgmod.load(cfgmod.AgentConfig, config)
+        from hal_drivers import registry
+
         from .human import create_teleop
+
+        registry.validate(cfg.robot.driver, cfg.robot.options)
 
         unit = create_teleop(cfg)  # a teleop device that cannot be built is a config error
         if unit is not None:

@@ -58,18 +58,23 @@ def get(name: str, key: str = "robot.driver") -> type[HardwareUnit]:
     return _registry[name]
 
 
-def create(name: str, options: dict[str, Any] | None = None, /, section: str = "robot", **kwargs: Any) -> HardwareUnit:
-    """Build a unit from its name and its options table (validated by its config class).
+def validate(name: str, options: dict[str, Any] | None = None, /, section: str = "robot") -> tuple[type[HardwareUnit], Any]:
+    """The unit's class and its options checked by its config class, without building it (no hardware touched).
 
     ``section`` is the config table it came from (``robot``, ``teleop``), for error messages."""
     cls = get(name, f"{section}.{'driver' if section == 'robot' else 'device'}")
     try:
-        cfg = cls.config_class.model_validate(options or {})
+        return cls, cls.config_class.model_validate(options or {})
     except ValidationError as e:
         err = e.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         raise ConfigError(f"{section}.options{'.' + key if key else ''}: {msg}") from None
+
+
+def create(name: str, options: dict[str, Any] | None = None, /, section: str = "robot", **kwargs: Any) -> HardwareUnit:
+    """Build a unit from its name and its options table (validated by its config class)."""
+    cls, cfg = validate(name, options, section)
     return cls(cfg, **kwargs)  # type: ignore[call-arg]
 
 

@@ -8,6 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hal_drivers.base import DriverConfig
 
+from .twin import Dynamics
+
 STATE_FIELDS = ("observation", "achieved_goal", "desired_goal")
 DEFAULT_VIEW = "default"
 
@@ -67,6 +69,8 @@ class FetchConfig(DriverConfig):
     # Multisample anti-aliasing of every view (the model's 4 samples). Off draws a frame about 3x
     # faster with software OpenGL (Mesa llvmpipe: ~2 ms instead of ~7 ms), with jagged edges.
     camera_antialias: bool = True
+    # The "real" half of a sim/real twin: physics, actuation and sensing unlike the simulator's (defaults: none).
+    dynamics: Dynamics = Field(default_factory=Dynamics)
 
     @model_validator(mode="after")
     def _check(self) -> "FetchConfig":

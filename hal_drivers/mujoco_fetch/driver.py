@@ -20,6 +20,7 @@ from shared.errors import ConfigError
 
 from .cameras import ViewSet
 from .config import STATE_FIELDS, FetchConfig
+from .twin import ActionPath, apply_to_model
 
 DRIVER_NAME = "mujoco_fetch"
 
@@ -60,7 +61,13 @@ class FetchRobot(Robot):
             os.environ.setdefault("MUJOCO_GL", "egl")
         gym = _import_gym()
         self._env = gym.make(config.env_id, max_episode_steps=config.max_episode_steps)
+        self._path: ActionPath | None = None
         try:
+            if config.dynamics.changed:
+                apply_to_model(config.dynamics, self._env.unwrapped.model, config.task)
+                space = self._env.action_space
+                self._path = ActionPath(config.dynamics, int(np.prod(space.shape)), np.asarray(space.low, np.float32),
+                                        np.asarray(space.high, np.float32))
             if views:
                 self._start_renderer()
             self._description = self._build_description()
@@ -106,7 +113,8 @@ class FetchRobot(Robot):
             action_shape=tuple(int(n) for n in space.shape),
             action_low=tuple(float(x) for x in np.asarray(space.low).ravel()),
             action_high=tuple(float(x) for x in np.asarray(space.high).ravel()),
-            extra={"task": cfg.task, "env_id": cfg.env_id},
+            extra={"task": cfg.task, "env_id": cfg.env_id,
+                   **({"dynamics": cfg.dynamics.summary()} if cfg.dynamics.changed else {})},
         )
 
     # -- Robot -------------------------------------------------------------
@@ -120,10 +128,14 @@ class FetchRobot(Robot):
         else:
             raw, _ = self._env.reset(seed=self.config.seed)
             self._seeded = True
+        if self._path is not None:
+            self._path.reset()
         return self._observation(raw)
 
     def step(self, action: np.ndarray) -> StepResult:
         a = self.clamp(action)
+        if self._path is not None:  # a perturbed twin: what the arm gets is not quite what was asked
+            a = self._path(a)
         raw, reward, terminated, truncated, info = self._env.step(a)
         return StepResult(
             observation=self._observation(raw),
@@ -146,6 +158,8 @@ class FetchRobot(Robot):
 
     def _observation(self, raw: dict[str, Any]) -> dict[str, np.ndarray]:
         obs = {k: _f32(raw[k]) for k in STATE_FIELDS}
+        if self._path is not None:
+            self._path.sense(obs)
         if self._views is not None:
             obs.update(self._frames(self._views))
         return obs
