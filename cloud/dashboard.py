@@ -81,7 +81,7 @@ def point(s: LearnerStatus, last: dict[str, Any] | None) -> dict[str, Any]:
         "policy_version": s["policy_version"], "robots": len(s["robots"]), "episodes": s["episodes"],
         "losses": {k: round(v, 6) for k, v in s["losses"].items()},
         # a mixed fleet's page draws one curve per embodiment group (one group: the figures above are its own)
-        "groups": {name: {k: g[k] for k in GROUP_FIGURES} for name, g in s.get("groups", {}).items()}
+        "groups": {name: {k: dict(g)[k] for k in GROUP_FIGURES} for name, g in s.get("groups", {}).items()}
         if len(s.get("groups", {})) > 1 else {},
     }
 
