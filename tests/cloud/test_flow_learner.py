@@ -118,3 +118,21 @@ def test_flow_with_rl_or_pretraining_is_refused_when_built_in_code() -> None:
     cfg_sac = cfg.model_copy(update={"algorithm": "sac"})  # as a learner built in code could get it
     with pytest.raises(ConfigError, match='policy = "flow" trains with algorithm = "bc" or "hg_dagger"'):
         build(cfg_sac, dims, SACConfig(), torch.device("cpu"))  # type: ignore[arg-type]
+
+
+def test_a_chunk_of_corrections_stops_where_the_person_handed_back(tmp_path: Path) -> None:
+    buf = _buffer(tmp_path / "buffer")
+    rng = np.random.default_rng(5)
+    steps = []
+    for i in range(STEPS):  # a person corrects steps 0-2 and 8-11; the policy drives 3-7 (not demo rows)
+        obs = {k: rng.normal(size=f.shape).astype(np.float32) for k, f in SPEC.observation.items()}
+        action = np.full(2, i / 10, np.float32)
+        steps.append(StepRecord(obs, action, 0.0, obs, False, i == STEPS - 1, step=i,
+                                intervention=i < 3 or i >= 8))
+    buf.write([("arm", 1, build_batch(SPEC, "arm", "arm-1", steps))])
+    assert buf.demos is not None and buf.demo_size == 7
+    d = {k: v[: buf.demo_size] for k, v in buf.demos.storage.data.items()}
+    np.testing.assert_allclose(d[CHUNK][:, :, 0] * 10, [[0, 1, 2, 2], [1, 2, 2, 2], [2, 2, 2, 2],
+                                                       [8, 9, 10, 11], [9, 10, 11, 11], [10, 11, 11, 11],
+                                                       [11, 11, 11, 11]], atol=1e-5)
+    np.testing.assert_array_equal(d[CHUNK_VALID].sum(1), [3, 2, 1, 4, 3, 2, 1])
