@@ -21,7 +21,7 @@ import torch
 
 from .errors import WeightsError
 from .observations import ImageShape, flatten, flatten_batch
-from .policy import ArchTooLarge, GaussianActor, actor_images, actor_shapes, build_actor, param_count
+from .policy import ArchTooLarge, FlowActor, PolicyActor, actor_images, actor_shapes, build_actor, param_count
 from .success_classifier import PREFIX as CLASSIFIER_PREFIX
 from .success_classifier import SuccessClassifier
 from .success_classifier import build as build_classifier
@@ -40,7 +40,7 @@ class LoadedPolicy:
     """A built, loaded, eval-mode actor and what it reads; immutable, so sharing it across threads is safe."""
 
     version: int
-    actor: GaussianActor
+    actor: PolicyActor  # a Gaussian actor (one action per inference) or a flow head (action chunks)
     obs_fields: tuple[str, ...]  # state fields, flattened in this order
     image_fields: tuple[str, ...] = ()  # camera fields, passed as uint8 [1, H, W, C] tensors
     device: torch.device = torch.device("cpu")  # where the network lives; observations go there, actions come back
@@ -57,27 +57,49 @@ class LoadedPolicy:
         with torch.inference_mode():
             return bool(clf.probability(images)[0] > self.threshold)
 
+    @property
+    def horizon(self) -> int:
+        """Actions per inference: the flow policy's chunk length, 1 for a Gaussian actor."""
+        return self.actor.horizon if isinstance(self.actor, FlowActor) else 1
+
     def act(self, obs: Mapping[str, np.ndarray], deterministic: bool) -> np.ndarray:
-        """The action in [-1, 1] for one observation."""
+        """The action in [-1, 1] for one observation (a flow policy's: its chunk's first)."""
         x = torch.from_numpy(flatten(obs, self.obs_fields) if self.obs_fields else np.zeros(0, np.float32))[None]
         images = {f: torch.from_numpy(_frame(np.asarray(obs[f], np.uint8)))[None] for f in self.image_fields}
-        out: np.ndarray = self._act(x, images, deterministic)[0]
+        out: np.ndarray = self._act(x, images, deterministic, chunk=False)[0]
         return out
 
     def act_batch(self, obs: Sequence[Mapping[str, np.ndarray]], deterministic: bool = False) -> np.ndarray:
-        """Actions in [-1, 1], one row per observation."""
+        """Actions in [-1, 1], one row per observation (a flow policy's: each chunk's first)."""
+        x, images = self._inputs(obs)
+        return self._act(x, images, deterministic, chunk=False)
+
+    def act_chunk_batch(self, obs: Sequence[Mapping[str, np.ndarray]], deterministic: bool = False) -> np.ndarray:
+        """Action chunks ``[B, horizon, act_dim]`` in [-1, 1], one per observation; a Gaussian actor's
+        action is a chunk of one, so a chunk-executing loop drives every policy kind the same way."""
+        x, images = self._inputs(obs)
+        return self._act(x, images, deterministic, chunk=True)
+
+    def _inputs(self, obs: Sequence[Mapping[str, np.ndarray]]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x = torch.from_numpy(flatten_batch(obs, self.obs_fields) if self.obs_fields
                              else np.zeros((len(obs), 0), np.float32))
         images = {f: torch.from_numpy(np.stack([np.asarray(o[f], np.uint8) for o in obs])) for f in self.image_fields}
-        return self._act(x, images, deterministic)
+        return x, images
 
-    def _act(self, x: torch.Tensor, images: dict[str, torch.Tensor], deterministic: bool) -> np.ndarray:
+    def _act(self, x: torch.Tensor, images: dict[str, torch.Tensor], deterministic: bool,
+             chunk: bool) -> np.ndarray:
         dev = self.device
         with torch.inference_mode():
             if dev.type != "cpu":
                 x, images = x.to(dev), {k: v.to(dev) for k, v in images.items()}
-            out: np.ndarray = self.actor.act(x, deterministic=deterministic, images=images or None).cpu().numpy()
-        return out
+            if isinstance(self.actor, FlowActor):
+                out = self.actor.sample(x, deterministic=deterministic)
+                out = out if chunk else out[:, 0]
+            else:
+                out = self.actor.act(x, deterministic=deterministic, images=images or None)
+                out = out[:, None] if chunk else out
+            result: np.ndarray = out.cpu().numpy()
+        return result
 
 
 def load_policy(weights: Weights, state_fields: Mapping[str, int], action_dim: int, max_params: int,

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from shared.policy import GaussianActor, build_actor
+from shared.policy import GaussianActor, build_gaussian
 
 from .sac import SACConfig, _plain, actor_arch
 
@@ -49,7 +49,7 @@ class BC:
         self.image_fields: tuple[str, ...] = ()
         with torch.random.fork_rng(devices=[]):
             torch.random.default_generator.manual_seed(seed)
-            self.actor: GaussianActor = build_actor(actor_arch(obs_dim, act_dim, cfg)).to(self.device)
+            self.actor: GaussianActor = build_gaussian(actor_arch(obs_dim, act_dim, cfg)).to(self.device)
         self.optim = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
         self.updates = 0
 

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from shared.policy import CNNActor, GaussianActor, ImageEncoder, build_actor, cnn, mlp
+from shared.policy import CNNActor, GaussianActor, ImageEncoder, build_gaussian, cnn, mlp
 
 from ..buffer.source import IMAGES, NEXT_IMAGES
 from .augment import random_shift
@@ -138,7 +138,7 @@ class SAC:
         # Seed network init without disturbing the caller's global RNG.
         with torch.random.fork_rng(devices=[]):
             torch.random.default_generator.manual_seed(seed)  # the CPU's only: networks are built there
-            self.actor: GaussianActor = build_actor(actor_arch(obs_dim, act_dim, cfg)).to(self.device)
+            self.actor: GaussianActor = build_gaussian(actor_arch(obs_dim, act_dim, cfg)).to(self.device)
             # The pixel actor and its encoder, shared with the critics (None for a state-only actor).
             self._cnn: CNNActor | None = self.actor if isinstance(self.actor, CNNActor) else None
             self.encoder: ImageEncoder | None = self._cnn.encoder if self._cnn is not None else None

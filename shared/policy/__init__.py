@@ -2,12 +2,14 @@
 
 Robots receive weights plus the ``arch`` dict and rebuild the exact module with
 :func:`build_actor`; the registry (``registry.py``) knows each kind and version:
-``mlp_gaussian`` (state vector) and ``cnn_gaussian`` (camera views + state).
+``mlp_gaussian`` (state vector), ``cnn_gaussian`` (camera views + state) and
+``flow`` (a flow-matching head emitting action chunks over the state vector).
 """
 
 from __future__ import annotations
 
 from .cnn import CNNActor, ImageEncoder, View
+from .flow import FlowActor
 from .gaussian import LOG_STD_MAX, LOG_STD_MIN, GaussianActor, squashed_act, squashed_sample
 from .mlp import KIND as ARCH_KIND
 from .mlp import VERSION as ARCH_VERSION
@@ -17,8 +19,10 @@ from .registry import (
     MAX_HIDDEN_LAYERS,
     ArchTooLarge,
     actor_images,
+    PolicyActor,
     actor_shapes,
     build_actor,
+    build_gaussian,
     check_arch,
     param_count,
 )
@@ -33,12 +37,15 @@ __all__ = [
     "Actor",
     "ArchTooLarge",
     "CNNActor",
+    "FlowActor",
     "GaussianActor",
     "ImageEncoder",
+    "PolicyActor",
     "View",
     "actor_images",
     "actor_shapes",
     "build_actor",
+    "build_gaussian",
     "check_arch",
     "param_count",
     "squashed_act",

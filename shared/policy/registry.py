@@ -16,8 +16,13 @@ from typing import Any, Callable
 
 import torch
 
-from . import cnn, mlp
+from . import cnn, flow, mlp
+from .flow import FlowActor
 from .gaussian import GaussianActor
+
+# Any registered actor: a Gaussian (one action per call, SAC's and BC's) or a flow head (action chunks).
+# Both have ``obs_dim``, ``act_dim``, ``act(obs, deterministic, images)`` and ``arch()``.
+PolicyActor = GaussianActor | FlowActor
 
 MAX_HIDDEN_LAYERS = 64  # a deeper MLP is not a policy this build trains; parameters are capped separately
 MAX_WIDTH = 1 << 20  # any dimension past this is a network no robot's parameter cap admits
@@ -40,7 +45,7 @@ class ArchTooLarge(ValueError):
 class ArchKind:
     version: int
     check: Callable[[dict[str, Any]], None]  # raises ValueError naming the bad field
-    build: Callable[[dict[str, Any]], GaussianActor]  # from a checked arch
+    build: Callable[[dict[str, Any]], PolicyActor]  # from a checked arch
 
 
 def _int(arch: dict[str, Any], key: str, lo: int, hi: int | None = None) -> int:
@@ -75,7 +80,7 @@ def _check_mlp(arch: dict[str, Any]) -> None:
     _int_list(arch, "hidden", 1, MAX_HIDDEN_LAYERS, what="hidden layers")
 
 
-def _build_mlp(arch: dict[str, Any]) -> GaussianActor:
+def _build_mlp(arch: dict[str, Any]) -> PolicyActor:
     return mlp.Actor(arch["obs_dim"], arch["act_dim"], arch["hidden"])
 
 
@@ -134,14 +139,32 @@ def conv_macs(h: int, w: int, c: int, channels: list[int]) -> int:
     return total
 
 
-def _build_cnn(arch: dict[str, Any]) -> GaussianActor:
+def _build_cnn(arch: dict[str, Any]) -> PolicyActor:
     return cnn.CNNActor(arch["obs_dim"], arch["act_dim"], arch["hidden"], image_views(arch),
                         arch["channels"], arch["latent"])
+
+
+def _check_flow(arch: dict[str, Any]) -> None:
+    _int(arch, "obs_dim", 1)
+    act_dim = _int(arch, "act_dim", 1)
+    _int_list(arch, "hidden", 1, MAX_HIDDEN_LAYERS, what="hidden layers")
+    if not arch["hidden"]:
+        raise ValueError("policy arch field 'hidden' of a flow policy must name at least one layer")
+    horizon = _int(arch, "horizon", 1, flow.MAX_HORIZON)
+    _int(arch, "steps", 1, flow.MAX_STEPS)
+    if act_dim * horizon > MAX_WIDTH:
+        raise ArchTooLarge(f"policy arch's chunk of {horizon} x {act_dim} actions is wider than any policy has "
+                           f"({MAX_WIDTH})")
+
+
+def _build_flow(arch: dict[str, Any]) -> PolicyActor:
+    return FlowActor(arch["obs_dim"], arch["act_dim"], arch["horizon"], arch["hidden"], arch["steps"])
 
 
 KINDS: dict[str, ArchKind] = {
     mlp.KIND: ArchKind(mlp.VERSION, _check_mlp, _build_mlp),
     cnn.KIND: ArchKind(cnn.VERSION, _check_cnn, _build_cnn),
+    flow.KIND: ArchKind(flow.VERSION, _check_flow, _build_flow),
 }
 
 
@@ -180,10 +203,19 @@ def param_count(shapes: dict[str, tuple[int, ...]]) -> int:
     return sum(math.prod(s) for s in shapes.values())
 
 
-def build_actor(arch: dict[str, Any], max_params: int | None = None) -> GaussianActor:
+def build_actor(arch: dict[str, Any], max_params: int | None = None) -> PolicyActor:
     """Rebuild the actor ``arch`` describes; raises ValueError on anything it can't honour,
     including more than ``max_params`` parameters (checked before any memory is taken)."""
     entry = check_arch(arch)
     if max_params is not None and (n := param_count(actor_shapes(arch))) > max_params:
         raise ValueError(f"policy arch has {n} parameters, more than the limit {max_params}")
     return entry.build(arch)
+
+
+def build_gaussian(arch: dict[str, Any], max_params: int | None = None) -> GaussianActor:
+    """:func:`build_actor` for trainers that need a Gaussian head (SAC's log-probs, BC's likelihood)."""
+    actor = build_actor(arch, max_params)
+    if not isinstance(actor, GaussianActor):
+        raise ValueError(f"policy arch kind {arch.get('kind')!r} is not a Gaussian actor (this trainer needs "
+                         f"mlp_gaussian or cnn_gaussian)")
+    return actor
