@@ -44,6 +44,7 @@ class StepRecord:
     policy_action: np.ndarray | None = None  # what the policy proposed; None: it is ``action``
     human_reward: float = 0.0  # labels from people, apart from the driver's ``reward``
     demo: bool = False  # part of a recorded demonstration
+    chunk_index: int = -1  # position of ``action`` in the action chunk that planned it (-1: not from a chunk)
 
 
 def build_batch(spec: EpisodeSpec, robot_id: str, episode_id: str, steps: list[StepRecord]) -> pa.RecordBatch:

@@ -398,8 +398,8 @@ class ActChunk:
         if code:
             return cls(rid, start, version, code=code, message=message)
         horizon, action_dim = m.get("horizon"), m.get("action_dim")
-        actions = inference.check_actions(m.get("actions"), horizon, action_dim)
-        return cls(rid, start, version, horizon, action_dim, actions)
+        actions = inference.check_actions(m.get("actions"), horizon, action_dim)  # checks both ints too
+        return cls(rid, start, version, int(horizon), int(action_dim), actions)  # type: ignore[arg-type]
 
 
 Message = (Hello | Welcome | Chunk | Ack | Policy | Status | Reject | Lost | Challenge | TunnelOpen | TunnelData | TunnelClose
