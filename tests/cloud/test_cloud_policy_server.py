@@ -30,10 +30,14 @@ OBS = {"pos": np.zeros(3, np.float32).tobytes(), "goal": np.ones(3, np.float32).
 TIMEOUT = 10.0
 
 
+def _flow_file(tmp: Path) -> Path:
+    tmp.mkdir(parents=True, exist_ok=True)
+    return flow_policy_file(tmp / "flow.safetensors", ["goal", "pos"], 6, 4, horizon=10, version=7)
+
+
 @contextlib.asynccontextmanager
 async def serve(tmp: Path, inference_cfg: dict[str, Any] | None = None, auth: str = "open"):
-    tmp.mkdir(parents=True, exist_ok=True)
-    weights = flow_policy_file(tmp / "flow.safetensors", ["goal", "pos"], 6, 4, horizon=10, version=7)
+    weights = await asyncio.to_thread(_flow_file, tmp)
     cfg = LearnerConfig(
         data_dir=tmp / "run", server={"host": "127.0.0.1", "port": 0, "auth": auth},
         learner={"learning_starts": 10**9, "hidden": [16, 16], "batch_size": 8},
