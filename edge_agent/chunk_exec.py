@@ -74,12 +74,16 @@ class ChunkCounters:
     blended: int = 0  # seams crossfaded
     refused: Counter[str] = field(default_factory=Counter)  # refusals by reason code
     rtt_s: float = 0.0  # the latest round trip
+    rtts: deque[float] = field(default_factory=lambda: deque(maxlen=2000))  # recent round trips, for p50/p99
 
     def as_dict(self) -> dict[str, float | int]:
         d: dict[str, float | int] = {k: getattr(self, k) for k in
                                      ("requests", "chunks", "late_ticks", "start_ticks", "lost", "stale", "blended")}
         d["refused"] = sum(self.refused.values())
         d["rtt_ms"] = round(self.rtt_s * 1e3, 2)
+        recent = sorted(self.rtts)
+        for name, q in (("rtt_p50_ms", 0.5), ("rtt_p99_ms", 0.99)):
+            d[name] = round(recent[min(len(recent) - 1, int(q * len(recent)))] * 1e3, 2) if recent else 0.0
         return d
 
 
@@ -168,6 +172,7 @@ class ChunkExecutor:
         self._pending = None
         self._rtts.append(max(0.0, now - pending[2]))
         self.counters.rtt_s = self._rtts[-1]
+        self.counters.rtts.append(self._rtts[-1])
         acts = np.asarray(actions, np.float32).reshape(-1, self.action_dim)
         new = _Plan(start, acts, version)
         if not new.covers(tick):
