@@ -179,6 +179,13 @@ async def _main(fd: int) -> int:
         return 1
     hello = msg[1]
     setup_logs(hello["log_level"])
+    if hello["cfg"].get("policy", {}).get("where") != "cloud":
+        # Below the control process, which shares the robot computer's cores. Not with cloud inference:
+        # then every action chunk comes through this process, which is on the control path.
+        try:
+            os.nice(5)
+        except OSError:
+            pass
     return await LinkProcess(ch, hello).run()
 
 
@@ -190,10 +197,6 @@ def main(argv: list[str] | None = None) -> int:
     _die_with_parent(args.parent)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
-    try:
-        os.nice(5)  # below the control process, which shares the robot computer's cores
-    except OSError:
-        pass
     return asyncio.run(_main(args.fd))
 
 
