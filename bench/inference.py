@@ -60,7 +60,7 @@ def fleet_run(root: Path, weights: Path, delay_ms: float, seconds: float, robots
     url = f"ws://127.0.0.1:{relay_port}/ws"
     agents = [Agent(root, f"pm-{i}", [url], episodes=0, rate_hz=RATE_HZ, chunk_steps=50, driver="point_mass",
                     driver_options={"dims": 2, "seed": i, "max_episode_steps": EPISODE_STEPS},
-                    service={"status_interval_s": 0.25}, link={"status_interval_s": 1.0}, policy=POLICY)
+                    service={"status_interval_s": 0.5}, link={"status_interval_s": 1.0}, policy=POLICY)
               for i in range(robots)]
     try:
         for a in agents:
