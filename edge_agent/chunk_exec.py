@@ -32,7 +32,7 @@ The rules:
   an earlier request's) or whose actions all lie in the past is *stale* and dropped.
 - A refused request (the learner said why: rate limit, latency budget, no policy) counts by
   reason; the next request waits ``max(1, overlap)`` ticks so a refusing learner is not
-  asked on every tick.
+  asked on every tick (after ``latency_budget``, a one-off, it goes out at once).
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+
+from shared.protocol.inference import LATENCY_BUDGET
 
 OnLate = Literal["hold", "zero", "finish"]
 ON_LATE: tuple[OnLate, ...] = ("hold", "zero", "finish")
@@ -199,7 +201,9 @@ class ChunkExecutor:
             return
         self._pending = None
         self.counters.refused[code] += 1
-        self._quiet_until = tick + max(1, self.overlap)
+        # Too slow this once (the learner was busy): ask again at once with a fresher observation. Any other
+        # reason (rate, in-flight, no policy, link down) lasts a while: wait a little before asking again.
+        self._quiet_until = tick if code == LATENCY_BUDGET else tick + max(1, self.overlap)
 
     def reset(self) -> None:
         """A new episode: no plan, no action to hold; an unanswered request's chunk will be stale."""

@@ -137,8 +137,11 @@ def test_a_refusal_is_counted_by_reason_and_the_next_request_waits():
     ex.refused(rid, "rate_limited", 0)
     assert ex.act(0).late and ex.counters.refused["rate_limited"] == 1
     assert ex.request(1, P) is None and ex.request(2, 2 * P) is None
-    assert ex.request(3, 3 * P) is not None
+    rid = ex.request(3, 3 * P)
+    assert rid is not None
     assert ex.counters.as_dict()["refused"] == 1
+    ex.refused(rid, "latency_budget", 3)  # a one-off: asked again at once
+    assert ex.request(3, 3 * P) is not None and ex.counters.refused["latency_budget"] == 1
 
 
 def test_a_new_episode_starts_clean():
