@@ -70,7 +70,8 @@ class _LearnerCollector:
         if mean_return is not None:
             yield gauge("mean_return", "mean summed reward of the recent episodes (the last 50)", mean_return)
         losses = GaugeMetricFamily("fleetrl_learner_loss", "the trainer's last reported losses and statistics, by name "
-                                   "(critic_loss, actor_loss, alpha, ...; bc_loss for bc and hg_dagger)", labels=["name"])
+                                   "(critic_loss, actor_loss, alpha, ...; bc_loss for bc and hg_dagger; flow_loss "
+                                   "for a flow policy)", labels=["name"])
         for name, v in sorted(s.get("losses", {}).items()):
             losses.add_metric([name], float(v))
         yield losses

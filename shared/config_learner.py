@@ -137,8 +137,18 @@ class LearnerAlgoConfig(_Strict):
         "auto", description='where the learner trains: "auto" (a GPU if torch sees one, else the CPU), "cpu", '
         '"cuda" or "cuda:N"; checkpoints resume on any device',
     )
-    policy: Literal["auto", "mlp_gaussian", "cnn_gaussian"] = Field(
-        "auto", description="policy architecture; auto: cnn_gaussian when image_fields names cameras, else mlp_gaussian"
+    policy: Literal["auto", "mlp_gaussian", "cnn_gaussian", "flow"] = Field(
+        "auto", description="policy architecture; auto: cnn_gaussian when image_fields names cameras, else "
+        "mlp_gaussian; flow: a flow-matching head emitting chunks of flow_horizon actions over the state vector, "
+        'trained by SFT (algorithm = "bc" or "hg_dagger")',
+    )
+    flow_horizon: int = Field(
+        10, ge=1, le=256, description='policy = "flow": actions per chunk (each observation is trained on the next '
+        "flow_horizon actions of its episode; robots may execute the first few of each chunk, then replan)",
+    )
+    flow_steps: int = Field(
+        10, ge=1, le=100, description='policy = "flow": Euler integration steps per sampled chunk on the robot '
+        "(more: closer to the learned flow, slower inference)",
     )
     image_fields: list[str] = Field(
         default_factory=list, description="camera fields the policy sees (each through its own conv encoder); "
@@ -174,6 +184,16 @@ class LearnerAlgoConfig(_Strict):
             raise ValueError('policy = "cnn_gaussian" needs image_fields (the cameras it sees)')
         if self.policy == "mlp_gaussian" and self.image_fields:
             raise ValueError('policy = "mlp_gaussian" reads state only; drop image_fields or use "cnn_gaussian"')
+        if self.policy == "flow":
+            if self.algorithm not in ("bc", "hg_dagger"):
+                raise ValueError(f'policy = "flow" trains by supervised flow matching: algorithm = '
+                                 f'"{self.algorithm}" needs a Gaussian policy (its log-probabilities); use '
+                                 'algorithm = "bc" or "hg_dagger" with policy = "flow", or policy = "mlp_gaussian"')
+            if self.image_fields:
+                raise ValueError('policy = "flow" reads state only; drop image_fields or use "cnn_gaussian"')
+            if self.bc_pretrain_updates:
+                raise ValueError(f'policy = "flow" with bc_pretrain_updates = {self.bc_pretrain_updates}: the warm '
+                                 'start is for SAC and RLPD; set bc_pretrain_updates = 0')
         if not self.encoder_channels or len(self.encoder_channels) > 8 or not all(0 < c <= 1024 for c in self.encoder_channels):
             raise ValueError("encoder_channels: 1 to 8 layers of 1..1024 channels")
         if self.critic_subset > self.critics:

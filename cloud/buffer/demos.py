@@ -11,6 +11,9 @@ all. ``MixedSource`` is the ``SampleSource`` an algorithm samples through:
 ``demo_fraction`` of each batch (rounded) from this ring, the rest online.
 State runs only: rows whose camera frames live in the ``FrameRing`` are not
 kept here (the trainer refuses demo algorithms for camera runs).
+For a chunked policy (``learner.policy = "flow"``) the ring's writer is a
+``ChunkWriter``: each row also keeps its episode's next actions
+(``action_chunk``, ``chunk_valid``), cut per table as it is added.
 """
 
 from __future__ import annotations

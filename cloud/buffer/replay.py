@@ -31,7 +31,7 @@ from .specs import spec_difference
 from .source import IMAGES, NEXT_IMAGES, Batch, Dims, Relabel
 from .storage import SegmentInfo, SegmentStore
 from .transform import NormaliseAction, Transform
-from .writer import FRAME, Item, RingWriter, pack
+from .writer import FRAME, ChunkWriter, Item, RingWriter, pack
 
 log = logging.getLogger("fleetrl.buffer")
 
@@ -43,7 +43,7 @@ class ReplayBuffer:
                  sampler: UniformSampler | None = None, image_fields: Sequence[str] = (),
                  image_memory_bytes: int = 2 << 30, history_fraction: float = 0.0,
                  history_cache_bytes: int = 512 << 20, demo_capacity: int = 0, demo_paths: Sequence[Path] = (),
-                 relabel: Relabel | None = None):
+                 relabel: Relabel | None = None, chunk_horizon: int = 0):
         if not 0.0 <= history_fraction <= 1.0:
             raise ValueError(f"history_fraction must be in [0, 1], got {history_fraction}")
         self.store = SegmentStore(root)
@@ -54,6 +54,7 @@ class ReplayBuffer:
         self.history_cache_bytes = history_cache_bytes
         self.demo_capacity, self.demo_paths = demo_capacity, [Path(p) for p in demo_paths]
         self.demos: DemoRing | None = None  # demonstration and intervention rows (state runs, demo_capacity > 0)
+        self.chunk_horizon = chunk_horizon  # > 0: demo rows keep their next actions' chunk (a flow policy's SFT)
         self.relabel = relabel  # rewards rewritten as rows are indexed (a success classifier)
         self.sampler = sampler or UniformSampler()
         self.spec: EpisodeSpec | None = None
@@ -270,7 +271,8 @@ class ReplayBuffer:
             self.history = DiskHistory(self.store.seg_dir, writer, self.history_cache_bytes)
         self._transforms = [NormaliseAction(spec)]
         if self.demo_capacity > 0 and frames is None:
-            self.demos = DemoRing(self.demo_capacity, writer, self.relabel)
+            demo_writer = ChunkWriter(spec, list(fields), self.chunk_horizon) if self.chunk_horizon > 0 else writer
+            self.demos = DemoRing(self.demo_capacity, demo_writer, self.relabel)
 
     def _import_demos(self) -> None:
         """``learner.demo_paths`` into the demo ring (all or nothing; ConfigError naming the path and field)."""

@@ -25,4 +25,6 @@ class NormaliseAction:
 
     def __call__(self, batch: Batch) -> Batch:
         batch["action"] = self.scale.normalise(batch["action"])
+        if "action_chunk" in batch:  # a chunked policy's demo rows (cloud.buffer.writer.ChunkWriter)
+            batch["action_chunk"] = self.scale.normalise(batch["action_chunk"])
         return batch

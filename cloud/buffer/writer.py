@@ -18,6 +18,7 @@ from shared.errors import SchemaError
 from shared.protocol import Lost
 from shared.schema import NEXT_PREFIX, OBS_PREFIX, EpisodeSpec
 
+from ..learner.chunks import CHUNK, CHUNK_VALID, chunk_indices, episode_keys, order_rows
 from .images import TableFrames, table_frames
 from .memory import FrameRing, RingStorage
 from .source import IMAGES, NEXT_IMAGES
@@ -146,3 +147,29 @@ class RingWriter:
         with storage.lock:
             rows[FRAME] = frames.push(tf) + tf.first
             storage.extend(rows)
+
+
+class ChunkWriter(RingWriter):
+    """The demo ring's writer for a chunked policy (``learner.policy = "flow"``): each row also keeps the
+    chunk of its episode's next ``horizon`` actions (``action_chunk``, robot units like ``action``) and which
+    of them were really taken (``chunk_valid``). Chunks are cut within the table written (a segment's, or an
+    import's rows), per robot and episode, so a chunk never crosses an episode, a lost range, the gap between
+    a person's corrections, or the end of the stored segment (:mod:`cloud.learner.chunks`)."""
+
+    def __init__(self, spec: EpisodeSpec, obs_fields: list[str], horizon: int):
+        super().__init__(spec, obs_fields)
+        self.horizon = int(horizon)
+
+    def columns(self) -> dict[str, tuple[int, ...]]:
+        return {**super().columns(), CHUNK: (self.horizon, self.act_dim), CHUNK_VALID: (self.horizon,)}
+
+    def rows(self, table: pa.Table | pa.RecordBatch) -> dict[str, np.ndarray]:
+        if isinstance(table, pa.RecordBatch):
+            table = pa.Table.from_batches([table])
+        table = order_rows(table)
+        out = super().rows(table)
+        step = table.column("step").to_numpy(zero_copy_only=False)
+        idx, valid = chunk_indices(episode_keys(table), step, self.horizon)
+        out[CHUNK] = out["action"][idx]
+        out[CHUNK_VALID] = valid.astype(np.float32)
+        return out

@@ -126,6 +126,7 @@ def open_group(name: str, root: Path, cfg: LearnerAlgoConfig, limits_cfg: Limits
         image_memory_bytes=int(cfg.image_memory_mb * 2**20), history_fraction=cfg.history_fraction,
         demo_capacity=cfg.demo_capacity if needs_demos(cfg) else 0, demo_paths=cfg.demo_paths,
         relabel=table_relabel(cfg),  # reward = "classifier": rows scored as they are indexed
+        chunk_horizon=cfg.flow_horizon if cfg.policy_kind == "flow" else 0,  # the flow policy trains on chunks
     )
     meta = buffer.extra(META) or {}
     publisher = WeightPublisher(root / "policy", name)

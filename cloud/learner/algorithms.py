@@ -4,7 +4,9 @@
 with ``demo_fraction`` from the demo ring (symmetric sampling; the critic
 ensemble, LayerNorm and update-to-data ratio come from the config's
 ``critics``, ``critic_subset``, ``critic_layer_norm`` and ``utd_ratio``).
-``bc`` and ``hg_dagger``: behaviour cloning on the demo ring only. Every
+``bc`` and ``hg_dagger``: behaviour cloning on the demo ring only; with
+``policy = "flow"`` the same rows train the flow policy by supervised flow
+matching on their action chunks (:mod:`.flow_sft`). Every
 algorithm has the same face to the trainer (:class:`Algorithm`) and resumes
 from its ``state_dict`` exactly.
 """
@@ -20,11 +22,12 @@ from torch import Tensor
 
 from shared.config import LearnerAlgoConfig
 from shared.errors import ConfigError
-from shared.policy import GaussianActor
+from shared.policy import GaussianActor, PolicyActor
 
 from ..buffer import Dims, SampleSource
 from ..buffer.demos import MixedSource
 from .bc import BC, bc_loss
+from .flow_sft import FlowSFT
 from .sac import SAC, SACConfig
 
 log = logging.getLogger("fleetrl.algorithms")
@@ -34,7 +37,8 @@ CLONING = ("bc", "hg_dagger")  # train on the demo ring only
 
 
 class Algorithm(Protocol):
-    actor: GaussianActor
+    @property
+    def actor(self) -> PolicyActor: ...  # read-only: SAC and BC hold a GaussianActor, FlowSFT a FlowActor
     device: torch.device
     image_fields: tuple[str, ...]
     updates: int
@@ -74,6 +78,12 @@ def source_for(cfg: LearnerAlgoConfig, buffer: SampleSource) -> SampleSource:
 
 
 def build(cfg: LearnerAlgoConfig, dims: Dims, sac_cfg: SACConfig, device: torch.device) -> Algorithm:
+    if cfg.policy_kind == "flow":
+        if cfg.algorithm not in CLONING:  # the config refuses it too; a learner built in code must as well
+            raise ConfigError(f'learner.policy = "flow" trains with algorithm = "bc" or "hg_dagger", '
+                              f'not "{cfg.algorithm}"')
+        return FlowSFT(dims.obs_dim, dims.act_dim, horizon=cfg.flow_horizon, steps=cfg.flow_steps,
+                       hidden=tuple(cfg.hidden), lr=cfg.lr, device=device, seed=cfg.seed, name=cfg.algorithm)
     if cfg.algorithm in CLONING:
         return BC(dims.obs_dim, dims.act_dim, sac_cfg, device=device, seed=cfg.seed, name=cfg.algorithm)
     return SAC(dims.obs_dim, dims.act_dim, sac_cfg, device=device, seed=cfg.seed)
@@ -85,18 +95,23 @@ def pretrain(algo: Algorithm, source: SampleSource, cfg: LearnerAlgoConfig, rng:
     """``bc_pretrain_updates`` behaviour-cloning steps of the actor on the demo ring (its own Adam); steps done.
     ``beat`` is called after each (the trainer's heartbeat: a long warm start is progress, not a hang)."""
     steps = cfg.bc_pretrain_updates
+    actor = algo.actor
+    if steps > 0 and not isinstance(actor, GaussianActor):
+        raise ConfigError(f"learner.bc_pretrain_updates = {steps} warm-starts a Gaussian actor; this run trains "
+                          f"{actor.arch()['kind']}: set bc_pretrain_updates = 0")
     demos = MixedSource(source, 1.0)  # type: ignore[arg-type]
     if steps <= 0 or demos.size <= 0:
         if steps > 0:
             log.warning("event=bc_pretrain_skipped reason=demo ring is empty updates=%d", steps)
         return 0
-    optim = torch.optim.Adam(algo.actor.parameters(), lr=cfg.lr)
+    assert isinstance(actor, GaussianActor)
+    optim = torch.optim.Adam(actor.parameters(), lr=cfg.lr)
     loss = torch.zeros(())
     for _ in range(steps):
         batch = {k: torch.from_numpy(v) for k, v in demos.sample(cfg.batch_size, rng).items()}
         if transform is not None:
             batch = transform(batch)
-        loss = bc_loss(algo.actor, batch, algo.device)
+        loss = bc_loss(actor, batch, algo.device)
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()

@@ -53,8 +53,8 @@ class ObsNormalizer:
 
     @staticmethod
     def first_layer(state: Mapping[str, Tensor]) -> str:
-        """The name prefix of the linear layer that reads the observation (an mlp_gaussian actor)."""
-        for prefix in ("trunk.0", "head"):
+        """The name prefix of the linear layer that reads the observation (an mlp_gaussian or flow actor)."""
+        for prefix in ("trunk.0", "encoder.0", "head"):  # mlp_gaussian, flow, a hidden-less mlp
             if prefix + ".weight" in state:
                 return prefix
         raise ValueError(f"no first linear layer among the actor's tensors {sorted(state)[:6]}")

@@ -337,9 +337,9 @@ class Trainer(threading.Thread):
         """Fitted now from what can be sampled (a checkpoint's statistics replace these in _restore)."""
         if not self.cfg.normalize_observations:
             return None
-        if sac.actor.arch()["kind"] != "mlp_gaussian":
-            raise ConfigError("learner.normalize_observations applies to state policies (mlp_gaussian); this run "
-                              f"trains {sac.actor.arch()['kind']}: turn it off")
+        if sac.actor.arch()["kind"] not in ("mlp_gaussian", "flow"):
+            raise ConfigError("learner.normalize_observations applies to state policies (mlp_gaussian, flow); this "
+                              f"run trains {sac.actor.arch()['kind']}: turn it off")
         return ObsNormalizer.fit(self._source, self.cfg.seed)
 
     def _run(self) -> None:
