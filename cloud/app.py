@@ -10,10 +10,13 @@ from collections import Counter
 from functools import partial
 from typing import AsyncIterator
 
+import torch
 from aiohttp import web
 
 from shared.config import LearnerConfig
+from shared.devices import resolve_device
 from shared.errors import ConfigError
+from shared.tasks import cancel_and_reap
 from shared.protocol import Limits
 
 from .admission import SourceCounter
@@ -22,7 +25,9 @@ from .groups import GroupRegistry, group
 from .groups.registry import stored_checkpoints
 from .access import follow_robots
 from .admin import admin_listener, admin_token
-from .keys import ADMIN_TOKEN, BUFFER, CONFIG, GROUPS, HANDSHAKES, INGEST, LIMITS, PUBLISHER, REGISTRY, REJECTIONS, RESUME, ROBOTS, TRAINER
+from .keys import (ADMIN_TOKEN, BUFFER, CONFIG, GROUPS, HANDSHAKES, INGEST, LIMITS, POLICY_SERVER, PUBLISHER, REGISTRY,
+                   REJECTIONS, RESUME, ROBOTS, TRAINER)
+from .policy_server import PolicyServer
 from .robots import RobotRegistry
 from .status import LearnerStatus, group_status
 
@@ -56,7 +61,9 @@ def make_app(cfg: LearnerConfig, resume: bool = False, with_trainer: bool = True
     app[REJECTIONS] = Counter()
     app[HANDSHAKES] = SourceCounter(cfg.server.max_pending_handshakes, cfg.server.max_pending_per_source)
     app[ADMIN_TOKEN] = admin_token(cfg.data_dir)
+    app[POLICY_SERVER] = PolicyServer(cfg.inference, torch.device("cpu"), cfg.server.open)  # device set at start
     app.cleanup_ctx.append(partial(_groups, with_trainer=with_trainer))
+    app.cleanup_ctx.append(_policy_server)
     app.cleanup_ctx.append(follow_robots)
     app.cleanup_ctx.append(admin_listener)  # /status and /admin/*: loopback, token; never on the robot port
     app.router.add_get("/ws", robot_ws)  # the only route robots (and the internet) can reach
@@ -83,6 +90,19 @@ async def _groups(app: web.Application, with_trainer: bool = True) -> AsyncItera
     for robot in list(app[ROBOTS].values()):
         await robot.ws.close(code=1001, message=b"learner shutting down")
     await groups.stop()
+
+
+async def _policy_server(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the policy server's batcher, on the learner's device (robots with policy.where = "cloud")."""
+    server = app[POLICY_SERVER]
+    if server.cfg.enabled:
+        server.device = await asyncio.to_thread(resolve_device, app[CONFIG].learner.device, "learner.device")
+        log.info("event=inference_serving device=%s max_batch=%d batch_window_ms=%g latency_budget_ms=%g",
+                 server.device, server.cfg.max_batch, server.cfg.batch_window_ms, server.cfg.latency_budget_ms)
+    task = asyncio.create_task(server.run())
+    yield
+    await cancel_and_reap((task,))
+    server.close()
 
 
 def snapshot(app: web.Application) -> LearnerStatus:
@@ -122,10 +142,11 @@ def snapshot(app: web.Application) -> LearnerStatus:
                    "duplicates": sum(g.ingest.duplicates for g in all_)},
         "robots": {
             rid: {"since": r.since, "chunks": r.chunks, "authenticated": r.authenticated,
-                  "commands": r.conn.takes_commands, "reported": r.status,
+                  "commands": r.conn.takes_commands, "cloud_policy": r.conn.takes_inference, "reported": r.status,
                   "group": r.group.name if r.group is not None else None}
             for rid, r in robots.items()
         },
         "rejections": dict(app[REJECTIONS].items()),
         "groups": per_group,
+        "inference": app[POLICY_SERVER].status(),
     }

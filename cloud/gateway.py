@@ -21,14 +21,14 @@ from aiohttp import WSMsgType, web
 from shared.auth import certificate_sha256
 from shared.errors import FleetError, InvalidState, ProtocolError
 from shared.lograte import LogLimiter
-from shared.protocol import Chunk, CloudConnection, Hello, Lost, Reject, Status, TunnelClose, TunnelData
+from shared.protocol import ActRequest, Chunk, CloudConnection, Hello, Lost, Reject, Status, TunnelClose, TunnelData
 from shared.protocol.codes import RejectCode
 from shared.protocol.stream import POLICY_PART_BYTES, AckOrder, PolicySender, RateLimit
 from shared.schema import EpisodeSpec
 from shared.tasks import until_first_done
 
 from .groups import Group
-from .keys import CONFIG, GROUPS, HANDSHAKES, LIMITS, REGISTRY, REJECTIONS, ROBOTS
+from .keys import CONFIG, GROUPS, HANDSHAKES, LIMITS, POLICY_SERVER, REGISTRY, REJECTIONS, ROBOTS
 
 log = logging.getLogger("fleetrl.gateway")
 LOGS = LogLimiter(1.0)  # a flapping link or a full disk: one line per kind and robot per second
@@ -245,6 +245,7 @@ def _forget(app: web.Application, link: Link) -> None:
         q.end()
     if app[ROBOTS].get(link.robot_id) is link:
         del app[ROBOTS][link.robot_id]
+        app[POLICY_SERVER].forget(link.robot_id)
 
 
 def _authenticate(app: web.Application, conn: CloudConnection, hello: Hello) -> tuple[bytes | None, bool]:
@@ -285,6 +286,8 @@ async def _read(app: web.Application, link: Link, order: AckOrder, acks: asyncio
             order.accept(last)  # refuses a robot past its credit
             acks.put_nowait((last, await ingest.accept(link.robot_id, msg)))
             link.chunks += 1
+        elif isinstance(msg, ActRequest):  # only from a robot whose hello offered inference (CloudConnection checks)
+            app[POLICY_SERVER].submit(link, msg)
         elif isinstance(msg, Status):
             link.status = msg.values
         elif isinstance(msg, (TunnelData, TunnelClose)):

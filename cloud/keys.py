@@ -14,6 +14,7 @@ from .admission import SourceCounter
 from .buffer import ReplayBuffer
 from .groups import GroupRegistry
 from .ingest import Ingest
+from .policy_server import PolicyServer
 from .learner.trainer import Trainer
 from .publisher import WeightPublisher
 from .robots import RobotRegistry
@@ -32,3 +33,4 @@ REGISTRY = web.AppKey("registry", RobotRegistry)
 REJECTIONS = web.AppKey("rejections", Counter[str])  # reason code -> refusals since start
 ADMIN_TOKEN = web.AppKey("admin_token", str)
 HANDSHAKES = web.AppKey("handshakes", SourceCounter)  # links not yet authenticated, per source address
+POLICY_SERVER = web.AppKey("policy_server", PolicyServer)  # answers ActRequests of robots with policy.where = "cloud"

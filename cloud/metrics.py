@@ -10,11 +10,12 @@ is a dashboard over them (a test checks it names only metrics exported here).
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily,
+                                   Metric)
 
 from shared.config import MetricsConfig
 from shared.metrics import RateMeter, start_metrics_listener
@@ -119,12 +120,40 @@ def _group_families(groups: dict[str, GroupStatus]) -> Iterator[Metric]:
     yield from (rows, episodes, version, updates, rate, linked, success, mean_return, losses)
 
 
-async def start_metrics(snapshot: Callable[[], LearnerStatus], cfg: MetricsConfig) -> tuple[web.AppRunner, str] | None:
-    """Serve ``GET /metrics``; None (with a warning) if disabled or the port is taken: never fatal."""
+class _InferenceCollector:
+    """The policy server's figures (:class:`cloud.policy_server.PolicyServer`): requests/s from the counter,
+    p50/p99 from the latency histogram, batch sizes, refusals by reason."""
+
+    def __init__(self, server: Any):
+        self.server = server
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.server
+        yield CounterMetricFamily("fleetrl_learner_inference_requests", "act requests from robots (policy.where = "
+                                  "\"cloud\"), answered or refused", value=float(s.requests))
+        yield CounterMetricFamily("fleetrl_learner_inference_served", "act requests answered with an action chunk",
+                                  value=float(s.served))
+        refused = CounterMetricFamily("fleetrl_learner_inference_refusals", "act requests refused, by reason code",
+                                      labels=["code"])
+        for code, n in sorted(s.refusals.items()):
+            refused.add_metric([code], float(n))
+        yield refused
+        for name, doc, h in (("inference_latency_seconds", "request arrival to its chunk queued on the link", s.latency),
+                             ("inference_batch_size", "requests per forward pass", s.batch)):
+            buckets = [(f"{b:g}", float(c)) for b, c in zip(h.buckets, h.counts)] + [("+Inf", float(h.n))]
+            yield HistogramMetricFamily(f"fleetrl_learner_{name}", doc, buckets=buckets, sum_value=h.total)
+
+
+async def start_metrics(snapshot: Callable[[], LearnerStatus], cfg: MetricsConfig,
+                        inference: Any = None) -> tuple[web.AppRunner, str] | None:
+    """Serve ``GET /metrics``; None (with a warning) if disabled or the port is taken: never fatal.
+    ``inference``: the policy server, whose figures join the learner's."""
     if not cfg.enabled:
         return None
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_LearnerCollector(snapshot))  # type: ignore[arg-type]
+    if inference is not None:
+        registry.register(_InferenceCollector(inference))  # type: ignore[arg-type]
     started = await start_metrics_listener(lambda: generate_latest(registry), cfg.host, cfg.port)
     if started is not None:
         log.info("event=metrics_listening url=%s", started[1])

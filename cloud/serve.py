@@ -19,7 +19,7 @@ from shared.sdnotify import Notifier, watchdog_period
 from .admin import ADMIN_URL
 from .admission import serve_robot_port
 from .app import make_app, snapshot
-from .keys import GROUPS
+from .keys import GROUPS, POLICY_SERVER
 from .metrics import start_metrics
 from .service import LearnerWatchdog
 
@@ -31,7 +31,7 @@ async def serve(cfg: LearnerConfig, resume: bool = False) -> int:
     notifier.status("starting: recovering the replay buffer")
     app = make_app(cfg, resume)
     runner, url = await serve_robot_port(app, cfg.server, shutdown_timeout=5.0)  # TLS, socket caps, header deadline
-    metrics = await start_metrics(lambda: snapshot(app), cfg.metrics)  # localhost only; never fatal
+    metrics = await start_metrics(lambda: snapshot(app), cfg.metrics, app[POLICY_SERVER])  # localhost only; never fatal
     admin = app[ADMIN_URL]  # its own loopback listener: the robot port serves only /ws
     endpoint = cfg.data_dir / "endpoint.json"
     atomic_write(endpoint, json.dumps({

@@ -37,6 +37,7 @@ class RobotLinkStatus(TypedDict):
     chunks: int
     authenticated: bool
     commands: bool  # its hello offered operator commands (POST /admin/robots/<id>/command)
+    cloud_policy: bool  # its hello offered cloud inference (policy.where = "cloud")
     reported: dict[str, Any]  # the robot's own last status report, as it sent it (untrusted)
     group: str | None  # the embodiment group its link uses
 
@@ -66,6 +67,7 @@ class LearnerStatus(TypedDict):
     robots: dict[str, RobotLinkStatus]  # linked now
     rejections: dict[str, int]  # reason code -> links refused
     groups: dict[str, "GroupStatus"]  # name -> each embodiment group's own figures
+    inference: dict[str, Any]  # the policy server's figures (cloud.policy_server.PolicyServer.status)
 
 
 class GroupStatus(TypedDict):

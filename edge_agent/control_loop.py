@@ -27,6 +27,7 @@ from shared.chunk import StepRecord
 from shared.config import ControlConfig
 from shared.faults import hang_point
 
+from .chunk_source import ChunkSource
 from .human import HumanInput, TeleopLost, TickInput
 from .operator import OperatorControls
 from .policy_holder import LoadedPolicy, PolicyHolder
@@ -52,7 +53,7 @@ class ControlLoop(threading.Thread):
     def __init__(
         self, robot: Robot, policy: PolicyHolder, recorder: Recorder, cfg: ControlConfig,
         may_start: threading.Event | None = None, operator: OperatorControls | None = None,
-        teleop: Teleop | None = None, demo: bool = False,
+        teleop: Teleop | None = None, demo: bool = False, chunks: ChunkSource | None = None,
     ):
         super().__init__(name="control-loop", daemon=True)
         self.robot, self.policy, self.recorder, self.cfg = robot, policy, recorder, cfg
@@ -82,6 +83,9 @@ class ControlLoop(threading.Thread):
         self.on_episode: Callable[[EpisodeEnd], None] = lambda _end: None  # called on the loop's thread
         self._period_errors: deque[float] = deque(maxlen=2000)
         self._pinned: LoadedPolicy | None = None  # synchronous mode: the episode's policy
+        # Action chunks (policy.where = "cloud", or a chunked policy on the robot): the executor picks each tick's action
+        self.chunks = chunks
+        self._chunk_index = -1  # the current step's position in its chunk (-1: not from a chunk)
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -124,6 +128,8 @@ class ControlLoop(threading.Thread):
             obs = self.robot.reset()
             # synchronous mode acts a whole episode with the policy it started with (None: no policy yet)
             self._pinned = self.policy.current if self.cfg.sync else None
+            if self.chunks is not None:
+                self.chunks.reset()  # the last episode's plan does not carry over
             self.recorder.start_episode()
             step = episode_interventions = 0
             while not self.stop_event.is_set():
@@ -164,6 +170,7 @@ class ControlLoop(threading.Thread):
                         terminated=terminated, truncated=truncated, success=success,
                         intervention=tick.takeover or self.operator.intervention, policy_version=version, step=step,
                         policy_action=proposal, human_reward=human_reward, demo=self.demo and tick.takeover,
+                        chunk_index=self._chunk_index,
                     )
                 )
                 obs, step = res.observation, step + 1
@@ -210,8 +217,14 @@ class ControlLoop(threading.Thread):
         the human drives, the proposal is the human's action."""
         version = self._pinned.version if self._pinned is not None else self.policy.version
         proposal = None
+        self._chunk_index = -1
+        policy = self._pinned or self.policy.current
         if self.steps < self.cfg.random_steps:
             proposal = self.robot.clamp(self._scale.sample(rng))
+        elif self.chunks is not None and self.chunks.active(policy):
+            step = self.chunks.step(obs, self.steps, time.monotonic(), policy)
+            proposal = self.robot.clamp(self._scale.to_robot(step.action))
+            version, self._chunk_index = step.version, step.chunk_index
         else:
             choice = self.policy.act(obs, self.cfg.deterministic, self._pinned)
             if choice is not None:

@@ -33,7 +33,7 @@ from shared.observations import image_shapes, state_sizes
 from shared.tasks import cancel_and_reap, until_first_done
 from shared.weights import load_weights_file
 
-from . import enrollment
+from . import chunk_source, enrollment
 from .control_loop import ControlLoop, EpisodeEnd
 from .human import open_teleop
 from .operator import OperatorControls
@@ -207,6 +207,7 @@ class Agent:
             "paused": self._paused_reason(), "disk_error": self.disk_error,
             "intervention": self.operator.intervention, "episode_step": self.control.episode_step,
             "human_driving": c.human.driving, "interventions": c.human.interventions, "takeovers": c.human.takeovers,
+            **chunk_source.report(c.chunks),
         }
 
     def _paused_reason(self) -> str:
@@ -251,6 +252,7 @@ class Agent:
                 "takeovers": c.human.takeovers, "read_errors": c.human.read_errors,
                 "recording": self.record_episodes is not None,
             },
+            "chunks": {"where": self.cfg.policy.where, **(c.chunks.counters if c.chunks is not None else {})},
         }
 
     async def _publish_status(self) -> None:
@@ -320,8 +322,13 @@ class Agent:
             from .ros2_bridge import bridged_recorder
 
             recorder = bridged_recorder(bridge, recorder)
+        d, pc = self.desc, self.cfg.policy  # action chunks: from the learner (where = "cloud") or a chunked local policy
+        chunk_src = chunk_source.build(pc, control.rate_hz, d.action_low, d.action_high, self.robot.clamp,
+                                    list(state_sizes(self.spec)), lambda *req: loop.call_soon_threadsafe(
+                                        self.feed.supervisor.send, "act", [*req, self.policy.version]),
+                                    self.policy, control.deterministic)
         self.control = ControlLoop(self.robot, self.policy, recorder, self.cfg.control, self.may_start, self.operator,
-                                   teleop=self.teleop, demo=self.record_episodes is not None)
+                                   teleop=self.teleop, demo=self.record_episodes is not None, chunks=chunk_src)
 
         def episode_ended(end: EpisodeEnd) -> None:  # on the control thread: hand it to the asyncio loop
             loop.call_soon_threadsafe(self.on_episode, end)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Coroutine
 
 from shared.tasks import cancel_and_reap
 
+from .chunk_source import decode_actions
 from .link_supervisor import LinkSupervisor
 from .policy_inbox import clear, inboxes
 from .remote_commands import RemoteCommands
@@ -50,6 +51,7 @@ class LinkFeed:
             "acked": self._acked, "adopt": self._adopt, "lost": self._lost, "link": self._link,
             "welcome": lambda v: agent.policy.learner_announced(v), "policy": self._policy,
             "command": self.commands.handle,  # an operator command from the learner
+            "act_chunk": self._act_chunk,  # the learner's answer to an act request (policy.where = "cloud")
         })
         self._tasks: tuple[asyncio.Task, ...] = ()
 
@@ -115,6 +117,17 @@ class LinkFeed:
         self.state = snapshot
         if snapshot["connected"] and not was:
             self.on_ack()  # the welcome's mark may have freed the spool
+
+    def _act_chunk(self, payload: list[Any]) -> None:
+        """An action chunk (or a refusal) for the control loop: it takes it at its next tick."""
+        rid, start, version, horizon, action_dim, actions, code = payload
+        source = self.agent.control.chunks
+        if source is None:
+            return
+        if code:
+            source.refused(rid, code)
+        else:
+            source.chunk_arrived(rid, start, version, decode_actions(actions, horizon, action_dim))
 
     def _policy(self, payload: tuple[int, str, str]) -> None:
         version, sha256, path = payload

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import ctypes
 import logging
 import os
@@ -23,7 +24,7 @@ from typing import Any
 
 from shared.logs import setup as setup_logs
 from shared.config import AgentConfig, LinkConfig
-from shared.protocol import Command, EdgeConnection, Limits, commands
+from shared.protocol import ActChunk, Command, EdgeConnection, Limits, commands, inference
 from shared.tasks import cancel_and_reap
 
 from .link_ipc import Channel, open_channel
@@ -52,9 +53,12 @@ def offered(cfg: AgentConfig, credential: str | None) -> tuple[str, ...]:
     """The hello's features: commands only where they would be applied, i.e. the site allows them
     (``control.remote_commands``) and the learner can prove itself, as for weights (a credential, or
     ``link.allow_unauthenticated``: :meth:`Uplink._trusted`). The learner answers 409 for any other
-    robot, rather than accept a command this robot would drop."""
-    takes = cfg.control.remote_commands and (bool(credential) or cfg.link.allow_unauthenticated)
-    return (commands.FEATURE,) if takes else ()
+    robot, rather than accept a command this robot would drop. Cloud inference (``policy.where =
+    "cloud"``) likewise: the robot acts on the chunks, so only from a learner that proved itself."""
+    trusted = bool(credential) or cfg.link.allow_unauthenticated
+    takes = cfg.control.remote_commands and trusted
+    cloud = cfg.policy.where == "cloud" and trusted
+    return (commands.FEATURE,) * takes + (inference.FEATURE,) * cloud
 
 
 class LinkProcess:
@@ -79,8 +83,10 @@ class LinkProcess:
         self.uplink.limit_seq = hello["limit_seq"]
         self.uplink.on_welcome = lambda welcome: self.ch.send("welcome", welcome.policy_version)
         self.uplink.on_command = self._on_command
+        self.uplink.on_act_chunk = self._on_act_chunk
         self._snapshot_changed = asyncio.Event()
         self.uplink.on_ack = self._snapshot_changed.set
+        self._acts: set[asyncio.Task[None]] = set()
 
     def _notify(self, kind: str, payload: Any) -> None:
         self.loop.call_soon_threadsafe(self.ch.send, kind, payload)
@@ -88,6 +94,19 @@ class LinkProcess:
     def _on_command(self, cmd: Command) -> None:
         """An operator command from the learner: the control process applies it (or refuses: its config)."""
         self.ch.send("command", [cmd.kind, cmd.value])
+
+    def _on_act_chunk(self, msg: ActChunk) -> None:
+        """The learner's answer to an act request: to the control process as it is (actions base64)."""
+        self.ch.send("act_chunk", [msg.id, msg.start_step, msg.policy_version, msg.horizon, msg.action_dim,
+                                   base64.b64encode(msg.actions).decode(), msg.code])
+
+    async def _act(self, payload: list[Any]) -> None:
+        """Send one act request; if it cannot go out (no live link), say so at once: the robot takes its
+        safe action now instead of waiting for the request to time out."""
+        rid, step, obs, version = payload
+        why = await self.uplink.send_act(rid, step, {k: base64.b64decode(v) for k, v in obs.items()}, version)
+        if why:
+            self.ch.send("act_chunk", [rid, step, 0, 0, 0, "", why])
 
     async def _on_policy(self, version: int, sha256: str, data: Any) -> None:
         """Hand a whole policy to the control process as a file: it maps it and swaps between ticks."""
@@ -127,6 +146,10 @@ class LinkProcess:
                 elif kind == "status":
                     self.report, self.policy_version = payload["report"], payload["policy_version"]
                     self.view.owner_state(payload["spool"])
+                elif kind == "act":
+                    task = asyncio.create_task(self._act(payload))
+                    self._acts.add(task)
+                    task.add_done_callback(self._acts.discard)
                 elif kind == "link_cfg":
                     self.uplink.cfg = LinkConfig.model_validate(payload)
                 elif kind == "drain":
@@ -156,6 +179,13 @@ async def _main(fd: int) -> int:
         return 1
     hello = msg[1]
     setup_logs(hello["log_level"])
+    if hello["cfg"].get("policy", {}).get("where") != "cloud":
+        # Below the control process, which shares the robot computer's cores. Not with cloud inference:
+        # then every action chunk comes through this process, which is on the control path.
+        try:
+            os.nice(5)
+        except OSError:
+            pass
     return await LinkProcess(ch, hello).run()
 
 
@@ -167,10 +197,6 @@ def main(argv: list[str] | None = None) -> int:
     _die_with_parent(args.parent)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
-    try:
-        os.nice(5)  # below the control process, which shares the robot computer's cores
-    except OSError:
-        pass
     return asyncio.run(_main(args.fd))
 
 

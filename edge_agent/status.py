@@ -10,7 +10,7 @@ Keys are documented in docs (``edge-agent status``); change them with the docs.
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import Any, TypedDict
 
 
 class Jitter(TypedDict):
@@ -21,7 +21,21 @@ class Jitter(TypedDict):
     max_ms: float
 
 
-class LinkReport(TypedDict):
+class ChunkReport(TypedDict):
+    """Action-chunk execution (edge_agent.chunk_exec.ChunkCounters), flat, as the learner hears it."""
+
+    chunks_requests: int  # chunk requests sent (cloud) or made (a chunked policy on the robot)
+    chunks_chunks: int  # chunks taken
+    chunks_late_ticks: int  # ticks mid-episode without an action from a chunk: the safe action ran
+    chunks_start_ticks: int  # ticks at an episode's start before its first chunk came
+    chunks_lost: int  # requests unanswered within policy.request_timeout_ms
+    chunks_stale: int  # chunks dropped: late answers, duplicates, all in the past
+    chunks_blended: int  # seams crossfaded
+    chunks_refused: int  # requests the learner refused (rate, in-flight, latency budget, no policy)
+    chunks_rtt_ms: float  # the latest round trip
+
+
+class LinkReport(ChunkReport):
     """Robot -> learner, every few seconds on the link."""
 
     policy_version: int
@@ -96,3 +110,4 @@ class AgentStatus(TypedDict):
     spool: SpoolStatus
     control: ControlStatus
     teleop: TeleopStatus
+    chunks: dict[str, Any]  # where the policy runs and the chunk counters (ChunkReport's, unprefixed)

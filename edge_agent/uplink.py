@@ -18,8 +18,8 @@ from websockets.asyncio.client import connect
 
 from shared.errors import FleetError, InvalidState
 from shared.lograte import LogLimiter
-from shared.protocol import (Ack, Command, EdgeConnection, Limits, Policy, Reject, TunnelClose, TunnelData, TunnelOpen,
-                             Welcome)
+from shared.protocol import (Ack, ActChunk, Command, EdgeConnection, Limits, Policy, Reject, TunnelClose, TunnelData,
+                             TunnelOpen, Welcome, inference)
 from shared.protocol.codes import TRANSIENT, RejectCode
 from shared.protocol.stream import PolicyReceiver, UploadWindow
 from shared.config import LinkConfig
@@ -69,6 +69,7 @@ class Uplink:
         self.on_ack: Callable[[], Any] = lambda: None
         self.on_welcome: Callable[[Welcome], Any] = lambda welcome: None  # e.g. the learner's policy version
         self.on_command: Callable[[Command], Any] = lambda cmd: None  # an operator command (edge_agent.remote_commands)
+        self.on_act_chunk: Callable[[ActChunk], Any] = lambda msg: None  # an action chunk (policy.where = "cloud")
         self._live: tuple[Any, EdgeConnection | None] = (None, None)
         self.window = UploadWindow(spool.acked_seq, max(1, limits.max_inflight_chunks))  # renewed by each welcome
         self._ack_arrived = asyncio.Event()
@@ -216,6 +217,21 @@ class Uplink:
                 window.sent(rec.seq)
             await self._wake.wait()
 
+    async def send_act(self, request_id: int, step: int, obs: dict[str, bytes], policy_version: int) -> str:
+        """Send an act request on the live link: "" once sent, else why not (a refusal code for the robot)."""
+        ws, conn = self._live
+        if ws is None or conn is None or not self.connected or conn.state.value != "open":
+            return inference.LINK_DOWN
+        try:
+            await ws.send(conn.act_request(request_id, step, obs, policy_version))
+        except FleetError as e:  # our hello did not offer it (an untrusted learner), or a bad observation
+            _LOGS.log(log, logging.WARNING, ("act_request_refused", e.code), "event=act_request_not_sent code=%s "
+                      "message=%r", e.code, e.message)
+            return inference.LINK_DOWN if isinstance(e, InvalidState) else inference.BAD_OBSERVATION
+        except (OSError, websockets.exceptions.WebSocketException):
+            return inference.LINK_DOWN
+        return ""
+
     async def _send_status(self, ws: Any, conn: EdgeConnection) -> None:
         while True:
             await ws.send(conn.status(self.status()))
@@ -259,6 +275,9 @@ class Uplink:
                         log.error("event=policy_refused version=%d code=load_failed message=%r", whole[0], f"{type(e).__name__}: {e}")
             elif isinstance(msg, (TunnelOpen, TunnelData, TunnelClose)):
                 await tunnels.handle(msg)
+            elif isinstance(msg, ActChunk):
+                if not self.policy_refused_reason:  # an unproven learner's actions are not taken either
+                    self.on_act_chunk(msg)
             elif isinstance(msg, Command):
                 if self.policy_refused_reason:  # an unproven learner: its commands are not taken either
                     _REFUSED.log(log, logging.WARNING, ("command_refused",), "event=remote_command_refused kind=%s "

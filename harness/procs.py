@@ -101,7 +101,8 @@ class Learner:
 
     def __init__(self, root: Path, port: int = 0, data_dir: Path | None = None, env: dict[str, str] | None = None,
                  learner: dict[str, Any] | None = None, name: str = "learner", server: dict[str, Any] | None = None,
-                 limits: dict[str, Any] | None = None, host: str = "127.0.0.1", groups: dict[str, Any] | None = None):
+                 limits: dict[str, Any] | None = None, host: str = "127.0.0.1", groups: dict[str, Any] | None = None,
+                 inference: dict[str, Any] | None = None):
         self.root, self.name = root, name
         root.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir or root / name
@@ -117,6 +118,8 @@ class Learner:
             cfg["limits"] = limits
         if groups:
             cfg["groups"] = groups
+        if inference:
+            cfg["inference"] = inference
         self.cfg.write_text(tomli_w.dumps(cfg))
         self.env = env or {}
         self.proc: subprocess.Popen | None = None
@@ -188,7 +191,7 @@ class Agent:
                  chunk_steps: int = 10, spool: dict[str, Any] | None = None, spool_dir: Path | None = None,
                  link: dict[str, Any] | None = None, service: dict[str, Any] | None = None,
                  control: dict[str, Any] | None = None, driver: str = "mujoco_fetch",
-                 driver_options: dict[str, Any] | None = None):
+                 driver_options: dict[str, Any] | None = None, policy: dict[str, Any] | None = None):
         self.root, self.robot_id = root, robot_id
         self.dir = root / robot_id
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -201,6 +204,7 @@ class Agent:
         self.link = link or {}
         self.service = service or {}
         self.control = control or {}  # more [control] keys (e.g. remote_commands)
+        self.policy = policy or {}  # the [policy] table (where = "cloud", horizon, on_late, ...)
         self.driver = driver
         self.driver_options = {"seed": abs(hash(robot_id)) % 1000} if driver_options is None else dict(driver_options)
         self.proc: subprocess.Popen | None = None
@@ -217,6 +221,7 @@ class Agent:
             "spool": {"dir": str(self.spool_dir), **self.spool},
             "state_dir": str(self.state_dir),
             **service,
+            **({"policy": self.policy} if self.policy else {}),
         }))
 
     def start(self, drain_timeout: float = 120, env: dict[str, str] | None = None) -> "Agent":

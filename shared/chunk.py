@@ -23,7 +23,7 @@ from .compression import compress, decompress
 from .errors import SchemaError
 from .image_codec import decode_image, encode_image
 from .protocol.messages import Chunk
-from .schema import NEXT_PREFIX, OBS_PREFIX, SCHEMA_VERSION, V3_COLUMNS, EpisodeSpec, FieldSpec
+from .schema import NEXT_PREFIX, OBS_PREFIX, SCHEMA_VERSION, V3_COLUMNS, V4_COLUMNS, EpisodeSpec, FieldSpec
 
 
 @dataclass
@@ -44,6 +44,7 @@ class StepRecord:
     policy_action: np.ndarray | None = None  # what the policy proposed; None: it is ``action``
     human_reward: float = 0.0  # labels from people, apart from the driver's ``reward``
     demo: bool = False  # part of a recorded demonstration
+    chunk_index: int = -1  # position of ``action`` in the action chunk that planned it (-1: not from a chunk)
 
 
 def build_batch(spec: EpisodeSpec, robot_id: str, episode_id: str, steps: list[StepRecord]) -> pa.RecordBatch:
@@ -87,6 +88,7 @@ def build_batch(spec: EpisodeSpec, robot_id: str, episode_id: str, steps: list[S
                           dtype=np.float32).reshape(n, spec.action_dim)
     cols["policy_action"] = pa.FixedSizeListArray.from_arrays(pa.array(proposed.ravel()), spec.action_dim)
     cols["human_reward"] = pa.array([s.human_reward for s in steps], pa.float32())
+    cols["chunk_index"] = pa.array([s.chunk_index if s.chunk_index >= 0 else None for s in steps], pa.int32())
     return pa.RecordBatch.from_arrays([cols[f.name] for f in schema], schema=schema)
 
 
@@ -198,10 +200,13 @@ T = TypeVar("T", pa.RecordBatch, pa.Table)
 
 def upgrade(data: T) -> T:
     """Rows of an older layout (a robot's chunk, a stored segment) in this build's: the columns schema
-    version 3 added get what such a row means (the policy's action, no human reward, no demo)."""
+    version 3 added get what such a row means (the policy's action, no human reward, no demo), and
+    version 4's ``chunk_index`` is null (no chunk planned them)."""
     names = data.schema.names
-    if all(c in names for c in V3_COLUMNS):
+    if all(c in names for c in V3_COLUMNS + V4_COLUMNS):
         return data
+    if all(c in names for c in V3_COLUMNS):
+        return _add_chunk_index(data)
     lacking = [c for c in ("action", "intervention") if c not in names]
     if lacking:  # not fleetrl rows of any version (a foreign Parquet file)
         raise SchemaError(f"rows lack the column(s) {lacking} every fleetrl layout has")
@@ -218,6 +223,24 @@ def upgrade(data: T) -> T:
         typ = action.type if name == "policy_action" else pa.float32() if name == "human_reward" else pa.bool_()
         cols.insert(at + k, added[name])
         fields.insert(at + k, pa.field(name, typ, nullable=False))
+    schema = pa.schema(fields, metadata=meta)
+    if isinstance(data, pa.RecordBatch):
+        return _add_chunk_index(pa.RecordBatch.from_arrays(cols, schema=schema))
+    return _add_chunk_index(pa.Table.from_arrays(cols, schema=schema))
+
+
+def _add_chunk_index(data: T) -> T:
+    """Version 3 rows in version 4's layout: no chunk planned them (null ``chunk_index``, after ``demo``)."""
+    names = data.schema.names
+    if "chunk_index" in names:
+        return data
+    at = names.index("demo") + 1  # stored segments add stream_seq after
+    meta = dict(data.schema.metadata or {})
+    meta[b"fleetrl.schema_version"] = str(SCHEMA_VERSION).encode()
+    cols = [data.column(i) for i in range(data.num_columns)]
+    fields = list(data.schema)
+    cols.insert(at, pa.nulls(data.num_rows, pa.int32()))
+    fields.insert(at, pa.field("chunk_index", pa.int32(), nullable=True))
     schema = pa.schema(fields, metadata=meta)
     if isinstance(data, pa.RecordBatch):
         return pa.RecordBatch.from_arrays(cols, schema=schema)

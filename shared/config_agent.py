@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 
 from .config_base import Strict as _Strict, device_setting, is_loopback
+from .config_inference import AgentPolicyConfig
 from .ids import PATTERN as ID_PATTERN, RULE as ID_RULE
 
 # ---------------------------------------------------------------- edge agent
@@ -191,3 +192,7 @@ class AgentConfig(_Strict):
     ros2: Ros2BridgeConfig | None = Field(None, description="publish status/actions on ROS 2 and take commands from it")
     teleop: TeleopConfig | None = Field(None, description="a human's device: take over the arm, label rewards, record demos")
     service: AgentServiceConfig = Field(default_factory=AgentServiceConfig, description="daemon: logs, status file, metrics")
+    policy: AgentPolicyConfig = Field(
+        default_factory=AgentPolicyConfig, description="where the policy runs (robot or cloud) and how action chunks are "
+        "executed (docs/cloud_inference.md)",
+    )

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from .config_base import Strict as _Strict, device_setting, is_loopback
 from .config_groups import GroupsConfig, NamedGroup
+from .config_inference import InferenceConfig
 
 # ---------------------------------------------------------------- cloud learner
 
@@ -238,6 +239,10 @@ class LearnerConfig(_Strict):
     groups: GroupsConfig = Field(
         default_factory=GroupsConfig, description="embodiment groups: robots of another episode spec get their own "
         "buffer, policy and checkpoints (mixed fleets)",
+    )
+    inference: InferenceConfig = Field(
+        default_factory=InferenceConfig, description="policy server for robots with policy.where = \"cloud\" "
+        "(docs/cloud_inference.md)",
     )
     cluster: dict[str, Any] | None = Field(
         None, description="multi-node run on Ray: nodes, groups, placement (checked by cloud.cluster.config)"

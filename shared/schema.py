@@ -18,13 +18,16 @@ from .errors import SchemaError
 CODECS = ("raw", "png", "jpeg")
 MAX_FIELD_ELEMENTS = 1 << 26  # 64 Mi values: a 4K RGB camera fits, an absurd spec does not
 MAX_ACTION_DIM = 4096
-SCHEMA_VERSION = 3  # 3: policy_action, human_reward and demo columns (humans in the loop)
+SCHEMA_VERSION = 4  # 3: policy_action, human_reward and demo columns (humans in the loop); 4: chunk_index
 FRAMES_ONCE_VERSION = 2  # from 2: camera frames stored once (next_obs image columns hold the chunk's last frame only)
 STATE_ONLY_VERSIONS = (1,)  # older versions whose layout is identical to 2 for specs without image fields
-READABLE_VERSIONS = (1, 2, 3)
+READABLE_VERSIONS = (1, 2, 3, 4)
 # Columns added by version 3, with the value a row of an older robot (or segment) gets: the action
 # it executed was its policy's, no human reward, not a demonstration.
 V3_COLUMNS = ("policy_action", "human_reward", "demo")
+# Added by version 4: the step's position in the action chunk that planned it (null: not from a chunk, and
+# every row of an older robot or segment).
+V4_COLUMNS = ("chunk_index",)
 OBS_PREFIX = "obs."
 NEXT_PREFIX = "next_obs."
 
@@ -222,4 +225,6 @@ class EpisodeSpec:
                 pa.field("human_reward", pa.float32(), nullable=False),
                 pa.field("demo", pa.bool_(), nullable=False),
             ]
+        if self.version >= 4:
+            fields.append(pa.field("chunk_index", pa.int32(), nullable=True))
         return pa.schema(fields, metadata={"fleetrl.schema_version": str(self.version)})

@@ -6,8 +6,9 @@ bytes, which is what lets the protocol be fuzzed and tested without a network.
 
 Handshake: cloud -> challenge(nonce); robot -> hello(identity, spec, proof, features);
 cloud -> welcome(resume point, server signature) or reject. The hello's features
-say what else the robot's link takes (commands: :mod:`.commands`); the cloud end
-encodes nothing a robot did not offer.
+say what else the robot's link takes (commands: :mod:`.commands`; cloud inference:
+:mod:`.inference`); the cloud end encodes nothing a robot did not offer, and takes no
+ActRequest from a robot that did not offer inference.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from typing import Any
 
 from .. import auth
 from ..errors import InvalidState, ProtocolError
-from . import commands
+from . import commands, inference
 from .codes import RejectCode
 from .frames import MsgType, decode_frame, encode_frame
 from .limits import Limits
 from .messages import (
-    PARSERS, PROTOCOL_VERSIONS, Ack, Challenge, Chunk, Command, Hello, Lost, Message, Policy, Reject, Status,
+    PARSERS, PROTOCOL_VERSIONS, Ack, ActChunk, ActRequest, Challenge, Chunk, Command, Hello, Lost, Message, Policy, Reject, Status,
     TunnelClose, TunnelData, TunnelOpen, Welcome,
 )
 
@@ -85,7 +86,7 @@ class EdgeConnection(_Base):
     the I/O layer decides, so a confused learner costs a log line, not the link."""
 
     accepts = frozenset({MsgType.ACK, MsgType.POLICY, MsgType.REJECT, MsgType.TUNNEL_OPEN, MsgType.TUNNEL_DATA,
-                         MsgType.TUNNEL_CLOSE, MsgType.COMMAND})
+                         MsgType.TUNNEL_CLOSE, MsgType.COMMAND, MsgType.ACT_CHUNK})
 
     def __init__(self, robot_id: str, spec: dict[str, Any], units: list[dict[str, Any]], limits: Limits | None = None,
                  credential: str | None = None, features: tuple[str, ...] = ()):
@@ -149,12 +150,21 @@ class EdgeConnection(_Base):
         self._require_open()
         return _encode(Lost(first, last, reason))
 
+    def act_request(self, request_id: int, step: int, obs: dict[str, bytes], policy_version: int = 0) -> bytes:
+        """Ask the learner's policy server to act for ``obs`` (field -> float32 bytes), taken at tick ``step``.
+        Checked as the learner will check it (ProtocolError); InvalidState unless our hello offered inference."""
+        self._require_open()
+        if inference.FEATURE not in self.features:
+            raise InvalidState("this link's hello did not offer cloud inference (policy.where = \"cloud\")")
+        obs = inference.check_observation(obs)
+        return _encode(ActRequest(request_id, step, obs, policy_version))
+
 
 class CloudConnection(_Base):
     """The learner's end: challenges, takes a hello, then chunks and status; sends acks, policies, tunnels."""
 
     accepts = frozenset({MsgType.CHUNK, MsgType.LOST, MsgType.STATUS, MsgType.REJECT, MsgType.TUNNEL_DATA,
-                         MsgType.TUNNEL_CLOSE})
+                         MsgType.TUNNEL_CLOSE, MsgType.ACT_REQUEST})
 
     def __init__(self, limits: Limits | None = None, channel: str = ""):
         """``channel``: SHA-256 (hex) of this learner's own TLS certificate, "" on plain ws://."""
@@ -189,6 +199,9 @@ class CloudConnection(_Base):
             raise ProtocolError("message before the welcome was sent", RejectCode.BAD_STATE)
         elif isinstance(msg, Chunk) and len(msg.body) > self.limits.max_frame_bytes:
             raise ProtocolError("chunk body too large", RejectCode.FRAME_TOO_LARGE)
+        elif isinstance(msg, ActRequest) and not self.takes_inference:
+            raise ProtocolError(f"robot {self.robot_id} sent an act request without offering {inference.FEATURE!r} "
+                                "in its hello", RejectCode.BAD_STATE)
         return msg
 
     def verify(self, stored_key: bytes) -> bool:
@@ -224,6 +237,28 @@ class CloudConnection(_Base):
     def takes_commands(self) -> bool:
         """Whether the robot's hello offered commands (an older agent, or one whose site turned them off, did not)."""
         return self.hello_msg is not None and commands.FEATURE in self.hello_msg.features
+
+    @property
+    def takes_inference(self) -> bool:
+        """Whether the robot's hello offered cloud inference (its config says policy.where = "cloud")."""
+        return self.hello_msg is not None and inference.FEATURE in self.hello_msg.features
+
+    def act_chunk(self, request_id: int, start_step: int, policy_version: int, actions: Any = None,
+                  code: str = "", message: str = "") -> bytes:
+        """The answer to an ActRequest: ``actions`` (a float32 [horizon, action_dim] array-like in [-1, 1]),
+        or a refusal ``code`` (:data:`inference.REFUSALS`) and a message. Checked as the robot will check
+        it (ProtocolError); InvalidState for a robot that did not offer inference."""
+        self._require_open()
+        if not self.takes_inference:
+            raise InvalidState(f"robot {self.robot_id} did not offer cloud inference in its hello")
+        code, message = inference.check_code(code, message)
+        if code:
+            return _encode(ActChunk(request_id, start_step, policy_version, code=code, message=message))
+        if actions is None or len(getattr(actions, "shape", ())) != 2:
+            raise ProtocolError("act_chunk actions must be a [horizon, action_dim] array", RejectCode.BAD_META)
+        horizon, action_dim = int(actions.shape[0]), int(actions.shape[1])
+        data = inference.check_actions(inference.pack_floats(actions.reshape(-1)), horizon, action_dim)
+        return _encode(ActChunk(request_id, start_step, policy_version, horizon, action_dim, data))
 
     def command(self, kind: str, value: Any = None) -> bytes:
         """An operator command (``commands.check`` says which values are valid: ProtocolError otherwise).

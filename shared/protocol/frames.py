@@ -38,6 +38,8 @@ class MsgType(enum.IntEnum):
     TUNNEL_DATA = 11
     TUNNEL_CLOSE = 12
     COMMAND = 13  # only to a robot whose hello lists the feature (shared.protocol.commands)
+    ACT_REQUEST = 14  # only from a robot whose hello lists the feature (shared.protocol.inference)
+    ACT_CHUNK = 15  # only to such a robot
 
 
 @dataclass(frozen=True)

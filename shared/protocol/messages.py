@@ -12,7 +12,7 @@ from typing import Any, ClassVar, TypeVar
 from ..errors import ProtocolError
 from .codes import RejectCode
 from ..ids import SAFE_ID
-from . import commands
+from . import commands, inference
 from .frames import Frame, MsgType
 
 PROTOCOL_VERSIONS = (1,)  # link protocol versions this build speaks
@@ -347,10 +347,65 @@ class Command:
         return cls(kind=kind, value=commands.check(kind, f.meta.get("value")))
 
 
+@dataclass(frozen=True)
+class ActRequest:
+    """Robot to cloud: "act for this observation" (``policy.where = "cloud"``). ``step`` is the robot's tick the
+    observation was taken at; the answer's chunk starts there, so the robot knows how much of it the round
+    trip already used. Sent only by a robot whose hello offered :data:`inference.FEATURE`."""
+
+    TYPE: ClassVar[MsgType] = MsgType.ACT_REQUEST
+    id: int  # the robot's request id (wraps at 2**32): the answer carries it
+    step: int
+    obs: dict[str, bytes]  # state field -> float32 little-endian bytes
+    policy_version: int = 0  # the version the robot holds itself, if any (for the learner's log)
+
+    def meta(self) -> dict[str, Any]:
+        return {"id": self.id, "step": self.step, "obs": self.obs, "policy_version": self.policy_version}
+
+    @classmethod
+    def parse(cls, f: Frame) -> "ActRequest":
+        m = f.meta
+        return cls(id=_uint(m, "id", "act_request", inference.MAX_ID), step=_uint(m, "step", "act_request"),
+                   obs=inference.check_observation(m.get("obs")),
+                   policy_version=_uint(m, "policy_version", "act_request") if "policy_version" in m else 0)
+
+
+@dataclass(frozen=True)
+class ActChunk:
+    """Cloud to robot: the answer to one ActRequest: ``horizon`` actions in [-1, 1] for steps
+    ``start_step``, ``start_step + 1``, ... (float32 bytes, row-major), chosen by ``policy_version``;
+    or, with ``code`` set (:data:`inference.REFUSALS`), no actions and the reason."""
+
+    TYPE: ClassVar[MsgType] = MsgType.ACT_CHUNK
+    id: int
+    start_step: int
+    policy_version: int = 0
+    horizon: int = 0
+    action_dim: int = 0
+    actions: bytes = b""
+    code: str = ""
+    message: str = ""
+
+    def meta(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def parse(cls, f: Frame) -> "ActChunk":
+        m = f.meta
+        code, message = inference.check_code(m.get("code", ""), m.get("message", ""))
+        rid, start = _uint(m, "id", "act_chunk", inference.MAX_ID), _uint(m, "start_step", "act_chunk")
+        version = _uint(m, "policy_version", "act_chunk")
+        if code:
+            return cls(rid, start, version, code=code, message=message)
+        horizon, action_dim = m.get("horizon"), m.get("action_dim")
+        actions = inference.check_actions(m.get("actions"), horizon, action_dim)  # checks both ints too
+        return cls(rid, start, version, int(horizon), int(action_dim), actions)  # type: ignore[arg-type]
+
+
 Message = (Hello | Welcome | Chunk | Ack | Policy | Status | Reject | Lost | Challenge | TunnelOpen | TunnelData | TunnelClose
-           | Command)
+           | Command | ActRequest | ActChunk)
 PARSERS: dict[MsgType, Any] = {
     c.TYPE: c
     for c in (Hello, Welcome, Chunk, Ack, Policy, Status, Reject, Lost, Challenge, TunnelOpen, TunnelData, TunnelClose,
-              Command)
+              Command, ActRequest, ActChunk)
 }

@@ -252,12 +252,12 @@ def test_nulls_in_obs_frames_are_still_refused():
 
 
 def test_spec_versions():
-    assert SCHEMA_VERSION == 3 and SPEC.to_dict()["version"] == 3
+    assert SCHEMA_VERSION == 4 and SPEC.to_dict()["version"] == 4
     v1_state = {**STATE.to_dict(), "version": 1}
     assert EpisodeSpec.from_dict(v1_state) == STATE  # same layout without cameras
     err = pytest.raises(SchemaError, EpisodeSpec.from_dict, {**SPEC.to_dict(), "version": 1}).value
     assert "older fleetrl" in err.message and "front" in err.message
-    for bad in (0, 4, True, "2", None):
+    for bad in (0, 5, True, "2", None):
         with pytest.raises(SchemaError):
             EpisodeSpec.from_dict({**STATE.to_dict(), "version": bad})
 

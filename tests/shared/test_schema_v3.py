@@ -12,7 +12,7 @@ from cloud.buffer.replay import ReplayBuffer
 from cloud.export.episodes import BufferEpisodes
 from shared.chunk import StepRecord, build_batch, decode_chunk, encode_chunk, upgrade
 from shared.errors import SchemaError
-from shared.schema import V3_COLUMNS, EpisodeSpec, FieldSpec
+from shared.schema import V3_COLUMNS, V4_COLUMNS, EpisodeSpec, FieldSpec
 
 SPEC = EpisodeSpec({"o": FieldSpec((3,))}, 2, (-1.0, -1.0), (1.0, 1.0))
 LIMITS = {"max_decompressed": 1 << 20, "max_rows": 100}
@@ -44,11 +44,11 @@ def test_policy_action_defaults_to_the_executed_action():
 def test_a_v2_robot_is_decoded_in_its_layout_and_stored_in_this_one(tmp_path):
     old = EpisodeSpec.from_dict({**SPEC.to_dict(), "version": 2})
     assert old == SPEC and old.version == 2
-    v2 = build_batch(SPEC, "old", "e", steps(5)).select([c for c in SPEC.arrow_schema().names if c not in V3_COLUMNS])
+    v2 = build_batch(SPEC, "old", "e", steps(5)).select([c for c in SPEC.arrow_schema().names if c not in V3_COLUMNS + V4_COLUMNS])
     assert v2.schema.equals(old.arrow_schema())
     buf = ReplayBuffer(tmp_path / "b", memory_capacity=100)
     buf.check_spec(old, "old")
-    assert buf.spec is not None and buf.spec.version == 3  # the run is stored in this build's layout
+    assert buf.spec is not None and buf.spec.version == 4  # the run is stored in this build's layout
     batch = decode_chunk(encode_chunk(v2), buf.wire_spec("old"), **LIMITS)
     assert batch.schema.equals(SPEC.arrow_schema())
     assert batch.column("policy_action").to_pylist() == batch.column("action").to_pylist()
@@ -64,7 +64,7 @@ def test_segments_written_before_version_3_still_load(tmp_path):
     buf.write([("r", 1, build_batch(SPEC, "r", "e", steps(6, intervention=True, human_reward=1.0)))])
     seg = buf.segment_paths()[0]
     t = pq.read_table(seg)
-    pq.write_table(t.drop_columns(list(V3_COLUMNS)), seg)  # as an older fleetrl stored it
+    pq.write_table(t.drop_columns(list(V3_COLUMNS + V4_COLUMNS)), seg)  # as an older fleetrl stored it
     again = ReplayBuffer(root, memory_capacity=100)
     assert again.size == 6
     batch = again.sample(16, np.random.default_rng(0))
@@ -88,7 +88,7 @@ def test_a_run_with_segments_of_both_layouts_exports_its_episodes(tmp_path):
     buf.check_spec(SPEC, "r")
     buf.write([("r", 1, build_batch(SPEC, "r", "before", steps(4)))])
     seg = buf.segment_paths()[0]
-    pq.write_table(pq.read_table(seg).drop_columns(list(V3_COLUMNS)), seg)  # stored by fleetrl before version 3
+    pq.write_table(pq.read_table(seg).drop_columns(list(V3_COLUMNS + V4_COLUMNS)), seg)  # stored by fleetrl before version 3
     buf.write([("r", 2, build_batch(SPEC, "r", "after", steps(3, demo=True)))])
     episodes = {e.episode_id: e.table for e in BufferEpisodes(tmp_path).episodes()}
     assert sorted(episodes) == ["after", "before"]
@@ -99,3 +99,27 @@ def test_a_run_with_segments_of_both_layouts_exports_its_episodes(tmp_path):
 def test_rows_of_no_fleetrl_layout_are_refused_by_upgrade():
     with pytest.raises(SchemaError, match="lack the column"):
         upgrade(pa.table({"x": [1.0]}))
+
+
+def test_v4_rows_keep_their_chunk_index_and_v3_rows_read_as_not_from_a_chunk(tmp_path):
+    rec = steps(4)
+    for i, s in enumerate(rec):
+        s.chunk_index = [3, 4, -1, 0][i]
+    batch = decode_chunk(encode_chunk(build_batch(SPEC, "r", "e", rec)), SPEC, **LIMITS)
+    assert batch.column("chunk_index").to_pylist() == [3, 4, None, 0]
+    old = EpisodeSpec.from_dict({**SPEC.to_dict(), "version": 3})
+    v3 = build_batch(old, "old", "e", steps(3))
+    assert "chunk_index" not in v3.schema.names
+    up = decode_chunk(encode_chunk(v3), old, **LIMITS)
+    assert up.schema.equals(SPEC.arrow_schema()) and up.column("chunk_index").to_pylist() == [None] * 3
+    # A segment stored by a version 3 learner loads in this layout.
+    root = tmp_path / "b"
+    buf = ReplayBuffer(root, memory_capacity=100)
+    buf.check_spec(SPEC, "r")
+    buf.write([("r", 1, build_batch(SPEC, "r", "e", rec))])
+    seg = buf.segment_paths()[0]
+    pq.write_table(pq.read_table(seg).drop_columns(list(V4_COLUMNS)), seg)
+    again = ReplayBuffer(root, memory_capacity=100)
+    assert again.size == 4
+    table = again.read_segment(again.segments()[0])
+    assert table.column("chunk_index").to_pylist() == [None] * 4

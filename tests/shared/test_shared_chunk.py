@@ -345,12 +345,12 @@ def test_arrow_schema_layout():
     schema = SPEC.arrow_schema()
     assert schema.metadata == {b"fleetrl.schema_version": str(SCHEMA_VERSION).encode()}
     assert schema.names[:5] == ["robot_id", "episode_id", "step", "t_ns", "policy_version"]
-    assert schema.names[-9:] == ["action", "reward", "terminated", "truncated", "success", "intervention",
-                                 "policy_action", "human_reward", "demo"]
+    assert schema.names[-10:] == ["action", "reward", "terminated", "truncated", "success", "intervention",
+                                  "policy_action", "human_reward", "demo", "chunk_index"]
     for name in SPEC.observation:
         assert f"obs.{name}" in schema.names and f"next_obs.{name}" in schema.names
     nullable = {f.name for f in schema if f.nullable}
-    assert nullable == {"next_obs.cam_raw", "next_obs.cam_png", "next_obs.cam_jpg"}  # frames stored once
+    assert nullable == {"next_obs.cam_raw", "next_obs.cam_png", "next_obs.cam_jpg", "chunk_index"}  # frames once
     # one frame per chunk: variable binary, so null rows hold no bytes (fixed-size binary would zero-fill them)
     assert all(schema.field(f"next_obs.{c}").type == pa.binary() for c in ("cam_raw", "cam_png", "cam_jpg"))
     assert schema.field("obs.pose").type == pa.list_(pa.float32(), 6)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from shared.errors import FleetError, InvalidState, ProtocolError
 from shared.protocol import (
+    ActChunk, ActRequest,
     FRAME_VERSION,
     PROTOCOL_VERSIONS,
     Ack,
@@ -247,6 +248,9 @@ ALL_MESSAGES = [
     Command("reward", -0.5),
     Command("stop_episode"),
     Hello("robot-1", (1,), SPEC, UNITS, features=("commands",)),
+    ActRequest(3, 17, {"pos": b"\x00" * 12}, 2),
+    ActChunk(3, 17, 2, 2, 1, b"\x00" * 8),
+    ActChunk(4, 0, 0, code="rate_limited", message="slow down"),
 ]
 
 
@@ -720,7 +724,7 @@ def feed_all(data: bytes) -> None:
     from shared.protocol.messages import Message  # noqa: F401  (union type, for isinstance below)
 
     kinds = (Hello, Welcome, Chunk, Ack, Policy, Status, Reject, Lost, Challenge, TunnelOpen, TunnelData, TunnelClose,
-             Command)
+             Command, ActRequest, ActChunk)
     receivers = [challenged().receive, EdgeConnection("robot-1", SPEC, []).receive]
     edge, cloud = handshake()
     receivers += [edge.receive, cloud.receive]
@@ -783,7 +787,7 @@ FIELD_NAMES = [
     "robot_id", "versions", "spec", "units", "policy_version", "agent_version", "version", "run_id", "acked_seq",
     "max_inflight", "seq", "episode_id", "rows", "raw_size", "crc32", "sha256", "size", "values", "code", "message", "first", "last", "reason",
     "client_nonce", "proof", "server_signature", "nonce", "stream", "port", "offset", "partial_policy", "partial_bytes",
-    "features", "kind", "value",
+    "features", "kind", "value", "id", "step", "obs", "start_step", "horizon", "action_dim", "actions",
 ]
 
 

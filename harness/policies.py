@@ -1,0 +1,23 @@
+"""Policy files for tests and benchmarks: a small flow policy (action chunks) for a robot's fields,
+written as the learner's ``inference.weights`` reads it (nothing is downloaded; the weights are random:
+these measure the plumbing, not the task)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from shared.policy import FlowActor
+from shared.weights import encode_weights
+
+
+def flow_policy_file(path: Path, fields: Sequence[str], obs_dim: int, act_dim: int, horizon: int = 10,
+                     hidden: Sequence[int] = (64, 64), steps: int = 5, version: int = 1, seed: int = 0) -> Path:
+    """A FlowActor reading ``fields`` (``obs_dim`` floats in all), emitting [horizon, act_dim] chunks."""
+    torch.manual_seed(seed)
+    actor = FlowActor(obs_dim, act_dim, horizon=horizon, hidden=hidden, steps=steps)
+    blob = encode_weights(actor.state_dict(), version, {"actor": actor.arch(), "obs_fields": list(fields)})
+    path.write_bytes(blob.data)
+    return path
