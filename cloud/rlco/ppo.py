@@ -22,6 +22,7 @@ from shared.config_rlco import RLConfig
 from shared.policy import GaussianActor
 from shared.policy.gaussian import mlp
 
+from . import rngstate
 from .gae import gae
 from .losses import Demos, sft_loss, stage2_loss
 from .vecenv import VecEnv
@@ -155,26 +156,13 @@ class PPO:
 
     def state_dict(self) -> dict[str, Any]:
         return {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(), "optim": self.optim.state_dict(),
-                "gen": self.gen.get_state(), "rng": _rng_state(self.rng), "iterations": self.iterations}
+                "gen": self.gen.get_state(), "rng": rngstate.dump(self.rng), "iterations": self.iterations}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         self.actor.load_state_dict(d["actor"])
         self.critic.load_state_dict(d["critic"])
         self.optim.load_state_dict(d["optim"])
         self.gen.set_state(d["gen"])
-        self.rng = _rng_from(d["rng"])
+        self.rng = rngstate.load(d["rng"])
         self.iterations = int(d["iterations"])
 
-
-def _rng_state(rng: np.random.Generator) -> str:
-    import json
-
-    return json.dumps(rng.bit_generator.state)
-
-
-def _rng_from(state: str) -> np.random.Generator:
-    import json
-
-    rng = np.random.default_rng()
-    rng.bit_generator.state = json.loads(state)
-    return rng
