@@ -72,6 +72,9 @@ class RLConfig(Strict):
     init_log_std: float | None = Field(-1.0, description=(
         "ppo: exploration noise (pre-tanh log std) the Stage I actor starts Stage II with; SFT on near-deterministic "
         "demos shrinks it to ~e^-3, too little to explore (None: keep the actor's)"))
+    critic_warmup: int = Field(2, ge=0, description=(
+        "ppo: first iterations that train the critic only: a fresh critic's advantages are noise, and PPO steps "
+        "on them would undo Stage I before the critic knows anything"))
     sac_updates_per_step: float = Field(1.0, gt=0, description="sac: gradient steps per env step")
     checkpoint_every: int = Field(5, ge=1, description="iterations between in-stage checkpoints")
 
@@ -85,6 +88,10 @@ class EvalConfig(Strict):
     via: Literal["real_path", "in_process"] = Field("real_path", description=(
         "real_path: a learner serves the stage's weights (training off) to edge-agents running the twin; "
         "in_process: the twin env stepped here with the policy's mean action"))
+    rate_hz: float = Field(25.0, gt=0, le=1000, description=(
+        "real_path: the robots' control rate (the twin's own is 25 Hz, as a real arm's loop would run); an agent "
+        "acts before its link is up, so it runs slack episodes for about link_up_s and those are skipped"))
+    link_up_s: float = Field(6.0, gt=0, le=120, description="real_path: time allowed for an agent's link to come up")
     after: list[Literal["sft", "rl"]] = Field(default_factory=lambda: ["sft", "rl"],
                                              description="stages evaluated (the summary table's columns)")
 

@@ -84,4 +84,7 @@ def rlco(
     except FleetError as e:
         typer.echo(f"cloud-learner rlco: {e}", err=True)
         raise typer.Exit(2) from None
-    Console().print(summary_table(summary))
+    console = Console()
+    if not console.is_terminal:  # a log file or a pipe: wide enough that no cell wraps
+        console = Console(width=160)
+    console.print(summary_table(summary))

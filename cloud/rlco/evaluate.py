@@ -8,13 +8,15 @@ weights format (normalisation folded into the first layer), as a robot runs it.
 
 ``real_path`` runs it on edge-agent processes (``realpath``); an agent starts acting before the
 learner's first weights reach it, so episodes not wholly acted by the evaluated version are
-skipped and each robot runs a little slack (its first one or two episodes may be skipped, so the
-set is "the first k policy episodes of each seeded robot"). ``in_process`` steps the same twin
+skipped: robots run at ``eval.rate_hz`` (the twin's own 25 Hz) with slack episodes covering
+``eval.link_up_s``, so the set is "the first k episodes each seeded robot ran with the policy"
+(starts shift by the one or two episodes before the link came up). ``in_process`` steps the same twin
 here, exactly episodes 0..k-1 of each robot.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +32,6 @@ from shared.weights import WeightsBlob, decode_weights
 
 from . import realpath
 
-SLACK_EPISODES = 2  # per robot: episodes that may start before the weights arrive
 MAX_PARAMS = 50_000_000
 
 
@@ -51,6 +52,11 @@ def shares(episodes: int, robots: int) -> list[int]:
     """Episodes per robot: as even as possible, the first robots taking the remainder."""
     robots = min(robots, episodes)
     return [episodes // robots + (i < episodes % robots) for i in range(robots)]
+
+
+def slack_episodes(cfg: EvalConfig, episode_steps: int = 50) -> int:
+    """Extra episodes per robot covering the time its link needs to bring the weights."""
+    return int(math.ceil(cfg.link_up_s * cfg.rate_hz / episode_steps)) + 1
 
 
 def robot_options(task: str, seed: int, dynamics: dict[str, Any]) -> dict[str, Any]:
@@ -133,11 +139,13 @@ def real_path(blob: WeightsBlob, cfg: EvalConfig, task: str, dynamics: dict[str,
     finally:
         probe.close()
     want = shares(cfg.episodes, cfg.robots)
+    slack = slack_episodes(cfg)
     with realpath.learner(root, "eval-learner", policy=blob) as (url, data_dir):
         cmds = []
         for i, n in enumerate(want):
             path = realpath.agent_config(root, f"eval-{i}", url, robot_options(task, cfg.seed + i, dynamics),
-                                         {"max_episodes": n + SLACK_EPISODES, "deterministic": True, "seed": cfg.seed + i})
+                                         {"max_episodes": n + slack, "deterministic": True, "seed": cfg.seed + i,
+                                          "rate_hz": cfg.rate_hz})
             cmds.append(([sys.executable, "-m", "edge_agent", "run", "--config", str(path), "--drain-timeout", "60"],
                          path.parent / "agent.log"))
         realpath.run_agents(cmds, timeout)
@@ -147,6 +155,7 @@ def real_path(blob: WeightsBlob, cfg: EvalConfig, task: str, dynamics: dict[str,
         mine = got.get(f"eval-{i}", [])
         if len(mine) < n:
             raise realpath.RealPathError(f"eval-{i} ran {len(mine)} episodes with policy version {blob.version}, "
-                                         f"{n} wanted (the weights arrived late; see {root / f'eval-{i}' / 'agent.log'})")
+                                         f"{n} wanted: its link took longer than eval.link_up_s = {cfg.link_up_s:g} s to bring "
+                                         f"the weights (see {root / f'eval-{i}' / 'agent.log'})")
         per[f"eval-{i}"] = mine[:n]
     return _result(per, "real_path", time.monotonic() - t0)

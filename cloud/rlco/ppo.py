@@ -125,6 +125,7 @@ class PPO:
         total = T * n
         mb = min(cfg.minibatch, total)
         stats: dict[str, list[float]] = {}
+        train_actor = self.iterations >= cfg.critic_warmup
         for _ in range(cfg.epochs):
             perm = torch.from_numpy(self.rng.permutation(total))
             for start in range(0, total - mb + 1, mb):
@@ -138,13 +139,13 @@ class PPO:
                 entropy = (log_std + 0.5 + _HALF_LOG_2PI).sum(-1).mean()
                 rl_actor = pg - cfg.entropy_coef * entropy
                 sft = None
-                if cfg.beta > 0 and real is not None:
+                if train_actor and cfg.beta > 0 and real is not None:
                     rb = real.sample(mb, self.rng)
                     sft = sft_loss(self.actor, {"obs": self.norm(rb["obs"]), "action": rb["action"]})
                 actor_loss = stage2_loss(rl_actor, cfg.beta, sft)
                 v_loss = 0.5 * (self.critic(obs[idx]) - ret_t[idx]).pow(2).mean()
                 self.optim.zero_grad(set_to_none=True)
-                (actor_loss + cfg.value_coef * v_loss).backward()
+                ((actor_loss if train_actor else 0.0) + cfg.value_coef * v_loss).backward()
                 nn.utils.clip_grad_norm_([*self.actor.parameters(), *self.critic.parameters()], cfg.max_grad_norm)
                 self.optim.step()
                 for k, v in (("pg_loss", pg), ("value_loss", v_loss), ("entropy", entropy),

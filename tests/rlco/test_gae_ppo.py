@@ -44,7 +44,8 @@ def test_ppo_improves_on_a_point_mass_in_seconds():
     envs = VecEnv(lambda s: PointMassRobot(PointMassConfig(dims=1, seed=s, arena=1.0, tolerance=0.1,
                                                            terminate_on_success=False)),
                   range(8), fields)
-    cfg = RLConfig(envs=8, steps=50, epochs=4, minibatch=100, lr=3e-3, gamma=0.95, beta=0.0, entropy_coef=0.0)
+    cfg = RLConfig(envs=8, steps=50, epochs=4, minibatch=100, lr=3e-3, gamma=0.95, beta=0.0, entropy_coef=0.0,
+                   critic_warmup=0)
     actor = Actor(3, 1, [32, 32])
     ppo = PPO(actor, torch.zeros(3), torch.ones(3), cfg, [32, 32], seed=0)
     rewards = []
