@@ -142,7 +142,7 @@ class PPO:
                 if train_actor and cfg.beta > 0 and real is not None:
                     rb = real.sample(mb, self.rng)
                     sft = sft_loss(self.actor, {"obs": self.norm(rb["obs"]), "action": rb["action"]})
-                actor_loss = stage2_loss(rl_actor, cfg.beta, sft)
+                actor_loss = stage2_loss(rl_actor, cfg.beta if sft is not None else 0.0, sft)
                 v_loss = 0.5 * (self.critic(obs[idx]) - ret_t[idx]).pow(2).mean()
                 self.optim.zero_grad(set_to_none=True)
                 ((actor_loss if train_actor else 0.0) + cfg.value_coef * v_loss).backward()
