@@ -92,7 +92,7 @@ class EvalConfig(Strict):
         "real_path: the robots' control rate (the twin's own is 25 Hz, as a real arm's loop would run); an agent "
         "acts before its link is up, so it runs slack episodes for about link_up_s and those are skipped"))
     link_up_s: float = Field(6.0, gt=0, le=120, description="real_path: time allowed for an agent's link to come up")
-    after: list[Literal["sft", "rl"]] = Field(default_factory=lambda: ["sft", "rl"],
+    after: list[Literal["sft", "rl"]] = Field(default_factory=lambda: ["sft", "rl"],  # type: ignore[arg-type]
                                              description="stages evaluated (the summary table's columns)")
 
 

@@ -27,7 +27,6 @@ import pyarrow.parquet as pq
 
 from shared.errors import StorageError
 from shared.fsutil import fsync_dir
-from shared.observations import flatten
 from shared.schema import NEXT_PREFIX, OBS_PREFIX, EpisodeSpec
 
 from .losses import Demos

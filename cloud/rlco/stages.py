@@ -35,7 +35,6 @@ from . import data, evaluate
 from .losses import Demos
 from .ppo import PPO, set_log_std
 from .sft import SFTTrainer
-from .vecenv import VecEnv
 
 STAGES = ("sft", "rl", "eval")
 WEIGHTS_VERSION = {"sft": 1, "rl": 2}  # the version a stage's policy is published as
@@ -190,6 +189,7 @@ class Recipe:
         actor = build_actor(start["arch"])
         actor.load_state_dict(start["actor"])
         ckpt = self.dir / "ckpt" / "rl.ckpt"
+        ckpt.parent.mkdir(exist_ok=True)
         if rl.algorithm == "sac":
             from .sac_rl import run_sac
 
@@ -237,8 +237,12 @@ class Recipe:
             if cfg.eval.via == "real_path":
                 res = evaluate.real_path(blob, cfg.eval, cfg.task, dyn, self.dir / "eval" / name)
             else:
-                res = evaluate.in_process(blob, cfg.eval, cfg.task, dyn,
-                                          lambda d, n, s=name: self.progress(f"Eval after {s}", d, n, {}))
+                what = f"Eval after {name}"
+
+                def tick(d: int, n: int, what: str = what) -> None:
+                    self.progress(what, d, n, {})
+
+                res = evaluate.in_process(blob, cfg.eval, cfg.task, dyn, tick)
             self.progress(f"Eval after {name}", cfg.eval.episodes, cfg.eval.episodes, {"real_success": res.success})
             atomic_write(self.dir / "stages" / name / "eval.json", json.dumps(res.to_dict()).encode())
             self._finish(key)

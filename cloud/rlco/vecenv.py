@@ -1,10 +1,11 @@
 """N simulated robots stepped together: the sim side of RL-Co, in this process.
 
 Each env is a driver ``Robot`` (the same class an edge-agent drives, so observations are the
-fields robots record), stepped one after the other and auto-reset when an episode ends. On
-the 2-core machines this is measured against gymnasium's ``AsyncVectorEnv`` (subprocesses) in
-docs/rlco.md: stepping in-process was as fast or faster, since MuJoCo's Fetch step is ~1 ms
-and the policy's batched forward pass is shared.
+fields robots record), stepped one after the other and auto-reset when an episode ends. On the
+shared 2-core machines, 8 FetchPush envs, zero actions (docs/rlco.md): this loop 165 steps/s,
+gymnasium's ``SyncVectorEnv`` 171, ``AsyncVectorEnv`` (a subprocess per env) 107: with two
+cores the pipes and process switches cost more than the parallelism gives, so envs are stepped
+here and the policy's forward pass is batched over them.
 """
 
 from __future__ import annotations
