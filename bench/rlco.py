@@ -45,7 +45,7 @@ DOCS_PNG = C.ROOT / "docs" / "rlco.png"
 FULL: dict[str, Any] = {
     "datasets": {"sim_episodes": 300, "real_episodes": 40, "real_via": "real_path"},
     "sft": {"updates": 2000, "checkpoint_every": 1000},
-    "rl": {"envs": 8, "iterations": 8, "steps": 50, "checkpoint_every": 4},
+    "rl": {"envs": 8, "iterations": 8, "steps": 50, "minibatch": 100, "checkpoint_every": 4},
     "eval": {"episodes": 20, "robots": 4, "via": "real_path", "rate_hz": 50.0},
 }
 QUICK: dict[str, Any] = {

@@ -45,6 +45,9 @@ class SFTConfig(Strict):
     alpha: float = Field(0.5, ge=0, le=1, description=(
         "weight of SFT(D_sim); 1 - alpha weighs SFT(D_real). 0: SFT on D_real only (the 'no Stage I' ablation); "
         "1: sim only (no real supervision)"))
+    weighting: Literal["loss", "batch"] = Field("loss", description=(
+        "loss: alpha weighs each dataset's mean loss, over a batch of each (exact); batch: one batch of "
+        "2 * batch_size rows, round(alpha * n) of them from D_sim, one mean (alpha up to rounding)"))
     updates: int = Field(3000, ge=0, description="gradient steps")
     batch_size: int = Field(256, ge=1, description="rows from each dataset per step (the weighting is alpha's, not the batch's)")
     lr: float = Field(1e-3, gt=0)

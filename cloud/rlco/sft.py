@@ -19,7 +19,7 @@ from shared.policy import GaussianActor, build_actor
 from shared.policy import mlp as mlp_kind
 
 from . import rngstate
-from .losses import Demos, cotrain_sft
+from .losses import Demos, cotrain_sft, mixed_batch, sft_loss
 
 
 def actor_arch(obs_dim: int, act_dim: int, hidden: list[int]) -> dict[str, Any]:
@@ -49,6 +49,14 @@ class SFTTrainer:
         return {"obs": (b["obs"] - self.norm.mean) / self.norm.std, "action": b["action"]}
 
     def step(self, alpha: float, sim: Demos, real: Demos) -> dict[str, float]:
+        if self.cfg.weighting == "batch":
+            b = mixed_batch(sim, real, 2 * self.cfg.batch_size, alpha, self.rng)
+            loss = sft_loss(self.actor, {"obs": (b["obs"] - self.norm.mean) / self.norm.std, "action": b["action"]})
+            self.optim.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optim.step()
+            self.updates += 1
+            return {"loss": float(loss.detach())}
         bs = self._batch(sim) if alpha > 0 else None
         br = self._batch(real) if alpha < 1 else None
         loss, parts = cotrain_sft(self.actor, alpha, bs, br)

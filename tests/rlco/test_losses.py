@@ -102,3 +102,26 @@ def test_mixed_batches_keep_the_configured_ratio(ratio, n):
 def test_demos_refuse_mismatched_lengths():
     with pytest.raises(ValueError, match="one length"):
         Demos(np.zeros((3, 2), np.float32), np.zeros((2, 1), np.float32))
+
+
+def test_sft_trainer_batch_weighting_draws_the_configured_ratio(monkeypatch):
+    from cloud.learner.normalize import ObsNormalizer
+    from cloud.rlco import sft as sft_mod
+    from cloud.rlco.sft import SFTTrainer
+    from shared.config_rlco import SFTConfig
+
+    seen = []
+    real_mixed = sft_mod.mixed_batch
+
+    def spy(sim, real, n, ratio, rng):
+        b = real_mixed(sim, real, n, ratio, rng)
+        seen.append((n, int(b["from_sim"].sum())))
+        return b
+
+    monkeypatch.setattr(sft_mod, "mixed_batch", spy)
+    sim = Demos(np.zeros((50, 2), np.float32), np.full((50, 1), 0.5, np.float32))
+    real = Demos(np.ones((5, 2), np.float32), np.full((5, 1), -0.5, np.float32))
+    t = SFTTrainer(2, 1, SFTConfig(weighting="batch", batch_size=50, hidden=[8]),
+                   ObsNormalizer(torch.zeros(2), torch.ones(2)))
+    out = t.step(0.8, sim, real)
+    assert seen == [(100, 80)] and np.isfinite(out["loss"]) and t.updates == 1
