@@ -17,7 +17,7 @@ from .report import write_docs
 
 NAMES = {"compress": "compress", "ingest": "ingest", "weights": "weights", "jitter": "jitter",
          "async": "async_pipeline", "wan": "wan", "buffer": "buffer", "pixels": "pixels",
-         "hil": "hil", "hil_reward": "hil_reward", "flow_sft": "flow_sft", "inference": "inference"}
+         "hil": "hil", "hil_reward": "hil_reward", "flow_sft": "flow_sft", "inference": "inference", "rlco": "rlco"}
 
 
 def run_one(name: str, quick: bool) -> C.Result:

@@ -303,5 +303,10 @@ def dashboard(
         webbrowser.open(url)
 
 
+from .rlco.cli import rlco as _rlco  # noqa: E402  (its imports are deferred: the CLI starts as fast as before)
+
+app.command(name="rlco")(_rlco)
+
+
 def main() -> None:
     app()

@@ -1,0 +1,120 @@
+"""``rlco.toml``: the RL-Co recipe (sim-real co-training in two stages, then evaluation on the real twin).
+
+Stage I (``[sft]``): L = alpha * SFT(D_sim) + (1 - alpha) * SFT(D_real).
+Stage II (``[rl]``): L = L_RL(sim) + beta * SFT(D_real), RL on the unperturbed simulator.
+Evaluation (``[eval]``): success over a fixed set of seeded episodes on the "real" robot, the
+Fetch twin with ``[real]`` dynamics (hal_drivers/mujoco_fetch/twin.py).
+
+Every key is optional; the defaults are the run docs/rlco.md describes. Validation names the
+bad field (``rlco.toml: sft.alpha: ...``) before anything is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from hal_drivers.mujoco_fetch.twin import Dynamics
+
+from .config_base import Strict
+
+# The twin of docs/drivers.md ("A sim/real twin"): the scripted push expert succeeds 100% in sim, ~61% here.
+DEFAULT_REAL = {"object_mass_scale": 3.0, "friction_scale": 2.0, "damping_scale": 2.0, "action_gain": 0.7,
+                "action_latency_steps": 2, "action_noise": 0.1, "obs_noise": 0.005, "seed": 0}
+
+
+class DatasetsConfig(Strict):
+    """Demonstrations from the scripted expert; versioned Parquet files reused across runs."""
+
+    dir: Path = Field(Path("datasets"), description="where dataset versions live (shared by runs: reused when present)")
+    sim_episodes: int = Field(1000, ge=1, le=100_000, description="D_sim: expert episodes on the unperturbed simulator")
+    real_episodes: int = Field(40, ge=1, le=1000, description="D_real: expert episodes recorded on the real twin")
+    real_via: Literal["real_path", "in_process"] = Field("real_path", description=(
+        "real_path: edge-agent record with the scripted operator into a learner (spool, link, ingest), rows read "
+        "back from its Parquet buffer; in_process: the twin env stepped here (fast; tests)"))
+    success_only: bool = Field(True, description="keep only demonstrations that succeeded (the twin's expert fails ~40%)")
+    noise: float = Field(0.1, ge=0, le=1, description="std of Gaussian noise on the expert's actions (varied demos)")
+    seed: int = Field(7, description="seed of the expert's episodes and noise")
+
+
+class SFTConfig(Strict):
+    """Stage I: supervised co-training of the Gaussian actor on both datasets."""
+
+    alpha: float = Field(0.5, ge=0, le=1, description=(
+        "weight of SFT(D_sim); 1 - alpha weighs SFT(D_real). 0: SFT on D_real only (the 'no Stage I' ablation); "
+        "1: sim only (no real supervision)"))
+    weighting: Literal["loss", "batch"] = Field("loss", description=(
+        "loss: alpha weighs each dataset's mean loss, over a batch of each (exact); batch: one batch of "
+        "2 * batch_size rows, round(alpha * n) of them from D_sim, one mean (alpha up to rounding)"))
+    updates: int = Field(3000, ge=0, description="gradient steps")
+    batch_size: int = Field(256, ge=1, description="rows from each dataset per step (the weighting is alpha's, not the batch's)")
+    lr: float = Field(1e-3, gt=0)
+    hidden: list[int] = Field(default_factory=lambda: [256, 256], min_length=1, description="actor MLP widths")
+    checkpoint_every: int = Field(500, ge=1, description="updates between in-stage checkpoints")
+
+
+class RLConfig(Strict):
+    """Stage II: RL on the simulator, regularised by SFT on the real demonstrations."""
+
+    algorithm: Literal["ppo", "sac"] = Field("ppo", description="ppo: on-policy with GAE; sac: off-policy")
+    beta: float = Field(0.1, ge=0, description="weight of SFT(D_real) added to the RL actor loss")
+    envs: int = Field(8, ge=1, le=256, description="simulated envs stepped in parallel")
+    iterations: int = Field(20, ge=0, description="ppo: rollout+update rounds; sac: rounds of envs*steps env steps")
+    steps: int = Field(50, ge=1, description="env steps per env per iteration (Fetch episodes are 50)")
+    gamma: float = Field(0.98, gt=0, le=1)
+    gae_lambda: float = Field(0.95, ge=0, le=1)
+    clip: float = Field(0.2, gt=0, le=1, description="ppo: ratio clip")
+    epochs: int = Field(4, ge=1, description="ppo: passes over each rollout")
+    minibatch: int = Field(256, ge=1)
+    lr: float = Field(3e-4, gt=0)
+    value_coef: float = Field(0.5, ge=0)
+    entropy_coef: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(0.5, gt=0)
+    init_log_std: float | None = Field(-1.0, description=(
+        "ppo: exploration noise (pre-tanh log std) the Stage I actor starts Stage II with; SFT on near-deterministic "
+        "demos shrinks it to ~e^-3, too little to explore (None: keep the actor's)"))
+    critic_warmup: int = Field(2, ge=0, description=(
+        "ppo: first iterations that train the critic only: a fresh critic's advantages are noise, and PPO steps "
+        "on them would undo Stage I before the critic knows anything"))
+    sac_updates_per_step: float = Field(1.0, gt=0, description="sac: gradient steps per env step")
+    checkpoint_every: int = Field(5, ge=1, description="iterations between in-stage checkpoints")
+
+
+class EvalConfig(Strict):
+    """Success on the real twin over a fixed set of seeded episodes."""
+
+    episodes: int = Field(20, ge=1, le=10_000, description="episodes in the set (split over the robots)")
+    robots: int = Field(2, ge=1, le=16, description="real_path: edge-agent processes evaluating in parallel")
+    seed: int = Field(1000, description="robot i's env is seeded seed + i: the set is the same for every policy")
+    via: Literal["real_path", "in_process"] = Field("real_path", description=(
+        "real_path: a learner serves the stage's weights (training off) to edge-agents running the twin; "
+        "in_process: the twin env stepped here with the policy's mean action"))
+    rate_hz: float = Field(25.0, gt=0, le=1000, description=(
+        "real_path: the robots' control rate (the twin's own is 25 Hz, as a real arm's loop would run); an agent "
+        "acts before its link is up, so it runs slack episodes for about link_up_s and those are skipped"))
+    link_up_s: float = Field(6.0, gt=0, le=120, description="real_path: time allowed for an agent's link to come up")
+    after: list[Literal["sft", "rl"]] = Field(default_factory=lambda: ["sft", "rl"],  # type: ignore[arg-type]
+                                             description="stages evaluated (the summary table's columns)")
+
+
+class RLCoConfig(Strict):
+    """The whole recipe: datasets, Stage I, Stage II, evaluation."""
+
+    run_dir: Path = Field(Path("rlco-run"), description="checkpoints, stage outputs, logs, the summary")
+    seed: int = Field(0, description="seeds the networks, batches and sim envs")
+    task: Literal["push", "reach"] = "push"
+    threads: int = Field(1, ge=1, le=256, description="torch CPU threads")
+    real: Dynamics = Field(default_factory=lambda: Dynamics(**DEFAULT_REAL),
+                           description="the real twin's dynamics ([robot.options.dynamics] of the mujoco driver)")
+    datasets: DatasetsConfig = Field(default_factory=DatasetsConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    rl: RLConfig = Field(default_factory=RLConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _real_differs(self) -> "RLCoConfig":
+        if self.task == "reach" and self.real.object_mass_scale != 1.0:
+            raise ValueError("real.object_mass_scale: the reach task has no block (set it to 1 or use task = \"push\")")
+        return self

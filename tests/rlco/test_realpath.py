@@ -1,0 +1,50 @@
+"""D_real recorded through the real path, and a stage's policy evaluated on edge-agents running the twin."""
+
+import json
+
+import pytest
+import tomli_w
+
+from cloud.rlco.evaluate import in_process, policy_episodes, real_path, shares
+from cloud.rlco.stages import Recipe
+from cloud.rlco.cli import load_config
+import pyarrow as pa
+
+
+def test_shares_split_the_set_evenly():
+    assert shares(5, 2) == [3, 2] and shares(2, 4) == [1, 1] and sum(shares(20, 3)) == 20
+
+
+def test_policy_episodes_skip_those_not_wholly_acted_by_the_version():
+    t = pa.table({"robot_id": ["r"] * 6, "episode_id": ["a", "a", "b", "b", "c", "c"], "t_ns": [1, 2, 3, 4, 5, 6],
+                  "policy_version": [0, 2, 2, 2, 2, 2], "success": [False, True, False, False, False, True]})
+    assert policy_episodes(t, 2) == {"r": [False, True]}
+
+
+def test_real_path_records_demos_and_evaluates_like_in_process(tmp_path):
+    cfg_path = tmp_path / "rlco.toml"
+    cfg_path.write_text(tomli_w.dumps({
+        "run_dir": "run", "threads": 1,
+        "datasets": {"dir": "datasets", "sim_episodes": 2, "real_episodes": 2, "real_via": "real_path",
+                     "success_only": False},
+        "sft": {"updates": 50, "hidden": [32, 32]},
+        "eval": {"episodes": 3, "robots": 2, "via": "real_path", "after": ["sft"]},
+    }))
+    cfg = load_config(cfg_path)
+    recipe = Recipe(cfg)
+    summary = recipe.run(stage="sft")
+    real = json.loads((tmp_path / "datasets" / summary["datasets"]["real"].rsplit("/", 1)[1] / "manifest.json")
+                      .read_text())
+    assert real["recorded"] == 2 and real["settings"]["via"] == "real_path" and real["rows"] == 100
+    # the recording learner stored them as demonstrations of the twin (its description carries the dynamics)
+    assert (tmp_path / "run" / "record-real" / "demo-learner" / "buffer").is_dir()
+    res = real_path(recipe.blob("sft"), cfg.eval, cfg.task, cfg.real.model_dump(mode="json"), tmp_path / "eval")
+    assert res.via == "real_path" and res.episodes == 3 and sorted(res.per_robot) == ["eval-0", "eval-1"]
+    assert [len(v) for v in res.per_robot.values()] == [2, 1]
+    here = in_process(recipe.blob("sft"), cfg.eval, cfg.task, cfg.real.model_dump(mode="json"))
+    assert here.episodes == 3 and 0.0 <= here.success <= 1.0
+
+
+@pytest.fixture(autouse=True)
+def _cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
