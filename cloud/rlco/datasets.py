@@ -27,7 +27,8 @@ import pyarrow.parquet as pq
 
 from shared.errors import StorageError
 from shared.fsutil import fsync_dir
-from shared.schema import NEXT_PREFIX, OBS_PREFIX, EpisodeSpec
+from shared.chunk import StepRecord, build_batch
+from shared.schema import OBS_PREFIX, EpisodeSpec
 
 from .losses import Demos
 
@@ -141,35 +142,18 @@ def write_version(path: Path, name: str, settings: Mapping[str, Any], table: pa.
 
 
 def episode_rows(spec: EpisodeSpec, robot_id: str, episode_id: str, steps: list[tuple[Mapping[str, np.ndarray], np.ndarray,
-                 Any, Mapping[str, np.ndarray]]]) -> dict[str, list[Any]]:
-    """Columns of one episode in the buffer's row schema; ``steps``: (obs, action, StepResult, next_obs)."""
-    cols: dict[str, list[Any]] = {n: [] for n in spec.arrow_schema().names}
-    for i, (obs, action, res, nxt) in enumerate(steps):
-        cols["robot_id"].append(robot_id)
-        cols["episode_id"].append(episode_id)
-        cols["step"].append(i)
-        cols["t_ns"].append(i)
-        cols["policy_version"].append(0)
-        for f in spec.observation:
-            cols[OBS_PREFIX + f].append(np.asarray(obs[f], np.float32).ravel())
-            cols[NEXT_PREFIX + f].append(np.asarray(nxt[f], np.float32).ravel())
-        a = np.asarray(action, np.float32).ravel()
-        cols["action"].append(a)
-        cols["policy_action"].append(a)
-        cols["reward"].append(float(res.reward))
-        cols["terminated"].append(bool(res.terminated))
-        cols["truncated"].append(bool(res.truncated))
-        cols["success"].append(bool(res.success))
-        cols["intervention"].append(False)
-        cols["human_reward"].append(0.0)
-        cols["demo"].append(True)
-    return cols
+                 Any, Mapping[str, np.ndarray]]]) -> pa.RecordBatch:
+    """One episode in the buffer's row schema (as a robot's chunk builds it); ``steps``: (obs, action, StepResult,
+    next_obs). Times are step indices, so the same episodes give the same bytes (and content hash)."""
+    return build_batch(spec, robot_id, episode_id, [
+        StepRecord(obs=dict(obs), action=np.asarray(action, np.float32).ravel(), reward=float(res.reward),
+                   next_obs=dict(nxt), terminated=bool(res.terminated), truncated=bool(res.truncated),
+                   success=bool(res.success), step=i, t_ns=i, demo=True)
+        for i, (obs, action, res, nxt) in enumerate(steps)])
 
 
-def to_table(spec: EpisodeSpec, parts: list[dict[str, list[Any]]]) -> pa.Table:
-    schema = spec.arrow_schema()
-    cols = {n: [v for p in parts for v in p[n]] for n in schema.names}
-    return pa.table({n: pa.array(cols[n], type=schema.field(n).type) for n in schema.names}, schema=schema)
+def to_table(spec: EpisodeSpec, parts: list[pa.RecordBatch]) -> pa.Table:
+    return pa.Table.from_batches(parts, schema=spec.arrow_schema())
 
 
 def expert_episodes(robot: Any, expert: Callable[[Mapping[str, np.ndarray]], np.ndarray], episodes: int,
