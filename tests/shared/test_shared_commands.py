@@ -4,32 +4,24 @@ that offers them, and every refusal, through the two sans-I/O connection ends.""
 from __future__ import annotations
 
 import math
-import struct
 
-import msgpack
 import pytest
 
 from hal_drivers.teleop.base import EVENTS
+from harness.protocol import open_link, raw_frame
 from shared.errors import InvalidState, ProtocolError
 from shared.protocol import (CloudConnection, Command, EdgeConnection, Hello, Limits, MsgType, State, commands, decode_frame,
                              encode_frame)
 
 SPEC = {"fields": {}, "action_dim": 1}
-HEADER = struct.Struct(">2sBBII")
 
 
 def frame(type_: int, meta: dict) -> bytes:
-    packed = msgpack.packb(meta, use_bin_type=True)
-    return HEADER.pack(b"FL", 1, int(type_), len(packed), 0) + packed
+    return raw_frame(type_, meta)
 
 
 def link(features: tuple[str, ...] = (commands.FEATURE,)) -> tuple[EdgeConnection, CloudConnection]:
-    edge, cloud = EdgeConnection("arm-1", SPEC, [], features=features), CloudConnection()
-    edge.receive(cloud.challenge())
-    cloud.receive(edge.hello(policy_version=0))
-    edge.receive(cloud.welcome("run", 0, 0))
-    assert edge.state is State.OPEN and cloud.state is State.OPEN
-    return edge, cloud
+    return open_link(SPEC, features)
 
 
 def refusal(fn, *args) -> ProtocolError:

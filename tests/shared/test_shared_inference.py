@@ -4,33 +4,25 @@ it, every field check, and the refusals, through the two sans-I/O connection end
 from __future__ import annotations
 
 import random
-import struct
 
-import msgpack
 import numpy as np
 import pytest
 
+from harness.protocol import open_link, raw_frame
 from shared.errors import FleetError, InvalidState, ProtocolError
 from shared.protocol import (ActChunk, ActRequest, CloudConnection, EdgeConnection, MsgType, State, decode_frame,
                              inference)
 
 SPEC = {"fields": {}, "action_dim": 2}
-HEADER = struct.Struct(">2sBBII")
 OBS = {"pos": np.arange(3, dtype=np.float32).tobytes(), "goal": np.ones(2, np.float32).tobytes()}
 
 
 def frame(type_: int, meta: dict) -> bytes:
-    packed = msgpack.packb(meta, use_bin_type=True)
-    return HEADER.pack(b"FL", 1, int(type_), len(packed), 0) + packed
+    return raw_frame(type_, meta)
 
 
 def link(features: tuple[str, ...] = (inference.FEATURE,)) -> tuple[EdgeConnection, CloudConnection]:
-    edge, cloud = EdgeConnection("arm-1", SPEC, [], features=features), CloudConnection()
-    edge.receive(cloud.challenge())
-    cloud.receive(edge.hello(policy_version=0))
-    edge.receive(cloud.welcome("run", 0, 0))
-    assert edge.state is State.OPEN and cloud.state is State.OPEN
-    return edge, cloud
+    return open_link(SPEC, features)
 
 
 def test_a_request_and_its_chunk_cross_the_link_intact():
