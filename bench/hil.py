@@ -49,7 +49,8 @@ from .hil_episodes import Episode, curve, intervention_windows, read_episodes, t
 
 TARGET = 0.8
 WINDOW = 50  # episodes in the rolling success rate (the learner's /status uses the same)
-FULL_MINUTES, QUICK_MINUTES = 6.0, 1.0  # quick: a cap; the smoke run ends once every robot has an episode
+# quick: only a cap, the smoke run ends once every robot has an episode (a loaded machine can take a minute to link them)
+FULL_MINUTES, QUICK_MINUTES = 6.0, 3.0
 DEMOS, QUICK_DEMOS = 20, 3
 ROBOTS = 2  # training robots (with the operator, in the operator variants)
 EVAL = "eval-0"  # one more robot per variant: the policy's mean action, no operator; its episodes are the curve
