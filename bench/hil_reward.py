@@ -21,9 +21,11 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -85,16 +87,34 @@ def run_pair(root: Path, classifier: Path, minutes: float, rate_hz: float,
     is then the cap)."""
     runs = [("env", {}), ("classifier", {"reward": "classifier", "classifier": str(classifier)})]
     out: dict[str, dict[str, Any]] = {}
+
+    def start(name: str, extra: dict[str, Any]) -> tuple[str, Path, C.Learner, int, list]:
+        d = root / name
+        lrn = start_learner(d, "learner", {**LEARNER, **extra})
+        t0 = time.time_ns()
+        agents = [C.start_agent(write_agent(agent_table(f"sim-{i}", lrn.url, d, seed=200 + i, rate_hz=rate_hz,
+                                                        robot=ROBOT, teleop=None), d), drain_timeout=10)
+                  for i in range(ROBOTS)]
+        return name, d, lrn, t0, agents
+
+    def stop(run: tuple[str, Path, C.Learner, int, list]) -> None:
+        name, _, lrn, t0, agents = run
+        try:
+            status = lrn.status()
+        except OSError:
+            status = {}
+        for a in agents:  # all signalled first: each drains its spool to the learner at the same time
+            if a.poll() is None:
+                a.send_signal(signal.SIGTERM)
+        for a in agents:
+            C.stop(a, timeout=30)
+        lrn.stop()
+        eps = [e for e in read_episodes(lrn.data_dir) if e.end_ns - t0 <= minutes * 60e9]
+        out[name] = {"t0": t0, "episodes": eps, "status": status, "error": errors.get(name, "")}
+
     for group in ([runs] if quick else [[r] for r in runs]):
-        started = []
-        for name, extra in group:
-            d = root / name
-            lrn = start_learner(d, "learner", {**LEARNER, **extra})
-            t0 = time.time_ns()
-            agents = [C.start_agent(write_agent(agent_table(f"sim-{i}", lrn.url, d, seed=200 + i, rate_hz=rate_hz,
-                                                            robot=ROBOT, teleop=None), d), drain_timeout=10)
-                      for i in range(ROBOTS)]
-            started.append((name, d, lrn, t0, agents))
+        with ThreadPoolExecutor(len(group)) as pool:  # learners start (import torch, bind) side by side
+            started = list(pool.map(lambda r: start(*r), group))
         deadline = time.monotonic() + minutes * 60
         errors: dict[str, str] = {}
         while time.monotonic() < deadline and len(errors) < len(started):
@@ -105,17 +125,9 @@ def run_pair(root: Path, classifier: Path, minutes: float, rate_hz: float,
             if quick and all(n in errors or every_robot_has_an_episode(lrn, ROBOTS) for n, _, lrn, _, _ in started):
                 break
             time.sleep(0.25 if quick else 1.0)  # a benchmark's poll interval, not synchronisation
-        for name, d, lrn, t0, agents in started:
-            try:
-                status = lrn.status()
-            except OSError:
-                status = {}
-            for a in agents:
-                C.stop(a, timeout=30)
-            lrn.stop()
-            eps = [e for e in read_episodes(lrn.data_dir) if e.end_ns - t0 <= minutes * 60e9]
-            out[name] = {"t0": t0, "episodes": eps, "status": status, "error": errors.get(name, "")}
-    return out
+        with ThreadPoolExecutor(len(started)) as pool:
+            list(pool.map(stop, started))
+    return {name: out[name] for name, _ in runs}
 
 
 def run(quick: bool = False, minutes: float | None = None) -> C.Result:
