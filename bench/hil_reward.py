@@ -21,17 +21,19 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from . import common as C
-from .hil import agent_table, start_learner, wait_done, write_agent
+from .hil import agent_table, every_robot_has_an_episode, start_learner, wait_done, write_agent
 from .hil_episodes import curve, read_episodes, time_to, windowed_rate
 
-FULL_MINUTES, QUICK_MINUTES = 5.0, 0.25
+FULL_MINUTES, QUICK_MINUTES = 5.0, 0.5  # quick: a cap; the smoke run ends once every robot has an episode
 LABEL_EPISODES, QUICK_LABEL_EPISODES = 20, 3
 ROBOTS, WINDOW, TARGET = 2, 50, 0.8
 RATE_HZ = 25.0
@@ -78,32 +80,54 @@ def train_classifier(data_dir: Path, out: Path, quick: bool) -> dict[str, float]
     return {k: float(v) for k, v in zip(keys, m.groups())}
 
 
-def run_pair(root: Path, classifier: Path, minutes: float, rate_hz: float) -> dict[str, dict[str, Any]]:
+def run_pair(root: Path, classifier: Path, minutes: float, rate_hz: float,
+             quick: bool = False) -> dict[str, dict[str, Any]]:
+    """The two runs, one after the other, each for ``minutes`` (``quick``: side by side, ending as soon as
+    every robot of both has an episode stored: a smoke run needs the pipeline run, not a curve; ``minutes``
+    is then the cap)."""
+    runs = [("env", {}), ("classifier", {"reward": "classifier", "classifier": str(classifier)})]
     out: dict[str, dict[str, Any]] = {}
-    for name, extra in (("env", {}), ("classifier", {"reward": "classifier", "classifier": str(classifier)})):
+
+    def start(name: str, extra: dict[str, Any]) -> tuple[str, Path, C.Learner, int, list]:
         d = root / name
         lrn = start_learner(d, "learner", {**LEARNER, **extra})
         t0 = time.time_ns()
         agents = [C.start_agent(write_agent(agent_table(f"sim-{i}", lrn.url, d, seed=200 + i, rate_hz=rate_hz,
                                                         robot=ROBOT, teleop=None), d), drain_timeout=10)
                   for i in range(ROBOTS)]
-        deadline = time.monotonic() + minutes * 60
-        error = ""
-        while time.monotonic() < deadline and not error:
-            dead = [p for p in (lrn.proc, *agents) if p is not None and p.poll() is not None]
-            if dead:
-                error = f"{name}: a process exited early (code {dead[0].returncode}); logs in {d}"
-            time.sleep(1.0)  # a benchmark's poll interval, not synchronisation
+        return name, d, lrn, t0, agents
+
+    def stop(run: tuple[str, Path, C.Learner, int, list]) -> None:
+        name, _, lrn, t0, agents = run
         try:
             status = lrn.status()
         except OSError:
             status = {}
+        for a in agents:  # all signalled first: each drains its spool to the learner at the same time
+            if a.poll() is None:
+                a.send_signal(signal.SIGTERM)
         for a in agents:
             C.stop(a, timeout=30)
         lrn.stop()
         eps = [e for e in read_episodes(lrn.data_dir) if e.end_ns - t0 <= minutes * 60e9]
-        out[name] = {"t0": t0, "episodes": eps, "status": status, "error": error}
-    return out
+        out[name] = {"t0": t0, "episodes": eps, "status": status, "error": errors.get(name, "")}
+
+    for group in ([runs] if quick else [[r] for r in runs]):
+        with ThreadPoolExecutor(len(group)) as pool:  # learners start (import torch, bind) side by side
+            started = list(pool.map(lambda r: start(*r), group))
+        deadline = time.monotonic() + minutes * 60
+        errors: dict[str, str] = {}
+        while time.monotonic() < deadline and len(errors) < len(started):
+            for name, d, lrn, _, agents in started:
+                dead = [p for p in (lrn.proc, *agents) if p is not None and p.poll() is not None]
+                if dead and name not in errors:
+                    errors[name] = f"{name}: a process exited early (code {dead[0].returncode}); logs in {d}"
+            if quick and all(n in errors or every_robot_has_an_episode(lrn, ROBOTS) for n, _, lrn, _, _ in started):
+                break
+            time.sleep(0.25 if quick else 1.0)  # a benchmark's poll interval, not synchronisation
+        with ThreadPoolExecutor(len(started)) as pool:
+            list(pool.map(stop, started))
+    return {name: out[name] for name, _ in runs}
 
 
 def run(quick: bool = False, minutes: float | None = None) -> C.Result:
@@ -119,7 +143,7 @@ def run(quick: bool = False, minutes: float | None = None) -> C.Result:
             note=f"cloud-learner classifier train on {n} scripted + {n} random FetchReach episodes, 64x64 overhead "
             f"camera, {scores['frames']:.0f} held-out frames")
     res.add("classifier", "held-out precision", scores["precision"], "", note=f"recall {scores['recall']:.3f}")
-    runs = run_pair(root, clf, minutes, 0.0 if quick else RATE_HZ)
+    runs = run_pair(root, clf, minutes, 0.0 if quick else RATE_HZ, quick=quick)
     finals = {}
     for name, r in runs.items():
         c = curve(r["episodes"], r["t0"], WINDOW)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Agent, Learner, wait_for
+from harness import LIVE, Agent, Learner, wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -43,15 +43,23 @@ class NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-@pytest.fixture
-def fleet(tmp_path: Path):
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory):
+    """One learner and robot for this file's tests: the token test only reads the page and asks the learner
+    to re-read its robot table (no state a later test sees); the Chromium test leaves the robot running.
+    Kept out of harness.LIVE, which conftest empties after every test: this fixture stops them itself."""
+    tmp_path = tmp_path_factory.mktemp("fleet")
     learner = Learner(tmp_path, learner={"learning_starts": 100, "publish_every": 10, "batch_size": 32,
-                                                 "checkpoint_every": 10**6}).start()
-    agent = Agent(tmp_path, "arm-1", [learner.url], episodes=0, rate_hz=50).start()
+                                         "checkpoint_every": 10**6}).start()
+    agent = None
     try:
+        agent = Agent(tmp_path, "arm-1", [learner.url], episodes=0, rate_hz=50).start()
+        for p in (learner.proc, agent.proc):
+            LIVE.remove(p)
         yield learner, agent
     finally:
-        agent.kill()
+        if agent is not None:
+            agent.kill()
         learner.stop()
 
 

@@ -11,7 +11,7 @@ from harness import Agent, Learner, Proxy, assert_exactly_once, assert_logs_quie
 def test_link_cut_at_random_bytes_hundreds_of_times(tmp_path: Path) -> None:
     learner = Learner(tmp_path).start()
     proxy = Proxy(learner.port, cut_after=(1_000, 30_000), seed=7)
-    agents = [Agent(tmp_path, f"cut-{i}", [proxy.url], episodes=60, chunk_steps=5) for i in range(2)]
+    agents = [Agent(tmp_path, f"cut-{i}", [proxy.url], episodes=40, chunk_steps=5) for i in range(2)]
     try:
         for a in agents:
             a.start()
