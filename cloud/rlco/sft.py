@@ -15,7 +15,7 @@ from torch import Tensor
 
 from cloud.learner.normalize import ObsNormalizer
 from shared.config_rlco import SFTConfig
-from shared.policy import GaussianActor, build_actor
+from shared.policy import GaussianActor, build_gaussian
 from shared.policy import mlp as mlp_kind
 
 from . import rngstate
@@ -39,7 +39,7 @@ class SFTTrainer:
         self.cfg, self.norm = cfg, norm
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.actor: GaussianActor = build_actor(actor_arch(obs_dim, act_dim, cfg.hidden))
+            self.actor: GaussianActor = build_gaussian(actor_arch(obs_dim, act_dim, cfg.hidden))
         self.optim = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
         self.rng = np.random.default_rng(seed)
         self.updates = 0

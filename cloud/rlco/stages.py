@@ -28,7 +28,7 @@ from shared.config_rlco import RLCoConfig
 from shared.errors import ConfigError
 from shared.faults import crash_point
 from shared.fsutil import atomic_write
-from shared.policy import build_actor
+from shared.policy import build_gaussian
 from shared.weights import WeightsBlob, encode_weights
 
 from . import data, evaluate
@@ -186,7 +186,7 @@ class Recipe:
         start = self.stage_output("sft")
         _, real = self.demos()
         norm = ObsNormalizer.from_state(start["norm"])
-        actor = build_actor(start["arch"])
+        actor = build_gaussian(start["arch"])
         actor.load_state_dict(start["actor"])
         ckpt = self.dir / "ckpt" / "rl.ckpt"
         ckpt.parent.mkdir(exist_ok=True)
