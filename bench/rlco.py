@@ -76,7 +76,7 @@ VARIANTS = (
 
 
 def _config(base: dict[str, Any], root: Path, v: Variant, seed: int) -> Any:
-    from shared.config_rlco import RLCoConfig
+    from cloud.rlco.config import RLCoConfig
 
     d = json.loads(json.dumps(base))
     d["run_dir"] = str(root / f"{v.name}-s{seed}")

@@ -8,7 +8,7 @@ from typing import Any, Optional
 import typer
 
 from shared import config as cfgmod
-from shared.config_rlco import RLCoConfig
+from .config import RLCoConfig
 from shared.errors import FleetError
 
 

@@ -25,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 
-from shared.config_rlco import EvalConfig
+from .config import EvalConfig
 from shared.observations import state_sizes
 from shared.policy_runner import LoadedPolicy, load_policy
 from shared.weights import WeightsBlob, decode_weights

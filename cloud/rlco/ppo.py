@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from shared.config_rlco import RLConfig
+from .config import RLConfig
 from shared.policy import GaussianActor
 from shared.policy.gaussian import mlp
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from cloud.learner.normalize import ObsNormalizer
-from shared.config_rlco import SFTConfig
+from .config import SFTConfig
 from shared.policy import GaussianActor, build_gaussian
 from shared.policy import mlp as mlp_kind
 

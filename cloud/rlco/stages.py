@@ -24,7 +24,7 @@ import torch
 
 from cloud.learner import checkpoint
 from cloud.learner.normalize import ObsNormalizer
-from shared.config_rlco import RLCoConfig
+from .config import RLCoConfig
 from shared.errors import ConfigError
 from shared.faults import crash_point
 from shared.fsutil import atomic_write

@@ -11,7 +11,7 @@ from hal_drivers.mujoco_fetch import FetchRobot
 from hal_drivers.mujoco_fetch.config import FetchConfig
 from hal_drivers.teleop.scripted import reach_action
 from shared.config import validate
-from shared.config_rlco import RLCoConfig
+from cloud.rlco.config import RLCoConfig
 from shared.errors import ConfigError, StorageError
 
 FIELDS = ("observation", "achieved_goal", "desired_goal")

@@ -9,7 +9,7 @@ from cloud.rlco.ppo import PPO
 from cloud.rlco.vecenv import VecEnv
 from hal_drivers.point_mass.config import PointMassConfig
 from hal_drivers.point_mass.driver import PointMassRobot
-from shared.config_rlco import RLConfig
+from cloud.rlco.config import RLConfig
 from shared.policy.mlp import Actor
 
 

@@ -108,7 +108,7 @@ def test_sft_trainer_batch_weighting_draws_the_configured_ratio(monkeypatch):
     from cloud.learner.normalize import ObsNormalizer
     from cloud.rlco import sft as sft_mod
     from cloud.rlco.sft import SFTTrainer
-    from shared.config_rlco import SFTConfig
+    from cloud.rlco.config import SFTConfig
 
     seen = []
     real_mixed = sft_mod.mixed_batch

@@ -118,7 +118,7 @@ def _no_crash_env(monkeypatch):
 
 def test_stage_two_with_sac_runs_in_process(tmp_path):
     from cloud.rlco.stages import Recipe
-    from shared.config_rlco import RLCoConfig
+    from cloud.rlco.config import RLCoConfig
 
     cfg = RLCoConfig.model_validate({
         "run_dir": str(tmp_path / "run"), **TINY, "datasets": {**TINY["datasets"], "dir": str(tmp_path / "datasets")},

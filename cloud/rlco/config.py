@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 
 from hal_drivers.mujoco_fetch.twin import Dynamics
 
-from .config_base import Strict
+from shared.config_base import Strict
 
 # The twin of docs/drivers.md ("A sim/real twin"): the scripted push expert succeeds 100% in sim, ~61% here.
 DEFAULT_REAL = {"object_mass_scale": 3.0, "friction_scale": 2.0, "damping_scale": 2.0, "action_gain": 0.7,
