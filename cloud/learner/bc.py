@@ -35,6 +35,15 @@ def bc_loss(actor: GaussianActor, batch: Mapping[str, Tensor], device: torch.dev
     return nll.sum(-1).mean()
 
 
+def check_fits(d: dict[str, Any], obs_dim: int, act_dim: int, arch: dict[str, Any]) -> None:
+    """ValueError when a cloning checkpoint's dims or policy arch differ from this learner's (BC, flow SFT)."""
+    if (d["obs_dim"], d["act_dim"]) != (obs_dim, act_dim):
+        raise ValueError(f"checkpoint dims (obs={d['obs_dim']}, act={d['act_dim']}) do not match "
+                         f"this learner (obs={obs_dim}, act={act_dim})")
+    if _plain(d["actor_arch"]) != _plain(arch):
+        raise ValueError(f"checkpoint policy arch {d['actor_arch']} does not match this learner's {arch}")
+
+
 class BC:
     """Behaviour cloning of the actor SAC would publish (same arch), one Adam step per batch."""
 
@@ -74,12 +83,7 @@ class BC:
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict`; ValueError when the dims or the actor's arch differ."""
-        if (d["obs_dim"], d["act_dim"]) != (self.obs_dim, self.act_dim):
-            raise ValueError(f"checkpoint dims (obs={d['obs_dim']}, act={d['act_dim']}) do not match "
-                             f"this learner (obs={self.obs_dim}, act={self.act_dim})")
-        if _plain(d["actor_arch"]) != _plain(self.actor.arch()):
-            raise ValueError(f"checkpoint policy arch {d['actor_arch']} does not match this learner's "
-                             f"{self.actor.arch()}")
+        check_fits(d, self.obs_dim, self.act_dim, self.actor.arch())
         self.actor.load_state_dict(d["actor"])
         self.optim.load_state_dict(d["optim"])
         self.updates = int(d["updates"])

@@ -11,7 +11,6 @@ padded. Padded steps are left out of the loss by default (``mask_padding``).
 
 from __future__ import annotations
 
-import json
 from typing import Any, Mapping
 
 import numpy as np
@@ -20,6 +19,7 @@ from torch import Tensor
 
 from shared.policy import FlowActor
 
+from .bc import check_fits
 from .chunks import CHUNK, CHUNK_VALID, Chunks
 
 __all__ = ["CHUNK", "CHUNK_VALID", "FlowSFT", "chunk_batch", "flow_arch", "train_offline"]
@@ -74,12 +74,7 @@ class FlowSFT:
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict`; ValueError when the dims or the policy's arch differ."""
-        if (d["obs_dim"], d["act_dim"]) != (self.obs_dim, self.act_dim):
-            raise ValueError(f"checkpoint dims (obs={d['obs_dim']}, act={d['act_dim']}) do not match "
-                             f"this learner (obs={self.obs_dim}, act={self.act_dim})")
-        if json.loads(json.dumps(d["actor_arch"])) != json.loads(json.dumps(self.actor.arch())):
-            raise ValueError(f"checkpoint policy arch {d['actor_arch']} does not match this learner's "
-                             f"{self.actor.arch()}")
+        check_fits(d, self.obs_dim, self.act_dim, self.actor.arch())
         self.actor.load_state_dict(d["actor"])
         self.optim.load_state_dict(d["optim"])
         self.generator.set_state(d["generator"])

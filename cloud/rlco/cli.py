@@ -8,8 +8,9 @@ from typing import Any, Optional
 import typer
 
 from shared import config as cfgmod
-from .config import RLCoConfig
 from shared.errors import FleetError
+
+from .config import RLCoConfig
 
 
 def load_config(path: Path) -> RLCoConfig:

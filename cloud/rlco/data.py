@@ -13,9 +13,9 @@ from typing import Any, Callable
 from hal_drivers.mujoco_fetch import FetchRobot
 from hal_drivers.mujoco_fetch.config import STATE_FIELDS, FetchConfig
 from hal_drivers.teleop.scripted import CONTROLLERS
-from .config import RLCoConfig
 
 from . import realpath
+from .config import RLCoConfig
 from .datasets import Dataset, expert_table, get_or_make, successful_episodes
 from .vecenv import VecEnv
 

@@ -25,12 +25,12 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 
-from .config import EvalConfig
 from shared.observations import state_sizes
 from shared.policy_runner import LoadedPolicy, load_policy
 from shared.weights import WeightsBlob, decode_weights
 
 from . import realpath
+from .config import EvalConfig
 
 MAX_PARAMS = 50_000_000
 

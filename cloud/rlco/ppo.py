@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .config import RLConfig
 from shared.policy import GaussianActor
 from shared.policy.gaussian import mlp
 
 from . import rngstate
+from .config import RLConfig
 from .gae import gae
 from .losses import Demos, sft_loss, stage2_loss
 from .vecenv import VecEnv

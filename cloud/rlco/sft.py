@@ -14,11 +14,11 @@ import torch
 from torch import Tensor
 
 from cloud.learner.normalize import ObsNormalizer
-from .config import SFTConfig
 from shared.policy import GaussianActor, build_gaussian
 from shared.policy import mlp as mlp_kind
 
 from . import rngstate
+from .config import SFTConfig
 from .losses import Demos, cotrain_sft, mixed_batch, sft_loss
 
 

@@ -24,7 +24,6 @@ import torch
 
 from cloud.learner import checkpoint
 from cloud.learner.normalize import ObsNormalizer
-from .config import RLCoConfig
 from shared.errors import ConfigError
 from shared.faults import crash_point
 from shared.fsutil import atomic_write
@@ -32,6 +31,7 @@ from shared.policy import build_gaussian
 from shared.weights import WeightsBlob, encode_weights
 
 from . import data, evaluate
+from .config import RLCoConfig
 from .losses import Demos
 from .ppo import PPO, set_log_std
 from .sft import SFTTrainer
