@@ -14,7 +14,8 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from .spool import _FIXED, _PREFIX, _SUFFIX, Spool, SpoolCorrupt, SpoolRecord, _Loc, _parse_at
+from .spool import SpoolCorrupt
+from .spool_format import SUFFIX, Loc, SpoolRecord, decode_record, parse_at, resync
 
 log = logging.getLogger("fleetrl.link")
 
@@ -32,7 +33,7 @@ class SpoolView:
         self.quota_bytes = 0
         self._pending_owner = last_seq - acked_seq
         self._lock = threading.Lock()
-        self._index: dict[int, _Loc] = {}  # in seq order (appends arrive in order)
+        self._index: dict[int, Loc] = {}  # in seq order (appends arrive in order)
         self._scan()
 
     def _scan(self) -> None:
@@ -42,21 +43,21 @@ class SpoolView:
         records (they are in ``lost``), so a record that fails its checksum here is skipped,
         as the owner's scan skips it, and the next good one found.
         """
-        found: dict[int, _Loc] = {}
-        for path in sorted(self.dir.glob(f"*{_SUFFIX}")):
+        found: dict[int, Loc] = {}
+        for path in sorted(self.dir.glob(f"*{SUFFIX}")):
             try:
                 data = path.read_bytes()
             except FileNotFoundError:  # acked and deleted meanwhile
                 continue
             pos: int | None = 0
             while pos is not None and pos < len(data):
-                rec = _parse_at(data, pos)
+                rec = parse_at(data, pos)
                 if rec is None:
-                    pos = Spool._resync(data, pos + 1)
+                    pos = resync(data, pos + 1)
                     continue
                 seq, length = rec
                 if self.acked_seq < seq <= self.last_seq:
-                    found[seq] = _Loc(path, pos, length)
+                    found[seq] = Loc(path, pos, length)
                 pos += length
         self._index = dict(sorted(found.items()))
 
@@ -65,7 +66,7 @@ class SpoolView:
     def appended(self, seq: int, segment: str, offset: int, length: int) -> None:
         with self._lock:
             if seq > self.acked_seq:
-                self._index[seq] = _Loc(Path(segment), offset, length)
+                self._index[seq] = Loc(Path(segment), offset, length)
             self.last_seq = max(self.last_seq, seq)
 
     def owner_state(self, state: dict[str, Any]) -> None:
@@ -101,13 +102,10 @@ class SpoolView:
                 data = fh.read(loc.length)
         except FileNotFoundError:
             data = b""
-        if _parse_at(data, 0) != (seq, loc.length):
+        if parse_at(data, 0) != (seq, loc.length):
             self._lose(seq, "spool record damaged on disk (found when read back)")
             raise SpoolCorrupt(f"spool record {seq} in {loc.segment} failed its checksum")
-        rest = data[_PREFIX.size :]
-        seq_, rows, raw_size, body_crc, n = _FIXED.unpack_from(rest)
-        eid = rest[_FIXED.size : _FIXED.size + n].decode()
-        return SpoolRecord(seq_, eid, rows, raw_size, body_crc, rest[_FIXED.size + n :])
+        return decode_record(data)
 
     def _lose(self, seq: int, reason: str) -> None:
         """Report the record as lost at once (the stream must not stall on it); the owner

@@ -8,9 +8,7 @@ damaged record in the middle is moved to ``quarantine/``, its sequence
 numbers are reported as lost (so the cloud learns of it), and the records
 after it are kept.
 
-Record layout: ``magic u32 | len u32 | crc32 u32 | seq u64 | rows u32 |
-raw_size u64 | body_crc u32 | episode_id_len u16 | episode_id | body``; the
-crc covers everything after it.
+The record layout is in ``spool_format.py``.
 """
 
 from __future__ import annotations
@@ -19,27 +17,19 @@ import json
 import logging
 import os
 import shutil
-import struct
 import threading
 import time
-import zlib
 from typing import BinaryIO
-from dataclasses import dataclass
 from pathlib import Path
 
 from shared.errors import StorageError
 from shared.fsutil import atomic_write, fsync_dir
 
+from .spool_format import SUFFIX, Loc, SpoolRecord, complete_but_damaged, decode_record, encode_record, parse_at, resync
 from .state_slots import StateSlots
 
 log = logging.getLogger("fleetrl.spool")
 
-MAGIC = 0xF1EE7A11
-_PREFIX = struct.Struct("<III")  # magic, length of the rest, crc32 of the rest
-_MAGIC_BYTES = struct.pack("<I", MAGIC)
-_FIXED = struct.Struct("<QIQIH")
-_SUFFIX = ".seg"
-_MAX_RECORD = 1 << 31
 DEFAULT_QUOTA_SHARE = 0.5  # of the disk free at start (plus what the spool holds), when spool.quota_mb is unset
 # The acked mark goes to disk at most this often, or after this many acks: rewriting and fsyncing the state
 # file on every ack was most of the agent's time at full upload speed. A mark on disk behind the real one only
@@ -53,42 +43,6 @@ class SpoolCorrupt(StorageError):
     either way its sequence is now a lost range the cloud is told about."""
 
     code = "spool_corrupt"
-
-
-@dataclass(frozen=True)
-class SpoolRecord:
-    seq: int
-    episode_id: str
-    rows: int
-    raw_size: int
-    body_crc: int
-    body: bytes
-
-
-@dataclass(frozen=True)
-class _Loc:
-    segment: Path
-    offset: int
-    length: int
-
-
-def _encode(seq: int, episode_id: str, rows: int, raw_size: int, body_crc: int, body: bytes) -> bytes:
-    eid = episode_id.encode()
-    rest = _FIXED.pack(seq, rows, raw_size, body_crc, len(eid)) + eid + body
-    return _PREFIX.pack(MAGIC, len(rest), zlib.crc32(rest)) + rest
-
-
-def _parse_at(data: bytes | memoryview, pos: int) -> tuple[int, int] | None:
-    """(seq, record length) of a valid record at ``pos``, else None."""
-    if pos + _PREFIX.size > len(data):
-        return None
-    magic, length, crc = _PREFIX.unpack_from(data, pos)
-    start = pos + _PREFIX.size
-    if magic != MAGIC or length < _FIXED.size or start + length > len(data):
-        return None
-    if zlib.crc32(data[start : start + length]) != crc:
-        return None
-    return _FIXED.unpack_from(data, start)[0], _PREFIX.size + length
 
 
 class Spool:
@@ -109,7 +63,7 @@ class Spool:
         self.segment_bytes = segment_bytes
         self.quota_bytes: int = 0 if quota_bytes is None else quota_bytes  # None: set below, once the spool is read
         self._lock = threading.Lock()
-        self._index: dict[int, _Loc] = {}
+        self._index: dict[int, Loc] = {}
         self._segments: list[tuple[int, Path]] = []  # (first seq, path), in order
         self._active: Path | None = None
         self._fh: BinaryIO | None = None
@@ -159,7 +113,7 @@ class Spool:
         for tmp in self.dir.glob("*.tmp"):
             tmp.unlink()
         prev_last = self.last_seq
-        for path in sorted(self.dir.glob(f"*{_SUFFIX}")):
+        for path in sorted(self.dir.glob(f"*{SUFFIX}")):
             keep_end = self._scan(path)
             size = path.stat().st_size
             if keep_end < size:
@@ -189,15 +143,15 @@ class Spool:
         data = path.read_bytes()
         pos = 0
         while pos < len(data):
-            rec = _parse_at(data, pos)
+            rec = parse_at(data, pos)
             if rec is not None:
                 seq, length = rec
-                self._index[seq] = _Loc(path, pos, length)
+                self._index[seq] = Loc(path, pos, length)
                 pos += length
                 continue
-            nxt = self._resync(data, pos + 1)
+            nxt = resync(data, pos + 1)
             if nxt is None:
-                if self._complete_but_damaged(data, pos):
+                if complete_but_damaged(data, pos):
                     # A whole record that fails its checksum is damage, not a torn
                     # write: it may have been sent, so its seq must not be reused.
                     self._quarantine(path, data[pos:], pos, len(data), data)
@@ -206,25 +160,9 @@ class Spool:
             pos = nxt
         return pos
 
-    @staticmethod
-    def _complete_but_damaged(data: bytes, pos: int) -> bool:
-        if pos + _PREFIX.size > len(data):
-            return False
-        magic, length, _ = _PREFIX.unpack_from(data, pos)
-        return magic == MAGIC and pos + _PREFIX.size + length == len(data)
-
-    @staticmethod
-    def _resync(data: bytes, start: int) -> int | None:
-        i = data.find(_MAGIC_BYTES, start)
-        while i != -1:
-            if _parse_at(data, i) is not None:
-                return i
-            i = data.find(_MAGIC_BYTES, i + 1)
-        return None
-
     def _quarantine(self, path: Path, bad: bytes, pos: int, nxt: int, data: bytes) -> None:
         before = max((s for s, loc in self._index.items() if loc.segment == path and loc.offset < pos), default=int(path.stem) - 1)
-        after = _parse_at(data, nxt)[0] if nxt < len(data) else before + 2  # type: ignore[index]
+        after = parse_at(data, nxt)[0] if nxt < len(data) else before + 2  # type: ignore[index]
         first, last = before + 1, after - 1
         if any(r[0] == first and r[1] == last for r in self.lost) or last <= self.acked_seq:
             return  # already quarantined and reported at an earlier start
@@ -247,7 +185,7 @@ class Spool:
         """Write one chunk durably and return its stream sequence. Raises OSError (e.g. disk full)."""
         with self._lock:
             seq = self.last_seq + 1
-            record = _encode(seq, episode_id, rows, raw_size, body_crc, body)
+            record = encode_record(seq, episode_id, rows, raw_size, body_crc, body)
             fh = self._writer(len(record), seq)
             offset = fh.tell()
             try:
@@ -259,7 +197,7 @@ class Spool:
                 os.ftruncate(fh.fileno(), offset)  # shrinking needs no space: no partial record stays
                 fh.seek(offset)
                 raise
-            self._index[seq] = _Loc(self._active, offset, len(record))  # type: ignore[arg-type]
+            self._index[seq] = Loc(self._active, offset, len(record))  # type: ignore[arg-type]
             self.last_seq = seq
             self.bytes += len(record)
             return seq
@@ -274,7 +212,7 @@ class Spool:
         if self._fh is not None and self._fh.tell() + incoming > self.segment_bytes:
             self._close_active()
         if self._fh is None:
-            path = self.dir / f"{seq:020d}{_SUFFIX}"
+            path = self.dir / f"{seq:020d}{SUFFIX}"
             self._fh = open(path, "ab", buffering=0)
             self._active = path
             self._segments.append((seq, path))
@@ -315,7 +253,7 @@ class Spool:
         with open(loc.segment, "rb") as fh:
             fh.seek(loc.offset)
             data = fh.read(loc.length)
-        if _parse_at(data, 0) != (seq, loc.length):
+        if parse_at(data, 0) != (seq, loc.length):
             with self._lock:
                 self.quarantine_dir.mkdir(exist_ok=True)
                 (self.quarantine_dir / f"{loc.segment.stem}-{loc.offset}.bad").write_bytes(data)
@@ -325,10 +263,7 @@ class Spool:
                 self._write_lost()
             log.error("event=spool_record_quarantined segment=%s offset=%d lost_seqs=%d-%d", loc.segment.name, loc.offset, seq, seq)
             raise SpoolCorrupt(f"spool record {seq} in {loc.segment} failed its checksum (moved to quarantine/)")
-        rest = data[_PREFIX.size :]
-        seq_, rows, raw_size, body_crc, n = _FIXED.unpack_from(rest)
-        eid = rest[_FIXED.size : _FIXED.size + n].decode()
-        return SpoolRecord(seq_, eid, rows, raw_size, body_crc, rest[_FIXED.size + n :])
+        return decode_record(data)
 
     def pending(self) -> int:
         return self.last_seq - self.acked_seq
