@@ -37,6 +37,21 @@ def _link_pid(state_dir: Path) -> int | None:
         return None
 
 
+def _stop_link_process(state_dir: Path, agent, timeout: float = 30.0) -> int:
+    """SIGSTOP the agent's current link process. The pid in status.json can be a
+    predecessor's for a moment (the supervisor restarted it under load): read it again."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid = C.wait_for(lambda: _link_pid(state_dir), 30, "the link process's pid")
+        try:
+            os.kill(pid, signal.SIGSTOP)
+            return pid
+        except ProcessLookupError:
+            if agent.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"no link process to stop (last pid {pid}; agent exit {agent.poll()})") from None
+            time.sleep(0.2)
+
+
 def loop_run(root: Path, learner: C.Learner, robot: str, episodes: int, backlog: C.ChunkSet | None,
              repeat: int, blobs: list[Path], res: C.Result, stall_s: float = 0.0) -> dict:
     cfg = C.agent_config(root, robot, learner.url, camera=False,
@@ -53,12 +68,14 @@ def loop_run(root: Path, learner: C.Learner, robot: str, episodes: int, backlog:
     swaps = []
     stalled = None
     if stall_s:  # stop the link process (mid-upload) for stall_s, while swaps are under way
-        pid = C.wait_for(lambda: _link_pid(cfg.parent / "state"), 30, "the link process's pid")
         time.sleep(min(1.0, episodes / 4))
-        os.kill(pid, signal.SIGSTOP)
+        pid = _stop_link_process(cfg.parent / "state", agent)
         stalled = time.time() - t0
         time.sleep(stall_s)
-        os.kill(pid, signal.SIGCONT)
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass  # it died while stopped (the supervisor restarts it); nothing to resume
     for i, blob in enumerate(blobs):
         time.sleep(max(0.0, (i + 1) * episodes * 1.0 / (len(blobs) + 1) - (time.time() - t0)))
         swaps.append(publish(learner, blob) - t0)
