@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import sys
 import threading
 import time
@@ -33,7 +32,7 @@ from shared.observations import image_shapes, state_sizes
 from shared.tasks import cancel_and_reap, until_first_done
 from shared.weights import load_weights_file
 
-from . import chunk_source, enrollment
+from . import chunk_source, enrollment, status_report
 from .control_loop import ControlLoop, EpisodeEnd
 from .human import open_teleop
 from .operator import OperatorControls
@@ -198,62 +197,16 @@ class Agent:
         log.info("event=operator_command kind=%s value=%r", cmd.kind, cmd.value)
 
     def status(self) -> LinkReport:
-        c = self.control
-        j = c.jitter()
-        return {
-            "policy_version": self.policy.version, "steps": c.steps, "episodes": c.episodes,
-            "successes": c.successes, "spool_bytes": self.spool.bytes, "spool_pending": self.spool.pending(),
-            "acked_seq": self.spool.acked_seq, "jitter_p99_ms": round(j["p99_ms"], 3),
-            "paused": self._paused_reason(), "disk_error": self.disk_error,
-            "intervention": self.operator.intervention, "episode_step": self.control.episode_step,
-            "human_driving": c.human.driving, "interventions": c.human.interventions, "takeovers": c.human.takeovers,
-            **chunk_source.report(c.chunks),
-        }
+        return status_report.link_report(self)
 
     def _paused_reason(self) -> str:
-        if not self.operator.running.is_set():
-            return "operator_pause"
-        if self.control.waiting_to_start:
-            if self.may_start.is_set():
-                return "waiting_for_start_episode"
-            return "spool_disk_error" if self.disk_error else "spool_full"
-        return ""
+        return status_report.paused_reason(self)
 
     # ---------------------------------------------------------------- service (systemd, status file, metrics)
 
     def service_status(self) -> AgentStatus:
         """The one snapshot behind status.json, /metrics and systemd's STATUS= line."""
-        c, up, sp, link = self.control, self.link_state, self.spool, self.feed.supervisor
-        j = c.jitter()
-        return {
-            "time": time.time(), "pid": os.getpid(), "robot_id": self.cfg.robot_id, "state": self.state,
-            "status_interval_s": self.cfg.service.status_interval_s, "metrics_url": self.metrics_url,
-            "policy_version": self.policy.version,
-            "link": {
-                "connected": up["connected"], "url": up["url"], "reconnects": up["reconnects"],
-                "last_error": up["last_error"], "refused": up["refused"], "learner_holding": up["learner_holding"],
-                "last_ack_age_s": None if self._last_ack is None else round(time.monotonic() - self._last_ack, 3),
-                "policy_refused_reason": up["policy_refused_reason"],  # weights from an unproven learner are refused
-                "process_pid": up["pid"], "process_restarts": link.restarts,
-            },
-            "spool": {
-                "bytes": sp.bytes, "quota_bytes": sp.quota_bytes, "fill": sp.bytes / sp.quota_bytes if sp.quota_bytes else None,
-                "pending_chunks": sp.pending(), "acked_seq": sp.acked_seq, "last_seq": sp.last_seq,
-                "disk_error": self.disk_error,
-            },
-            "control": {
-                "target_hz": self.cfg.control.rate_hz, "rate_hz": round(self._rate.rate, 2), "steps": c.steps,
-                "episodes": c.episodes, "jitter_p50_ms": round(j["p50_ms"], 3), "jitter_p99_ms": round(j["p99_ms"], 3),
-                "jitter_max_ms": round(j["max_ms"], 3), "paused": self._paused_reason(),
-            },
-            "teleop": {
-                "device": self.cfg.teleop.device if self.cfg.teleop is not None else "",
-                "human_driving": c.human.driving, "interventions": c.human.interventions,
-                "takeovers": c.human.takeovers, "read_errors": c.human.read_errors,
-                "recording": self.record_episodes is not None,
-            },
-            "chunks": {"where": self.cfg.policy.where, **(c.chunks.counters if c.chunks is not None else {})},
-        }
+        return status_report.snapshot(self)
 
     async def _publish_status(self) -> None:
         self._rate.update(self.control.steps)
