@@ -12,6 +12,11 @@ Cost per commit: the learner's own write path (``ReplayBuffer.write``: Parquet,
 fsync, rename, manifest log line) timed for each of 10,000 one-chunk segments
 into one buffer; the first 100 commits against the last 100 show whether the
 cost grows with the run (it did while the manifest was rewritten whole).
+
+Ceilings: the same chunk bodies decompressed, then decompressed and validated
+(``decode_chunk``), in this process on one core, against the same baseline. Ingest
+must do at least that before it may store or ack a chunk, so these ratios bound
+what any storage path reaches here.
 """
 
 from __future__ import annotations
@@ -44,11 +49,29 @@ def raw_ws_seconds(bodies: list[bytes], root: Path) -> float:
         C.stop(p)
 
 
+def ceiling_seconds(cs: C.ChunkSet) -> tuple[float, float]:
+    """Seconds to decompress the chunk bodies, and to decompress and validate them (``decode_chunk``,
+    what ingest must do before it may store a byte), on one core: a bound on durable goodput that no
+    storage path can beat without more cores or less checking."""
+    from shared.chunk import decode_chunk
+    from shared.compression import decompress
+
+    bodies = [c[3] for c in cs.chunks]
+    t0 = time.perf_counter()
+    for b in bodies:
+        decompress(b, 1 << 31)
+    t1 = time.perf_counter()
+    for b in bodies:
+        decode_chunk(b, cs.spec, max_decompressed=1 << 31, max_rows=1 << 20)
+    return t1 - t0, time.perf_counter() - t1
+
+
 def run_kind(kind: str, n: int, root: Path, res: C.Result) -> None:
     robot = f"ingest-{kind}"
     cs = C.make_chunks(kind, n, robot)
     base_s = raw_ws_seconds([c[3] for c in cs.chunks], root)
     base_mbs = cs.wire_bytes / base_s / 1e6
+    unzip_s, decode_s = ceiling_seconds(cs)
     learner = C.Learner(root / kind, limits=LIMITS).start()
     try:
         cfg = C.agent_config(root / kind, robot, learner.url, camera=kind != "state")
@@ -72,11 +95,16 @@ def run_kind(kind: str, n: int, root: Path, res: C.Result) -> None:
             wire_mbs / base_mbs >= 0.6)
     res.add(tag, "transitions/s", rows / secs, "1/s", cs.rows / base_s, C.ratio(rows / secs, cs.rows / base_s))
     res.add(tag, "raw (Arrow) MB/s", raw_mbs, "MB/s")
+    for what, secs_ in (("ceiling: zstd decompress only, one core", unzip_s),
+                        ("ceiling: decompress + validate (decode_chunk), one core", decode_s)):
+        mbs = cs.wire_bytes / secs_ / 1e6
+        res.add(tag, what, mbs, "MB/s", base_mbs, C.ratio(mbs, base_mbs))
     res.add(tag, "stored exactly once", float(count["stored"]), "rows", float(count["generated"]), None,
             "all, no dupes", count["stored"] == count["generated"] and count["duplicates"] == 0)
     res.extra[kind] = {"transitions": rows, "chunks": len(cs.chunks), "wire_bytes": cs.wire_bytes,
                        "raw_bytes": cs.raw_bytes, "seconds": secs, "baseline_seconds": base_s,
-                       "compression": cs.raw_bytes / cs.wire_bytes, **count}
+                       "compression": cs.raw_bytes / cs.wire_bytes, "decompress_s": unzip_s, "decode_s": decode_s,
+                       **count}
 
 
 def commit_cost(n: int, root: Path, res: C.Result) -> None:
