@@ -79,7 +79,7 @@ async def _groups(app: web.Application, with_trainer: bool = True) -> AsyncItera
     the first group's parts also under the single-group keys (``BUFFER``, ...) for code that predates groups."""
     cfg = app[CONFIG]
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    groups = await asyncio.to_thread(GroupRegistry.open, cfg, app[LIMITS], not with_trainer)
+    groups = await asyncio.to_thread(GroupRegistry.open, cfg, app[LIMITS])
     app[GROUPS] = groups
     first = groups.first
     app[BUFFER], app[INGEST], app[PUBLISHER] = first.buffer, first.ingest, first.publisher

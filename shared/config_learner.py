@@ -250,9 +250,6 @@ class LearnerConfig(_Strict):
 
     @model_validator(mode="after")
     def _group_learners(self) -> "LearnerConfig":
-        if self.cluster is not None and (self.groups.mode == "auto" or len(self.groups.named) > 1):
-            raise ValueError("groups: a cluster run trains one policy; mixed fleets (groups.mode = \"auto\" or more "
-                             "than one [[groups.named]]) run on a single-process learner")
         for g in self.groups.named:
             try:
                 self.group_learner(g)

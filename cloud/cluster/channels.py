@@ -11,7 +11,7 @@ after the durable write. Memory is bounded by producers x window.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import Any, Sequence
 
 from shared.protocol import Chunk
 
@@ -42,11 +42,12 @@ class ShardChannel:
             self._handles[name] = ray.get_actor(shard_actor_name(name), namespace=self.namespace)
         return self._handles[name]
 
-    def hello(self, robot_id: str, spec: dict[str, Any], source: str) -> int:
-        """Join the robot's shard; the answer is its durable mark (resume from there)."""
+    def hello(self, robot_id: str, spec: dict[str, Any], source: str, units: Sequence[dict[str, Any]] = ()) -> int:
+        """Join the robot's shard and its embodiment group there (``units``: its unit descriptions, which name
+        a new group as a robot's hello does); the answer is its durable mark (resume from there)."""
         import ray
 
-        return int(ray.get(self.shard(robot_id).hello.remote(robot_id, spec, source)))
+        return int(ray.get(self.shard(robot_id).hello.remote(robot_id, spec, source, list(units))))
 
     def put(self, robot_id: str, chunk: Chunk) -> None:
         """Queue one chunk; blocks while this producer has ``max_inflight`` chunks unacked."""

@@ -40,8 +40,8 @@ def show(
     live: str = typer.Option(None, "--live", help="also check the placement against this running Ray cluster (auto, ray://...)"),
 ) -> None:
     """Print the nodes' units, the node groups and the placement as tables; exit 2 if it cannot be satisfied."""
-    _, cluster = _load(config)
-    typer.echo(render(cluster), nl=False)
+    cfg, cluster = _load(config)
+    typer.echo(render(cluster, embodiments=cfg.groups), nl=False)
     if ray_start:
         for n in cluster.nodes:
             r = node_resources(n)
@@ -101,6 +101,15 @@ def serve_cluster(cfg: cfgmod.LearnerConfig, address: str, resume: bool = False)
     return rc
 
 
+def groups_line(cfg: cfgmod.LearnerConfig) -> str:
+    """The run's embodiment groups as the start line says them."""
+    g = cfg.groups
+    named = ", ".join(f"{n.name} ({', '.join(n.robots) or 'any fitting spec'})" for n in g.named)
+    if g.mode == "auto":
+        return f"auto (a group per episode spec, up to {g.max_groups})" + (f"; named: {named}" if named else "")
+    return f"fixed: {named}" if named else "one (the first robot fixes the spec)"
+
+
 def _serve_on_ray(cfg: cfgmod.LearnerConfig, cluster: ClusterConfig, address: str, stop: threading.Event) -> int:
     import ray
 
@@ -119,6 +128,7 @@ def _serve_on_ray(cfg: cfgmod.LearnerConfig, cluster: ClusterConfig, address: st
     endpoints = runtime.endpoints()
     placed = "; ".join(f"{comp} on {', '.join(nodes)}" for comp, nodes in runtime.where().items())
     print(f"cloud-learner: placed {placed}", file=sys.stderr, flush=True)
+    print(f"cloud-learner: embodiment groups: {groups_line(cfg)}", file=sys.stderr, flush=True)
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(cfg.data_dir / "endpoints.json", json.dumps(endpoints).encode())
     print(f"READY {json.dumps(endpoints)}", flush=True)

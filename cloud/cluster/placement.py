@@ -15,6 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from shared.config_groups import GroupsConfig
 from shared.errors import ConfigError
 
 from .config import ClusterConfig, NodeConfig, Placement
@@ -126,8 +127,9 @@ def check_live(cfg: ClusterConfig, ray_nodes: list[dict[str, Any]]) -> Plan:
     return _fit(cfg, capacity, "live Ray cluster")
 
 
-def render(cfg: ClusterConfig, width: int = 120) -> str:
-    """Units, groups and placement as tables (``cloud-learner cluster show``)."""
+def render(cfg: ClusterConfig, width: int = 120, embodiments: GroupsConfig | None = None) -> str:
+    """Units, node groups, placement and (``embodiments``: the run's ``[groups]``) the embodiment groups the
+    shards and the learner serve, as tables (``cloud-learner cluster show``)."""
     try:
         plan, verdict = check(cfg), "placement: OK"
     except PlacementError as e:
@@ -152,7 +154,27 @@ def render(cfg: ClusterConfig, width: int = 120) -> str:
         place.add_row(comp, p.group, str(p.replicas), need, ", ".join(plan.nodes.get(comp, [])) or "-")
     buf = io.StringIO()
     console = Console(file=buf, width=width, force_terminal=False, color_system=None)
-    for t in (units, groups, place):
+    tables = [units, groups, place]
+    if embodiments is not None:
+        tables.append(embodiment_table(cfg, embodiments))
+    for t in tables:
         console.print(t)
     console.print(verdict)
     return buf.getvalue()
+
+
+def embodiment_table(cfg: ClusterConfig, groups: GroupsConfig) -> Table:
+    """The embodiment groups (``[groups]``): each has a buffer on every shard its robots link to, a trainer in
+    the learner and its own policy, sent to its robots only."""
+    shards = ", ".join(s.name for s in cfg.placement.shards)
+    t = Table(title=f"embodiment groups (mode {groups.mode})", title_justify="left")
+    for col in ("group", "robots", "buffers on shards", "trained by", "weights to"):
+        t.add_column(col)
+    for g in groups.named:
+        t.add_row(g.name, ", ".join(g.robots) or "any whose spec fits", shards, "learner", "its robots")
+    if groups.mode == "auto":
+        t.add_row("<driver>-<spec hash>", f"each new episode spec (up to {groups.max_groups} groups)", shards,
+                  "learner", "its robots")
+    elif not groups.named:
+        t.add_row("(one group)", "all: the first robot fixes the spec", shards, "learner", "every robot")
+    return t

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any, Protocol, TypedDict
+from typing import Any, Protocol, Sequence, TypedDict
 
 import numpy as np
 
@@ -55,7 +55,7 @@ class WorkerStats(TypedDict):
 
 
 class Sink(Protocol):
-    def hello(self, robot_id: str, spec: dict[str, Any], source: str) -> int: ...
+    def hello(self, robot_id: str, spec: dict[str, Any], source: str, units: Sequence[dict[str, Any]] = ()) -> int: ...
     def put(self, robot_id: str, chunk: Chunk) -> None: ...
     def flush(self) -> None: ...
 
@@ -76,7 +76,7 @@ class RolloutWorker:
         self.state_fields = state_sizes(self.spec)
         self.image_fields = image_shapes(self.spec)
         self.policy: LoadedPolicy | None = None  # replaced only between rollouts
-        self.seq = sink.hello(self.robot_id, self.spec.to_dict(), "sim")  # resume after the durable mark
+        self.seq = sink.hello(self.robot_id, self.spec.to_dict(), "sim", [desc.to_dict()])  # resume after the durable mark
         self.rng = np.random.default_rng(seed + index)
         self.sync: WeightSync | None = None
         self.rollouts = 0

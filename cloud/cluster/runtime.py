@@ -53,6 +53,19 @@ def check_shards(cfg: LearnerConfig, cluster: ClusterConfig) -> None:
         shard_config(cfg, s.name, s.host, s.port)
 
 
+def grouped(cfg: LearnerConfig) -> bool:
+    """Whether the run has several embodiment groups (``[groups]``): each trained and published under its name."""
+    return cfg.groups.mode == "auto" or len(cfg.groups.named) > 1
+
+
+def learner_groups(cfg: LearnerConfig) -> dict[str, Any] | None:
+    """What the learner needs to know of the groups (None: a single-group run)."""
+    if not grouped(cfg):
+        return None
+    return {"mode": cfg.groups.mode, "max_groups": cfg.groups.max_groups,
+            "named": {g.name: cfg.group_learner(g).model_dump() for g in cfg.groups.named}}
+
+
 class ClusterRuntime:
     """The components of one run on a Ray cluster (``ray.init`` done by the caller)."""
 
@@ -63,6 +76,7 @@ class ClusterRuntime:
         self.learner: Any = None
         self.publisher: Any = None
         self.workers: list[Any] = []
+        self.rollout_group: str | None = None  # the embodiment group the rollout workers joined (grouped runs)
         self._synced = False
 
     def _placement_groups(self) -> None:
@@ -115,11 +129,12 @@ class ClusterRuntime:
             ).remote(s.name, self.cfg, s.host, s.port, NotifyLearner(LEARNER, self.namespace))
         self.publisher = ray.remote(ClusterPublisher).options(  # type: ignore[attr-defined]
             **self._opts("publisher", pl.publisher, name=PUBLISHER, max_restarts=-1),
-        ).remote(self.cfg.data_dir / "policy", names, self.namespace)
+        ).remote(self.cfg.data_dir / "policy", names, self.namespace,
+                 home=self.cfg.groups.named[0].name if self.cfg.groups.named else None)
         self.learner = ray.remote(LearnerWorker).options(  # type: ignore[attr-defined]
             **self._opts("learner", pl.learner, name=LEARNER, max_concurrency=4),
         ).remote(self.cfg.learner.model_dump(), names, PUBLISHER, self.namespace,
-                 tensorboard_dir=str(self.cfg.data_dir / TENSORBOARD))
+                 tensorboard_dir=str(self.cfg.data_dir / TENSORBOARD), groups=learner_groups(self.cfg))
         if pl.rollout is not None:
             cls = ray.remote(ClusterRolloutWorker)
             self.workers = [
@@ -138,6 +153,8 @@ class ClusterRuntime:
         """Form the weight-sync process group: publisher rank 0, workers 1..N."""
         import ray
 
+        if grouped(self.cfg):
+            self.rollout_group = self._rollout_group()
         addr = ray.get(self.publisher.sync_address.remote())
         ws = self.cluster.weight_sync.model_dump()
         world = len(self.workers) + 1
@@ -147,13 +164,24 @@ class ClusterRuntime:
         self._synced = True
         return backends[0]
 
+    def _rollout_group(self) -> str:
+        """The one group the rollout workers joined (one weight-sync round serves one policy)."""
+        import ray
+
+        ids = [st["robot_id"] for st in ray.get([w.stats.remote() for w in self.workers])]
+        found = ray.get([self.shards[self.cluster.shard_for(rid)].group_of.remote(rid) for rid in ids])
+        if len(set(found)) != 1 or found[0] is None:
+            raise PlacementError(f"cluster.placement.rollout: the workers joined groups {dict(zip(ids, found))}; "
+                                 "all must be of one embodiment group")
+        return str(found[0])
+
     def rollout_round(self) -> list[dict[str, Any]]:
         """Swap weights on every worker (one sync round), then one rollout each."""
         import ray
 
         if not self._synced:
             self.init_weight_sync()
-        ray.get([self.publisher.sync_round.remote()] + [w.sync_round.remote() for w in self.workers])
+        ray.get([self.publisher.sync_round.remote(self.rollout_group)] + [w.sync_round.remote() for w in self.workers])
         return ray.get([w.rollout.remote() for w in self.workers])
 
     def run_rollouts(self, stop: threading.Event) -> None:
@@ -179,6 +207,30 @@ class ClusterRuntime:
         out["publisher"] = [names[ray.get(self.publisher.stats.remote())["node_id"]]]
         if self.workers:
             out["rollout"] = [names[s["node_id"]] for s in ray.get([w.stats.remote() for w in self.workers])]
+        return out
+
+    def groups(self) -> dict[str, dict[str, Any]]:
+        """Each embodiment group: the shards holding its data, its robots and rows, its policy version and
+        updates (``serve --cluster`` prints it; a single-group run has one)."""
+        import ray
+
+        shards = dict(zip(self.shards, ray.get([a.stats.remote() for a in self.shards.values()])))
+        learner = ray.get(self.learner.stats.remote())
+        trained = learner.get("groups")
+        out: dict[str, dict[str, Any]] = {}
+        for shard, st in shards.items():
+            for name, g in st["groups"].items():
+                if not g["rows"] and not g["policy_version"]:
+                    continue  # a group slot no robot has filled here
+                e = out.setdefault(name, {"shards": [], "robots": [], "rows": 0, "driver": g["driver"],
+                                          "policy_version": 0, "updates": 0})
+                e["shards"].append(shard)
+                e["robots"] = sorted({*e["robots"], *g["rows_by_robot"]})
+                e["rows"] += g["rows"]
+        for name, e in out.items():
+            t = trained.get(name) if trained is not None else (learner if len(out) == 1 else None)
+            if t is not None:
+                e["policy_version"], e["updates"] = t["version"], t["updates"]
         return out
 
     def stop(self) -> None:

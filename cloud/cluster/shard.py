@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from aiohttp import web
@@ -31,7 +31,8 @@ from shared.weights import WeightsBlob
 from ..admission import serve_robot_port
 from ..app import make_app
 from ..buffer import Batch, ReplayBuffer
-from ..keys import BUFFER, INGEST, PUBLISHER, REGISTRY
+from ..groups import Group
+from ..keys import GROUPS, REGISTRY
 from ..robots import RobotRegistry
 
 log = logging.getLogger("fleetrl.cluster.shard")
@@ -76,10 +77,12 @@ def node_id() -> str | None:
 
 
 class BufferShard:
-    """Gateway + buffer for the robots routed to shard ``name``."""
+    """Gateway + buffers for the robots routed to shard ``name``: one buffer per embodiment group
+    (``cloud.groups``: the same registry as a single learner's), each reported, sampled and sent
+    weights under its group's name."""
 
     def __init__(self, name: str, cfg: LearnerConfig, host: str | None = None, port: int = 0,
-                 notify: Callable[[str, dict[str, Any]], None] | None = None):
+                 notify: Callable[[str, str, dict[str, Any]], None] | None = None):
         self.name, self.notify = name, notify
         self.cfg = shard_config(cfg, name, host, port)
         self.registry = registry_file(cfg)
@@ -88,6 +91,7 @@ class BufferShard:
         self._start_lock: asyncio.Lock | None = None
         self._order: dict[str, asyncio.Condition] = {}
         self._claimed: dict[str, int] = {}
+        self._producers: dict[str, Group] = {}  # rollout worker id -> the group its hello joined
         self.samples_served = 0
 
     async def _ensure(self) -> web.Application:
@@ -99,21 +103,25 @@ class BufferShard:
                 app = make_app(self.cfg, resume=False, with_trainer=False)
                 app[REGISTRY] = RobotRegistry(self.registry)  # the run's table: enrolment and revocation reach here
                 runner, self._url = await serve_robot_port(app, self.cfg.server, shutdown_timeout=2.0)  # as a learner
-                app[INGEST].on_durable = lambda rows: self._notify_learner()
+                app[GROUPS].watch(self._hook)  # every group's durable rows reach the learner, new groups' too
                 self._runner = runner
-                log.info("event=shard_ready shard=%s url=%s rows=%d", self.name, self._url, app[BUFFER].rows)
+                log.info("event=shard_ready shard=%s url=%s rows=%d groups=%s", self.name, self._url,
+                         sum(g.buffer.rows for g in app[GROUPS]), [g.name for g in app[GROUPS]])
         return self._runner.app
 
-    def _notify_learner(self) -> None:
+    def _hook(self, group: Group) -> None:
+        group.ingest.on_durable = lambda rows: self._notify_learner(group)
+
+    def _notify_learner(self, group: Group) -> None:
         if self.notify is not None:
             try:
-                self.notify(self.name, self._memory())
+                self.notify(self.name, group.name, self._memory(group))
             except Exception as e:  # the learner restarting must not fail ingest
-                log.warning("event=learner_notify_failed shard=%s error=%r", self.name, e)
+                log.warning("event=learner_notify_failed shard=%s group=%s error=%r", self.name, group.name, e)
 
-    def _memory(self) -> dict[str, Any]:
-        assert self._runner is not None
-        buf = self._runner.app[BUFFER]
+    @staticmethod
+    def _memory(group: Group) -> dict[str, Any]:
+        buf = group.buffer
         dims = buf.dims
         if dims is None:
             return {"size": 0, "added": 0}
@@ -121,35 +129,56 @@ class BufferShard:
                 "obs_fields": list(dims.obs_fields), "rows": buf.rows, "segments": buf.segment_count,
                 "images": [[name, list(hwc)] for name, hwc in dims.images]}
 
+    def _group(self, app: web.Application, name: str | None) -> Group | None:
+        """A group by name (None: the first group, the single-group run's only one)."""
+        return app[GROUPS].first if name is None else app[GROUPS].get(name)
+
+    async def memory(self, group: str | None = None) -> dict[str, Any]:
+        """What this shard reports to the learner of a group (None: the first)."""
+        app = await self._ensure()
+        g = self._group(app, group)
+        return self._memory(g) if g is not None else {"size": 0, "added": 0}
+
     async def announce(self) -> None:
         """Tell the learner what this shard holds (at start, and after either restarts)."""
-        await self._ensure()
-        self._notify_learner()
+        app = await self._ensure()
+        for g in app[GROUPS]:
+            self._notify_learner(g)
 
     async def endpoint(self) -> str:
         await self._ensure()
         return self._url
 
-    async def hello(self, robot_id: str, spec: dict[str, Any], source: str = "sim") -> int:
-        """A producer without a websocket (a rollout worker) joins: spec check, source tag, resume point."""
+    async def hello(self, robot_id: str, spec: dict[str, Any], source: str = "sim",
+                    units: Sequence[dict[str, Any]] = ()) -> int:
+        """A producer without a websocket (a rollout worker) joins its group as a robot's hello does
+        (spec check, group found or started), is tagged with its source; the answer is its resume point."""
         app = await self._ensure()
-        buf = app[BUFFER]
-        buf.check_spec(EpisodeSpec.from_dict(spec), robot_id)
+        group = await app[GROUPS].resolve(robot_id, EpisodeSpec.from_dict(spec), units)
+        self._producers[robot_id] = group
+        buf = group.buffer
         sources = dict(buf.extra(SOURCES) or {})
         if sources.get(robot_id) != source:
             sources[robot_id] = source
             await asyncio.to_thread(buf.set_extra, SOURCES, sources)
         return buf.hwm(robot_id)
 
+    async def group_of(self, robot_id: str) -> str | None:
+        """The group a producer's hello joined (or that holds its data)."""
+        app = await self._ensure()
+        group = self._producers.get(robot_id) or app[GROUPS].home_of(robot_id)
+        return group.name if group is not None else None
+
     async def put(self, robot_id: str, chunk: Chunk) -> int:
-        """Ingest one chunk; returns the robot's durable mark once it is stored.
+        """Ingest one chunk into the producer's group; returns the robot's durable mark once it is stored.
 
         Ray may start an async actor's calls out of order; Ingest needs each
         robot's chunks in stream order, so a chunk waits for its predecessor's
         claim (a resend at or below the mark passes at once and is dropped).
         """
         app = await self._ensure()
-        buf, ingest = app[BUFFER], app[INGEST]
+        group = self._producers.get(robot_id) or app[GROUPS].home_of(robot_id) or app[GROUPS].first  # after a restart
+        buf, ingest = group.buffer, group.ingest
         cond = self._order.setdefault(robot_id, asyncio.Condition())
         async with cond:
             try:
@@ -167,28 +196,42 @@ class BufferShard:
         await durable
         return buf.hwm(robot_id)
 
-    async def sample(self, batch_size: int, seed: int) -> Batch:
-        """A batch drawn here, so only samples leave the site."""
+    async def sample(self, batch_size: int, seed: int, group: str | None = None) -> Batch:
+        """A batch drawn from one group's buffer here, so only samples leave the site."""
         app = await self._ensure()
+        g = self._group(app, group)
+        if g is None:
+            raise SchemaError(f"shard {self.name!r} holds no group {group!r}", code="no_group")
         self.samples_served += batch_size
         # off the event loop: history reads Parquet row groups, and this loop also serves the site's robots
-        return await asyncio.to_thread(app[BUFFER].sample, batch_size, np.random.default_rng(seed))
+        return await asyncio.to_thread(g.buffer.sample, batch_size, np.random.default_rng(seed))
 
-    async def publish(self, blob: WeightsBlob) -> int:
-        """Relay new weights to the robots linked to this shard's gateway."""
+    async def publish(self, blob: WeightsBlob, group: str | None = None) -> int:
+        """Relay a group's new weights to the robots of that group linked to this shard's gateway
+        (a shard without that group relays nothing: its robots are of other embodiments)."""
         app = await self._ensure()
-        await app[PUBLISHER].publish(blob)
-        return app[PUBLISHER].version
+        g = self._group(app, group)
+        if g is None:
+            return 0
+        await g.publisher.publish(blob)
+        return g.publisher.version
 
     async def stats(self) -> dict[str, Any]:
         app = await self._ensure()
-        buf = app[BUFFER]
+        registry = app[GROUPS]
+        groups, first = list(registry), registry.first
         return {
             "shard": self.name, "url": self._url, "node_id": node_id(), "data_dir": str(self.cfg.data_dir),
-            "rows": buf.rows, "rows_by_robot": dict(buf.rows_by_robot), "hwm": buf.marks(),
-            "sources": self._sources(buf), "segments": buf.segment_count,
-            "recovery": buf.recovery_report, "samples_served": self.samples_served,
-            "policy_version": app[PUBLISHER].version, "memory": self._memory(),
+            "rows": sum(g.buffer.rows for g in groups),
+            "rows_by_robot": {rid: n for g in groups for rid, n in g.buffer.rows_by_robot.items()},
+            "hwm": {rid: n for g in groups for rid, n in g.buffer.marks().items()},
+            "sources": {rid: src for g in groups for rid, src in self._sources(g.buffer).items()},
+            "segments": sum(g.buffer.segment_count for g in groups),
+            "recovery": first.buffer.recovery_report, "samples_served": self.samples_served,
+            "policy_version": first.publisher.version, "memory": self._memory(first),
+            "groups": {g.name: {"data_dir": str(g.root), "rows": g.buffer.rows,
+                                "rows_by_robot": dict(g.buffer.rows_by_robot),
+                                "policy_version": g.publisher.version, "driver": g.driver} for g in groups},
         }
 
     @staticmethod

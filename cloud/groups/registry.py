@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from shared.config import LearnerConfig
 from shared.errors import SchemaError
@@ -42,19 +42,19 @@ def stored_checkpoints(data_dir: Path) -> list[Path]:
 class GroupRegistry:
     """The groups of one learner, in the order they were opened (the first is the run's first group)."""
 
-    def __init__(self, cfg: LearnerConfig, limits: Limits, groups: list[Group], single: bool = False):
-        self.cfg, self.limits, self.single = cfg, limits, single
+    def __init__(self, cfg: LearnerConfig, limits: Limits, groups: list[Group]):
+        self.cfg, self.limits = cfg, limits
         self._groups = groups
         self._lock = asyncio.Lock()  # one robot at a time may start a group
         self._started: tuple[asyncio.AbstractEventLoop, bool, bool] | None = None
+        self._watchers: list[Callable[[Group], None]] = []
 
     # ---------------------------------------------------------------- opening
 
     @classmethod
-    def open(cls, cfg: LearnerConfig, limits: Limits, single: bool = False) -> "GroupRegistry":
-        """Every group of the run from disk (blocking). ``single``: the first group only (a cluster shard,
-        whose learner trains one policy)."""
-        data_dir, named = cfg.data_dir, ([] if single else list(cfg.groups.named))
+    def open(cls, cfg: LearnerConfig, limits: Limits) -> "GroupRegistry":
+        """Every group of the run from disk (blocking); a cluster shard opens the groups of its own data dir."""
+        data_dir, named = cfg.data_dir, list(cfg.groups.named)
         pin = named[0] if named else None
         first = open_group(pin.name if pin else FIRST, data_dir, cfg.group_learner(pin), cfg.limits, limits,
                            first=True, patterns=pin.robots if pin else (), pinned=pin is not None)
@@ -66,7 +66,7 @@ class GroupRegistry:
             groups.append(open_group(g.name, group_root(data_dir, g.name, False), cfg.group_learner(g), cfg.limits,
                                      limits, patterns=g.robots, pinned=True))
         root = data_dir / GROUPS_DIR
-        for d in sorted(root.iterdir()) if root.is_dir() and not single else []:
+        for d in sorted(root.iterdir()) if root.is_dir() else []:
             if not d.is_dir() or not is_safe_id(d.name) or any(g.name == d.name for g in groups):
                 continue
             if not (d / "buffer" / "manifest.json").exists():
@@ -74,13 +74,20 @@ class GroupRegistry:
             groups.append(open_group(d.name, d, cfg.learner, cfg.limits, limits))
         if len(groups) > 1:
             log.info("event=groups_opened groups=%s", [g.name for g in groups])
-        return cls(cfg, limits, groups, single)
+        return cls(cfg, limits, groups)
 
     def start(self, loop: asyncio.AbstractEventLoop, with_trainer: bool, resume: bool) -> None:
         """Start every group's writer and trainer; groups started later start the same way."""
         self._started = (loop, with_trainer, resume)
         for g in self._groups:
             g.start(loop, with_trainer, resume)
+
+    def watch(self, fn: Callable[[Group], None]) -> None:
+        """Call ``fn`` for every group now and for each one started later (a cluster shard hooks its
+        learner notification into each group's ingest this way)."""
+        self._watchers.append(fn)
+        for g in self._groups:
+            fn(g)
 
     async def stop(self) -> None:
         for g in self._groups:
@@ -140,7 +147,7 @@ class GroupRegistry:
         empty = next((g for g in free if g.buffer.spec is None and (g.first or g.pinned)), None)
         if empty is not None:
             return empty
-        if not self.single and self.cfg.groups.mode == "auto" and len(self._groups) < self.cfg.groups.max_groups:
+        if self.cfg.groups.mode == "auto" and len(self._groups) < self.cfg.groups.max_groups:
             return None
         raise SchemaError(self._refusal(spec), code="spec_mismatch")
 
@@ -159,10 +166,8 @@ class GroupRegistry:
         if not specs:
             return "robot's episode spec fits no group: every group is pinned to other robots (groups.named robots)"
         group, theirs = min(specs, key=lambda gs: spec_distance(gs[1], spec))
-        if self.cfg.groups.mode == "auto" and not self.single:
+        if self.cfg.groups.mode == "auto":
             why = f"the run has its groups.max_groups ({self.cfg.groups.max_groups}) groups"
-        elif self.single:
-            why = "this learner trains one group"
         else:
             why = 'groups.mode = "fixed"'
         return (f"robot's episode spec fits none of the run's {len(self._groups)} groups ({why}); the closest, group "
@@ -183,6 +188,8 @@ class GroupRegistry:
         log.info("event=group_started group=%s driver=%s groups=%d", name, driver_name(units), len(self._groups))
         if self._started is not None:
             group.start(*self._started)
+        for fn in self._watchers:
+            fn(group)
         return group
 
     def _admit(self, group: Group, robot_id: str, spec: EpisodeSpec, units: Sequence[dict[str, Any]]) -> None:

@@ -245,7 +245,7 @@ def test_cameras_in_cluster_mode_shards_serve_frames_and_the_learner_trains_a_cn
         # A batch drawn across both shards carries each row's frame and its next frame, exactly.
         buf = ShardedBuffer(["site-a", "site-b"], namespace="pixels")
         for name, shard in rt.shards.items():
-            buf.update(name, ray.get(shard.__ray_call__.remote(lambda self: self._memory())))
+            buf.update(name, ray.get(shard.memory.remote()))
         assert buf.dims is not None and buf.dims.images == (("cam", CAM),)
         batch = buf.sample(64, np.random.default_rng(0))
         obs, nxt = batch["images.cam"], batch["next_images.cam"]
