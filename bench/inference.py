@@ -5,7 +5,7 @@ Euler steps; random weights from a local file: the plumbing is measured, not the
 ``[inference] enabled``. Eight real edge-agent processes (point mass, 50 Hz, ``policy.where =
 "cloud"``, horizon 10, overlap 2, blend 2, on_late hold) link through ``bench._relay``, which
 holds every byte ``delay`` ms in each direction. Each robot asks for its next chunk early
-enough to hide the round trip (edge_agent.chunk_exec); a tick with no action from a chunk is a
+enough to hide the round trip (shared.chunk_exec); a tick with no action from a chunk is a
 missed (late) tick. Baseline: the same fleet with no added delay, in the same run.
 
 Figures over a steady window (after every robot has its first chunks): ticks due (50 Hz x window

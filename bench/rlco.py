@@ -10,17 +10,21 @@ learner; quick run: the twin stepped in process):
 
 - ``sft_real``: SFT on D_real only (no sim data, no RL).
 - ``stage1``: Stage I co-training only (alpha), no RL.
+- ``stage1_flow``: Stage I co-training of the flow-matching head (``sft.policy = "flow"``, chunks of
+  4, 2 run then it replans), no RL (Stage II trains the Gaussian only).
 - ``rlco``: Stage I, then Stage II with beta * SFT(D_real).
 - ``no_real_rl`` (beta = 0): Stage I, then RL without the real-SFT term.
 - ``no_real`` (alpha = 1, beta = 0): no real supervision in either stage.
 - ``no_stage1`` (alpha = 0): Stage II from the real-only SFT start.
 
-Stage I results are shared between variants with the same alpha and seed (stage1, rlco and
+Stage I results are shared between variants with the same alpha, policy and seed (stage1, rlco and
 no_real_rl start from one Stage I run). Reported: mean and std of real success over seeds per
 variant; a ratio row (Stage II env steps/s against raw single-env steps/s, measured in this
 run) for the smoke test. Plot: ``docs/rlco.png`` (full) or ``bench/results/rlco-quick.png``.
 
     python -m bench rlco [--quick]
+    python -m bench.rlco --variants stage1,stage1_flow [--seeds 0,1,2] [--quick]   (some variants only;
+        printed and saved as bench/results/rlco-variants.json, not the docs' rlco results)
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from . import common as C
 
 SEEDS, QUICK_SEEDS = (0, 1, 2), (0,)
 ALPHA, BETA = 0.5, 0.1
+FLOW_LR = 3e-3  # the flow loss (an MSE on a noisy target) trains best with larger steps: bench/flow_sft.py
 DATASETS = C.RESULTS / "rlco-datasets"
 DOCS_PNG = C.ROOT / "docs" / "rlco.png"
 
@@ -63,11 +68,13 @@ class Variant:
     alpha: float
     beta: float
     rl: bool
+    policy: str = "gaussian"
 
 
 VARIANTS = (
     Variant("sft_real", "SFT on D_real only", 0.0, 0.0, False),
     Variant("stage1", "Stage I co-training only", ALPHA, 0.0, False),
+    Variant("stage1_flow", "Stage I co-training, flow head", ALPHA, 0.0, False, "flow"),
     Variant("rlco", "RL-Co (Stage I + II)", ALPHA, BETA, True),
     Variant("no_real_rl", "ablation: beta = 0", ALPHA, 0.0, True),
     Variant("no_real", "ablation: alpha = 1, beta = 0", 1.0, 0.0, True),
@@ -83,6 +90,8 @@ def _config(base: dict[str, Any], root: Path, v: Variant, seed: int) -> Any:
     d["seed"] = seed
     d["datasets"]["dir"] = str(DATASETS)
     d["sft"]["alpha"] = v.alpha
+    if v.policy == "flow":
+        d["sft"].update(policy="flow", lr=FLOW_LR)
     d["rl"]["beta"] = v.beta
     d["eval"]["after"] = ["rl"] if v.rl else ["sft"]
     return RLCoConfig.model_validate(d)
@@ -97,19 +106,19 @@ def _adopt_stage1(recipe: Any, donor: Path) -> None:
     recipe.event(event="stage_adopted", stage="sft", source=str(donor))
 
 
-def run_variant(base: dict[str, Any], root: Path, v: Variant, seed: int, stage1_runs: dict[tuple[float, int], Path]
-                ) -> dict[str, Any]:
+def run_variant(base: dict[str, Any], root: Path, v: Variant, seed: int,
+                stage1_runs: dict[tuple[float, str, int], Path]) -> dict[str, Any]:
     from cloud.rlco.stages import Recipe
 
     cfg = _config(base, root, v, seed)
     recipe = Recipe(cfg)
     recipe.open(resume=False)
     t0 = time.monotonic()
-    donor = stage1_runs.get((v.alpha, seed))
+    donor = stage1_runs.get((v.alpha, v.policy, seed))
     if donor is not None:
         _adopt_stage1(recipe, donor)
     recipe.stage_sft()
-    stage1_runs.setdefault((v.alpha, seed), recipe.dir)
+    stage1_runs.setdefault((v.alpha, v.policy, seed), recipe.dir)
     if v.rl:
         recipe.stage_rl()
     recipe.stage_eval()
@@ -139,7 +148,7 @@ def raw_env_rate(steps: int = 200) -> float:
         robot.close()
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
+def plot(rows: list[dict[str, Any]], path: Path, variants: tuple[Variant, ...] = VARIANTS) -> None:
     """Bars of mean real success per variant, std whiskers and each seed's dot (Pillow: matplotlib is not a
     dependency, see cloud/plot.py)."""
     from PIL import Image, ImageDraw, ImageFont
@@ -155,15 +164,16 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         d.text((left - 34, y(t) - 6), f"{t:.0%}", fill=(30, 30, 30), font=font)
     d.text((left, 12), "RL-Co on FetchPush: success on the real twin (bars: mean, whiskers: std, dots: seeds)",
            fill=(30, 30, 30), font=font)
-    colours = [(153, 153, 153), (102, 153, 204), (34, 170, 102), (238, 153, 68), (204, 68, 68), (170, 119, 204)]
-    slot = (w - 20 - left) / len(VARIANTS)
-    for i, v in enumerate(VARIANTS):
+    colours = [(153, 153, 153), (102, 153, 204), (68, 119, 170), (34, 170, 102), (238, 153, 68), (204, 68, 68),
+               (170, 119, 204)]
+    slot = (w - 20 - left) / len(variants)
+    for i, v in enumerate(variants):
         pts = [r["success"] for r in rows if r["variant"] == v.name]
         if not pts:
             continue
         m, s = float(np.mean(pts)), float(np.std(pts))
         x0, x1 = left + slot * i + slot * 0.2, left + slot * (i + 1) - slot * 0.2
-        d.rectangle([x0, y(m), x1, y(0)], fill=colours[i])
+        d.rectangle([x0, y(m), x1, y(0)], fill=colours[VARIANTS.index(v) % len(colours)])
         xc = (x0 + x1) / 2
         d.line([(xc, y(min(1, m + s))), (xc, y(max(0, m - s)))], fill=(0, 0, 0), width=2)
         for p in pts:
@@ -176,39 +186,79 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     img.save(path)
 
 
-def run(quick: bool = False) -> C.Result:
+def pick(names: list[str] | None) -> tuple[Variant, ...]:
+    """The variants named (all when None), in the table's order; ValueError naming an unknown one."""
+    if names is None:
+        return VARIANTS
+    known = {v.name for v in VARIANTS}
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise ValueError(f"unknown variant(s) {unknown or names}: choose from {', '.join(v.name for v in VARIANTS)}")
+    return tuple(v for v in VARIANTS if v.name in names)
+
+
+def run(quick: bool = False, variants: list[str] | None = None, seeds: tuple[int, ...] | None = None) -> C.Result:
     import torch
 
     torch.set_num_threads(1)
-    base, seeds = (QUICK, QUICK_SEEDS) if quick else (FULL, SEEDS)
-    res = C.Result("rlco", quick)
+    base, default_seeds = (QUICK, QUICK_SEEDS) if quick else (FULL, SEEDS)
+    seeds = seeds or default_seeds
+    chosen = pick(variants)
+    res = C.Result("rlco" if variants is None else "rlco-variants", quick)
     root = Path(tempfile.mkdtemp(prefix="fleetrl-bench-rlco-"))
-    stage1_runs: dict[tuple[float, int], Path] = {}
+    stage1_runs: dict[tuple[float, str, int], Path] = {}
     rows: list[dict[str, Any]] = []
     t0 = time.monotonic()
     for seed in seeds:
-        for v in VARIANTS:
+        for v in chosen:
             r = run_variant(base, root, v, seed, stage1_runs)
             rows.append(r)
             print(f"  rlco seed {seed} {v.name:<11} real success {r['success']:.2f} ({r['episodes']} episodes, "
                   f"{r['via']}, {r['seconds']:.0f} s)", flush=True)
-    for v in VARIANTS:
+    for v in chosen:
         s = [r["success"] for r in rows if r["variant"] == v.name]
         res.add(f"FetchPush twin, {v.label}", "real success (mean)", float(np.mean(s)), "",
                 note=f"std {np.std(s):.2f} over {len(s)} seed(s): {', '.join(f'{x:.2f}' for x in s)}")
     ppo = [r["env_steps_per_s"] for r in rows if r.get("env_steps_per_s")]
-    raw = raw_env_rate()
-    res.add("Stage II PPO (incl. updates)", "env steps/s", float(np.mean(ppo)), "steps/s", baseline=raw,
-            ratio=float(np.mean(ppo)) / raw, note=f"{base['rl']['envs']} envs in one process; baseline: one env, "
-            "zero actions, no policy")
+    if ppo:
+        raw = raw_env_rate()
+        res.add("Stage II PPO (incl. updates)", "env steps/s", float(np.mean(ppo)), "steps/s", baseline=raw,
+                ratio=float(np.mean(ppo)) / raw, note=f"{base['rl']['envs']} envs in one process; baseline: one env, "
+                "zero actions, no policy")
     ds = {p.name: json.loads((p / "manifest.json").read_text()) for p in sorted(DATASETS.glob("d_*"))
           if (p / "manifest.json").exists()}
-    used = {Path(v).name for v in json.loads((root / f"rlco-s{seeds[0]}" / "state.json").read_text())["datasets"].values()}
+    first = root / f"{rows[0]['variant']}-s{rows[0]['seed']}" / "state.json"
+    used = {Path(v).name for v in json.loads(first.read_text())["datasets"].values()}
     res.extra = {"rows": rows, "budgets": base, "alpha": ALPHA, "beta": BETA, "seconds": time.monotonic() - t0,
                  "datasets": {k: {f: m.get(f) for f in ("rows", "episodes", "recorded", "succeeded", "kept", "seconds")}
                               for k, m in ds.items() if k in used}}
-    png = C.RESULTS / "rlco-quick.png" if quick else DOCS_PNG
-    plot(rows, png)
+    png = (C.RESULTS / f"{res.name}-quick.png" if quick else DOCS_PNG if variants is None
+           else C.RESULTS / f"{res.name}.png")
+    plot(rows, png, chosen)
     res.notes.append(f"plot: {png.relative_to(C.ROOT)}")
     shutil.rmtree(root, ignore_errors=True)
     return res
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m bench.rlco", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", type=lambda v: v.split(","), default=None,
+                    help=f"comma-separated, from {','.join(v.name for v in VARIANTS)} (default: all)")
+    ap.add_argument("--seeds", type=lambda v: tuple(int(x) for x in v.split(",")), default=None,
+                    help="comma-separated seeds (default: 0,1,2; quick: 0)")
+    ap.add_argument("--quick", action="store_true", help="the quick run's budgets")
+    a = ap.parse_args(argv)
+    try:
+        chosen = pick(a.variants)
+    except ValueError as e:
+        ap.error(str(e))
+    res = run(a.quick, [v.name for v in chosen] if a.variants else None, a.seeds)
+    C.print_result(res)
+    print(f"  json: {C.save_result(res).relative_to(C.ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,5 +1,5 @@
 """Where the control loop's action chunks come from: the robot's own chunked policy, or the learner's
-policy server over the link. Either way the :class:`~edge_agent.chunk_exec.ChunkExecutor` decides
+policy server over the link. Either way the :class:`~shared.chunk_exec.ChunkExecutor` decides
 what each tick executes and when to ask; this holds the executor and moves requests and answers.
 
 Cloud: a request is handed to the link process without waiting (``send`` posts it to the control
@@ -23,7 +23,7 @@ import numpy as np
 
 from shared.actions import ActionScale
 
-from .chunk_exec import ChunkExecutor, ChunkStep
+from shared.chunk_exec import ChunkExecutor, ChunkStep
 from .policy_holder import LoadedPolicy, PolicyHolder
 from .status import ChunkReport
 

@@ -22,7 +22,7 @@ class Jitter(TypedDict):
 
 
 class ChunkReport(TypedDict):
-    """Action-chunk execution (edge_agent.chunk_exec.ChunkCounters), flat, as the learner hears it."""
+    """Action-chunk execution (shared.chunk_exec.ChunkCounters), flat, as the learner hears it."""
 
     chunks_requests: int  # chunk requests sent (cloud) or made (a chunked policy on the robot)
     chunks_chunks: int  # chunks taken

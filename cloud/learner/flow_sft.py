@@ -51,18 +51,27 @@ class FlowSFT:
         self.updates = 0
 
     def update(self, batch: Mapping[str, Tensor]) -> dict[str, float]:
+        loss = self.loss(batch)
+        self.step(loss)
+        return {"flow_loss": loss.item()}
+
+    def loss(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """The flow-matching loss of one batch (noise and times from the learner's generator), not yet applied:
+        RL-Co's Stage I weighs two of them (``cloud.rlco``)."""
         if CHUNK not in batch:
             raise ValueError(f"a flow policy trains on action chunks: the batch has no {CHUNK!r} "
                              f"(it has {sorted(batch)[:8]}); the demo ring keeps them when learner.policy = \"flow\"")
         obs = batch["obs"].to(self.device, torch.float32, non_blocking=True)
         chunk = batch[CHUNK].to(self.device, torch.float32, non_blocking=True)
         mask = batch.get(CHUNK_VALID) if self.mask_padding else None
-        loss = self.actor.loss(obs, chunk, self.generator, None if mask is None else mask.to(self.device))
+        return self.actor.loss(obs, chunk, self.generator, None if mask is None else mask.to(self.device))
+
+    def step(self, loss: Tensor) -> None:
+        """One Adam step on ``loss`` (a function of this actor's weights)."""
         self.optim.zero_grad(set_to_none=True)
         loss.backward()
         self.optim.step()
         self.updates += 1
-        return {"flow_loss": loss.item()}
 
     def actor_state(self) -> dict[str, Tensor]:
         return {k: v.detach().to("cpu", copy=True) for k, v in self.actor.state_dict().items()}

@@ -12,13 +12,14 @@ bad field (``rlco.toml: sft.alpha: ...``) before anything is written.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from hal_drivers.mujoco_fetch.twin import Dynamics
 
 from shared.config_base import Strict
+from shared.policy.flow import MAX_HORIZON, MAX_STEPS
 
 # The twin of docs/drivers.md ("A sim/real twin"): the scripted push expert succeeds 100% in sim, ~61% here.
 DEFAULT_REAL = {"object_mass_scale": 3.0, "friction_scale": 2.0, "damping_scale": 2.0, "action_gain": 0.7,
@@ -40,7 +41,15 @@ class DatasetsConfig(Strict):
 
 
 class SFTConfig(Strict):
-    """Stage I: supervised co-training of the Gaussian actor on both datasets."""
+    """Stage I: supervised co-training of the policy (Gaussian or flow head) on both datasets."""
+
+    policy: Literal["gaussian", "flow"] = Field("gaussian", description=(
+        "gaussian: the tanh-Gaussian MLP, SFT = NLL of the demo action; flow: the flow-matching action head "
+        "(pi0.5's kind, shared/policy/flow.py), SFT = flow-matching loss on chunks of flow_horizon demo actions. "
+        "Stage II trains the Gaussian only: with flow, eval.after must not name rl"))
+    flow_horizon: int = Field(4, ge=1, le=MAX_HORIZON, description=(
+        "flow: actions per chunk (a chunk never crosses an episode's end; padded steps are left out of the loss)"))
+    flow_steps: int = Field(10, ge=1, le=MAX_STEPS, description="flow: Euler steps integrating a chunk from noise")
 
     alpha: float = Field(0.5, ge=0, le=1, description=(
         "weight of SFT(D_sim); 1 - alpha weighs SFT(D_real). 0: SFT on D_real only (the 'no Stage I' ablation); "
@@ -90,13 +99,27 @@ class EvalConfig(Strict):
     seed: int = Field(1000, description="robot i's env is seeded seed + i: the set is the same for every policy")
     via: Literal["real_path", "in_process"] = Field("real_path", description=(
         "real_path: a learner serves the stage's weights (training off) to edge-agents running the twin; "
-        "in_process: the twin env stepped here with the policy's mean action"))
+        "in_process: the twin env stepped here with the policy's mean action (a flow policy's chunks run through "
+        "the robots' chunk executor, shared/chunk_exec.py, with the same settings)"))
     rate_hz: float = Field(25.0, gt=0, le=1000, description=(
         "real_path: the robots' control rate (the twin's own is 25 Hz, as a real arm's loop would run); an agent "
         "acts before its link is up, so it runs slack episodes for about link_up_s and those are skipped"))
     link_up_s: float = Field(6.0, gt=0, le=120, description="real_path: time allowed for an agent's link to come up")
+    chunk_overlap: int = Field(2, ge=0, le=1023, description=(
+        "flow: the robots' policy.overlap: a new chunk is planned when this many actions of the current one are "
+        "left (with flow_horizon 4: 2 of each chunk run, then it replans); must be below sft.flow_horizon"))
+    chunk_blend_steps: int = Field(0, ge=0, le=1023, description=(
+        "flow: the robots' policy.blend_steps: ticks over which the old and the new chunk are crossfaded"))
     after: list[Literal["sft", "rl"]] = Field(default_factory=lambda: ["sft", "rl"],  # type: ignore[arg-type]
                                              description="stages evaluated (the summary table's columns)")
+
+    def robot_policy(self, horizon: int) -> dict[str, Any] | None:
+        """The ``[policy]`` table robots run a policy of ``horizon`` actions per chunk with (None: one action
+        per inference, the agent's chunk settings are not used)."""
+        if horizon <= 1:
+            return None
+        return {"where": "robot", "horizon": horizon, "overlap": self.chunk_overlap,
+                "blend_steps": self.chunk_blend_steps}
 
 
 class RLCoConfig(Strict):
@@ -117,4 +140,17 @@ class RLCoConfig(Strict):
     def _real_differs(self) -> "RLCoConfig":
         if self.task == "reach" and self.real.object_mass_scale != 1.0:
             raise ValueError("real.object_mass_scale: the reach task has no block (set it to 1 or use task = \"push\")")
+        return self
+
+    @model_validator(mode="after")
+    def _flow_fits(self) -> "RLCoConfig":
+        if self.sft.policy != "flow":
+            return self
+        if "rl" in self.eval.after:
+            raise ValueError("sft.policy = \"flow\" with eval.after naming rl: Stage II (PPO/SAC) trains the Gaussian "
+                             "actor only (flow-policy RL is not implemented); set eval.after = [\"sft\"]")
+        h = self.sft.flow_horizon
+        for name, value in (("chunk_overlap", self.eval.chunk_overlap), ("chunk_blend_steps", self.eval.chunk_blend_steps)):
+            if h > 1 and value >= h:
+                raise ValueError(f"eval.{name} ({value}) must be smaller than sft.flow_horizon ({h})")
         return self

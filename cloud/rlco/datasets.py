@@ -25,12 +25,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cloud.learner.chunks import table_chunks
 from shared.errors import StorageError
 from shared.fsutil import fsync_dir
 from shared.chunk import StepRecord, build_batch
 from shared.schema import OBS_PREFIX, EpisodeSpec
 
-from .losses import Demos
+from .losses import ChunkDemos, Demos
 
 FORMAT = "fleetrl.rlco.dataset.v1"
 ROWS, MANIFEST = "rows.parquet", "manifest.json"
@@ -56,6 +57,12 @@ class Dataset:
         t = self.table()
         obs = np.concatenate([_column(t, OBS_PREFIX + f) for f in fields], axis=1)
         return Demos(obs.astype(np.float32), _column(t, "action").astype(np.float32))
+
+    def chunks(self, fields: tuple[str, ...], horizon: int) -> ChunkDemos:
+        """Flow-policy training pairs (observation, chunk of the next ``horizon`` actions of its episode),
+        cut by the learner's ``table_chunks`` (the rows are in its stored-row schema)."""
+        c = table_chunks(self.table(), list(fields), horizon)
+        return ChunkDemos(c.obs, c.actions, c.valid)
 
 
 def _column(t: pa.Table, name: str) -> np.ndarray:

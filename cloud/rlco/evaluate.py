@@ -4,7 +4,9 @@ The set is ``robots`` Fetch twins seeded ``seed``, ``seed + 1``, ...; each runs 
 ``episodes``. Fetch draws every episode's block and goal from the env's seeded generator and
 never from the actions, so episode k of robot i starts the same whatever the policy: every
 policy meets the same starts. The policy acts with its mean action, through the published
-weights format (normalisation folded into the first layer), as a robot runs it.
+weights format (normalisation folded into the first layer), as a robot runs it; a flow policy
+plans deterministic chunks (integrated from zero noise) that the robots' chunk executor plays
+(``eval.chunk_overlap``, ``eval.chunk_blend_steps``), on the robots and here alike.
 
 ``real_path`` runs it on edge-agent processes (``realpath``); an agent starts acting before the
 learner's first weights reach it, so episodes not wholly acted by the evaluated version are
@@ -25,6 +27,7 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 
+from shared.chunk_exec import ChunkExecutor
 from shared.observations import state_sizes
 from shared.policy_runner import LoadedPolicy, load_policy
 from shared.weights import WeightsBlob, decode_weights
@@ -68,6 +71,34 @@ def _loaded(blob: WeightsBlob, spec_robot: Any) -> LoadedPolicy:
     return load_policy(decode_weights(blob.data, blob.sha256, 1 << 31), state_sizes(spec), spec.action_dim, MAX_PARAMS)
 
 
+class Acting:
+    """How one robot turns observations into actions, as an agent does: the mean action every tick, or, for a
+    chunked (flow) policy, its deterministic chunks played by the robots' chunk executor with the
+    ``[policy]`` settings the real-path robots get (``EvalConfig.robot_policy``), each request answered at
+    once as on a robot. Time is the tick's (``tick / rate_hz``), so a run is reproducible."""
+
+    def __init__(self, policy: LoadedPolicy, cfg: EvalConfig, action_dim: int):
+        self.policy, self.period = policy, 1.0 / cfg.rate_hz
+        table = cfg.robot_policy(policy.horizon)
+        self.executor = None if table is None else ChunkExecutor(
+            action_dim, table["horizon"], table["overlap"], table["blend_steps"], period_s=self.period)
+
+    def reset(self) -> None:
+        if self.executor is not None:
+            self.executor.reset()
+
+    def __call__(self, obs: Any, tick: int) -> np.ndarray:
+        ex = self.executor
+        if ex is None:
+            return self.policy.act(obs, deterministic=True)
+        now = tick * self.period
+        rid = ex.request(tick, now)
+        if rid is not None:
+            plan = self.policy.act_chunk_batch([obs], deterministic=True)[0]
+            ex.receive(rid, tick, plan[: ex.horizon], self.policy.version, tick, now)
+        return ex.act(tick).action
+
+
 def in_process(blob: WeightsBlob, cfg: EvalConfig, task: str, dynamics: dict[str, Any],
                progress: Callable[[int, int], None] | None = None) -> EvalResult:
     """The set on twins stepped in this process."""
@@ -82,13 +113,15 @@ def in_process(blob: WeightsBlob, cfg: EvalConfig, task: str, dynamics: dict[str
     for i, n in enumerate(shares(cfg.episodes, cfg.robots)):
         robot = FetchRobot(FetchConfig(**robot_options(task, cfg.seed + i, dynamics)))
         try:
-            policy = _loaded(blob, robot)
+            act = Acting(_loaded(blob, robot), cfg, robot.describe().episode_spec().action_dim)
             out = per.setdefault(f"eval-{i}", [])
             for _ in range(n):
                 obs = robot.reset()
+                act.reset()
+                tick = 0
                 while True:
-                    res = robot.step(policy.act(obs, deterministic=True))
-                    obs = res.observation
+                    res = robot.step(act(obs, tick))
+                    obs, tick = res.observation, tick + 1
                     if res.terminated or res.truncated:
                         break
                 out.append(bool(res.success))
@@ -135,7 +168,7 @@ def real_path(blob: WeightsBlob, cfg: EvalConfig, task: str, dynamics: dict[str,
     probe = FetchRobot(FetchConfig(**robot_options(task, cfg.seed, dynamics)))
     try:
         spec = probe.describe().episode_spec()
-        _loaded(blob, probe)  # a policy the robots would refuse fails here, with the loader's message
+        horizon = _loaded(blob, probe).horizon  # a policy the robots would refuse fails here, with the loader's message
     finally:
         probe.close()
     want = shares(cfg.episodes, cfg.robots)
@@ -145,7 +178,7 @@ def real_path(blob: WeightsBlob, cfg: EvalConfig, task: str, dynamics: dict[str,
         for i, n in enumerate(want):
             path = realpath.agent_config(root, f"eval-{i}", url, robot_options(task, cfg.seed + i, dynamics),
                                          {"max_episodes": n + slack, "deterministic": True, "seed": cfg.seed + i,
-                                          "rate_hz": cfg.rate_hz})
+                                          "rate_hz": cfg.rate_hz}, policy=cfg.robot_policy(horizon))
             cmds.append(([sys.executable, "-m", "edge_agent", "run", "--config", str(path), "--drain-timeout", "60"],
                          path.parent / "agent.log"))
         realpath.run_agents(cmds, timeout)

@@ -1,5 +1,9 @@
 """RL-Co's losses: SFT of the Gaussian actor, Stage I's alpha weighting, Stage II's beta term.
 
+The flow policy's SFT loss is the flow-matching loss ``FlowSFT.loss`` of the flow learner
+(``cloud.learner.flow_sft``), on chunks of demo actions (:class:`ChunkDemos`, cut by
+``cloud.learner.chunks``); Stage I weighs it the same way (:func:`cotrain`).
+
 SFT is the behaviour-cloning loss the learner already has (``cloud.learner.bc.bc_loss``):
 the negative log-likelihood of the demonstrated action, atanh'ed back to the pre-tanh
 Gaussian the actor outputs (the squash's Jacobian does not depend on the weights and is
@@ -15,16 +19,33 @@ round(ratio * n) sim rows), kept for callers that want one forward pass.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from cloud.learner.bc import bc_loss
+from cloud.learner.chunks import Chunks
+from cloud.learner.flow_sft import chunk_batch
 from shared.policy import GaussianActor
 
 Batch = Mapping[str, Tensor]
+Loss = Callable[[Batch], Tensor]  # one dataset's mean SFT loss over a batch of it
+
+
+class Sampler(Protocol):
+    """A dataset batches are drawn from: :class:`Demos` (rows) or :class:`ChunkDemos` (action chunks)."""
+
+    @property
+    def obs(self) -> np.ndarray: ...  # (n, obs_dim): one observation per row
+
+    @property
+    def act_dim(self) -> int: ...
+
+    def __len__(self) -> int: ...
+
+    def sample(self, n: int, rng: np.random.Generator) -> dict[str, Tensor]: ...
 
 
 @dataclass(frozen=True)
@@ -42,12 +63,30 @@ class Demos:
     def __len__(self) -> int:
         return len(self.obs)
 
+    @property
+    def act_dim(self) -> int:
+        return int(self.action.shape[1])
+
     def sample(self, n: int, rng: np.random.Generator) -> dict[str, Tensor]:
         """``n`` rows drawn uniformly with replacement."""
         if not len(self):
             raise ValueError("cannot sample from an empty dataset")
         idx = rng.integers(0, len(self), n)
         return {"obs": torch.from_numpy(self.obs[idx]), "action": torch.from_numpy(self.action[idx])}
+
+
+@dataclass(frozen=True)
+class ChunkDemos(Chunks):
+    """A dataset as flow-policy training pairs: each row's observation and the chunk of its episode's next
+    actions (``cloud.learner.chunks``: no chunk crosses an episode's end; padded steps are marked invalid)."""
+
+    @property
+    def act_dim(self) -> int:
+        return int(self.actions.shape[2])
+
+    def sample(self, n: int, rng: np.random.Generator) -> dict[str, Tensor]:
+        """``n`` pairs drawn uniformly with replacement: ``obs``, ``action_chunk``, ``chunk_valid``."""
+        return chunk_batch(self, n, rng)
 
 
 def sft_loss(actor: GaussianActor, batch: Batch, device: torch.device | str = "cpu") -> Tensor:
@@ -57,7 +96,13 @@ def sft_loss(actor: GaussianActor, batch: Batch, device: torch.device | str = "c
 
 def cotrain_sft(actor: GaussianActor, alpha: float, batch_sim: Batch | None, batch_real: Batch | None,
                 device: torch.device | str = "cpu") -> tuple[Tensor, dict[str, float]]:
-    """Stage I: alpha * SFT(D_sim) + (1 - alpha) * SFT(D_real), and each part's value.
+    """Stage I for the Gaussian actor: :func:`cotrain` of its ``sft_loss``."""
+    return cotrain(lambda b: sft_loss(actor, b, device), alpha, batch_sim, batch_real)
+
+
+def cotrain(loss: Loss, alpha: float, batch_sim: Batch | None, batch_real: Batch | None
+            ) -> tuple[Tensor, dict[str, float]]:
+    """Stage I: alpha * loss(D_sim batch) + (1 - alpha) * loss(D_real batch), and each part's value.
 
     At alpha = 0 the sim batch is not needed (and not evaluated), at alpha = 1 the real one:
     a zero weight contributes exactly nothing, not 0 * (a loss that might be inf).
@@ -71,9 +116,9 @@ def cotrain_sft(actor: GaussianActor, alpha: float, batch_sim: Batch | None, bat
             continue
         if batch is None:
             raise ValueError(f"alpha = {alpha} weighs D_{name} by {weight:g} but no {name} batch was given")
-        loss = sft_loss(actor, batch, device)
-        parts[f"sft_{name}"] = float(loss.detach())
-        total = weight * loss if total is None else total + weight * loss
+        part = loss(batch)
+        parts[f"sft_{name}"] = float(part.detach())
+        total = weight * part if total is None else total + weight * part
     assert total is not None  # alpha and 1 - alpha cannot both be 0
     return total, parts
 
@@ -97,11 +142,11 @@ def mix_counts(n: int, ratio: float) -> tuple[int, int]:
     return k, n - k
 
 
-def mixed_batch(sim: Demos, real: Demos, n: int, ratio: float, rng: np.random.Generator) -> dict[str, Tensor]:
+def mixed_batch(sim: Sampler, real: Sampler, n: int, ratio: float, rng: np.random.Generator) -> dict[str, Tensor]:
     """One batch of ``n`` rows, ``mix_counts(n, ratio)`` from each dataset; ``from_sim`` marks the sim rows."""
     k_sim, k_real = mix_counts(n, ratio)
     parts = [(d, k) for d, k in ((sim, k_sim), (real, k_real)) if k]
     drawn = [d.sample(k, rng) for d, k in parts]
-    out = {key: torch.cat([b[key] for b in drawn]) for key in ("obs", "action")}
+    out = {key: torch.cat([b[key] for b in drawn]) for key in drawn[0]}
     out["from_sim"] = torch.cat([torch.full((k,), d is sim) for d, k in parts])
     return out

@@ -91,7 +91,8 @@ def learner(root: Path, name: str, policy: WeightsBlob | None = None) -> Iterato
 
 
 def agent_config(root: Path, robot_id: str, url: str, robot: dict[str, Any], control: dict[str, Any],
-                 teleop: dict[str, Any] | None = None) -> Path:
+                 teleop: dict[str, Any] | None = None, policy: dict[str, Any] | None = None) -> Path:
+    """An agent's TOML; ``policy``: its ``[policy]`` table (how a chunked policy's chunks are played)."""
     d = root / robot_id
     d.mkdir(parents=True, exist_ok=True)
     cfg: dict[str, Any] = {
@@ -103,6 +104,8 @@ def agent_config(root: Path, robot_id: str, url: str, robot: dict[str, Any], con
     }
     if teleop is not None:
         cfg["teleop"] = {"device": "scripted_fetch", "options": teleop}
+    if policy is not None:
+        cfg["policy"] = dict(policy)
     path = d / "agent.toml"
     path.write_text(tomli_w.dumps(cfg))
     return path

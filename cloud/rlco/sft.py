@@ -1,4 +1,9 @@
-"""Stage I's trainer: the Gaussian actor, co-trained by SFT on D_sim and D_real with weight alpha.
+"""Stage I's trainer: the policy co-trained by SFT on D_sim and D_real with weight alpha.
+
+Two policy kinds (``sft.policy``): the Gaussian actor, whose SFT loss is the NLL of the demo
+action (``losses.sft_loss``), and the flow-matching head, whose SFT loss is the flow learner's
+own (``FlowSFT.loss``) on chunks of demo actions. Either way one Adam step per pair of batches,
+weighted by alpha exactly (``losses.cotrain``) or mixed into one batch (``weighting = "batch"``).
 
 Observations are standardised with statistics of both datasets, fixed here for the whole recipe
 (Stage II keeps them; publishing folds them into the first layer, ``ObsNormalizer.fold``):
@@ -13,13 +18,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cloud.learner.flow_sft import FlowSFT
 from cloud.learner.normalize import ObsNormalizer
-from shared.policy import GaussianActor, build_gaussian
+from shared.policy import GaussianActor, PolicyActor, build_gaussian
 from shared.policy import mlp as mlp_kind
 
 from . import rngstate
 from .config import SFTConfig
-from .losses import Demos, cotrain_sft, mixed_batch, sft_loss
+from .losses import Batch, Sampler, cotrain, mixed_batch, sft_loss
 
 
 def actor_arch(obs_dim: int, act_dim: int, hidden: list[int]) -> dict[str, Any]:
@@ -27,42 +33,50 @@ def actor_arch(obs_dim: int, act_dim: int, hidden: list[int]) -> dict[str, Any]:
             "hidden": [int(h) for h in hidden]}
 
 
-def fit_normalizer(*datasets: Demos) -> ObsNormalizer:
+def fit_normalizer(*datasets: Sampler) -> ObsNormalizer:
     x = torch.from_numpy(np.concatenate([d.obs for d in datasets if len(d)]))
     return ObsNormalizer(x.mean(0), x.std(0) if len(x) > 1 else torch.ones(x.shape[1]))
 
 
 class SFTTrainer:
-    """alpha * SFT(D_sim) + (1 - alpha) * SFT(D_real), one Adam step per pair of batches."""
+    """alpha * SFT(D_sim) + (1 - alpha) * SFT(D_real) of the Gaussian actor, one Adam step per pair of batches."""
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: SFTConfig, norm: ObsNormalizer, seed: int = 0):
         self.cfg, self.norm = cfg, norm
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.actor: GaussianActor = build_gaussian(actor_arch(obs_dim, act_dim, cfg.hidden))
-        self.optim = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
+        self.actor, self.optim = self._build(obs_dim, act_dim, seed)
         self.rng = np.random.default_rng(seed)
         self.updates = 0
 
-    def _batch(self, d: Demos) -> dict[str, Tensor]:
-        b = d.sample(self.cfg.batch_size, self.rng)
-        return {"obs": (b["obs"] - self.norm.mean) / self.norm.std, "action": b["action"]}
+    def _build(self, obs_dim: int, act_dim: int, seed: int) -> tuple[PolicyActor, torch.optim.Optimizer]:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.gaussian: GaussianActor = build_gaussian(actor_arch(obs_dim, act_dim, self.cfg.hidden))
+        return self.gaussian, torch.optim.Adam(self.gaussian.parameters(), lr=self.cfg.lr)
 
-    def step(self, alpha: float, sim: Demos, real: Demos) -> dict[str, float]:
-        if self.cfg.weighting == "batch":
-            b = mixed_batch(sim, real, 2 * self.cfg.batch_size, alpha, self.rng)
-            loss = sft_loss(self.actor, {"obs": (b["obs"] - self.norm.mean) / self.norm.std, "action": b["action"]})
-            self.optim.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optim.step()
-            self.updates += 1
-            return {"loss": float(loss.detach())}
-        bs = self._batch(sim) if alpha > 0 else None
-        br = self._batch(real) if alpha < 1 else None
-        loss, parts = cotrain_sft(self.actor, alpha, bs, br)
+    def loss(self, batch: Batch) -> Tensor:
+        """One dataset's SFT loss over a (normalised) batch of it."""
+        return sft_loss(self.gaussian, batch)
+
+    def _apply(self, loss: Tensor) -> None:
         self.optim.zero_grad(set_to_none=True)
         loss.backward()
         self.optim.step()
+
+    def _batch(self, d: Sampler, n: int) -> dict[str, Tensor]:
+        b = d.sample(n, self.rng)
+        return {**b, "obs": (b["obs"] - self.norm.mean) / self.norm.std}
+
+    def step(self, alpha: float, sim: Sampler, real: Sampler) -> dict[str, float]:
+        if self.cfg.weighting == "batch":
+            b = mixed_batch(sim, real, 2 * self.cfg.batch_size, alpha, self.rng)
+            loss = self.loss({**b, "obs": (b["obs"] - self.norm.mean) / self.norm.std})
+            self._apply(loss)
+            self.updates += 1
+            return {"loss": float(loss.detach())}
+        bs = self._batch(sim, self.cfg.batch_size) if alpha > 0 else None
+        br = self._batch(real, self.cfg.batch_size) if alpha < 1 else None
+        loss, parts = cotrain(self.loss, alpha, bs, br)
+        self._apply(loss)
         self.updates += 1
         return {"loss": float(loss.detach()), **parts}
 
@@ -76,3 +90,33 @@ class SFTTrainer:
         self.rng = rngstate.load(d["rng"])
         self.updates = int(d["updates"])
         self.norm = ObsNormalizer.from_state(d["norm"])
+
+
+class FlowSFTTrainer(SFTTrainer):
+    """The same co-training of the flow-matching head (``sft.policy = "flow"``): batches are action chunks
+    (:class:`~cloud.rlco.losses.ChunkDemos`), the loss and its noise are the flow learner's (``FlowSFT``)."""
+
+    def _build(self, obs_dim: int, act_dim: int, seed: int) -> tuple[PolicyActor, torch.optim.Optimizer]:
+        c = self.cfg
+        self.flow = FlowSFT(obs_dim, act_dim, horizon=c.flow_horizon, steps=c.flow_steps, hidden=tuple(c.hidden),
+                            lr=c.lr, seed=seed)
+        return self.flow.actor, self.flow.optim
+
+    def loss(self, batch: Batch) -> Tensor:
+        return self.flow.loss(batch)
+
+    def _apply(self, loss: Tensor) -> None:
+        self.flow.step(loss)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "generator": self.flow.generator.get_state()}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        super().load_state_dict(d)
+        self.flow.generator.set_state(d["generator"])
+
+
+def make_trainer(obs_dim: int, act_dim: int, cfg: SFTConfig, norm: ObsNormalizer, seed: int = 0) -> SFTTrainer:
+    """Stage I's trainer for ``cfg.policy``."""
+    kind = FlowSFTTrainer if cfg.policy == "flow" else SFTTrainer
+    return kind(obs_dim, act_dim, cfg, norm, seed)

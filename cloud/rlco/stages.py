@@ -8,6 +8,11 @@ and tests). A SIGKILL anywhere loses at most the work since the last checkpoint:
 skips finished stages, continues the interrupted one from its checkpoint and never regenerates
 datasets (they are versioned files, reused by their settings' hash).
 
+Stage I trains the policy ``sft.policy`` names: the Gaussian actor or the flow-matching head
+(on chunks of demo actions). Stage II trains the Gaussian actor only, so a flow recipe is Stage I
+and its evaluation; ``--stage rl`` with a flow policy is refused (ConfigError) before anything is
+written.
+
 Stage II's sim envs are seeded from the iteration they start at, so a resumed stage meets new
 episodes, not the ones before the kill: a resumed Stage II is a valid continuation, not a bitwise
 replay (Stage I, which has no env, replays exactly).
@@ -32,9 +37,10 @@ from shared.weights import WeightsBlob, encode_weights
 
 from . import data, evaluate
 from .config import RLCoConfig
-from .losses import Demos
+from .datasets import Dataset
+from .losses import Demos, Sampler
 from .ppo import PPO, set_log_std
-from .sft import SFTTrainer
+from .sft import make_trainer
 
 STAGES = ("sft", "rl", "eval")
 WEIGHTS_VERSION = {"sft": 1, "rl": 2}  # the version a stage's policy is published as
@@ -53,6 +59,7 @@ class Recipe:
         self.dir = Path(cfg.run_dir)
         self.progress = progress or _quiet
         self.state: dict[str, Any] = {}
+        self._datasets: dict[str, Dataset] | None = None
         self._demos: tuple[Demos, Demos] | None = None
 
     # ------------------------------------------------------------ state
@@ -108,19 +115,21 @@ class Recipe:
         """The whole recipe (or one stage); the summary of what has been evaluated so far."""
         if stage is not None and stage not in STAGES:
             raise ConfigError(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}")
+        if stage == "rl":
+            self._check_rl()
         self.open(resume, stage)
         torch.set_num_threads(self.cfg.threads)
         if stage in (None, "sft"):
             self.stage_sft()
-        if stage in (None, "rl"):
+        if stage == "rl" or stage is None and self.cfg.sft.policy != "flow":
             self.stage_rl()
         if stage in (None, "eval"):
             self.stage_eval()
         return self.summary()
 
-    def demos(self) -> tuple[Demos, Demos]:
-        """D_sim and D_real (made or reused; their versions are noted in the state)."""
-        if self._demos is None:
+    def datasets(self) -> dict[str, Dataset]:
+        """D_sim and D_real by name (made or reused; their versions are noted in the state)."""
+        if self._datasets is None:
             got = {}
             for name, ds, made in data.datasets(self.cfg, self.progress):
                 if self.state["datasets"].get(name) != str(ds.path):
@@ -128,20 +137,36 @@ class Recipe:
                     self._save_state()
                 self.event(event="dataset", name=name, path=str(ds.path), rows=ds.manifest["rows"],
                            episodes=ds.manifest["episodes"], made=made, seconds=ds.manifest.get("seconds"))
-                got[name] = ds.demos(data.obs_fields())
-            self._demos = (got["sim"], got["real"])
+                got[name] = ds
+            self._datasets = got
+        return self._datasets
+
+    def demos(self) -> tuple[Demos, Demos]:
+        """D_sim and D_real as rows (the Gaussian actor's SFT)."""
+        if self._demos is None:
+            d = self.datasets()
+            self._demos = (d["sim"].demos(data.obs_fields()), d["real"].demos(data.obs_fields()))
         return self._demos
+
+    def training_sets(self) -> tuple[Sampler, Sampler]:
+        """D_sim and D_real as Stage I's policy trains on them: rows, or action chunks for the flow head."""
+        sft = self.cfg.sft
+        if sft.policy != "flow":
+            return self.demos()
+        d = self.datasets()
+        return (d["sim"].chunks(data.obs_fields(), sft.flow_horizon),
+                d["real"].chunks(data.obs_fields(), sft.flow_horizon))
 
     def stage_sft(self) -> None:
         if self.done("sft"):
             return
         cfg = self.cfg
-        sim, real = self.demos()
+        sim, real = self.training_sets()
         ckpt = self.dir / "ckpt" / "sft.ckpt"
         ckpt.parent.mkdir(exist_ok=True)
         from .sft import fit_normalizer
 
-        trainer = SFTTrainer(sim.obs.shape[1], sim.action.shape[1], cfg.sft, fit_normalizer(sim, real), cfg.seed)
+        trainer = make_trainer(sim.obs.shape[1], sim.act_dim, cfg.sft, fit_normalizer(sim, real), cfg.seed)
         if ckpt.exists():
             trainer.load_state_dict(checkpoint.load(ckpt))
         self.event(event="stage_start", stage="sft", start=trainer.updates, total=cfg.sft.updates)
@@ -179,7 +204,14 @@ class Recipe:
         data_ = (self.dir / "stages" / name / "policy.safetensors").read_bytes()
         return WeightsBlob(WEIGHTS_VERSION[name], sha256(data_), data_)
 
+    def _check_rl(self) -> None:
+        if self.cfg.sft.policy == "flow":
+            raise ConfigError("sft.policy = \"flow\": Stage II (rl.algorithm ppo or sac) trains the Gaussian actor only; "
+                              "flow-policy RL is not implemented. A flow recipe is Stage I and its evaluation "
+                              "(--stage sft, --stage eval, eval.after = [\"sft\"])")
+
     def stage_rl(self) -> None:
+        self._check_rl()
         if self.done("rl"):
             return
         cfg, rl = self.cfg, self.cfg.rl

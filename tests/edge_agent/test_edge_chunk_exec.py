@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.chunk_exec import ChunkExecutor
+from shared.chunk_exec import ChunkExecutor
 
 P = 0.02  # 50 Hz
 

@@ -43,6 +43,30 @@ def test_real_path_records_demos_and_evaluates_like_in_process(tmp_path):
     assert [len(v) for v in res.per_robot.values()] == [2, 1]
     here = in_process(recipe.blob("sft"), cfg.eval, cfg.task, cfg.real.model_dump(mode="json"))
     assert here.episodes == 3 and 0.0 <= here.success <= 1.0
+    assert _chunk_indices(tmp_path / "eval" / "eval-learner", 1) == {None}  # one action per inference
+
+    # a flow Stage I (same datasets, reused) on the robots: they load a `flow` policy and play its chunks
+    flow_cfg = cfg.model_copy(update={
+        "run_dir": tmp_path / "flow-run", "sft": cfg.sft.model_copy(update={"policy": "flow", "flow_horizon": 4}),
+        "eval": cfg.eval.model_copy(update={"episodes": 1, "robots": 1, "chunk_overlap": 2})})
+    flow = Recipe(flow_cfg)
+    assert flow.run(stage="sft")["datasets"] == summary["datasets"]
+    res = real_path(flow.blob("sft"), flow_cfg.eval, cfg.task, cfg.real.model_dump(mode="json"), tmp_path / "eval-flow")
+    assert res.via == "real_path" and res.episodes == 1
+    # horizon 4, overlap 2: each chunk's first two actions ran, then the robot replanned
+    assert _chunk_indices(tmp_path / "eval-flow" / "eval-learner", 1) == {0, 1}
+
+
+def _chunk_indices(data_dir, version):
+    """The chunk_index of every stored step the policy of ``version`` acted (not the slack before it arrived)."""
+    import pyarrow.parquet as pq
+
+    from cloud.buffer.storage import read_manifest, segment_path
+
+    m = read_manifest(data_dir / "buffer")
+    rows = [r for s in m.segments for r in pq.read_table(segment_path(data_dir / "buffer", s),
+                                                          columns=["chunk_index", "policy_version"]).to_pylist()]
+    return {r["chunk_index"] for r in rows if r["policy_version"] == version}
 
 
 @pytest.fixture(autouse=True)

@@ -26,9 +26,13 @@ TINY = {
 }
 
 
-def _config(tmp_path: Path, run: str) -> Path:
+FLOW = {"sft": {**TINY["sft"], "policy": "flow", "flow_horizon": 4}, "eval": {**TINY["eval"], "after": ["sft"]}}
+
+
+def _config(tmp_path: Path, run: str, policy: str = "gaussian") -> Path:
     cfg = tmp_path / f"{run}.toml"
-    cfg.write_text(tomli_w.dumps({"run_dir": run, **TINY, "datasets": {**TINY["datasets"], "dir": "datasets"}}))
+    d = {"run_dir": run, **TINY, "datasets": {**TINY["datasets"], "dir": "datasets"}}
+    cfg.write_text(tomli_w.dumps({**d, **FLOW} if policy == "flow" else d))
     return cfg
 
 
@@ -77,8 +81,9 @@ def test_kill_between_stages_and_within_a_stage_then_resume(tmp_path):
     assert [s["episodes"] for s in summary["stages"]] == [2, 2]
 
 
-def test_kill_within_stage_one_resumes_to_the_same_policy(tmp_path):
-    whole, killed = _config(tmp_path, "whole"), _config(tmp_path, "killed")
+@pytest.mark.parametrize("policy", ["gaussian", "flow"])
+def test_kill_within_stage_one_resumes_to_the_same_policy(tmp_path, policy):
+    whole, killed = _config(tmp_path, "whole", policy), _config(tmp_path, "killed", policy)
     p = _rlco(killed, "--stage", "sft", crash="rlco_sft_checkpoint:2")
     assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
     assert checkpoint.load(tmp_path / "killed" / "ckpt" / "sft.ckpt")["updates"] == 200
@@ -91,6 +96,13 @@ def test_kill_within_stage_one_resumes_to_the_same_policy(tmp_path):
     a = checkpoint.load(tmp_path / "whole" / "stages" / "sft" / "actor.ckpt")["actor"]
     b = checkpoint.load(tmp_path / "killed" / "stages" / "sft" / "actor.ckpt")["actor"]
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)  # Stage I replays exactly
+    arch = checkpoint.load(tmp_path / "killed" / "stages" / "sft" / "actor.ckpt")["arch"]
+    assert arch["kind"] == ("flow" if policy == "flow" else "mlp_gaussian")
+    if policy == "flow":  # Stage II trains the Gaussian only: refused, naming the field, nothing written
+        p = _rlco(killed, "--stage", "rl", "--resume")
+        assert p.returncode == 2 and 'sft.policy = "flow": Stage II' in p.stderr
+        assert "rl" not in json.loads((tmp_path / "killed" / "state.json").read_text())["done"]
+        return
     # Stage II needs Stage I's output: a clear error on a run without it
     p = _rlco(_config(tmp_path, "fresh"), "--stage", "rl")
     assert p.returncode == 2 and "stage sft has not finished" in p.stderr

@@ -2,7 +2,8 @@
 policy answers with chunks of ``horizon`` actions, and when to ask for the next chunk.
 
 A plain class with the tick index and the time passed in (no threads, sockets or clocks), so
-the same executor serves a chunked policy on the robot (the request is answered at once) and
+the same executor serves a chunked policy on the robot (the request is answered at once), the
+RL-Co evaluation that steps the twin in the learner's process (``cloud.rlco.evaluate``), and
 one served from the cloud (the answer comes a round trip later, or not at all), and tests
 drive it with hand-built chunks.
 
