@@ -19,7 +19,11 @@ The rules:
   go out every ``horizon - lead`` ticks whatever the round trip: a round trip up to
   ``horizon - 1 - blend_steps`` ticks is hidden (one request at a time hides half of that: the
   next could only leave once the previous came back), and when one answer is slow the next
-  request, already out, covers for it.
+  request, already out, covers for it. A busy learner is not asked harder, though: a request
+  it refused as over its latency budget or limits, or one lost, halves how many may be out
+  (down to one), and each answer adds back ``1/window`` (up to ``max_inflight``), as TCP's
+  congestion window does, so pipelining degrades to one request at a time while the learner
+  cannot keep up.
 - Answers may come out of order: the newest plan by the tick of its observation wins. A chunk
   older than (or as old as) the one playing is *stale* and dropped, as is one that answers no
   request out (a late answer to a lost request, a duplicate, an earlier episode's) or whose
@@ -52,7 +56,7 @@ from typing import Literal
 
 import numpy as np
 
-from shared.protocol.inference import LATENCY_BUDGET
+from shared.protocol.inference import LATENCY_BUDGET, RATE_LIMITED, TOO_MANY_INFLIGHT
 
 OnLate = Literal["hold", "zero", "finish"]
 ON_LATE: tuple[OnLate, ...] = ("hold", "zero", "finish")
@@ -143,6 +147,7 @@ class ChunkExecutor:
         self._quiet_until = -1  # no request before this tick (after a refusal)
         self._rtts: deque[float] = deque(maxlen=RTT_WINDOW)
         self._started = False  # a chunk arrived in this episode
+        self._window = float(max_inflight)  # requests that may be out now: halved when the learner struggles
 
     # ---------------------------------------------------------------- requests
 
@@ -161,9 +166,9 @@ class ChunkExecutor:
         """Ticks between two requests out at once: a typical round trip (the median of the recent ones)
         shared among ``max_inflight`` requests, so they go out evenly spread rather than in a burst
         that then leaves a hole as long as the round trip."""
-        if self.max_inflight == 1 or not self._rtts or self.period_s <= 0:
+        if self.window == 1 or not self._rtts or self.period_s <= 0:
             return 1
-        return max(1, math.ceil(self._ticks(sorted(self._rtts)[len(self._rtts) // 2]) / self.max_inflight))
+        return max(1, math.ceil(self._ticks(sorted(self._rtts)[len(self._rtts) // 2]) / self.window))
 
     def _ticks(self, seconds: float) -> int:
         return math.ceil(seconds / self.period_s - 1e-6)  # an answer arriving on a tick is taken at that tick
@@ -172,6 +177,11 @@ class ChunkExecutor:
     def pending(self) -> int | None:
         """The id of the newest request awaiting its chunk, if any."""
         return next(reversed(self._pending), None) if self._pending else None
+
+    @property
+    def window(self) -> int:
+        """Requests that may be out now (at most ``max_inflight``; fewer while the learner is struggling)."""
+        return max(1, int(self._window))
 
     @property
     def in_flight(self) -> int:
@@ -194,10 +204,11 @@ class ChunkExecutor:
                 continue
             del self._pending[rid]
             self.counters.lost += 1
+            self._back_off()
             plan = self._plan
             if self.on_late != "finish" and plan is not None and plan.start < req.start:
                 self._plan, self._residual = None, None  # too old to keep playing: the safe action from now
-        if tick < self._quiet_until or len(self._pending) >= self.max_inflight:
+        if tick < self._quiet_until or len(self._pending) >= self.window:
             return None
         if any(r.start == tick for r in self._pending.values()):
             return None  # this tick's observation is already out
@@ -219,6 +230,7 @@ class ChunkExecutor:
             self.counters.stale += 1
             return False
         del self._pending[request_id]
+        self._window = min(float(self.max_inflight), self._window + 1.0 / self._window)
         self._rtts.append(max(0.0, now - req.sent))
         self.counters.rtt_s = self._rtts[-1]
         self.counters.rtts.append(self._rtts[-1])
@@ -243,9 +255,14 @@ class ChunkExecutor:
             self.counters.stale += 1
             return
         self.counters.refused[code] += 1
+        if code in (LATENCY_BUDGET, RATE_LIMITED, TOO_MANY_INFLIGHT):  # the learner cannot keep up: ask less
+            self._back_off()
         # Too slow this once (the learner was busy): ask again at once with a fresher observation. Any other
         # reason (rate, in-flight, no policy, link down) lasts a while: wait a little before asking again.
         self._quiet_until = tick if code == LATENCY_BUDGET else tick + max(1, self.overlap)
+
+    def _back_off(self) -> None:
+        self._window = max(1.0, self._window / 2)
 
     def reset(self) -> None:
         """A new episode: no plan, no action to hold; the answers to requests still out will be stale."""

@@ -152,3 +152,25 @@ def test_the_seam_stays_within_tolerance_with_chunks_landing_out_of_order_every_
 def test_max_inflight_is_checked():
     with pytest.raises(ValueError, match="max_inflight"):
         ChunkExecutor(1, H, max_inflight=0)
+
+
+def test_a_struggling_learner_is_asked_with_fewer_requests_out_until_it_keeps_up():
+    """Refusals for the latency budget (or lost requests) halve how many may be out, down to one; answers
+    open the window again, up to max_inflight."""
+    ex = ChunkExecutor(1, H, overlap=2, blend_steps=2, period_s=P, timeout_s=1.0, max_inflight=4)
+    assert ex.window == 4
+    t = 0
+    for expected in (2, 1, 1):
+        rid = ex.request(t, t * P)
+        assert rid is not None
+        ex.refused(rid, "latency_budget", t)
+        assert ex.window == expected
+        t += 1
+    assert ex.counters.refused["latency_budget"] == 3
+    steps, most = fleet_tick(ex, 400, lambda n, t: 7, ramp)  # a learner that keeps up again (7-tick round trip)
+    assert ex.window == 4 and most == 4
+    fresh = ChunkExecutor(1, H, period_s=P, max_inflight=4)
+    rid = fresh.request(0, 0.0)
+    assert rid is not None
+    fresh.refused(rid, "no_policy", 0)  # not a sign of load: the window stays
+    assert fresh.window == 4 and fresh.counters.refused["no_policy"] == 1
