@@ -3,10 +3,12 @@
 A real learner process serves a small flow policy (``FlowActor``, horizon 10, hidden 256x256, 10
 Euler steps; random weights from a local file: the plumbing is measured, not the task) with
 ``[inference] enabled``. Eight real edge-agent processes (point mass, 50 Hz, ``policy.where =
-"cloud"``, horizon 10, overlap 2, blend 2, on_late hold) link through ``bench._relay``, which
-holds every byte ``delay`` ms in each direction. Each robot asks for its next chunk early
-enough to hide the round trip (shared.chunk_exec); a tick with no action from a chunk is a
-missed (late) tick. Baseline: the same fleet with no added delay, in the same run.
+"cloud"``, horizon 10, overlap 2, blend 2, on_late hold, up to 3 requests out at once) link
+through ``bench._relay``, which holds every byte ``delay`` ms in each direction. Each robot asks
+for its next chunk early enough to hide the round trip (shared.chunk_exec); a tick with no
+action from a chunk is a missed (late) tick. Baselines, in the same run: the same fleet with no
+added delay, and with the delay but one request out at a time (``max_inflight = 1``, as before
+requests were pipelined).
 
 Figures over a steady window (after every robot has its first chunks): ticks due (50 Hz x window
 x robots), ticks run, missed ticks (target 0), ticks waiting for an episode's first chunk (a
@@ -34,7 +36,12 @@ RATE_HZ = 50.0
 HORIZON = 10
 EPISODE_STEPS = 1500  # 30 s episodes: starts are rare, and reported apart
 POLICY = {"where": "cloud", "horizon": HORIZON, "overlap": 2, "blend_steps": 2, "on_late": "hold",
-          "request_timeout_ms": 500}
+          "request_timeout_ms": 500, "max_inflight": 3}
+RUNS = (  # (label, ms added each way, policy.max_inflight)
+    ("no added delay", 0.0, 3),
+    ("+40 ms round trip, one request out at a time", 20.0, 1),
+    ("+40 ms round trip", 20.0, 3),
+)
 
 
 class Learner(_Learner):
@@ -47,7 +54,8 @@ def _chunks(agent: Agent) -> dict[str, Any]:
     return {**s.get("chunks", {}), "steps": s.get("control", {}).get("steps", 0), "time": s.get("time", 0.0)}
 
 
-def fleet_run(root: Path, weights: Path, delay_ms: float, seconds: float, robots: int) -> dict[str, Any]:
+def fleet_run(root: Path, weights: Path, delay_ms: float, seconds: float, robots: int,
+              max_inflight: int) -> dict[str, Any]:
     """One fleet through a relay adding ``delay_ms`` each way; the figures over a steady window."""
     root.mkdir(parents=True)
     learner = Learner(root, inference={"enabled": True, "weights": str(weights), "batch_window_ms": 2,
@@ -60,7 +68,8 @@ def fleet_run(root: Path, weights: Path, delay_ms: float, seconds: float, robots
     url = f"ws://127.0.0.1:{relay_port}/ws"
     agents = [Agent(root, f"pm-{i}", [url], episodes=0, rate_hz=RATE_HZ, chunk_steps=50, driver="point_mass",
                     driver_options={"dims": 2, "seed": i, "max_episode_steps": EPISODE_STEPS},
-                    service={"status_interval_s": 0.5}, link={"status_interval_s": 1.0}, policy=POLICY)
+                    service={"status_interval_s": 0.5}, link={"status_interval_s": 1.0},
+                    policy={**POLICY, "max_inflight": max_inflight})
               for i in range(robots)]
     try:
         for a in agents:
@@ -88,7 +97,7 @@ def fleet_run(root: Path, weights: Path, delay_ms: float, seconds: float, robots
         })
     total = {k: sum(r[k] for r in per_robot) for k in ("ticks_due", "ticks_run", "late_ticks", "start_ticks", "lost",
                                                         "stale", "refused", "chunks", "requests")}
-    return {"delay_ms_each_way": delay_ms, "robots": per_robot, "total": total,
+    return {"delay_ms_each_way": delay_ms, "max_inflight": max_inflight, "robots": per_robot, "total": total,
             "rtt_p50_ms": sorted(r["rtt_p50_ms"] for r in per_robot)[len(per_robot) // 2],
             "rtt_p99_ms": max(r["rtt_p99_ms"] for r in per_robot),
             "server": server, "server_requests_in_window": server["requests"] - server0["requests"],
@@ -98,31 +107,32 @@ def fleet_run(root: Path, weights: Path, delay_ms: float, seconds: float, robots
 def run(quick: bool = False) -> C.Result:
     res = C.Result("inference", quick)
     robots, seconds = (3, 4.0) if quick else (ROBOTS, 60.0)
-    runs = {}
+    runs: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="fleetrl-bench-inference-") as d:
         root = Path(d)
         weights = flow_policy_file(root / "flow.safetensors", ["position", "velocity", "goal"], 6, 2,
                                    horizon=HORIZON, hidden=(256, 256), steps=10, version=1)
-        for delay in (0.0, 20.0):  # baseline, then 20 ms each way: 40 ms added to every round trip
-            runs[delay] = fleet_run(root / f"delay-{delay:g}", weights, delay, seconds, robots)
-    base, slow = runs[0.0], runs[20.0]
+        for i, (label, delay, inflight) in enumerate(RUNS):
+            runs[label] = fleet_run(root / f"run-{i}", weights, delay, seconds, robots, inflight)
     case = f"{robots} robots x 50 Hz, horizon {HORIZON}"
-    for label, r in (("no added delay", base), ("+40 ms round trip", slow)):
+    for label, r in runs.items():
         t = r["total"]
         res.add(f"{case}, {label}", "missed ticks", float(t["late_ticks"]), "ticks", float(t["ticks_due"]),
                 t["late_ticks"] / t["ticks_due"] if t["ticks_due"] else float("nan"), "0 missed",
                 t["late_ticks"] == 0)
-    for label, r in (("no added delay", base), ("+40 ms round trip", slow)):
+    for label, r in runs.items():
         t = r["total"]
         res.add(f"{case}, {label}", "ticks run / ticks due", float(t["ticks_run"]), "ticks", float(t["ticks_due"]),
                 t["ticks_run"] / t["ticks_due"] if t["ticks_due"] else float("nan"))
         res.add(f"{case}, {label}", "round trip p50", r["rtt_p50_ms"], "ms")
         res.add(f"{case}, {label}", "round trip p99 (worst robot)", r["rtt_p99_ms"], "ms")
+        res.add(f"{case}, {label}", "requests", float(t["requests"]), "requests")
         res.add(f"{case}, {label}", "lost chunks", float(t["lost"]), "chunks")
+        res.add(f"{case}, {label}", "stale chunks (overtaken, late)", float(t["stale"]), "chunks")
         res.add(f"{case}, {label}", "ticks waiting for an episode's first chunk", float(t["start_ticks"]), "ticks")
         res.add(f"{case}, {label}", "server mean batch", r["server"]["mean_batch"], "requests")
         res.add(f"{case}, {label}", "server latency p99", r["server"]["latency_p99_ms"], "ms")
-    res.extra = {"runs": {f"{k:g}ms_each_way": v for k, v in runs.items()}, "policy": POLICY,
+    res.extra = {"runs": runs, "policy": POLICY,
                  "flow": {"horizon": HORIZON, "hidden": [256, 256], "steps": 10}}
     res.notes.append("round trip: request posted by the control thread to its chunk arriving in the control process "
                      "(socketpair to the link process, websocket, relay, learner batch + flow policy, and back)")

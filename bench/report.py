@@ -7,7 +7,7 @@ import json
 from . import common as C
 
 NAMES = ["compress", "ingest", "weights", "jitter", "async", "wan", "buffer", "pixels", "hil", "hil_reward",
-         "flow_sft"]
+         "flow_sft", "inference"]
 
 HEAD = """# Benchmarks
 
@@ -21,7 +21,7 @@ Targets table of the design (`docs/architecture.md`) and GitHub issue 8.
 ```bash
 pip install torch==2.13.0 && pip install -e ".[test]"
 python -m bench all              # every benchmark, ~6 min on 2 cores; rewrites this page
-python -m bench ingest           # one of: compress ingest weights jitter async wan buffer pixels hil hil_reward flow_sft
+python -m bench ingest           # one of: compress ingest weights jitter async wan buffer pixels hil hil_reward flow_sft inference
 python -m bench all --quick      # the CI smoke variants (tests/bench/test_bench_smoke.py)
 ```
 

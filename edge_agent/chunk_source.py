@@ -108,7 +108,7 @@ def build(policy_cfg: Any, rate_hz: float, action_low: Any, action_high: Any, cl
     zero = scale.normalise(clamp(np.zeros(len(scale.low), np.float32))).astype(np.float32)
     ex = ChunkExecutor(len(scale.low), policy_cfg.horizon, policy_cfg.overlap, policy_cfg.blend_steps,
                        policy_cfg.on_late, policy_cfg.request_timeout_ms / 1000,
-                       1.0 / rate_hz if rate_hz > 0 else 0.0, zero_action=zero)
+                       1.0 / rate_hz if rate_hz > 0 else 0.0, zero_action=zero, max_inflight=policy_cfg.max_inflight)
     return ChunkSource(ex, policy_cfg.where, fields, send if policy_cfg.where == "cloud" else None, holder, deterministic)
 
 

@@ -12,25 +12,37 @@ The rules:
 - A chunk answers a request made at tick ``s`` with the observation of tick ``s``: its action
   ``i`` is for tick ``s + i``. One that arrives at tick ``k`` is played from index ``k - s``
   (the round trip used the first ones up), so the robot never acts on a plan older than it is.
-- The next request goes out while the current chunk still has ``lead`` actions left,
+- Up to ``max_inflight`` requests are out at once, matched to their answers by request id.
+  The next request goes out while the newest plan (the chunk playing, or the newest request
+  still out, which will plan ``horizon`` ticks from its own tick) has ``lead`` actions left,
   ``lead = max(overlap, round trip in ticks + 1 + blend_steps)`` (the slowest of the recent
-  round trips; at most ``horizon - 1``), so a chunk normally lands with ``blend_steps`` of the
-  current one still to play: the round trip is hidden and there is room for the seam.
-- At the seam the old plan and the new one are crossfaded over ``B = blend_steps`` ticks
-  (linear weights ``1/(B+1) .. B/(B+1)``; fewer ticks if less of the old plan is left), so the
-  action does not jump: with plans that disagree by ``d`` the per-tick change at the seam is
-  at most ``d/(B+1)`` plus the plans' own change. A chunk that comes after the old one ran
-  out fades in from the action held meanwhile.
+  round trips; at most ``horizon - 1``), without waiting for the answers still out. So requests
+  go out every ``horizon - lead`` ticks whatever the round trip: a round trip up to
+  ``horizon - 1 - blend_steps`` ticks is hidden (one request at a time hides half of that: the
+  next could only leave once the previous came back), and when one answer is slow the next
+  request, already out, covers for it. A busy learner is not asked harder, though: a request
+  it refused as over its latency budget or limits, or one lost, halves how many may be out
+  (down to one), and each answer adds back ``1/window`` (up to ``max_inflight``), as TCP's
+  congestion window does, so pipelining degrades to one request at a time while the learner
+  cannot keep up.
+- Answers may come out of order: the newest plan by the tick of its observation wins. A chunk
+  older than (or as old as) the one playing is *stale* and dropped, as is one that answers no
+  request out (a late answer to a lost request, a duplicate, an earlier episode's) or whose
+  actions all lie in the past.
+- At the seam the robot moves from what it executed to the new plan over ``B = blend_steps``
+  ticks: the difference between the last executed action and the new plan fades out linearly,
+  ``1/(B+1)`` of it per tick, so with a disagreement of ``d`` the per-tick change at the seam
+  is at most ``d/(B+1)`` plus the plan's own change. A newer chunk arriving mid-seam starts
+  its seam from what was executed, so the bound holds however closely chunks follow each
+  other. A chunk that comes after the old one ran out fades in from the action held meanwhile.
 - A tick with no action left (the chunk ran out, the next is late) is a *late tick*: it takes
   the safe action ``on_late`` names: ``hold`` repeats the last executed action (or the
   robot's hold action, for position-controlled robots), ``zero`` sends the zero action
   (zero velocity in robot units, clamped), ``finish`` holds too.
-- A request unanswered after ``timeout_s`` is *lost*: ``hold`` and ``zero`` stop playing the
-  current chunk at once and take their safe action (its plan is older than the timeout
-  allows); ``finish`` plays the current chunk to its end, then holds. A new request goes
-  out at once, so the robot resumes as soon as the link does.
-- A chunk that answers no pending request (a late answer to a lost request, a duplicate,
-  an earlier request's) or whose actions all lie in the past is *stale* and dropped.
+- A request unanswered after ``timeout_s`` is *lost*: if the plan playing is older than it,
+  ``hold`` and ``zero`` stop playing that plan at once and take their safe action (it is
+  older than the timeout allows); ``finish`` plays it to its end, then holds. A new request
+  goes out at once, so the robot resumes as soon as the link does.
 - A refused request (the learner said why: rate limit, latency budget, no policy) counts by
   reason; the next request waits ``max(1, overlap)`` ticks so a refusing learner is not
   asked on every tick (after ``latency_budget``, a one-off, it goes out at once).
@@ -45,7 +57,7 @@ from typing import Literal
 
 import numpy as np
 
-from shared.protocol.inference import LATENCY_BUDGET
+from shared.protocol.inference import LATENCY_BUDGET, RATE_LIMITED, TOO_MANY_INFLIGHT
 
 OnLate = Literal["hold", "zero", "finish"]
 ON_LATE: tuple[OnLate, ...] = ("hold", "zero", "finish")
@@ -99,96 +111,139 @@ class _Plan:
     def covers(self, tick: int) -> bool:
         return self.start <= tick < self.start + len(self.actions)
 
-    def remaining(self, tick: int) -> int:
-        return max(0, self.start + len(self.actions) - tick)
+    @property
+    def end(self) -> int:
+        """The first tick it has no action for."""
+        return self.start + len(self.actions)
+
+
+@dataclass(frozen=True)
+class _Request:
+    start: int  # the tick of its observation
+    sent: float  # when it went out (the caller's clock)
 
 
 class ChunkExecutor:
     def __init__(self, action_dim: int, horizon: int, overlap: int = 2, blend_steps: int = 2, on_late: OnLate = "hold",
                  timeout_s: float = 0.25, period_s: float = 0.02, zero_action: np.ndarray | None = None,
-                 hold_action: np.ndarray | None = None):
-        if horizon < 1 or not 0 <= overlap < max(horizon, 1) + 1 or blend_steps < 0 or timeout_s <= 0:
+                 hold_action: np.ndarray | None = None, max_inflight: int = 3):
+        if horizon < 1 or not 0 <= overlap < max(horizon, 1) + 1 or blend_steps < 0 or timeout_s <= 0 \
+                or max_inflight < 1:
             raise ValueError(f"chunk settings out of range: horizon={horizon} overlap={overlap} "
-                             f"blend_steps={blend_steps} timeout_s={timeout_s}")
+                             f"blend_steps={blend_steps} timeout_s={timeout_s} max_inflight={max_inflight}")
         if on_late not in ON_LATE:
             raise ValueError(f"on_late must be one of {', '.join(ON_LATE)}, got {on_late!r}")
         self.action_dim, self.horizon, self.overlap, self.blend_steps = action_dim, horizon, overlap, blend_steps
-        self.on_late, self.timeout_s, self.period_s = on_late, timeout_s, period_s
+        self.on_late, self.timeout_s, self.period_s, self.max_inflight = on_late, timeout_s, period_s, max_inflight
         self.zero_action = np.zeros(action_dim, np.float32) if zero_action is None else np.asarray(zero_action, np.float32)
         self.hold_action = None if hold_action is None else np.asarray(hold_action, np.float32)
         self.counters = ChunkCounters()
         self._next_id = 1
-        self._pending: tuple[int, int, float] | None = None  # (request id, tick, sent at)
+        self._pending: dict[int, _Request] = {}  # request id -> request, oldest first
         self._plan: _Plan | None = None
-        self._old: _Plan | None = None  # the plan being faded out, during a seam
-        self._blend_from = 0  # the first tick of the seam
-        self._blending = False
-        self._blend_len = 0  # ticks of the current seam: blend_steps, or what was left of the old plan
-        self._held = np.zeros(action_dim, np.float32)  # the action at the seam, when the old plan has ended
+        self._blend_from = 0  # the first tick of the current seam
+        self._residual: np.ndarray | None = None  # executed minus new plan at the seam: fades out over blend_steps
         self._last: np.ndarray | None = None  # the last executed action
         self._last_version = 0
         self._quiet_until = -1  # no request before this tick (after a refusal)
         self._rtts: deque[float] = deque(maxlen=RTT_WINDOW)
         self._started = False  # a chunk arrived in this episode
+        self._window = float(max_inflight)  # requests that may be out now: halved when the learner struggles
 
     # ---------------------------------------------------------------- requests
 
     @property
     def lead(self) -> int:
         """Ask for the next chunk while this many actions are left (see the module docstring)."""
-        rtt_ticks = math.ceil(max(self._rtts) / self.period_s) + 1 if self._rtts and self.period_s > 0 else 1
-        return min(max(self.overlap, rtt_ticks + self.blend_steps), self.horizon - 1) if self.horizon > 1 else 0
+        if self.horizon <= 1:
+            return 0
+        if not self._rtts and self.max_inflight > 1:
+            return self.horizon - 1  # no round trip measured yet: assume the worst, ask as early as allowed
+        rtt_ticks = self._ticks(max(self._rtts)) + 1 if self._rtts and self.period_s > 0 else 1
+        return min(max(self.overlap, rtt_ticks + self.blend_steps), self.horizon - 1)
+
+    @property
+    def gap(self) -> int:
+        """Ticks between two requests out at once: a typical round trip (the median of the recent ones)
+        shared among ``max_inflight`` requests, so they go out evenly spread rather than in a burst
+        that then leaves a hole as long as the round trip."""
+        if self.window == 1 or not self._rtts or self.period_s <= 0:
+            return 1
+        return max(1, math.ceil(self._ticks(sorted(self._rtts)[len(self._rtts) // 2]) / self.window))
+
+    def _ticks(self, seconds: float) -> int:
+        return math.ceil(seconds / self.period_s - 1e-6)  # an answer arriving on a tick is taken at that tick
 
     @property
     def pending(self) -> int | None:
-        """The id of the request awaiting its chunk, if any."""
-        return self._pending[0] if self._pending else None
+        """The id of the newest request awaiting its chunk, if any."""
+        return next(reversed(self._pending), None) if self._pending else None
+
+    @property
+    def window(self) -> int:
+        """Requests that may be out now (at most ``max_inflight``; fewer while the learner is struggling)."""
+        return max(1, int(self._window))
+
+    @property
+    def in_flight(self) -> int:
+        """Requests out, awaiting their chunks."""
+        return len(self._pending)
+
+    def _planned_end(self) -> int | None:
+        """The first tick the newest plan has no action for, counting requests still out as the plans
+        they will bring (``horizon`` ticks from their own); None with no plan and nothing out."""
+        ends = [r.start + self.horizon for r in self._pending.values()]
+        if self._plan is not None:
+            ends.append(self._plan.end)
+        return max(ends) if ends else None
 
     def request(self, tick: int, now: float) -> int | None:
         """Call once per tick before :meth:`act`: the id of a request to send now with this tick's
-        observation (the caller sends it, tagged with ``tick``), or None. Also ends a timed-out request."""
-        if self._pending is not None:
-            if now - self._pending[2] <= self.timeout_s:
-                return None
-            self._pending = None
+        observation (the caller sends it, tagged with ``tick``), or None. Also ends timed-out requests."""
+        for rid, req in list(self._pending.items()):
+            if now - req.sent <= self.timeout_s:
+                continue
+            del self._pending[rid]
             self.counters.lost += 1
-            if self.on_late != "finish":  # its plan is too old to keep playing: the safe action from now
-                self._plan = self._old = None
-                self._blending = False
-        if tick < self._quiet_until:
+            self._back_off()
+            plan = self._plan
+            if self.on_late != "finish" and plan is not None and plan.start < req.start:
+                self._plan, self._residual = None, None  # too old to keep playing: the safe action from now
+        if tick < self._quiet_until or len(self._pending) >= self.window:
             return None
-        plan = self._plan
-        if plan is not None and plan.remaining(tick) > self.lead:
+        if any(r.start == tick for r in self._pending.values()):
+            return None  # this tick's observation is already out
+        end = self._planned_end()
+        if end is not None and end - tick > self.lead:
+            return None
+        if self._pending and tick - max(r.start for r in self._pending.values()) < self.gap:
             return None
         rid = self._next_id
         self._next_id = rid % (MAX_ID - 1) + 1
-        self._pending = (rid, tick, now)
+        self._pending[rid] = _Request(tick, now)
         self.counters.requests += 1
         return rid
 
     def receive(self, request_id: int, start: int, actions: np.ndarray, version: int, tick: int, now: float) -> bool:
         """A chunk arrived before tick ``tick`` runs; True if taken, False if stale (dropped)."""
-        pending = self._pending
-        if pending is None or pending[0] != request_id or pending[1] != start:
+        req = self._pending.get(request_id)
+        if req is None or req.start != start:
             self.counters.stale += 1
             return False
-        self._pending = None
-        self._rtts.append(max(0.0, now - pending[2]))
+        del self._pending[request_id]
+        self._window = min(float(self.max_inflight), self._window + 1.0 / self._window)
+        self._rtts.append(max(0.0, now - req.sent))
         self.counters.rtt_s = self._rtts[-1]
         self.counters.rtts.append(self._rtts[-1])
         acts = np.asarray(actions, np.float32).reshape(-1, self.action_dim)
         new = _Plan(start, acts, version)
-        if not new.covers(tick):
-            self.counters.stale += 1
-            return False
         old = self._plan
-        self._blending = False
-        if self.blend_steps and self._last is not None:  # something was executed before: fade from it
-            if old is not None and old.covers(tick):  # fade out the old plan over what is left of it
-                self._old, self._blend_len = old, min(self.blend_steps, old.remaining(tick))
-            else:  # it ran out (this chunk is late): fade from the action held meanwhile
-                self._old, self._held, self._blend_len = None, self._last, self.blend_steps
-            self._blend_from, self._blending = tick, True
+        if not new.covers(tick) or old is not None and new.start <= old.start:
+            self.counters.stale += 1  # all in the past, or overtaken by a newer plan (answers out of order)
+            return False
+        self._residual = None
+        if self.blend_steps and self._last is not None:  # something was executed before: move from it
+            self._residual, self._blend_from = self._last - _before(new, tick), tick
             self.counters.blended += 1
         self._plan = new
         self._started = True
@@ -197,20 +252,24 @@ class ChunkExecutor:
 
     def refused(self, request_id: int, code: str, tick: int) -> None:
         """The request was refused (``code``: :data:`shared.protocol.inference.REFUSALS`)."""
-        if self._pending is None or self._pending[0] != request_id:
+        if self._pending.pop(request_id, None) is None:
             self.counters.stale += 1
             return
-        self._pending = None
         self.counters.refused[code] += 1
+        if code in (LATENCY_BUDGET, RATE_LIMITED, TOO_MANY_INFLIGHT):  # the learner cannot keep up: ask less
+            self._back_off()
         # Too slow this once (the learner was busy): ask again at once with a fresher observation. Any other
         # reason (rate, in-flight, no policy, link down) lasts a while: wait a little before asking again.
         self._quiet_until = tick if code == LATENCY_BUDGET else tick + max(1, self.overlap)
 
+    def _back_off(self) -> None:
+        self._window = max(1.0, self._window / 2)
+
     def reset(self) -> None:
-        """A new episode: no plan, no action to hold; an unanswered request's chunk will be stale."""
-        self._plan = self._old = None
-        self._blending = False
-        self._pending = None
+        """A new episode: no plan, no action to hold; the answers to requests still out will be stale."""
+        self._plan = None
+        self._residual = None
+        self._pending.clear()
         self._last = None
         self._started = False
         self._quiet_until = -1
@@ -224,14 +283,12 @@ class ChunkExecutor:
             return self._safe()
         i = tick - plan.start
         a = plan.actions[i]
-        j = tick - self._blend_from
-        if self._blending and 0 <= j < self._blend_len:
-            old = self._old
-            prev = old.actions[tick - old.start] if old is not None else self._held
-            w = (j + 1) / (self._blend_len + 1)
-            a = (1.0 - w) * prev + w * a
-        elif self._blending:
-            self._blending, self._old = False, None
+        if self._residual is not None:
+            j = tick - self._blend_from
+            if 0 <= j < self.blend_steps:  # the seam: the difference to what was executed fades out
+                a = a + self._residual * ((self.blend_steps - j) / (self.blend_steps + 1))
+            else:
+                self._residual = None
         a = np.asarray(a, np.float32)
         self._last, self._last_version = a, plan.version
         return ChunkStep(a, plan.version, i)
@@ -250,7 +307,17 @@ class ChunkExecutor:
             a = self._last
         else:
             a = self.zero_action
-        self._plan = self._old = None
-        self._blending = False
+        self._plan = None
+        self._residual = None
         self._last = a.copy()  # what the robot now does: a later chunk fades in from it
         return ChunkStep(a.copy(), self._last_version, -1, late=True)
+
+
+def _before(plan: _Plan, tick: int) -> np.ndarray:
+    """The plan's action for the tick before ``tick``: its own, or (a chunk planned at ``tick``, as a
+    policy on the robot answers at once) extrapolated back from its next two, so that a seam between
+    plans that agree continues their motion instead of stalling it."""
+    if plan.covers(tick - 1):
+        return plan.actions[tick - 1 - plan.start]
+    i = tick - plan.start
+    return 2 * plan.actions[i] - plan.actions[i + 1] if i + 1 < len(plan.actions) else plan.actions[i]

@@ -35,6 +35,12 @@ class AgentPolicyConfig(_Strict):
         "executed action; zero sends zero velocity (the robot's clamp of 0 in its units); finish plays the current "
         "chunk to its end on a lost request, then holds",
     )
+    max_inflight: int = Field(
+        3, ge=1, le=64, description="requests out at once, awaiting their chunks: the next goes out on schedule "
+        "without waiting for the previous answer, so a round trip up to about horizon - 2 ticks is hidden (one at "
+        "a time: horizon / 2) and a slow answer is covered by the next; keep it at most the learner's "
+        "inference.max_in_flight (more are refused: too_many_inflight)",
+    )
     request_timeout_ms: float = Field(
         250.0, gt=0, le=60_000, description="a request unanswered for this long counts as lost (chunks.lost) and is "
         "asked again",

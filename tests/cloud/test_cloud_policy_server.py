@@ -20,6 +20,7 @@ from cloud.robots import RobotRegistry
 from harness.inproc import serving
 from harness.policies import flow_policy_file
 from shared.config import LearnerConfig
+from shared.config_inference import AgentPolicyConfig, InferenceConfig
 from shared.protocol import ActChunk, EdgeConnection, Limits, Reject, Welcome, inference
 from shared.protocol.frames import MsgType, encode_frame
 from shared.schema import EpisodeSpec, FieldSpec
@@ -92,6 +93,20 @@ async def test_robots_get_chunks_of_the_served_policy_batched_together(tmp_path:
         assert inf["max_batch_seen"] > 1  # four robots within the batch window share a forward pass
         assert inf["latency_p99_ms"] is not None
         assert all(st["robots"][f"arm-{i}"]["cloud_policy"] for i in range(4))
+
+
+async def test_a_robot_with_several_requests_out_gets_each_answered_by_id(tmp_path: Path) -> None:
+    """A robot pipelines its requests (policy.max_inflight, default 3): the server's default per-robot limit
+    (inference.max_in_flight 4) lets them through, each answered with its own id and tick."""
+    out = AgentPolicyConfig().max_inflight
+    assert out <= InferenceConfig().max_in_flight
+    async with serve(tmp_path) as (app, url):
+        ws, conn = await link(url, "arm-1")
+        for i in range(out):  # back to back, none answered yet
+            await ws.send(conn.act_request(10 + i, 100 + 3 * i, OBS))
+        got = sorted([await answer(ws, conn) for _ in range(out)], key=lambda c: c.id)
+        assert [(c.id, c.start_step, c.code) for c in got] == [(10 + i, 100 + 3 * i, "") for i in range(out)]
+        assert not app[POLICY_SERVER].refusals
 
 
 async def test_a_flooding_robot_hits_its_own_limits_and_others_are_served(tmp_path: Path) -> None:

@@ -73,7 +73,7 @@ def test_a_cloud_chunk_lands_a_round_trip_later_and_is_played_from_where_the_rob
 def test_a_lost_chunk_takes_the_configured_safe_action_then_resumes(on_late):
     zero = np.array([-0.25], np.float32)  # zero velocity in policy units (robot bounds not symmetric)
     ex = ChunkExecutor(1, horizon=10, overlap=4, blend_steps=0, on_late=on_late, timeout_s=0.15, period_s=P,
-                       zero_action=zero)
+                       zero_action=zero, max_inflight=1)
     rid = ex.request(0, 0.0)
     ex.receive(rid, 0, np.linspace(0.1, 1.0, 10, dtype=np.float32)[:, None], 5, 0, 0.0)
     steps = [ex.act(t) for t in range(6)]  # 0.1 .. 0.6

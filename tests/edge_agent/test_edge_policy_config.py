@@ -36,7 +36,7 @@ def _check(tmp_path: Path, policy: dict[str, Any]):
 
 def test_check_config_accepts_a_cloud_policy(tmp_path: Path) -> None:
     res = _check(tmp_path, {"where": "cloud", "horizon": 10, "overlap": 2, "blend_steps": 2, "on_late": "zero",
-                            "request_timeout_ms": 200})
+                            "request_timeout_ms": 200, "max_inflight": 4})
     assert res.exit_code == 0, res.output
 
 
@@ -47,6 +47,8 @@ def test_check_config_accepts_a_cloud_policy(tmp_path: Path) -> None:
     ({"horizon": 4, "overlap": 4}, "overlap (4) must be smaller than horizon (4)"),
     ({"horizon": 4, "blend_steps": 5}, "blend_steps (5) must be smaller than horizon (4)"),
     ({"request_timeout_ms": 0}, "policy.request_timeout_ms"),
+    ({"max_inflight": 0}, "policy.max_inflight"),
+    ({"max_inflight": 65}, "policy.max_inflight"),
     ({"horizn": 10}, "policy.horizn"),
 ])
 def test_check_config_refuses_a_bad_policy_table_naming_the_key(tmp_path: Path, policy, key) -> None:
