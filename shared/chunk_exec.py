@@ -317,7 +317,10 @@ def _before(plan: _Plan, tick: int) -> np.ndarray:
     """The plan's action for the tick before ``tick``: its own, or (a chunk planned at ``tick``, as a
     policy on the robot answers at once) extrapolated back from its next two, so that a seam between
     plans that agree continues their motion instead of stalling it."""
+    acts: np.ndarray = plan.actions
     if plan.covers(tick - 1):
-        return plan.actions[tick - 1 - plan.start]
+        out: np.ndarray = acts[tick - 1 - plan.start]
+        return out
     i = tick - plan.start
-    return 2 * plan.actions[i] - plan.actions[i + 1] if i + 1 < len(plan.actions) else plan.actions[i]
+    out = 2 * acts[i] - acts[i + 1] if i + 1 < len(acts) else acts[i]
+    return out

@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from edge_agent.chunk_exec import ChunkExecutor
+from shared.chunk_exec import ChunkExecutor
 
 P = 0.02  # 50 Hz
 H = 10
