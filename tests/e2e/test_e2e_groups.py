@@ -14,7 +14,9 @@ from harness.ledger import KEY_COLUMNS, stored_rows
 from harness.procs import Agent, Learner
 from harness.waits import wait_for
 
-EPISODES = 12
+# The point mass steps far faster than the arm starts (MuJoCo, a Fetch model): it gets more episodes so that
+# it is still acting when its group's first policy comes, also on a loaded machine.
+EPISODES = {"arm-0": 12, "pm-0": 36}
 SIZES = {"arm-0": (16, 4), "pm-0": (9, 3)}  # (policy input, output) of each embodiment
 
 
@@ -22,9 +24,9 @@ def test_two_embodiments_learn_in_their_own_groups(tmp_path: Path) -> None:
     learner = Learner(tmp_path, learner={"learning_starts": 100, "publish_every": 10}, groups={"mode": "auto"}).start()
     try:
         agents = [
-            Agent(tmp_path, "arm-0", [learner.url], episodes=EPISODES, rate_hz=100, chunk_steps=20,
+            Agent(tmp_path, "arm-0", [learner.url], episodes=EPISODES["arm-0"], rate_hz=100, chunk_steps=20,
                   control={"random_steps": 0}),
-            Agent(tmp_path, "pm-0", [learner.url], episodes=EPISODES, rate_hz=100, chunk_steps=20,
+            Agent(tmp_path, "pm-0", [learner.url], episodes=EPISODES["pm-0"], rate_hz=100, chunk_steps=20,
                   driver="point_mass", driver_options={"dims": 3, "seed": 4}, control={"random_steps": 0}),
         ]
         for a in agents:
@@ -44,7 +46,7 @@ def test_two_embodiments_learn_in_their_own_groups(tmp_path: Path) -> None:
             _, rows = stored_rows(root, [*KEY_COLUMNS, "policy_version"])
             assert not {r["robot_id"] for r in rows} & {b.robot_id for b in others}
             ledger = a.ledger()
-            assert ledger["episodes"] == EPISODES and max(ledger["policy_versions_used"]) > 0, ledger
+            assert ledger["episodes"] == EPISODES[a.robot_id] and max(ledger["policy_versions_used"]) > 0, ledger
             assert max(r["policy_version"] for r in rows) > 0, "it acted with a policy of its own group"
             policy = learner.policy(30, root=root)
             assert policy.version > 0
