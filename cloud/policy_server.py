@@ -117,6 +117,8 @@ class PolicyServer:
                                 "([inference] enabled = false)")
         if not (link.authenticated or self.serve_open):
             return self._refuse(link, req, inference.NO_POLICY, "an unauthenticated robot gets no actions")
+        if req.refusal is not None:  # its camera frames do not fit the robot's spec or the byte limit
+            return self._refuse(link, req, *req.refusal)
         robot = self._robots.get(link.robot_id)
         if robot is None:
             robot = self._robots[link.robot_id] = _Robot(self.cfg.max_requests_per_s, now)
@@ -187,18 +189,13 @@ class PolicyServer:
             for p in items:
                 self._refuse(p.link, p.req, inference.NO_POLICY, "no policy is published for this robot's group yet")
             return
-        if policy.image_fields:
-            for p in items:
-                self._refuse(p.link, p.req, inference.CAMERAS_UNSUPPORTED, "the policy reads cameras "
-                             f"{list(policy.image_fields)[:4]}: cloud inference serves state policies for now")
-            return
         sizes = state_sizes(group.buffer.spec) if group.buffer.spec is not None else {}
         ready, obs = [], []
         for p in items:
             if self.clock() - p.arrived > budget:
                 self._refuse(p.link, p.req, inference.LATENCY_BUDGET, "waited past inference.latency_budget_ms")
                 continue
-            o = _observation(p.req, policy.obs_fields, sizes)
+            o = _observation(p.req, policy.obs_fields, sizes, policy.image_fields)
             if isinstance(o, str):
                 self._refuse(p.link, p.req, inference.BAD_OBSERVATION, o)
                 continue
@@ -286,8 +283,11 @@ class PolicyServer:
         }
 
 
-def _observation(req: ActRequest, fields: tuple[str, ...], sizes: dict[str, int]) -> dict[str, np.ndarray] | str:
-    """The request's fields as arrays, checked against what the policy reads; a message if they do not fit."""
+def _observation(req: ActRequest, fields: tuple[str, ...], sizes: dict[str, int],
+                 cameras: tuple[str, ...] = ()) -> dict[str, np.ndarray] | str:
+    """The request's fields as arrays, checked against what the policy reads; a message if they do not fit.
+    Camera frames arrive raw and of the spec's shape (the connection checked them against the hello's spec,
+    which the policy was loaded against): here only whether each camera the policy reads is there."""
     out = {}
     for f in fields:
         data = req.obs.get(f)
@@ -298,6 +298,11 @@ def _observation(req: ActRequest, fields: tuple[str, ...], sizes: dict[str, int]
         if want is not None and a.size != want:
             return f"observation field {f!r} holds {a.size} floats, the robot's spec says {want}"
         out[f] = a
+    for c in cameras:
+        frame = req.cameras.get(c)
+        if frame is None:
+            return f"observation lacks camera {c!r} (the policy reads cameras {list(cameras)[:8]})"
+        out[c] = np.frombuffer(frame.data, np.uint8).reshape(frame.shape)
     return out
 
 
