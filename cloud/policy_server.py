@@ -219,7 +219,8 @@ class PolicyServer:
                              "inference.latency_budget_ms: not served late")
                 continue
             try:
-                p.link.outbox.put(CONTROL, p.link.conn.act_chunk(p.req.id, p.req.step, policy.version, actions))
+                p.link.outbox.put(CONTROL, p.link.conn.act_chunk(p.req.id, p.req.step, policy.version, actions,
+                                                                     cameras=policy.image_fields))
             except InvalidState:  # the link closed meanwhile
                 continue
             self.served += 1

@@ -118,13 +118,23 @@ def parse(meta: Any, body: Any, field_name: Any, state_fields: Mapping[str, Any]
     return out
 
 
+def check_names(names: Any, field_name: Any) -> tuple[str, ...]:
+    """An ActChunk's ``cameras``: the camera fields the served policy read, so the robot sends only
+    those next (absent: none; a robot that predates cameras ignores the key)."""
+    if not isinstance(names, list) or len(names) > MAX_CAMERAS:
+        raise ProtocolError(f"act_chunk.cameras must be a list of at most {MAX_CAMERAS} names", RejectCode.BAD_META)
+    if not all(isinstance(n, str) and field_name.fullmatch(n) for n in names):
+        raise ProtocolError("act_chunk.cameras holds a name that is not a valid field name", RejectCode.BAD_META)
+    return tuple(names)
+
+
 def spec_shapes(spec: Any) -> dict[str, ImageShape]:
     """Camera field -> HxWxC of a hello's spec dict (uint8 HxWxC fields); {} for anything else."""
     obs = spec.get("observation") if isinstance(spec, dict) else None
     out: dict[str, ImageShape] = {}
     for name, fs in (obs.items() if isinstance(obs, dict) else ()):
         shape = fs.get("shape") if isinstance(fs, dict) else None
-        if fs.get("dtype") == "uint8" and isinstance(shape, list) and len(shape) == 3:  # type: ignore[union-attr]
+        if fs.get("dtype") == "uint8" and isinstance(shape, list) and len(shape) == 3:
             try:
                 out[str(name)] = (int(shape[0]), int(shape[1]), int(shape[2]))
             except (TypeError, ValueError):

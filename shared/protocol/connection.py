@@ -269,9 +269,9 @@ class CloudConnection(_Base):
         return self.hello_msg is not None and inference.FEATURE in self.hello_msg.features
 
     def act_chunk(self, request_id: int, start_step: int, policy_version: int, actions: Any = None,
-                  code: str = "", message: str = "") -> bytes:
-        """The answer to an ActRequest: ``actions`` (a float32 [horizon, action_dim] array-like in [-1, 1]),
-        or a refusal ``code`` (:data:`inference.REFUSALS`) and a message. Checked as the robot will check
+                  code: str = "", message: str = "", cameras: tuple[str, ...] = ()) -> bytes:
+        """The answer to an ActRequest: ``actions`` (a float32 [horizon, action_dim] array-like in [-1, 1])
+        and the ``cameras`` the policy read, or a refusal ``code`` (:data:`inference.REFUSALS`) and a message. Checked as the robot will check
         it (ProtocolError); InvalidState for a robot that did not offer inference."""
         self._require_open()
         if not self.takes_inference:
@@ -283,7 +283,8 @@ class CloudConnection(_Base):
             raise ProtocolError("act_chunk actions must be a [horizon, action_dim] array", RejectCode.BAD_META)
         horizon, action_dim = int(actions.shape[0]), int(actions.shape[1])
         data = inference.check_actions(inference.pack_floats(actions.reshape(-1)), horizon, action_dim)
-        return _encode(ActChunk(request_id, start_step, policy_version, horizon, action_dim, data))
+        cams = act_cameras.check_names(list(cameras), inference.FIELD_NAME)
+        return _encode(ActChunk(request_id, start_step, policy_version, horizon, action_dim, data, cameras=cams))
 
     def command(self, kind: str, value: Any = None) -> bytes:
         """An operator command (``commands.check`` says which values are valid: ProtocolError otherwise).

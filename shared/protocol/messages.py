@@ -396,9 +396,15 @@ class ActChunk:
     actions: bytes = b""
     code: str = ""
     message: str = ""
+    cameras: tuple[str, ...] = ()  # the camera fields the policy read: what the robot sends next (act_cameras)
 
     def meta(self) -> dict[str, Any]:
-        return asdict(self)
+        m = asdict(self)
+        if self.cameras:  # absent for a state policy: the same bytes as before cameras
+            m["cameras"] = list(self.cameras)
+        else:
+            del m["cameras"]
+        return m
 
     @classmethod
     def parse(cls, f: Frame) -> "ActChunk":
@@ -410,7 +416,8 @@ class ActChunk:
             return cls(rid, start, version, code=code, message=message)
         horizon, action_dim = m.get("horizon"), m.get("action_dim")
         actions = inference.check_actions(m.get("actions"), horizon, action_dim)  # checks both ints too
-        return cls(rid, start, version, int(horizon), int(action_dim), actions)  # type: ignore[arg-type]
+        return cls(rid, start, version, int(horizon), int(action_dim), actions,  # type: ignore[arg-type]
+                   cameras=act_cameras.check_names(m.get("cameras", []), inference.FIELD_NAME))
 
 
 Message = (Hello | Welcome | Chunk | Ack | Policy | Status | Reject | Lost | Challenge | TunnelOpen | TunnelData | TunnelClose

@@ -102,6 +102,7 @@ async def test_a_camera_policy_answers_with_its_own_action_for_the_frames(tmp_pa
                 "front": ac.frame(obs["front"].tobytes(), HWC, codec), "wrist": ac.frame(wrist.tobytes(), HWC, codec)}))
             got = await answer(ws, conn)
             assert (got.id, got.start_step, got.policy_version, got.code) == (i + 1, 10 * i, 5, "")
+            assert got.cameras == ("front",)  # what the policy read: the robot sends only that one next
             acts = np.frombuffer(got.actions, "<f4").reshape(got.horizon, got.action_dim)
             want = await asyncio.to_thread(expected, weights, obs)
             assert acts.shape == (1, 2) and np.allclose(acts, want, atol=1e-5)

@@ -180,3 +180,17 @@ def test_fuzzed_camera_requests_are_refused_cleanly_never_crash(codec):
         cloud.state = State.OPEN  # a reject frame would close it; keep fuzzing the open state
     assert "error" in outcomes and "served" in outcomes
     assert cloud.receive(good).refusal is None
+
+
+def test_a_chunk_names_the_cameras_its_policy_read_and_a_state_chunk_keeps_its_bytes():
+    edge, cloud = link()
+    acts = np.zeros((2, 2), np.float32)
+    got = edge.receive(cloud.act_chunk(1, 0, 3, acts, cameras=("front",)))
+    assert got.cameras == ("front",)
+    plain = cloud.act_chunk(1, 0, 3, acts)
+    assert edge.receive(plain).cameras == () and b"cameras" not in plain
+    good = {"id": 1, "start_step": 0, "policy_version": 1, "horizon": 1, "action_dim": 2, "actions": acts[0].tobytes()}
+    for bad, why in (("front", "must be a list"), (["a/b"], "not a valid field name"), ([1], "not a valid field name"),
+                     ([f"c{i}" for i in range(17)], "at most 16")):
+        with pytest.raises(ProtocolError, match=why):
+            edge.receive(raw_frame(MsgType.ACT_CHUNK, {**good, "cameras": bad}))
