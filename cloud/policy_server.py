@@ -95,6 +95,8 @@ class PolicyServer:
         self.requests = 0  # every request that reached the server
         self.served = 0  # answered with actions
         self.refusals: Counter[str] = Counter()
+        self.camera_frames: Counter[str] = Counter()  # frames received, by camera field (what robots send)
+        self.camera_bytes = 0  # their bytes, decompressed
         self.latency = Histogram(LATENCY_BUCKETS)  # arrival -> answer queued on the link, seconds
         self.batch = Histogram(tuple(float(b) for b in BATCH_BUCKETS))
         self._queue: deque[_Pending] = deque()
@@ -112,6 +114,9 @@ class PolicyServer:
         Never waits: over a limit it is refused at once; otherwise it joins the next batch."""
         self.requests += 1
         now = self.clock()
+        for name, frame in req.cameras.items():
+            self.camera_frames[name] += 1
+            self.camera_bytes += len(frame.data)
         if not self.cfg.enabled:
             return self._refuse(link, req, inference.INFERENCE_DISABLED, "this learner does not serve inference "
                                 "([inference] enabled = false)")
@@ -277,6 +282,7 @@ class PolicyServer:
         return {
             "enabled": self.cfg.enabled, "requests": self.requests, "served": self.served,
             "refusals": dict(self.refusals), "batches": self.batch.n,
+            "camera_frames": dict(self.camera_frames), "camera_bytes": self.camera_bytes,
             "mean_batch": round(self.batch.total / self.batch.n, 2) if self.batch.n else None,
             "max_batch_seen": max(self.batch.recent) if self.batch.recent else None,
             "latency_p50_ms": None if p50 is None else round(p50 * 1e3, 3),

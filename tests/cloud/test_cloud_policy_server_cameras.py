@@ -115,6 +115,7 @@ async def test_a_camera_policy_answers_with_its_own_action_for_the_frames(tmp_pa
         assert not np.allclose(other, acts[0], atol=1e-3)
         inf = snapshot(app)["inference"]
         assert inf["served"] == 3 and not inf["refusals"]
+        assert inf["camera_frames"] == {"front": 3, "wrist": 2} and inf["camera_bytes"] == 5 * 16 * 16 * 3
 
 
 async def test_frames_that_do_not_fit_are_refused_by_reason_and_the_link_is_served_after(tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
 """Cloud-served inference of a camera policy, real at every hop: a learner process serving a small CNN
 policy (``cnn_gaussian`` over the front camera and the arm's state) to an edge-agent process whose
 MuJoCo Fetch arm renders two camera views (headless, MUJOCO_GL=egl) and sends its frames (zstd) over
-its link with each request. The learner serves them (none refused for their frames), the robot gets the
-answers back, and every step is stored exactly once.
+its link with each request; after the first answer, only the camera the served policy reads. The
+learner serves them (none refused for their frames), the robot gets the answers back, and every step is
+stored exactly once.
 
 What this does not show: the robot *acting* from them. A Gaussian policy answers a chunk of one action,
 for the tick its observation was taken at; the answer reaches the robot a tick later at the earliest, so
@@ -43,6 +44,10 @@ def test_a_camera_robot_acts_from_a_cnn_policy_served_from_the_cloud(tmp_path: P
         served = learner.status()["inference"]
         print("served:", served, "robot:", chunks())
         assert not {"bad_observation", "observation_too_large"} & set(served["refusals"]), served
+        # The first requests (before an answer named the cameras its policy read) carry both views; from then
+        # on only the front one, which the policy reads: the top view no longer crosses the link.
+        frames = served["camera_frames"]
+        assert frames["front"] >= 40 and 1 <= frames.get("top", 0) <= 5, frames
         assert stop(agent.proc, signal.SIGTERM, 60) == 0
         assert_exactly_once(learner.data_dir, [agent])
     finally:
