@@ -28,7 +28,7 @@ from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ import torch
 from shared.config_inference import InferenceConfig
 from shared.errors import FleetError, InvalidState
 from shared.lograte import LogLimiter
-from shared.observations import image_shapes, state_sizes
+from shared.observations import ImageShape, image_shapes, state_sizes
 from shared.policy_runner import LoadedPolicy, load_policy
 from shared.protocol import ActRequest, inference
 from shared.protocol.stream import RateLimit
@@ -194,13 +194,14 @@ class PolicyServer:
             for p in items:
                 self._refuse(p.link, p.req, inference.NO_POLICY, "no policy is published for this robot's group yet")
             return
-        sizes = state_sizes(group.buffer.spec) if group.buffer.spec is not None else {}
+        spec = group.buffer.spec
+        sizes, shapes = (state_sizes(spec), image_shapes(spec)) if spec is not None else ({}, {})
         ready, obs = [], []
         for p in items:
             if self.clock() - p.arrived > budget:
                 self._refuse(p.link, p.req, inference.LATENCY_BUDGET, "waited past inference.latency_budget_ms")
                 continue
-            o = _observation(p.req, policy.obs_fields, sizes, policy.image_fields)
+            o = _observation(p.req, policy.obs_fields, sizes, {c: shapes.get(c) for c in policy.image_fields})
             if isinstance(o, str):
                 self._refuse(p.link, p.req, inference.BAD_OBSERVATION, o)
                 continue
@@ -291,10 +292,10 @@ class PolicyServer:
 
 
 def _observation(req: ActRequest, fields: tuple[str, ...], sizes: dict[str, int],
-                 cameras: tuple[str, ...] = ()) -> dict[str, np.ndarray] | str:
+                 cameras: Mapping[str, ImageShape | None] | None = None) -> dict[str, np.ndarray] | str:
     """The request's fields as arrays, checked against what the policy reads; a message if they do not fit.
-    Camera frames arrive raw and of the spec's shape (the connection checked them against the hello's spec,
-    which the policy was loaded against): here only whether each camera the policy reads is there."""
+    Camera frames arrive raw and of the robot's spec's shape (the connection checked them against its hello);
+    here: each camera the policy reads is there, of the shape of the group's spec it was loaded for."""
     out = {}
     for f in fields:
         data = req.obs.get(f)
@@ -305,10 +306,12 @@ def _observation(req: ActRequest, fields: tuple[str, ...], sizes: dict[str, int]
         if want is not None and a.size != want:
             return f"observation field {f!r} holds {a.size} floats, the robot's spec says {want}"
         out[f] = a
-    for c in cameras:
+    for c, shape in (cameras or {}).items():
         frame = req.cameras.get(c)
         if frame is None:
-            return f"observation lacks camera {c!r} (the policy reads cameras {list(cameras)[:8]})"
+            return f"observation lacks camera {c!r} (the policy reads cameras {list(cameras or {})[:8]})"
+        if shape is not None and frame.shape != tuple(shape):
+            return f"camera {c!r} is {'x'.join(map(str, frame.shape))}, the policy reads {'x'.join(map(str, shape))}"
         out[c] = np.frombuffer(frame.data, np.uint8).reshape(frame.shape)
     return out
 

@@ -144,3 +144,17 @@ async def test_frames_that_do_not_fit_are_refused_by_reason_and_the_link_is_serv
         assert got.code == "" and got.id == 6  # the same link, served
         refusals = app[POLICY_SERVER].refusals
         assert refusals == {inference.BAD_OBSERVATION: 3, inference.OBSERVATION_TOO_LARGE: 1}
+
+
+def test_a_frame_of_another_shape_than_the_policys_is_not_fed_to_it() -> None:
+    """The connection checks frames against the robot's own hello; the server checks them against the spec of
+    the group whose policy it runs (the same in practice: a group is one spec), so a forward pass never
+    meets a wrong-sized frame and refuses a whole batch."""
+    from cloud.policy_server import _observation
+
+    state, obs = _obs(0)
+    req = ActRequest(1, 0, state, 0, {"front": ac.frame(obs["front"].tobytes(), HWC)})
+    got = _observation(req, ("pos",), {"pos": 3}, {"front": (8, 32, 3)})
+    assert got == "camera 'front' is 16x16x3, the policy reads 8x32x3"
+    ok = _observation(req, ("pos",), {"pos": 3}, {"front": HWC})
+    assert isinstance(ok, dict) and np.array_equal(ok["front"], obs["front"]) and np.array_equal(ok["pos"], obs["pos"])
