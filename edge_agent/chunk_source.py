@@ -62,7 +62,7 @@ class ChunkSource:
         # changed and reads another) sends them all again.
         self.all_cameras = list(cameras or [])
         self.cameras = list(self.all_cameras)
-        # ("chunk", id, start, version, actions [H, A], arrived) or ("refused", id, code): from the event loop
+        # ("chunk", id, start, version, actions [H, A], arrived, cameras read) or ("refused", id, code): from the event loop
         self.inbox: deque[tuple[Any, ...]] = deque()
 
     @property
