@@ -54,6 +54,7 @@ def make_app(cfg: LearnerConfig, resume: bool = False, with_trainer: bool = True
     app[LIMITS] = Limits(
         max_frame_bytes=lc.max_frame_bytes, max_decompressed_bytes=lc.max_decompressed_bytes,
         max_chunk_rows=lc.max_chunk_rows, max_inflight_chunks=lc.max_inflight_chunks,
+        max_act_camera_bytes=lc.max_act_camera_bytes,
     )
     app[ROBOTS] = {}
     cfg.data_dir.mkdir(parents=True, exist_ok=True)

@@ -138,6 +138,13 @@ class _InferenceCollector:
         for code, n in sorted(s.refusals.items()):
             refused.add_metric([code], float(n))
         yield refused
+        frames = CounterMetricFamily("fleetrl_learner_inference_camera_frames", "camera frames in act requests, by "
+                                     "camera field", labels=["camera"])
+        for cam, n in sorted(s.camera_frames.items()):
+            frames.add_metric([cam], float(n))
+        yield frames
+        yield CounterMetricFamily("fleetrl_learner_inference_camera_bytes", "camera frame bytes in act requests "
+                                  "(decompressed)", value=float(s.camera_bytes))
         for name, doc, h in (("inference_latency_seconds", "request arrival to its chunk queued on the link", s.latency),
                              ("inference_batch_size", "requests per forward pass", s.batch)):
             buckets = [(f"{b:g}", float(c)) for b, c in zip(h.buckets, h.counts)] + [("+Inf", float(h.n))]

@@ -28,7 +28,7 @@ from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ import torch
 from shared.config_inference import InferenceConfig
 from shared.errors import FleetError, InvalidState
 from shared.lograte import LogLimiter
-from shared.observations import image_shapes, state_sizes
+from shared.observations import ImageShape, image_shapes, state_sizes
 from shared.policy_runner import LoadedPolicy, load_policy
 from shared.protocol import ActRequest, inference
 from shared.protocol.stream import RateLimit
@@ -95,6 +95,8 @@ class PolicyServer:
         self.requests = 0  # every request that reached the server
         self.served = 0  # answered with actions
         self.refusals: Counter[str] = Counter()
+        self.camera_frames: Counter[str] = Counter()  # frames received, by camera field (what robots send)
+        self.camera_bytes = 0  # their bytes, decompressed
         self.latency = Histogram(LATENCY_BUCKETS)  # arrival -> answer queued on the link, seconds
         self.batch = Histogram(tuple(float(b) for b in BATCH_BUCKETS))
         self._queue: deque[_Pending] = deque()
@@ -112,11 +114,16 @@ class PolicyServer:
         Never waits: over a limit it is refused at once; otherwise it joins the next batch."""
         self.requests += 1
         now = self.clock()
+        for name, frame in req.cameras.items():
+            self.camera_frames[name] += 1
+            self.camera_bytes += len(frame.data)
         if not self.cfg.enabled:
             return self._refuse(link, req, inference.INFERENCE_DISABLED, "this learner does not serve inference "
                                 "([inference] enabled = false)")
         if not (link.authenticated or self.serve_open):
             return self._refuse(link, req, inference.NO_POLICY, "an unauthenticated robot gets no actions")
+        if req.refusal is not None:  # its camera frames do not fit the robot's spec or the byte limit
+            return self._refuse(link, req, *req.refusal)
         robot = self._robots.get(link.robot_id)
         if robot is None:
             robot = self._robots[link.robot_id] = _Robot(self.cfg.max_requests_per_s, now)
@@ -187,18 +194,14 @@ class PolicyServer:
             for p in items:
                 self._refuse(p.link, p.req, inference.NO_POLICY, "no policy is published for this robot's group yet")
             return
-        if policy.image_fields:
-            for p in items:
-                self._refuse(p.link, p.req, inference.CAMERAS_UNSUPPORTED, "the policy reads cameras "
-                             f"{list(policy.image_fields)[:4]}: cloud inference serves state policies for now")
-            return
-        sizes = state_sizes(group.buffer.spec) if group.buffer.spec is not None else {}
+        spec = group.buffer.spec
+        sizes, shapes = (state_sizes(spec), image_shapes(spec)) if spec is not None else ({}, {})
         ready, obs = [], []
         for p in items:
             if self.clock() - p.arrived > budget:
                 self._refuse(p.link, p.req, inference.LATENCY_BUDGET, "waited past inference.latency_budget_ms")
                 continue
-            o = _observation(p.req, policy.obs_fields, sizes)
+            o = _observation(p.req, policy.obs_fields, sizes, {c: shapes.get(c) for c in policy.image_fields})
             if isinstance(o, str):
                 self._refuse(p.link, p.req, inference.BAD_OBSERVATION, o)
                 continue
@@ -222,7 +225,8 @@ class PolicyServer:
                              "inference.latency_budget_ms: not served late")
                 continue
             try:
-                p.link.outbox.put(CONTROL, p.link.conn.act_chunk(p.req.id, p.req.step, policy.version, actions))
+                p.link.outbox.put(CONTROL, p.link.conn.act_chunk(p.req.id, p.req.step, policy.version, actions,
+                                                                     cameras=policy.image_fields))
             except InvalidState:  # the link closed meanwhile
                 continue
             self.served += 1
@@ -279,6 +283,7 @@ class PolicyServer:
         return {
             "enabled": self.cfg.enabled, "requests": self.requests, "served": self.served,
             "refusals": dict(self.refusals), "batches": self.batch.n,
+            "camera_frames": dict(self.camera_frames), "camera_bytes": self.camera_bytes,
             "mean_batch": round(self.batch.total / self.batch.n, 2) if self.batch.n else None,
             "max_batch_seen": max(self.batch.recent) if self.batch.recent else None,
             "latency_p50_ms": None if p50 is None else round(p50 * 1e3, 3),
@@ -286,8 +291,11 @@ class PolicyServer:
         }
 
 
-def _observation(req: ActRequest, fields: tuple[str, ...], sizes: dict[str, int]) -> dict[str, np.ndarray] | str:
-    """The request's fields as arrays, checked against what the policy reads; a message if they do not fit."""
+def _observation(req: ActRequest, fields: tuple[str, ...], sizes: dict[str, int],
+                 cameras: Mapping[str, ImageShape | None] | None = None) -> dict[str, np.ndarray] | str:
+    """The request's fields as arrays, checked against what the policy reads; a message if they do not fit.
+    Camera frames arrive raw and of the robot's spec's shape (the connection checked them against its hello);
+    here: each camera the policy reads is there, of the shape of the group's spec it was loaded for."""
     out = {}
     for f in fields:
         data = req.obs.get(f)
@@ -298,6 +306,13 @@ def _observation(req: ActRequest, fields: tuple[str, ...], sizes: dict[str, int]
         if want is not None and a.size != want:
             return f"observation field {f!r} holds {a.size} floats, the robot's spec says {want}"
         out[f] = a
+    for c, shape in (cameras or {}).items():
+        frame = req.cameras.get(c)
+        if frame is None:
+            return f"observation lacks camera {c!r} (the policy reads cameras {list(cameras or {})[:8]})"
+        if shape is not None and frame.shape != tuple(shape):
+            return f"camera {c!r} is {'x'.join(map(str, frame.shape))}, the policy reads {'x'.join(map(str, shape))}"
+        out[c] = np.frombuffer(frame.data, np.uint8).reshape(frame.shape)
     return out
 
 

@@ -24,15 +24,26 @@ import numpy as np
 from shared.actions import ActionScale
 
 from shared.chunk_exec import ChunkExecutor, ChunkStep
+from shared.protocol.inference import BAD_OBSERVATION
 from .policy_holder import LoadedPolicy, PolicyHolder
 from .status import ChunkReport
 
-Send = Callable[[int, int, dict[str, str]], Any]  # (request id, tick, field -> base64 float32) -> posted to the link
+# (request id, tick, state field -> base64 float32, camera field -> [[H, W, C], base64 uint8]) -> posted to the link
+Send = Callable[[int, int, dict[str, str], dict[str, list[Any]]], Any]
 
 
 def encode_obs(obs: Mapping[str, np.ndarray], fields: list[str]) -> dict[str, str]:
     """State fields as base64 float32 (exact, and about 4x smaller than JSON floats over the socketpair)."""
     return {f: base64.b64encode(np.ascontiguousarray(obs[f], "<f4").tobytes()).decode() for f in fields}
+
+
+def encode_cameras(obs: Mapping[str, np.ndarray], cameras: list[str]) -> dict[str, list[Any]]:
+    """Camera frames (uint8 HxWxC) as their shape and base64 bytes; the link process compresses them."""
+    out: dict[str, list[Any]] = {}
+    for c in cameras:
+        a = np.ascontiguousarray(obs[c], np.uint8)
+        out[c] = [list(a.shape), base64.b64encode(a.tobytes()).decode()]
+    return out
 
 
 def decode_actions(b64: str, horizon: int, action_dim: int) -> np.ndarray:
@@ -41,12 +52,17 @@ def decode_actions(b64: str, horizon: int, action_dim: int) -> np.ndarray:
 
 class ChunkSource:
     def __init__(self, executor: ChunkExecutor, where: str, fields: list[str], send: Send | None = None,
-                 holder: PolicyHolder | None = None, deterministic: bool = False):
+                 holder: PolicyHolder | None = None, deterministic: bool = False, cameras: list[str] | None = None):
         if where == "cloud" and send is None or where == "robot" and holder is None:
             raise ValueError(f"a {where} chunk source needs {'send' if where == 'cloud' else 'a policy holder'}")
         self.executor, self.where, self.fields = executor, where, fields
         self.send, self.holder, self.deterministic = send, holder, deterministic
-        # ("chunk", id, start, version, actions [H, A], arrived) or ("refused", id, code): from the event loop
+        # Cameras: the spec's all go with the first request; an answer names the ones its policy read, and
+        # only those go from then on (a state policy: none). A bad_observation refusal (the served policy
+        # changed and reads another) sends them all again.
+        self.all_cameras = list(cameras or [])
+        self.cameras = list(self.all_cameras)
+        # ("chunk", id, start, version, actions [H, A], arrived, cameras read) or ("refused", id, code): from the event loop
         self.inbox: deque[tuple[Any, ...]] = deque()
 
     @property
@@ -59,8 +75,10 @@ class ChunkSource:
 
     # ---------------------------------------------------------------- from the link (any thread)
 
-    def chunk_arrived(self, request_id: int, start: int, version: int, actions: np.ndarray) -> None:
-        self.inbox.append(("chunk", request_id, start, version, actions, time.monotonic()))  # arrival: the round trip
+    def chunk_arrived(self, request_id: int, start: int, version: int, actions: np.ndarray,
+                      cameras: list[str] | None = None) -> None:
+        """``cameras``: the camera fields the served policy read (None: keep sending what we send)."""
+        self.inbox.append(("chunk", request_id, start, version, actions, time.monotonic(), cameras))  # arrival: the rtt
 
     def refused(self, request_id: int, code: str) -> None:
         self.inbox.append(("refused", request_id, code))
@@ -79,7 +97,7 @@ class ChunkSource:
         if rid is not None:
             if self.where == "cloud":
                 assert self.send is not None
-                self.send(rid, tick, encode_obs(obs, self.fields))
+                self.send(rid, tick, encode_obs(obs, self.fields), encode_cameras(obs, self.cameras))
             elif policy is not None:
                 acts = np.asarray(policy.act_chunk_batch([obs], deterministic=self.deterministic))[0]  # type: ignore[attr-defined]
                 ex.receive(rid, tick, acts[: ex.horizon], policy.version, tick, now)
@@ -92,14 +110,19 @@ class ChunkSource:
         while self.inbox:
             item = self.inbox.popleft()
             if item[0] == "chunk":
-                _, rid, start, version, actions, arrived = item
+                _, rid, start, version, actions, arrived, cameras = item
                 ex.receive(rid, start, actions[: ex.horizon], version, tick, arrived)
+                if cameras is not None:
+                    self.cameras = [c for c in self.all_cameras if c in cameras]
             else:
                 ex.refused(item[1], item[2], tick)
+                if item[2] == BAD_OBSERVATION:
+                    self.cameras = list(self.all_cameras)
 
 
 def build(policy_cfg: Any, rate_hz: float, action_low: Any, action_high: Any, clamp: Callable[[np.ndarray], np.ndarray],
-          fields: list[str], send: Send | None, holder: PolicyHolder, deterministic: bool) -> ChunkSource:
+          fields: list[str], send: Send | None, holder: PolicyHolder, deterministic: bool,
+          cameras: list[str] | None = None) -> ChunkSource:
     """The source an agent's ``[policy]`` table describes (``shared.config_inference.AgentPolicyConfig``).
 
     The zero action is zero in the robot's units, through its clamp (0 may lie outside its bounds),
@@ -109,7 +132,8 @@ def build(policy_cfg: Any, rate_hz: float, action_low: Any, action_high: Any, cl
     ex = ChunkExecutor(len(scale.low), policy_cfg.horizon, policy_cfg.overlap, policy_cfg.blend_steps,
                        policy_cfg.on_late, policy_cfg.request_timeout_ms / 1000,
                        1.0 / rate_hz if rate_hz > 0 else 0.0, zero_action=zero, max_inflight=policy_cfg.max_inflight)
-    return ChunkSource(ex, policy_cfg.where, fields, send if policy_cfg.where == "cloud" else None, holder, deterministic)
+    return ChunkSource(ex, policy_cfg.where, fields, send if policy_cfg.where == "cloud" else None, holder, deterministic,
+                       cameras)
 
 
 def report(source: ChunkSource | None) -> ChunkReport:

@@ -279,7 +279,7 @@ class Agent:
         chunk_src = chunk_source.build(pc, control.rate_hz, d.action_low, d.action_high, self.robot.clamp,
                                     list(state_sizes(self.spec)), lambda *req: loop.call_soon_threadsafe(
                                         self.feed.supervisor.send, "act", [*req, self.policy.version]),
-                                    self.policy, control.deterministic)
+                                    self.policy, control.deterministic, list(image_shapes(self.spec)))
         self.control = ControlLoop(self.robot, self.policy, recorder, self.cfg.control, self.may_start, self.operator,
                                    teleop=self.teleop, demo=self.record_episodes is not None, chunks=chunk_src)
 

@@ -120,14 +120,14 @@ class LinkFeed:
 
     def _act_chunk(self, payload: list[Any]) -> None:
         """An action chunk (or a refusal) for the control loop: it takes it at its next tick."""
-        rid, start, version, horizon, action_dim, actions, code = payload
+        rid, start, version, horizon, action_dim, actions, code, cameras = payload
         source = self.agent.control.chunks
         if source is None:
             return
         if code:
             source.refused(rid, code)
         else:
-            source.chunk_arrived(rid, start, version, decode_actions(actions, horizon, action_dim))
+            source.chunk_arrived(rid, start, version, decode_actions(actions, horizon, action_dim), cameras)
 
     def _policy(self, payload: tuple[int, str, str]) -> None:
         version, sha256, path = payload

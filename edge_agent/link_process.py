@@ -24,7 +24,7 @@ from typing import Any
 
 from shared.logs import setup as setup_logs
 from shared.config import AgentConfig, LinkConfig
-from shared.protocol import ActChunk, Command, EdgeConnection, Limits, commands, inference
+from shared.protocol import ActChunk, Command, EdgeConnection, Limits, act_cameras, commands, inference
 from shared.tasks import cancel_and_reap
 
 from .link_ipc import Channel, open_channel
@@ -98,15 +98,18 @@ class LinkProcess:
     def _on_act_chunk(self, msg: ActChunk) -> None:
         """The learner's answer to an act request: to the control process as it is (actions base64)."""
         self.ch.send("act_chunk", [msg.id, msg.start_step, msg.policy_version, msg.horizon, msg.action_dim,
-                                   base64.b64encode(msg.actions).decode(), msg.code])
+                                   base64.b64encode(msg.actions).decode(), msg.code, list(msg.cameras)])
 
     async def _act(self, payload: list[Any]) -> None:
         """Send one act request; if it cannot go out (no live link), say so at once: the robot takes its
-        safe action now instead of waiting for the request to time out."""
-        rid, step, obs, version = payload
-        why = await self.uplink.send_act(rid, step, {k: base64.b64decode(v) for k, v in obs.items()}, version)
+        safe action now instead of waiting for the request to time out. Camera frames are compressed
+        here (policy.camera_codec), off the control process."""
+        rid, step, obs, cams, version = payload
+        codec = self.cfg.policy.camera_codec
+        frames = {n: act_cameras.frame(base64.b64decode(b64), shape, codec) for n, (shape, b64) in cams.items()}
+        why = await self.uplink.send_act(rid, step, {k: base64.b64decode(v) for k, v in obs.items()}, version, frames)
         if why:
-            self.ch.send("act_chunk", [rid, step, 0, 0, 0, "", why])
+            self.ch.send("act_chunk", [rid, step, 0, 0, 0, "", why, []])
 
     async def _on_policy(self, version: int, sha256: str, data: Any) -> None:
         """Hand a whole policy to the control process as a file: it maps it and swaps between ticks."""

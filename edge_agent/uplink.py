@@ -20,6 +20,7 @@ from shared.errors import FleetError, InvalidState
 from shared.lograte import LogLimiter
 from shared.protocol import (Ack, ActChunk, Command, EdgeConnection, Limits, Policy, Reject, TunnelClose, TunnelData,
                              TunnelOpen, Welcome, inference)
+from shared.protocol import act_cameras
 from shared.protocol.codes import TRANSIENT, RejectCode
 from shared.protocol.stream import PolicyReceiver, UploadWindow
 from shared.config import LinkConfig
@@ -217,13 +218,14 @@ class Uplink:
                 window.sent(rec.seq)
             await self._wake.wait()
 
-    async def send_act(self, request_id: int, step: int, obs: dict[str, bytes], policy_version: int) -> str:
+    async def send_act(self, request_id: int, step: int, obs: dict[str, bytes], policy_version: int,
+                       cameras: dict[str, act_cameras.CameraFrame] | None = None) -> str:
         """Send an act request on the live link: "" once sent, else why not (a refusal code for the robot)."""
         ws, conn = self._live
         if ws is None or conn is None or not self.connected or conn.state.value != "open":
             return inference.LINK_DOWN
         try:
-            await ws.send(conn.act_request(request_id, step, obs, policy_version))
+            await ws.send(conn.act_request(request_id, step, obs, policy_version, cameras))
         except FleetError as e:  # our hello did not offer it (an untrusted learner), or a bad observation
             _LOGS.log(log, logging.WARNING, ("act_request_refused", e.code), "event=act_request_not_sent code=%s "
                       "message=%r", e.code, e.message)

@@ -10,6 +10,7 @@ from typing import Sequence
 import torch
 
 from shared.policy import FlowActor
+from shared.policy.cnn import CNNActor
 from shared.weights import encode_weights
 
 
@@ -18,6 +19,17 @@ def flow_policy_file(path: Path, fields: Sequence[str], obs_dim: int, act_dim: i
     """A FlowActor reading ``fields`` (``obs_dim`` floats in all), emitting [horizon, act_dim] chunks."""
     torch.manual_seed(seed)
     actor = FlowActor(obs_dim, act_dim, horizon=horizon, hidden=hidden, steps=steps)
+    blob = encode_weights(actor.state_dict(), version, {"actor": actor.arch(), "obs_fields": list(fields)})
+    path.write_bytes(blob.data)
+    return path
+
+
+def cnn_policy_file(path: Path, fields: Sequence[str], obs_dim: int, act_dim: int,
+                    views: Sequence[tuple[str, tuple[int, int, int]]], hidden: Sequence[int] = (32,),
+                    channels: Sequence[int] = (8, 8), latent: int = 16, version: int = 1, seed: int = 0) -> Path:
+    """A ``cnn_gaussian`` actor reading ``views`` (camera name, HxWxC) and ``fields`` (``obs_dim`` floats)."""
+    torch.manual_seed(seed)
+    actor = CNNActor(obs_dim, act_dim, hidden, views, channels, latent)
     blob = encode_weights(actor.state_dict(), version, {"actor": actor.arch(), "obs_fields": list(fields)})
     path.write_bytes(blob.data)
     return path

@@ -46,6 +46,11 @@ class AgentPolicyConfig(_Strict):
         "asked again",
     )
 
+    camera_codec: Literal["raw", "zstd"] = Field(
+        "raw", description="how camera frames travel in a cloud request (only those the served policy reads): raw "
+        "uint8, or zstd (level 1: smaller on the link, some CPU on both ends); docs/cloud_inference.md has sizes",
+    )
+
     @model_validator(mode="after")
     def _fits(self) -> "AgentPolicyConfig":
         if self.horizon > 1 and self.overlap >= self.horizon:

@@ -68,6 +68,10 @@ class LimitsConfig(_Strict):
     max_chunk_rows: int = Field(10_000, gt=0, description="most steps in one chunk")
     max_inflight_chunks: int = Field(16, gt=0, description="chunks a robot may send before an ack (credit)")
     max_messages_per_s: float = Field(500.0, gt=0, description="messages one link may send per second (burst: 2 s worth)")
+    max_act_camera_bytes: int = Field(
+        16 << 20, ge=1024, description="camera frames of one cloud-inference request, decompressed (and as sent); "
+        "more is refused (observation_too_large), the link stays up",
+    )
     max_hello_bytes: int = Field(64 << 10, ge=1024, description="largest hello (before the robot is authenticated)")
     robot_disk_bytes: int = Field(
         1 << 40, ge=0, description="disk one robot's stored data may use (0: no quota); over it the robot holds its data (quota_exceeded)"

@@ -14,11 +14,12 @@ ActRequest from a robot that did not offer inference.
 from __future__ import annotations
 
 import enum
-from typing import Any
+from dataclasses import replace
+from typing import Any, Mapping
 
 from .. import auth
 from ..errors import InvalidState, ProtocolError
-from . import commands, inference
+from . import act_cameras, commands, inference
 from .codes import RejectCode
 from .frames import MsgType, decode_frame, encode_frame
 from .limits import Limits
@@ -150,14 +151,24 @@ class EdgeConnection(_Base):
         self._require_open()
         return _encode(Lost(first, last, reason))
 
-    def act_request(self, request_id: int, step: int, obs: dict[str, bytes], policy_version: int = 0) -> bytes:
-        """Ask the learner's policy server to act for ``obs`` (field -> float32 bytes), taken at tick ``step``.
-        Checked as the learner will check it (ProtocolError); InvalidState unless our hello offered inference."""
+    def act_request(self, request_id: int, step: int, obs: dict[str, bytes], policy_version: int = 0,
+                    cameras: Mapping[str, act_cameras.CameraFrame] | None = None) -> bytes:
+        """Ask the learner's policy server to act for ``obs`` (field -> float32 bytes) and ``cameras``
+        (field -> frame, :mod:`.act_cameras`), taken at tick ``step``. Checked as the learner will check
+        it, against our own spec and limits (ProtocolError); InvalidState unless our hello offered inference."""
         self._require_open()
         if inference.FEATURE not in self.features:
             raise InvalidState("this link's hello did not offer cloud inference (policy.where = \"cloud\")")
-        obs = inference.check_observation(obs)
-        return _encode(ActRequest(request_id, step, obs, policy_version))
+        cams = dict(cameras or {})
+        obs = inference.check_observation(obs, cameras=bool(cams))
+        msg = ActRequest(request_id, step, obs, policy_version, cams)
+        if cams:
+            act_cameras.parse(msg.meta()["cameras"], msg.body, inference.FIELD_NAME, obs)
+            try:
+                act_cameras.check(cams, act_cameras.spec_shapes(self.spec), self.limits.max_act_camera_bytes)
+            except act_cameras.Refused as e:
+                raise ProtocolError(e.message, RejectCode.BAD_META) from None
+        return _encode(msg)
 
 
 class CloudConnection(_Base):
@@ -173,6 +184,7 @@ class CloudConnection(_Base):
         self.robot_id: str | None = None
         self.hello_msg: Hello | None = None
         self.server_nonce = ""
+        self._shapes: dict[str, act_cameras.ImageShape] | None = None  # the hello spec's cameras, on first use
 
     def challenge(self) -> bytes:
         if self.state is not State.START:
@@ -202,7 +214,20 @@ class CloudConnection(_Base):
         elif isinstance(msg, ActRequest) and not self.takes_inference:
             raise ProtocolError(f"robot {self.robot_id} sent an act request without offering {inference.FEATURE!r} "
                                 "in its hello", RejectCode.BAD_STATE)
+        elif isinstance(msg, ActRequest) and msg.cameras:
+            return self._camera_request(msg)
         return msg
+
+    def _camera_request(self, msg: ActRequest) -> ActRequest:
+        """A request's frames checked against the spec this robot's hello negotiated and the byte limit, and
+        decompressed: raw frames, or the request with ``refusal`` set (answered, the link lives)."""
+        if self._shapes is None:
+            self._shapes = act_cameras.spec_shapes(self.hello_msg.spec if self.hello_msg else {})
+        try:
+            raw = act_cameras.check(msg.cameras, self._shapes, self.limits.max_act_camera_bytes)
+        except act_cameras.Refused as e:
+            return replace(msg, cameras={}, refusal=(e.code, e.message))
+        return replace(msg, cameras={n: act_cameras.CameraFrame(f.shape, "raw", raw[n]) for n, f in msg.cameras.items()})
 
     def verify(self, stored_key: bytes) -> bool:
         """Does the hello prove knowledge of the key whose hash is ``stored_key``?"""
@@ -244,9 +269,9 @@ class CloudConnection(_Base):
         return self.hello_msg is not None and inference.FEATURE in self.hello_msg.features
 
     def act_chunk(self, request_id: int, start_step: int, policy_version: int, actions: Any = None,
-                  code: str = "", message: str = "") -> bytes:
-        """The answer to an ActRequest: ``actions`` (a float32 [horizon, action_dim] array-like in [-1, 1]),
-        or a refusal ``code`` (:data:`inference.REFUSALS`) and a message. Checked as the robot will check
+                  code: str = "", message: str = "", cameras: tuple[str, ...] = ()) -> bytes:
+        """The answer to an ActRequest: ``actions`` (a float32 [horizon, action_dim] array-like in [-1, 1])
+        and the ``cameras`` the policy read, or a refusal ``code`` (:data:`inference.REFUSALS`) and a message. Checked as the robot will check
         it (ProtocolError); InvalidState for a robot that did not offer inference."""
         self._require_open()
         if not self.takes_inference:
@@ -258,7 +283,8 @@ class CloudConnection(_Base):
             raise ProtocolError("act_chunk actions must be a [horizon, action_dim] array", RejectCode.BAD_META)
         horizon, action_dim = int(actions.shape[0]), int(actions.shape[1])
         data = inference.check_actions(inference.pack_floats(actions.reshape(-1)), horizon, action_dim)
-        return _encode(ActChunk(request_id, start_step, policy_version, horizon, action_dim, data))
+        cams = act_cameras.check_names(list(cameras), inference.FIELD_NAME)
+        return _encode(ActChunk(request_id, start_step, policy_version, horizon, action_dim, data, cameras=cams))
 
     def command(self, kind: str, value: Any = None) -> bytes:
         """An operator command (``commands.check`` says which values are valid: ProtocolError otherwise).

@@ -14,6 +14,7 @@ A refused request is not a refused link: the learner answers an ActChunk with ``
 
 Observations and actions travel as raw little-endian float32 bytes in the frame's meta, so
 the core checks sizes, finiteness and bounds without numpy and a fuzzer reaches every check.
+Camera frames (uint8) travel in the frame's body: :mod:`.act_cameras` says how and why.
 """
 
 from __future__ import annotations
@@ -35,11 +36,12 @@ LATENCY_BUDGET = "latency_budget"  # could not be answered within inference.late
 INFERENCE_DISABLED = "inference_disabled"  # the learner's [inference] enabled = false
 NO_POLICY = "no_policy"  # the robot's group has no published policy yet
 BAD_OBSERVATION = "bad_observation"  # fields missing or of the wrong size for the policy
-CAMERAS_UNSUPPORTED = "cameras_unsupported"  # the policy reads cameras: not served from the cloud yet
+CAMERAS_UNSUPPORTED = "cameras_unsupported"  # a learner before camera frames (act_cameras): kept for its robots
+OBSERVATION_TOO_LARGE = "observation_too_large"  # camera frames over limits.max_act_camera_bytes
 SERVER_ERROR = "server_error"  # the policy raised: logged on the learner
 LINK_DOWN = "link_down"  # robot side only: the request never left (no live link)
 REFUSALS = (RATE_LIMITED, TOO_MANY_INFLIGHT, LATENCY_BUDGET, INFERENCE_DISABLED, NO_POLICY, BAD_OBSERVATION,
-            CAMERAS_UNSUPPORTED, SERVER_ERROR, LINK_DOWN)
+            CAMERAS_UNSUPPORTED, OBSERVATION_TOO_LARGE, SERVER_ERROR, LINK_DOWN)
 
 MAX_FIELDS = 64  # observation fields in one request
 MAX_FIELD_FLOATS = 1 << 14  # floats in one state field (64 KiB)
@@ -66,12 +68,14 @@ def _floats(data: Any, what: str, max_floats: int) -> tuple[float, ...]:
     return values
 
 
-def check_observation(obs: Any) -> dict[str, bytes]:
-    """An ActRequest's observation: a map of field name -> float32 bytes (finite, bounded)."""
+def check_observation(obs: Any, cameras: bool = False) -> dict[str, bytes]:
+    """An ActRequest's observation: a map of field name -> float32 bytes (finite, bounded). Empty only
+    when ``cameras`` (a policy that reads pixels alone)."""
     if not isinstance(obs, dict):
         raise ProtocolError(f"act_request.obs must be a map, got {type(obs).__name__}", RejectCode.BAD_META)
-    if not 0 < len(obs) <= MAX_FIELDS:
-        raise ProtocolError(f"act_request.obs must hold 1 to {MAX_FIELDS} fields, got {len(obs)}", RejectCode.BAD_META)
+    if not (0 if cameras else 1) <= len(obs) <= MAX_FIELDS:
+        raise ProtocolError(f"act_request.obs must hold {0 if cameras else 1} to {MAX_FIELDS} fields, got {len(obs)}",
+                            RejectCode.BAD_META)
     out: dict[str, bytes] = {}
     for name, data in obs.items():
         if not isinstance(name, str) or not FIELD_NAME.fullmatch(name):

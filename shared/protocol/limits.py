@@ -13,3 +13,4 @@ class Limits:
     max_chunk_rows: int = 10_000
     max_weights_bytes: int = 1 << 30
     max_inflight_chunks: int = 16  # credit: chunks sent but not yet acked
+    max_act_camera_bytes: int = 16 << 20  # camera frames of one act request, decompressed (and on the wire)

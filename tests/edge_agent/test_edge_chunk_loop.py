@@ -70,7 +70,8 @@ def test_a_cloud_source_answered_from_another_thread_never_blocks_the_loop():
     asked: list[tuple[int, int, dict]] = []
     cond = threading.Condition()
 
-    def send(rid: int, tick: int, obs: dict) -> None:  # the control thread posts; a "link" thread answers
+    def send(rid: int, tick: int, obs: dict, cams: dict) -> None:  # the control thread posts; a "link" thread answers
+        assert cams == {}  # a robot without cameras sends none
         with cond:
             asked.append((rid, tick, obs))
             cond.notify()

@@ -1,0 +1,55 @@
+"""Cloud-served inference of a camera policy, real at every hop: a learner process serving a small CNN
+policy (``cnn_gaussian`` over the front camera and the arm's state) to an edge-agent process whose
+MuJoCo Fetch arm renders two camera views (headless, MUJOCO_GL=egl) and sends its frames (zstd) over
+its link with each request; after the first answer, only the camera the served policy reads. The
+learner serves them (none refused for their frames), the robot gets the answers back, and every step is
+stored exactly once.
+
+What this does not show: the robot *acting* from them. A Gaussian policy answers a chunk of one action,
+for the tick its observation was taken at; the answer reaches the robot a tick later at the earliest, so
+the chunk executor drops it as all in the past (``stale``) and the robot takes its safe action. Acting
+from the cloud needs a chunked policy (flow), and no chunked kind reads cameras yet
+(docs/cloud_inference.md, "Cameras")."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+from harness import assert_exactly_once, wait_for
+from harness.policies import cnn_policy_file
+from harness.procs import Agent, Learner, stop
+
+VERSION = 23
+VIEWS = [{"name": "front", "view": "default", "size": 32}, {"name": "top", "view": "external_camera_0", "size": 32}]
+
+
+def test_a_camera_robot_acts_from_a_cnn_policy_served_from_the_cloud(tmp_path: Path) -> None:
+    weights = cnn_policy_file(tmp_path / "cnn.safetensors", ["observation"], 10, 4, [("front", (32, 32, 3))],
+                              version=VERSION)
+    learner = Learner(tmp_path, learner={"learning_starts": 10**9},
+                      inference={"enabled": True, "weights": str(weights), "batch_window_ms": 1}).start()
+    agent = Agent(tmp_path, "cam-1", [learner.url], episodes=0, rate_hz=20, chunk_steps=25,
+                  driver_options={"seed": 3, "cameras": VIEWS, "camera_antialias": False},
+                  service={"status_interval_s": 0.2},
+                  policy={"where": "cloud", "horizon": 1, "overlap": 0, "blend_steps": 0, "on_late": "hold",
+                          "request_timeout_ms": 500, "camera_codec": "zstd"})
+    try:
+        agent.start(drain_timeout=20)
+        def chunks() -> dict:
+            return agent.status().get("chunks", {})
+
+        wait_for(lambda: learner.status()["inference"]["served"] >= 40, 120, "40 camera requests served")
+        wait_for(lambda: chunks().get("chunks", 0) + chunks().get("stale", 0) >= 40, 60, "40 answers at the robot")
+        served = learner.status()["inference"]
+        print("served:", served, "robot:", chunks())
+        assert not {"bad_observation", "observation_too_large"} & set(served["refusals"]), served
+        # The first requests (before an answer named the cameras its policy read) carry both views; from then
+        # on only the front one, which the policy reads: the top view no longer crosses the link.
+        frames = served["camera_frames"]
+        assert frames["front"] >= 40 and 1 <= frames.get("top", 0) <= 5, frames
+        assert stop(agent.proc, signal.SIGTERM, 60) == 0
+        assert_exactly_once(learner.data_dir, [agent])
+    finally:
+        agent.kill()
+        learner.stop()
