@@ -9,7 +9,8 @@ variant runs for the same wall-clock budget, a fresh learner and two robots
 
 - ``sac``: no demonstrations.
 - ``rlpd``: the 20 demos imported at start (``learner.demo_paths``), half of
-  every batch from them, 10 LayerNorm critics with a random pair's minimum.
+  every batch from them, LayerNorm critics, a behaviour-cloning warm start and
+  a behaviour-cloning term on the demo half in every actor update (``RLPD``).
 - ``rlpd+operator``: the same, and on each robot the scripted operator in mode
   "correct" (``[teleop]``) takes over when the block stalls or drifts from the
   goal; its corrections go to the demo ring too.
@@ -78,8 +79,11 @@ COMMON_LEARNER: dict[str, Any] = {
     # succeeds in 1 of 30 episodes, on standardised ones in 10 of 30 (cloud/learner/normalize.py)
     "normalize_observations": True,
 }
+# bc_weight: the warm start alone is undone by the first updates of still-untrained critics (the evaluation robot
+# fell back to ~0); cloning the demo half inside every actor update keeps it (docs/hil.md, section 3). Returns are
+# near -5 here, so 30 keeps the policy on the demonstrations while the critics learn on a starved 2-core learner.
 RLPD = {"algorithm": "rlpd", "critics": 2, "critic_subset": 2, "critic_layer_norm": True, "demo_fraction": 0.5,
-        "learning_starts": 500, "bc_pretrain_updates": 2000}
+        "learning_starts": 500, "bc_pretrain_updates": 2000, "bc_weight": 30.0}
 
 
 @dataclass

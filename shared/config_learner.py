@@ -107,6 +107,19 @@ class LearnerAlgoConfig(_Strict):
         "published policies read raw observations (the scaling is folded into their first layer); state policies only",
     )
     bc_pretrain_updates: int = Field(0, ge=0, description="behaviour-cloning updates on demonstrations before RL starts")
+    critic_warmup_updates: int = Field(
+        0, ge=0, description="sac/rlpd: the first this many updates train the critics only (the actor, e.g. a "
+        "bc_pretrain_updates warm start, stays as it is while the critics learn its values). 0: off",
+    )
+    bc_weight: float = Field(
+        0.0, ge=0, description="sac/rlpd: weight of a behaviour-cloning term in the actor loss, the squared error "
+        "between the policy's mean action and the action on each batch row a person drove (demos, interventions), "
+        "keeping the policy near them while the critics learn (TD3+BC). 0: off",
+    )
+    bc_decay_updates: int = Field(
+        0, ge=0, description="bc_weight falls linearly to 0 over this many actor updates (after "
+        "critic_warmup_updates). 0: bc_weight stays constant",
+    )
     classifier: Path | None = Field(None, description="reward = classifier: the trained success classifier (safetensors)")
     classifier_threshold: float = Field(0.5, gt=0, lt=1, description="probability above which a frame counts as success")
     batch_size: int = Field(256, gt=0, description="transitions per gradient update")
@@ -200,6 +213,18 @@ class LearnerAlgoConfig(_Strict):
                                  'start is for SAC and RLPD; set bc_pretrain_updates = 0')
         if not self.encoder_channels or len(self.encoder_channels) > 8 or not all(0 < c <= 1024 for c in self.encoder_channels):
             raise ValueError("encoder_channels: 1 to 8 layers of 1..1024 channels")
+        if self.algorithm in ("bc", "hg_dagger"):
+            for key in ("critic_warmup_updates", "bc_weight", "bc_decay_updates"):
+                if getattr(self, key):
+                    raise ValueError(f'{key} = {getattr(self, key)} shapes the RL actor update of algorithm = "sac" '
+                                     f'or "rlpd"; algorithm = "{self.algorithm}" is behaviour cloning already: '
+                                     f"set {key} = 0")
+        if self.bc_weight and self.image_fields:
+            raise ValueError(f"bc_weight = {self.bc_weight}: the behaviour-cloning term is for state policies "
+                             "(camera runs keep no demonstrations); set bc_weight = 0 or drop image_fields")
+        if self.bc_decay_updates and not self.bc_weight:
+            raise ValueError(f"bc_decay_updates = {self.bc_decay_updates} decays bc_weight, which is 0: set bc_weight "
+                             "or bc_decay_updates = 0")
         if self.critic_subset > self.critics:
             raise ValueError(f"critic_subset ({self.critic_subset}) is larger than critics ({self.critics})")
         if self.reward == "classifier" and self.classifier is None:

@@ -3,7 +3,8 @@
 ``sac``: SAC over the online ring. ``rlpd``: the same SAC core over batches
 with ``demo_fraction`` from the demo ring (symmetric sampling; the critic
 ensemble, LayerNorm and update-to-data ratio come from the config's
-``critics``, ``critic_subset``, ``critic_layer_norm`` and ``utd_ratio``).
+``critics``, ``critic_subset``, ``critic_layer_norm`` and ``utd_ratio``; a
+warm start is kept by ``bc_weight`` and ``critic_warmup_updates``, :mod:`.bc_term`).
 ``bc`` and ``hg_dagger``: behaviour cloning on the demo ring only; with
 ``policy = "flow"`` the same rows train the flow policy by supervised flow
 matching on their action chunks (:mod:`.flow_sft`). Every

@@ -20,6 +20,14 @@ and a target that is the min over a random ``critic_subset`` (2) of the target
 critics, drawn from the SAC's own generator; the actor then maximises the
 ensemble's mean Q. The defaults (twin critics, no LayerNorm) draw nothing extra
 and compute exactly what plain SAC did.
+
+Keeping a warm start (:mod:`.bc_term`): ``critic_warmup_updates`` first steps
+train the critics alone (the actor, and the robots' policy, stay as the
+behaviour-cloning warm start left them, while the critics learn its values), and
+``bc_weight`` adds a behaviour-cloning term on the batch's human rows to the
+actor loss, decaying linearly to 0 over ``bc_decay_updates`` actor updates.
+Both default to off, and off they change nothing: no extra computation, no
+extra draw.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from shared.policy import CNNActor, GaussianActor, ImageEncoder, build_gaussian,
 
 from ..buffer.source import IMAGES, NEXT_IMAGES
 from .augment import random_shift
+from .bc_term import bc_regulariser, bc_weight_at, human_mask
 
 log = logging.getLogger("fleetrl.sac")
 
@@ -61,6 +70,10 @@ class SACConfig:
     critics: int = 2
     critic_subset: int = 2
     critic_layer_norm: bool = False
+    # Keeping a behaviour-cloning warm start (module docstring). Default: off.
+    critic_warmup_updates: int = 0
+    bc_weight: float = 0.0
+    bc_decay_updates: int = 0
 
 
 def actor_arch(obs_dim: int, act_dim: int, cfg: SACConfig) -> dict[str, Any]:
@@ -143,6 +156,9 @@ class SAC:
             self._cnn: CNNActor | None = self.actor if isinstance(self.actor, CNNActor) else None
             self.encoder: ImageEncoder | None = self._cnn.encoder if self._cnn is not None else None
             feature_dim = self.encoder.feature_dim if self.encoder is not None else 0
+            if cfg.bc_weight > 0 and cfg.images:
+                raise ValueError("bc_weight: the behaviour-cloning term is for state policies (camera runs keep no "
+                                 "demonstrations)")
             if not 1 <= cfg.critic_subset <= cfg.critics:
                 raise ValueError(f"critic_subset ({cfg.critic_subset}) must be in 1..critics ({cfg.critics})")
             self.critic = QEnsemble(feature_dim + obs_dim + act_dim, hidden, cfg.critics,
@@ -194,16 +210,28 @@ class SAC:
             q = q[torch.randperm(q.shape[0], generator=self.generator, device=self.device)[:k]]
         return q.min(0).values
 
+    @property
+    def warming_up(self) -> bool:
+        """Whether the next update trains the critics alone (``critic_warmup_updates``)."""
+        return self.updates < self.cfg.critic_warmup_updates
+
+    @property
+    def bc_weight(self) -> float:
+        """The behaviour-cloning term's weight in the next actor update."""
+        actor_updates = max(0, self.updates - self.cfg.critic_warmup_updates)
+        return bc_weight_at(self.cfg.bc_weight, self.cfg.bc_decay_updates, actor_updates)
+
     @staticmethod
     def _sa(features: Tensor | None, obs: Tensor, action: Tensor) -> Tensor:
         return torch.cat([obs, action] if features is None else [features, obs, action], -1)
 
-    def losses(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+    def losses(self, batch: Mapping[str, Tensor], actor: bool = True) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
         """Critic, actor and temperature losses of one batch, graphs attached (draws noise from the generator).
 
         ``terminated`` marks true terminal states only: time-limit truncation must be
         0 here so the critic keeps bootstrapping through it. Only the critic loss
-        reaches the encoder.
+        reaches the encoder. ``actor`` False (a critic warm-up step): the actor and
+        temperature losses are constant zeros and ``logp`` is the target's.
         """
         dev = self.device
         obs = batch["obs"].to(dev, torch.float32, non_blocking=True)
@@ -228,6 +256,9 @@ class SAC:
 
         q = self.critic(self._sa(feat, obs, action))  # [2, B]
         critic_loss = 0.5 * (q - target).pow(2).mean(1).sum()
+        if not actor:
+            zero = torch.zeros((), device=dev)
+            return critic_loss, zero, zero, {"alpha": alpha, "logp": next_logp, "q": q}
 
         feat_d = None if feat is None else feat.detach()  # actor and alpha: no gradient into the encoder
         pi_a, logp = self._sample(feat_d, obs)
@@ -235,16 +266,23 @@ class SAC:
         # Twin critics: the min (SAC); an ensemble: the mean (RLPD, REDQ), its subset min is for the target only.
         q_pi = q_all.min(0).values if self.critic.n == 2 else q_all.mean(0)
         actor_loss = (alpha * logp - q_pi).mean()
+        aux = {"alpha": alpha, "logp": logp, "q": q}
+        bc_weight = self.bc_weight
+        if bc_weight > 0:  # off: not computed at all, so the update is exactly SAC's
+            aux["bc_loss"] = bc_regulariser(self.actor, obs, action, human_mask(batch, dev))
+            actor_loss = actor_loss + bc_weight * aux["bc_loss"]
 
         alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
-        return critic_loss, actor_loss, alpha_loss, {"alpha": alpha, "logp": logp, "q": q}
+        return critic_loss, actor_loss, alpha_loss, aux
 
     def update(self, batch: Mapping[str, Tensor]) -> dict[str, float]:
-        """One gradient step on critics, actor and alpha (and the encoder), then a soft target update."""
-        critic_loss, actor_loss, alpha_loss, aux = self.losses(batch)
+        """One gradient step on critics, actor and alpha (and the encoder), then a soft target update.
+        During a critic warm-up the actor and alpha get no gradient, so Adam leaves them as they are."""
+        warm, bc_weight = self.warming_up, self.bc_weight
+        critic_loss, actor_loss, alpha_loss, aux = self.losses(batch, actor=not warm)
         alpha, logp, q = aux["alpha"], aux["logp"], aux["q"]
         self.optim.zero_grad(set_to_none=True)
-        (critic_loss + actor_loss + alpha_loss).backward()
+        (critic_loss if warm else critic_loss + actor_loss + alpha_loss).backward()
         self.optim.step()
 
         with torch.no_grad():
@@ -257,6 +295,8 @@ class SAC:
             "alpha": alpha.item(),
             "entropy": -logp.detach().mean().item(),
             "q_mean": q.detach().mean().item(),
+            **({"bc_loss": aux["bc_loss"].item(), "bc_weight": bc_weight} if "bc_loss" in aux else {}),
+            **({"critic_warmup": 1.0} if warm else {}),
         }
 
     def actor_state(self) -> dict[str, Tensor]:

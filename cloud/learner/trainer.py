@@ -304,11 +304,10 @@ class Trainer(threading.Thread):
                     f"(it serves {list(served) or 'no camera fields'}; state fields {list(dims.obs_fields)}): "
                     "record those cameras on the robots, or drop them from learner.image_fields")
             images = tuple((f, served[f]) for f in cfg.image_fields)
-        return SACConfig(hidden=tuple(cfg.hidden), lr=cfg.lr, gamma=cfg.gamma, tau=cfg.tau,
-                         batch_size=cfg.batch_size, init_alpha=cfg.init_alpha, images=images,
-                         encoder_channels=tuple(cfg.encoder_channels), encoder_latent=cfg.encoder_latent,
-                         augment_pad=cfg.augment_pad, critics=cfg.critics, critic_subset=cfg.critic_subset,
-                         critic_layer_norm=cfg.critic_layer_norm)
+        same = ("lr", "gamma", "tau", "batch_size", "init_alpha", "encoder_latent", "augment_pad", "critics",
+                "critic_subset", "critic_layer_norm", "critic_warmup_updates", "bc_weight", "bc_decay_updates")
+        return SACConfig(hidden=tuple(cfg.hidden), images=images, encoder_channels=tuple(cfg.encoder_channels),
+                         **{k: getattr(cfg, k) for k in same})
 
     def _build(self, dims: Dims) -> Algorithm:
         device = self.device if self.device is not None else resolve_device(self.cfg.device)

@@ -22,6 +22,7 @@ def test_every_variant_writes_configs_the_real_models_accept(v, tmp_path):
     if cfg.learner.algorithm == "rlpd":
         assert cfg.learner.critic_layer_norm and cfg.learner.critic_subset == 2 <= cfg.learner.critics
         assert cfg.learner.bc_pretrain_updates > 0 and cfg.learner.normalize_observations
+        assert cfg.learner.bc_weight > 0  # the warm start is kept by a BC term on the demo half
     teleop = hil.CORRECT_OPERATOR if v.operator else None
     agent = AgentConfig.model_validate(hil.agent_table("sim-0", "ws://127.0.0.1:1/ws", tmp_path, seed=1, rate_hz=25,
                                                        teleop=teleop))
