@@ -25,6 +25,10 @@ The rules:
   (down to one), and each answer adds back ``1/window`` (up to ``max_inflight``), as TCP's
   congestion window does, so pipelining degrades to one request at a time while the learner
   cannot keep up.
+- A chunk of one action (a policy that plans a single step, as the Gaussian and CNN policies do) is
+  played from the tick it arrives, a round trip after its observation as any remote controller
+  acts, and held until a newer answer replaces it; the lost-request rule below bounds how long.
+  The robot then asks as often as ``gap`` allows (its ``horizon`` counts as 1).
 - Answers may come out of order: the newest plan by the tick of its observation wins. A chunk
   older than (or as old as) the one playing is *stale* and dropped, as is one that answers no
   request out (a late answer to a lost request, a duplicate, an earlier episode's) or whose
@@ -108,8 +112,16 @@ class _Plan:
     actions: np.ndarray  # [H, A], policy units
     version: int
 
+    @property
+    def single(self) -> bool:
+        """One action: a policy that plans one step. It is held until a newer plan replaces it."""
+        return len(self.actions) == 1
+
     def covers(self, tick: int) -> bool:
-        return self.start <= tick < self.start + len(self.actions)
+        return self.start <= tick and (self.single or tick < self.start + len(self.actions))
+
+    def index(self, tick: int) -> int:
+        return 0 if self.single else tick - self.start
 
     @property
     def end(self) -> int:
@@ -149,18 +161,20 @@ class ChunkExecutor:
         self._rtts: deque[float] = deque(maxlen=RTT_WINDOW)
         self._started = False  # a chunk arrived in this episode
         self._window = float(max_inflight)  # requests that may be out now: halved when the learner struggles
+        self._answer_len = horizon  # actions per answer, as the policy last answered (at most horizon)
 
     # ---------------------------------------------------------------- requests
 
     @property
     def lead(self) -> int:
         """Ask for the next chunk while this many actions are left (see the module docstring)."""
-        if self.horizon <= 1:
+        horizon = min(self.horizon, self._answer_len)
+        if horizon <= 1:
             return 0
         if not self._rtts and self.max_inflight > 1:
-            return self.horizon - 1  # no round trip measured yet: assume the worst, ask as early as allowed
+            return horizon - 1  # no round trip measured yet: assume the worst, ask as early as allowed
         rtt_ticks = self._ticks(max(self._rtts)) + 1 if self._rtts and self.period_s > 0 else 1
-        return min(max(self.overlap, rtt_ticks + self.blend_steps), self.horizon - 1)
+        return min(max(self.overlap, rtt_ticks + self.blend_steps), horizon - 1)
 
     @property
     def gap(self) -> int:
@@ -192,7 +206,7 @@ class ChunkExecutor:
     def _planned_end(self) -> int | None:
         """The first tick the newest plan has no action for, counting requests still out as the plans
         they will bring (``horizon`` ticks from their own); None with no plan and nothing out."""
-        ends = [r.start + self.horizon for r in self._pending.values()]
+        ends = [r.start + min(self.horizon, self._answer_len) for r in self._pending.values()]
         if self._plan is not None:
             ends.append(self._plan.end)
         return max(ends) if ends else None
@@ -236,6 +250,7 @@ class ChunkExecutor:
         self.counters.rtt_s = self._rtts[-1]
         self.counters.rtts.append(self._rtts[-1])
         acts = np.asarray(actions, np.float32).reshape(-1, self.action_dim)
+        self._answer_len = max(1, min(self.horizon, len(acts)))  # a policy of shorter chunks: ask as often as it needs
         new = _Plan(start, acts, version)
         old = self._plan
         if not new.covers(tick) or old is not None and new.start <= old.start:
@@ -281,7 +296,7 @@ class ChunkExecutor:
         plan = self._plan
         if plan is None or not plan.covers(tick):
             return self._safe()
-        i = tick - plan.start
+        i = plan.index(tick)
         a = plan.actions[i]
         if self._residual is not None:
             j = tick - self._blend_from
@@ -319,8 +334,8 @@ def _before(plan: _Plan, tick: int) -> np.ndarray:
     plans that agree continues their motion instead of stalling it."""
     acts: np.ndarray = plan.actions
     if plan.covers(tick - 1):
-        out: np.ndarray = acts[tick - 1 - plan.start]
+        out: np.ndarray = acts[plan.index(tick - 1)]
         return out
-    i = tick - plan.start
+    i = plan.index(tick)
     out = 2 * acts[i] - acts[i + 1] if i + 1 < len(acts) else acts[i]
     return out
