@@ -92,7 +92,7 @@ def loop_run(root: Path, learner: C.Learner, robot: str, episodes: int, backlog:
 
 def run(quick: bool = False) -> C.Result:
     res = C.Result("jitter", quick)
-    episodes = 4 if quick else 15  # quick: long enough to stop the link process mid-run
+    episodes = 3 if quick else 15  # quick: long enough to stop the link process mid-run (at 0.75 s of 3)
     params = 1_000_000 if quick else 100_000_000
     n_swaps = 1 if quick else 2
     with tempfile.TemporaryDirectory(prefix="fleetrl-bench-jitter-") as d:

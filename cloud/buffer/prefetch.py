@@ -14,12 +14,14 @@ from __future__ import annotations
 import queue
 import threading
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
-import torch
 
 from .source import Batch, SampleSource
+
+if TYPE_CHECKING:  # torch on first use: the buffer package is imported by CLI commands that never sample
+    import torch
 
 
 @dataclass
@@ -31,6 +33,8 @@ class _Item:
 
 def to_tensors(batch: Batch, pin: bool) -> dict[str, torch.Tensor]:
     """numpy batch -> CPU tensors (no copy where the arrays allow), pinned when asked."""
+    import torch
+
     out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
     return {k: t.pin_memory() for k, t in out.items()} if pin else out
 
@@ -51,6 +55,8 @@ class Prefetcher:
         if source.size <= 0:
             raise ValueError("prefetcher created before the source has rows to sample")
         self.source, self.batch_size, self.rng, self.depth = source, batch_size, rng, depth
+        import torch
+
         self.pin = bool(pin_memory and torch.cuda.is_available())
         self._state: Mapping[str, Any] = rng.bit_generator.state
         self._error: BaseException | None = None

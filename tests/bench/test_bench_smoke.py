@@ -16,8 +16,9 @@ from bench.wan import cannot_run_reason
 def test_quick_variant_runs_and_reports_a_finite_ratio(name, monkeypatch):
     if name == "wan" and cannot_run_reason():
         pytest.skip(f"wan: {cannot_run_reason()}")
-    if name == "pixels":  # a learning curve: half a minute shows the pipeline runs (its quick run is 3)
-        monkeypatch.setattr("bench.pixels._minutes_override", 0.5)
+    if name == "pixels":  # a learning curve: 21 s show the pipeline runs (its quick run is 3 min; the first
+        # episodes are stored ~12 s in on a loaded 2-core machine, and the ratio needs one)
+        monkeypatch.setattr("bench.pixels._minutes_override", 0.35)
     res = run_one(name, quick=True)
     assert not res.error, res.error
     assert res.rows, "no figures"

@@ -119,7 +119,7 @@ def test_group_config_is_checked_at_load(tmp_path: Path) -> None:
         _cfg(tmp_path, named=[{"name": "p", "learner": {"hiden": [8]}}])
     with pytest.raises(ValueError, match="used twice"):
         _cfg(tmp_path, named=[{"name": "p"}, {"name": "p"}])
-    # a cluster serves several groups too (tests/cluster/test_cluster_groups.py)
+    # a cluster serves several groups too (tests/cluster/test_cluster_ray.py, test_two_embodiments_on_one_shard_each_learn_in_their_own_group)
     assert LearnerConfig(data_dir=tmp_path, cluster={}, groups={"mode": "auto"}).groups.mode == "auto"
 
 
