@@ -7,37 +7,18 @@ Every field is type-checked on the way in; a wrong one is a
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from ..errors import ProtocolError
 from .codes import RejectCode
 from ..ids import SAFE_ID
-from . import act_cameras, commands, inference
+from . import commands
+from .act_messages import ActChunk as ActChunk, ActRequest as ActRequest  # re-exported: one import for every message
+from .fields import field_of as _field, uint_of as _uint
 from .frames import Frame, MsgType
 
 PROTOCOL_VERSIONS = (1,)  # link protocol versions this build speaks
 ROBOT_ID = SAFE_ID  # ids become file names: shared.ids says which are safe
-
-T = TypeVar("T")
-
-
-def _field(meta: dict[str, Any], key: str, typ: type[T], msg: str) -> T:
-    if key not in meta:
-        raise ProtocolError(f"{msg} lacks field {key!r}", RejectCode.BAD_META)
-    v = meta[key]
-    ok = isinstance(v, typ) and not (typ is int and isinstance(v, bool))
-    if not ok:
-        raise ProtocolError(f"{msg}.{key} must be {typ.__name__}, got {type(v).__name__}", RejectCode.BAD_META)
-    checked: T = v
-    return checked
-
-
-def _uint(meta: dict[str, Any], key: str, msg: str, hi: int = 2**63 - 1) -> int:
-    v = _field(meta, key, int, msg)
-    if not 0 <= v <= hi:
-        raise ProtocolError(f"{msg}.{key} out of range: {v}", RejectCode.BAD_META)
-    return v
-
 
 @dataclass(frozen=True)
 class Hello:
@@ -345,79 +326,6 @@ class Command:
     def parse(cls, f: Frame) -> "Command":
         kind = _field(f.meta, "kind", str, "command")
         return cls(kind=kind, value=commands.check(kind, f.meta.get("value")))
-
-
-@dataclass(frozen=True)
-class ActRequest:
-    """Robot to cloud: "act for this observation" (``policy.where = "cloud"``). ``step`` is the robot's tick the
-    observation was taken at; the answer's chunk starts there, so the robot knows how much of it the round
-    trip already used. Sent only by a robot whose hello offered :data:`inference.FEATURE`. Camera frames
-    ride in the body (:mod:`.act_cameras`); ``refusal`` is set by the learner's connection, never sent."""
-
-    TYPE: ClassVar[MsgType] = MsgType.ACT_REQUEST
-    id: int  # the robot's request id (wraps at 2**32): the answer carries it
-    step: int
-    obs: dict[str, bytes]  # state field -> float32 little-endian bytes
-    policy_version: int = 0  # the version the robot holds itself, if any (for the learner's log)
-    cameras: dict[str, act_cameras.CameraFrame] = field(default_factory=dict)  # camera field -> frame
-    refusal: tuple[str, str] | None = None  # (code, message): the cameras do not fit the negotiated spec
-
-    def meta(self) -> dict[str, Any]:
-        m = {"id": self.id, "step": self.step, "obs": self.obs, "policy_version": self.policy_version}
-        if self.cameras:  # absent without cameras: a state-only request is the same bytes as before cameras
-            m["cameras"] = act_cameras.pack(self.cameras)[0]
-        return m
-
-    @property
-    def body(self) -> bytes:
-        return act_cameras.pack(self.cameras)[1] if self.cameras else b""
-
-    @classmethod
-    def parse(cls, f: Frame) -> "ActRequest":
-        m = f.meta
-        obs = inference.check_observation(m.get("obs"), cameras="cameras" in m)
-        return cls(id=_uint(m, "id", "act_request", inference.MAX_ID), step=_uint(m, "step", "act_request"),
-                   obs=obs, policy_version=_uint(m, "policy_version", "act_request") if "policy_version" in m else 0,
-                   cameras=act_cameras.parse(m.get("cameras"), f.body, inference.FIELD_NAME, obs))
-
-
-@dataclass(frozen=True)
-class ActChunk:
-    """Cloud to robot: the answer to one ActRequest: ``horizon`` actions in [-1, 1] for steps
-    ``start_step``, ``start_step + 1``, ... (float32 bytes, row-major), chosen by ``policy_version``;
-    or, with ``code`` set (:data:`inference.REFUSALS`), no actions and the reason."""
-
-    TYPE: ClassVar[MsgType] = MsgType.ACT_CHUNK
-    id: int
-    start_step: int
-    policy_version: int = 0
-    horizon: int = 0
-    action_dim: int = 0
-    actions: bytes = b""
-    code: str = ""
-    message: str = ""
-    cameras: tuple[str, ...] = ()  # the camera fields the policy read: what the robot sends next (act_cameras)
-
-    def meta(self) -> dict[str, Any]:
-        m = asdict(self)
-        if self.cameras:  # absent for a state policy: the same bytes as before cameras
-            m["cameras"] = list(self.cameras)
-        else:
-            del m["cameras"]
-        return m
-
-    @classmethod
-    def parse(cls, f: Frame) -> "ActChunk":
-        m = f.meta
-        code, message = inference.check_code(m.get("code", ""), m.get("message", ""))
-        rid, start = _uint(m, "id", "act_chunk", inference.MAX_ID), _uint(m, "start_step", "act_chunk")
-        version = _uint(m, "policy_version", "act_chunk")
-        if code:
-            return cls(rid, start, version, code=code, message=message)
-        horizon, action_dim = m.get("horizon"), m.get("action_dim")
-        actions = inference.check_actions(m.get("actions"), horizon, action_dim)  # checks both ints too
-        return cls(rid, start, version, int(horizon), int(action_dim), actions,  # type: ignore[arg-type]
-                   cameras=act_cameras.check_names(m.get("cameras", []), inference.FIELD_NAME))
 
 
 Message = (Hello | Welcome | Chunk | Ack | Policy | Status | Reject | Lost | Challenge | TunnelOpen | TunnelData | TunnelClose
