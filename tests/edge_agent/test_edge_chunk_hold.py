@@ -164,7 +164,7 @@ def test_late_ticks_execute_the_drivers_hold_action_not_the_last_one():
 def test_a_driver_without_the_hook_keeps_repeating_the_last_action():
     robot = SaggingArm(hook=False)
     steps, _ = _run(robot, "hold")
-    late = [s for s in steps[8:]]
+    late = steps[8:]
     assert all(s.chunk_index == -1 and np.allclose(s.action, [1.0, 2.0]) for s in late)
 
 
@@ -182,3 +182,18 @@ def test_point_mass_holds_with_no_force():
     robot = registry.create("point_mass", {"dims": 3, "seed": 1})
     obs = robot.reset()
     assert np.array_equal(robot.hold_action(obs), np.zeros(3, np.float32))
+
+
+def test_mujoco_fetch_holds_with_no_delta():
+    pytest.importorskip("gymnasium_robotics", reason="mujoco_fetch needs gymnasium-robotics")
+    robot = registry.create("mujoco_fetch", {"task": "reach", "seed": 0})
+    try:
+        obs = robot.reset()
+        hold = robot.hold_action(obs)
+        assert hold.shape == robot.describe().action_shape and not hold.any()
+        grip = obs["observation"][:3].copy()
+        for _ in range(5):  # holding keeps the gripper where it is
+            obs = robot.step(robot.hold_action(obs)).observation
+        assert np.abs(obs["observation"][:3] - grip).max() < 1e-3
+    finally:
+        robot.close()
