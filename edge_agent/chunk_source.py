@@ -23,7 +23,7 @@ import numpy as np
 
 from shared.actions import ActionScale
 
-from shared.chunk_exec import ChunkExecutor, ChunkStep
+from shared.chunk_exec import ChunkExecutor, ChunkStep, Hold
 from shared.protocol.inference import BAD_OBSERVATION
 from .policy_holder import LoadedPolicy, PolicyHolder
 from .status import ChunkReport
@@ -89,8 +89,10 @@ class ChunkSource:
         """A new episode: nothing of the last one's plan carries over."""
         self.executor.reset()
 
-    def step(self, obs: Mapping[str, np.ndarray], tick: int, now: float, policy: LoadedPolicy | None) -> ChunkStep:
-        """This tick's action (policy units), asking for the next chunk when the executor says so."""
+    def step(self, obs: Mapping[str, np.ndarray], tick: int, now: float, policy: LoadedPolicy | None,
+             hold: Hold | None = None) -> ChunkStep:
+        """This tick's action (policy units), asking for the next chunk when the executor says so.
+        ``hold``: the robot's hold action now (policy units), asked only on a late tick that holds."""
         ex = self.executor
         self._take(tick, now)
         rid = ex.request(tick, now)
@@ -103,7 +105,7 @@ class ChunkSource:
                 ex.receive(rid, tick, acts[: ex.horizon], policy.version, tick, now)
             else:
                 ex.refused(rid, "no_policy", tick)
-        return ex.act(tick)
+        return ex.act(tick, hold)
 
     def _take(self, tick: int, now: float) -> None:
         ex = self.executor

@@ -222,7 +222,7 @@ class ControlLoop(threading.Thread):
         if self.steps < self.cfg.random_steps:
             proposal = self.robot.clamp(self._scale.sample(rng))
         elif self.chunks is not None and self.chunks.active(policy):
-            step = self.chunks.step(obs, self.steps, time.monotonic(), policy)
+            step = self.chunks.step(obs, self.steps, time.monotonic(), policy, lambda: self._hold_action(obs))
             proposal = self.robot.clamp(self._scale.to_robot(step.action))
             version, self._chunk_index = step.version, step.chunk_index
         else:
@@ -237,6 +237,12 @@ class ControlLoop(threading.Thread):
         if proposal is None:  # no policy yet: explore at random, as before any policy arrives
             proposal = self.robot.clamp(self._scale.sample(rng))
         return proposal, proposal, version
+
+    def _hold_action(self, obs: dict[str, np.ndarray]) -> np.ndarray | None:
+        """The driver's hold action for this observation, clamped, in policy units (None: it has none).
+        Asked by the chunk executor only on a late tick that holds."""
+        a = self.robot.hold_action(obs)
+        return None if a is None else self._scale.normalise(self.robot.clamp(a)).astype(np.float32)
 
     def jitter(self) -> Jitter:
         """Lateness of ticks against their schedule, in milliseconds."""

@@ -107,3 +107,13 @@ class Robot(HardwareUnit):
         d = self.describe()
         a = np.nan_to_num(np.asarray(action, dtype=np.float32), nan=0.0)
         return np.clip(a, np.asarray(d.action_low, np.float32), np.asarray(d.action_high, np.float32))
+
+    def hold_action(self, obs: dict[str, np.ndarray]) -> np.ndarray | None:
+        """The action that keeps the robot where it is, in robot units, for the observation ``obs``.
+
+        Asked on the control thread only on a tick with no policy action ready (an action chunk late
+        or lost, ``on_late = "hold"`` or ``"finish"``), so it must be cheap and never block: compute it
+        from ``obs`` or state the driver already holds. A position-controlled robot returns the
+        position it is at (it changes every tick); a velocity- or force-controlled one the zero
+        action. None (the default): no driver-specific hold, the late tick repeats the last action."""
+        return None

@@ -40,9 +40,12 @@ The rules:
   its seam from what was executed, so the bound holds however closely chunks follow each
   other. A chunk that comes after the old one ran out fades in from the action held meanwhile.
 - A tick with no action left (the chunk ran out, the next is late) is a *late tick*: it takes
-  the safe action ``on_late`` names: ``hold`` repeats the last executed action (or the
-  robot's hold action, for position-controlled robots), ``zero`` sends the zero action
-  (zero velocity in robot units, clamped), ``finish`` holds too.
+  the safe action ``on_late`` names: ``hold`` takes the robot's hold action for this tick when
+  the caller gives one (``act(tick, hold)``: a position-controlled robot holds where it is now,
+  which changes every tick; a velocity- or force-controlled one holds with the zero action),
+  else the fixed ``hold_action``, else repeats the last executed action; ``zero`` sends the
+  zero action (zero velocity in robot units, clamped); ``finish`` holds too. ``hold`` is a
+  callable, called only on a tick that needs it, so the caller pays for nothing otherwise.
 - A request unanswered after ``timeout_s`` is *lost*: if the plan playing is older than it,
   ``hold`` and ``zero`` stop playing that plan at once and take their safe action (it is
   older than the timeout allows); ``finish`` plays it to its end, then holds. A new request
@@ -57,7 +60,7 @@ from __future__ import annotations
 import math
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 
@@ -67,6 +70,7 @@ OnLate = Literal["hold", "zero", "finish"]
 ON_LATE: tuple[OnLate, ...] = ("hold", "zero", "finish")
 RTT_WINDOW = 32  # round trips remembered for the lead (the slowest of them counts)
 MAX_ID = 2**32  # request ids wrap here (shared.protocol.inference.MAX_ID + 1)
+Hold = Callable[[], "np.ndarray | None"]  # this tick's hold action (policy units), or None: the executor's own
 
 
 @dataclass(frozen=True)
@@ -291,11 +295,12 @@ class ChunkExecutor:
 
     # ---------------------------------------------------------------- acting
 
-    def act(self, tick: int) -> ChunkStep:
-        """The action for ``tick`` (ticks only move forward)."""
+    def act(self, tick: int, hold: Hold | None = None) -> ChunkStep:
+        """The action for ``tick`` (ticks only move forward). ``hold``: the robot's hold action now, in
+        policy units, asked only if this tick is late and ``on_late`` holds (None: no driver-specific hold)."""
         plan = self._plan
         if plan is None or not plan.covers(tick):
-            return self._safe()
+            return self._safe(hold)
         i = plan.index(tick)
         a = plan.actions[i]
         if self._residual is not None:
@@ -308,14 +313,19 @@ class ChunkExecutor:
         self._last, self._last_version = a, plan.version
         return ChunkStep(a, plan.version, i)
 
-    def _safe(self) -> ChunkStep:
+    def _safe(self, hold: Hold | None) -> ChunkStep:
         """The tick has no action from a chunk: the configured safe action, counted."""
         if self._started:
             self.counters.late_ticks += 1
         else:
             self.counters.start_ticks += 1
+        now = None if self.on_late == "zero" or hold is None else hold()
         if self.on_late == "zero":
             a = self.zero_action
+        elif now is not None:
+            a = np.asarray(now, np.float32)
+            if a.shape != (self.action_dim,):
+                raise ValueError(f"the hold action has shape {a.shape}, the action ({self.action_dim},)")
         elif self.hold_action is not None:
             a = self.hold_action
         elif self._last is not None:

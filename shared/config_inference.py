@@ -31,9 +31,11 @@ class AgentPolicyConfig(_Strict):
         "(0: switch at once)",
     )
     on_late: Literal["hold", "zero", "finish"] = Field(
-        "hold", description="when a tick has no action from a chunk (late) or a request is lost: hold repeats the last "
-        "executed action; zero sends zero velocity (the robot's clamp of 0 in its units); finish plays the current "
-        "chunk to its end on a lost request, then holds",
+        "hold", description="when a tick has no action from a chunk (late) or a request is lost: hold takes the "
+        "driver's hold action for that tick (a position-controlled robot holds at its measured position, a velocity- "
+        "or force-controlled one sends zero), or repeats the last executed action with a driver that has none; zero "
+        "sends zero velocity (the robot's clamp of 0 in its units; on a position-controlled robot use hold); finish "
+        "plays the current chunk to its end on a lost request, then holds",
     )
     max_inflight: int = Field(
         3, ge=1, le=64, description="requests out at once, awaiting their chunks: the next goes out on schedule "

@@ -146,6 +146,11 @@ class FetchRobot(Robot):
             info={},
         )
 
+    def hold_action(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """Zero: the action moves the gripper by a delta (the mocap target, and the fingers' position
+        actuators add it to where they are), so no delta keeps the arm where it is."""
+        return np.zeros(self._description.action_shape, np.float32)
+
     def close(self) -> None:
         views, self._views = self._views, None
         if views is not None:

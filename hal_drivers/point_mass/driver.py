@@ -100,6 +100,10 @@ class PointMassRobot(Robot):
             info={"distance": distance},
         )
 
+    def hold_action(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        # The action is a force: no force lets damping bring the mass to rest where it is.
+        return np.zeros(self.config.dims, np.float32)
+
     # close(): nothing to release; the base class's no-op is enough.
 
     # -- helpers -----------------------------------------------------------

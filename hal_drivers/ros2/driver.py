@@ -24,6 +24,7 @@ from hal_drivers.registry import register
 from shared.errors import FleetError
 
 from . import mapping, types
+from .hold import hold_sources, hold_values
 from .backend import Backend, Publisher, open_backend
 from .config import QosConfig, Ros2Config
 from .latest import LatestStore, Sample
@@ -55,6 +56,7 @@ class Ros2Robot(Robot):
             self._slices.append((a, slice(start, start + a.dim)))
             start += a.dim
         self._description = self._describe(start)
+        self._hold = hold_sources(config.actions, config.observations)
         self._period = 1.0 / config.rate_hz
         self._next_tick: float | None = None
         self._step = 0
@@ -161,6 +163,11 @@ class Ros2Robot(Robot):
         truncated = truncated or self._step >= self.config.episode_steps
         info["ros2_status"] = self.status_line()
         return StepResult(obs, reward, terminated=success, truncated=truncated and not success, success=success, info=info)
+
+    def hold_action(self, obs: dict[str, np.ndarray]) -> np.ndarray | None:
+        """Position targets at the measured joint positions, velocities zero (:mod:`.hold`); None when
+        an action topic has no safe hold (a Float64MultiArray, positions nobody measures)."""
+        return None if self._hold is None else hold_values(self._hold, obs)
 
     def close(self) -> None:
         self._closed.set()
