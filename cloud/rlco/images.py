@@ -72,8 +72,10 @@ def frame_spec(table: pa.Table, name: str) -> FieldSpec:
 
 def image_demos(table: pa.Table, demos: Demos, cameras: Sequence[str]) -> ImageDemos:
     """``demos`` (the table's state and actions) with each row's frame of every camera."""
-    images = {name: np.ascontiguousarray(decode_frames(table.column(OBS_PREFIX + name), frame_spec(table, name))[0])
-              for name in cameras}
+    images = {}
+    for name in cameras:
+        spec = frame_spec(table, name)  # names a missing camera before the column is looked up
+        images[name] = np.ascontiguousarray(decode_frames(table.column(OBS_PREFIX + name), spec)[0])
     return ImageDemos(demos.obs, demos.action, images)
 
 
