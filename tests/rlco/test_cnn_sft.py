@@ -90,6 +90,32 @@ def test_image_demos_batches_carry_frames_of_their_rows_and_mix_in_ratio():
         ImageDemos(d.obs, d.action, {"left": frames[:3]})
 
 
+def _image_demos(n: int, seed: int) -> ImageDemos:
+    b = _batch(n, seed)
+    return ImageDemos(b["obs"].numpy(), b["action"].numpy(),
+                      {name: b[IMAGE_KEY + name].numpy() for name, _ in VIEWS})
+
+
+def test_cnn_trainer_resumes_exactly_from_its_checkpoint(tmp_path):
+    from cloud.learner import checkpoint
+
+    sim, real = _image_demos(12, 6), _image_demos(5, 7)
+    whole, killed = _trainer(seed=3), _trainer(seed=3)
+    for _ in range(4):
+        whole.step(0.5, sim, real)
+    for _ in range(2):
+        killed.step(0.5, sim, real)
+    checkpoint.save(tmp_path / "sft.ckpt", killed.state_dict())
+    resumed = _trainer(seed=3)
+    resumed.load_state_dict(checkpoint.load(tmp_path / "sft.ckpt"))
+    for _ in range(2):
+        resumed.step(0.5, sim, real)
+    a, b = whole.actor.state_dict(), resumed.actor.state_dict()
+    assert resumed.updates == 4 and all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["encoder.stacks.0.convs.0.weight"],
+                           _trainer(seed=3).actor.state_dict()["encoder.stacks.0.convs.0.weight"])  # trained
+
+
 def test_published_weights_fold_the_state_normalisation_exactly():
     t = _trainer()
     norm = ObsNormalizer(torch.tensor([3.0, -1.0]), torch.tensor([2.0, 0.5]))
