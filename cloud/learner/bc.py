@@ -28,8 +28,13 @@ ACTION_CLAMP = 1.0 - 1e-4  # atanh of an action at the bound is infinite: clamp 
 def bc_loss(actor: GaussianActor, batch: Mapping[str, Tensor], device: torch.device) -> Tensor:
     """Mean negative log-likelihood of the batch's actions (in [-1, 1]) under ``actor`` (state actors)."""
     obs = batch["obs"].to(device, torch.float32, non_blocking=True)
-    action = batch["action"].to(device, torch.float32, non_blocking=True)
     mean, log_std = actor(obs)
+    return action_nll(mean, log_std, batch["action"].to(device, torch.float32, non_blocking=True))
+
+
+def action_nll(mean: Tensor, log_std: Tensor, action: Tensor) -> Tensor:
+    """Mean NLL of ``action`` (in [-1, 1]) under the pre-tanh Gaussian (mean, log_std): the loss of
+    :func:`bc_loss`, for any actor's head (a camera actor's too)."""
     u = torch.atanh(action.clamp(-ACTION_CLAMP, ACTION_CLAMP))
     nll = 0.5 * ((u - mean) / log_std.exp()).pow(2) + log_std
     return nll.sum(-1).mean()

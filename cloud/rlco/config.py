@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from hal_drivers.mujoco_fetch.config import CameraView
 from hal_drivers.mujoco_fetch.twin import Dynamics
 
 from shared.config_base import Strict
@@ -41,15 +42,19 @@ class DatasetsConfig(Strict):
 
 
 class SFTConfig(Strict):
-    """Stage I: supervised co-training of the policy (Gaussian or flow head) on both datasets."""
+    """Stage I: supervised co-training of the policy (Gaussian, flow head or CNN) on both datasets."""
 
-    policy: Literal["gaussian", "flow"] = Field("gaussian", description=(
+    policy: Literal["gaussian", "flow", "cnn"] = Field("gaussian", description=(
         "gaussian: the tanh-Gaussian MLP, SFT = NLL of the demo action; flow: the flow-matching action head "
-        "(pi0.5's kind, shared/policy/flow.py), SFT = flow-matching loss on chunks of flow_horizon demo actions. "
-        "Stage II trains the Gaussian only: with flow, eval.after must not name rl"))
+        "(pi0.5's kind, shared/policy/flow.py), SFT = flow-matching loss on chunks of flow_horizon demo actions; "
+        "cnn: the cnn_gaussian actor (a conv encoder per camera of `cameras`, fused with the state), SFT = NLL "
+        "of the demo action. Stage II trains the state Gaussian only: with flow or cnn, eval.after must not name rl"))
     flow_horizon: int = Field(4, ge=1, le=MAX_HORIZON, description=(
         "flow: actions per chunk (a chunk never crosses an episode's end; padded steps are left out of the loss)"))
     flow_steps: int = Field(10, ge=1, le=MAX_STEPS, description="flow: Euler steps integrating a chunk from noise")
+    cnn_channels: list[int] = Field(default_factory=lambda: [16, 16, 16, 16], min_length=1, max_length=8,
+                                    description="cnn: conv channels per camera (3x3 kernels, the first with stride 2)")
+    cnn_latent: int = Field(50, ge=1, le=1024, description="cnn: features per camera (Linear + LayerNorm + tanh)")
 
     alpha: float = Field(0.5, ge=0, le=1, description=(
         "weight of SFT(D_sim); 1 - alpha weighs SFT(D_real). 0: SFT on D_real only (the 'no Stage I' ablation); "
@@ -129,6 +134,11 @@ class RLCoConfig(Strict):
     seed: int = Field(0, description="seeds the networks, batches and sim envs")
     task: Literal["push", "reach"] = "push"
     threads: int = Field(1, ge=1, le=256, description="torch CPU threads")
+    cameras: list[CameraView] = Field(default_factory=list, description=(
+        "cnn: the views every Fetch robot of the recipe renders (D_sim, D_real, evaluation; the mujoco driver's "
+        "[robot.options] cameras, e.g. {name = \"overhead\", view = \"external_camera_0\", size = 32}); "
+        "empty for state policies"))
+    camera_antialias: bool = Field(False, description="cnn: multisample anti-aliasing of the views (off: ~3x faster)")
     real: Dynamics = Field(default_factory=lambda: Dynamics(**DEFAULT_REAL),
                            description="the real twin's dynamics ([robot.options.dynamics] of the mujoco driver)")
     datasets: DatasetsConfig = Field(default_factory=DatasetsConfig)
@@ -141,6 +151,42 @@ class RLCoConfig(Strict):
         if self.task == "reach" and self.real.object_mass_scale != 1.0:
             raise ValueError("real.object_mass_scale: the reach task has no block (set it to 1 or use task = \"push\")")
         return self
+
+    @model_validator(mode="after")
+    def _cnn_fits(self) -> "RLCoConfig":
+        if self.sft.policy != "cnn":
+            if self.cameras:
+                raise ValueError(f"cameras: set, but sft.policy = \"{self.sft.policy}\" reads no frames (every "
+                                 "robot would render them for nothing); set sft.policy = \"cnn\" or cameras = []")
+            return self
+        if not self.cameras:
+            raise ValueError("sft.policy = \"cnn\" needs cameras: at least one view, e.g. cameras = "
+                             "[{name = \"overhead\", view = \"external_camera_0\", size = 32}]")
+        names = [c.name for c in self.cameras]
+        if len(set(names)) != len(names):
+            raise ValueError(f"cameras: names must differ, got {names}")
+        from hal_drivers.mujoco_fetch.config import STATE_FIELDS
+
+        clash = [n for n in names if n in STATE_FIELDS]
+        if clash:
+            raise ValueError(f"cameras: {clash} name state fields of the Fetch arm; pick other camera names")
+        if "rl" in self.eval.after:
+            raise ValueError("sft.policy = \"cnn\" with eval.after naming rl: Stage II (PPO/SAC) trains the state "
+                             "Gaussian actor only (RL over rendered frames is not implemented); set eval.after = [\"sft\"]")
+        from shared.policy.cnn import conv_out
+
+        small = [c.name for c in self.cameras if conv_out(c.size, len(self.sft.cnn_channels)) < 1]
+        if small:
+            raise ValueError(f"cameras: {small} too small for {len(self.sft.cnn_channels)} conv layers "
+                             "(sft.cnn_channels); use larger views or fewer layers")
+        return self
+
+    def robot_extra(self) -> dict[str, Any]:
+        """The camera options every robot of the recipe gets (empty for state policies)."""
+        if not self.cameras:
+            return {}
+        return {"cameras": [c.model_dump(mode="json", exclude_none=True) for c in self.cameras],
+                "camera_antialias": self.camera_antialias}
 
     @model_validator(mode="after")
     def _flow_fits(self) -> "RLCoConfig":

@@ -3,7 +3,8 @@
 D_sim: the scripted expert on the unperturbed simulator, stepped in this process (the sim side).
 D_real: the same expert as the ``scripted_fetch`` operator on the real twin, recorded through the
 real path (``realpath.record``) or, with ``datasets.real_via = "in_process"``, stepped here.
-Both are versioned by every setting that shapes their rows (``datasets``).
+Both are versioned by every setting that shapes their rows (``datasets``, and the ``cameras``
+whose frames they carry when the policy is the CNN).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def _settings(cfg: RLCoConfig, real: bool) -> dict[str, Any]:
     d = cfg.datasets
     s: dict[str, Any] = {"task": cfg.task, "expert": "scripted_fetch", "noise": d.noise, "seed": d.seed,
                          "success_only": d.success_only}
+    if cfg.cameras:  # state-only versions keep their old keys (and files)
+        s["cameras"] = cfg.robot_extra()
     if real:
         s.update(episodes=d.real_episodes, via=d.real_via, dynamics=cfg.real.model_dump(mode="json"))
     else:
@@ -44,7 +47,7 @@ def datasets(cfg: RLCoConfig, progress: Callable[[str, int, int, dict[str, float
     expert = CONTROLLERS[cfg.task]
 
     def make_sim() -> Any:
-        robot = FetchRobot(FetchConfig(task=cfg.task, seed=d.seed + SIM_SEED_OFFSET))
+        robot = FetchRobot(FetchConfig(task=cfg.task, seed=d.seed + SIM_SEED_OFFSET, **cfg.robot_extra()))
         try:
             return expert_table(robot, expert, d.sim_episodes, d.noise, d.seed, d.success_only, "sim-expert",
                                 lambda i, n: progress("D_sim (scripted expert, sim)", i, n, {}))
@@ -52,7 +55,8 @@ def datasets(cfg: RLCoConfig, progress: Callable[[str, int, int, dict[str, float
             robot.close()
 
     def make_real() -> Any:
-        options = {"task": cfg.task, "seed": d.seed + 1, "dynamics": cfg.real.model_dump(mode="json")}
+        options = {"task": cfg.task, "seed": d.seed + 1, "dynamics": cfg.real.model_dump(mode="json"),
+                   **cfg.robot_extra()}
         if d.real_via == "in_process":
             robot = FetchRobot(FetchConfig(**options))
             try:

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from shared.chunk_exec import ChunkExecutor
-from shared.observations import state_sizes
+from shared.observations import image_shapes, state_sizes
 from shared.policy_runner import LoadedPolicy, load_policy
 from shared.weights import WeightsBlob, decode_weights
 
@@ -62,13 +62,15 @@ def slack_episodes(cfg: EvalConfig, episode_steps: int = 50) -> int:
     return int(math.ceil(cfg.link_up_s * cfg.rate_hz / episode_steps)) + 1
 
 
-def robot_options(task: str, seed: int, dynamics: dict[str, Any]) -> dict[str, Any]:
-    return {"task": task, "seed": int(seed), "dynamics": dynamics}
+def robot_options(task: str, seed: int, dynamics: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A twin robot's ``[robot.options]``; ``extra``: its cameras (``RLCoConfig.robot_extra``) for a cnn policy."""
+    return {"task": task, "seed": int(seed), "dynamics": dynamics, **(extra or {})}
 
 
 def _loaded(blob: WeightsBlob, spec_robot: Any) -> LoadedPolicy:
     spec = spec_robot.describe().episode_spec()
-    return load_policy(decode_weights(blob.data, blob.sha256, 1 << 31), state_sizes(spec), spec.action_dim, MAX_PARAMS)
+    return load_policy(decode_weights(blob.data, blob.sha256, 1 << 31), state_sizes(spec), spec.action_dim, MAX_PARAMS,
+                       image_fields=image_shapes(spec))
 
 
 class Acting:
@@ -100,7 +102,7 @@ class Acting:
 
 
 def in_process(blob: WeightsBlob, cfg: EvalConfig, task: str, dynamics: dict[str, Any],
-               progress: Callable[[int, int], None] | None = None) -> EvalResult:
+               progress: Callable[[int, int], None] | None = None, extra: dict[str, Any] | None = None) -> EvalResult:
     """The set on twins stepped in this process."""
     import time
 
@@ -111,7 +113,7 @@ def in_process(blob: WeightsBlob, cfg: EvalConfig, task: str, dynamics: dict[str
     per: dict[str, list[bool]] = {}
     done = 0
     for i, n in enumerate(shares(cfg.episodes, cfg.robots)):
-        robot = FetchRobot(FetchConfig(**robot_options(task, cfg.seed + i, dynamics)))
+        robot = FetchRobot(FetchConfig(**robot_options(task, cfg.seed + i, dynamics, extra)))
         try:
             act = Acting(_loaded(blob, robot), cfg, robot.describe().episode_spec().action_dim)
             out = per.setdefault(f"eval-{i}", [])
@@ -156,7 +158,7 @@ def policy_episodes(table: pa.Table, version: int) -> dict[str, list[bool]]:
 
 
 def real_path(blob: WeightsBlob, cfg: EvalConfig, task: str, dynamics: dict[str, Any], root: Path,
-              timeout: float = 900) -> EvalResult:
+              timeout: float = 900, extra: dict[str, Any] | None = None) -> EvalResult:
     """The set on edge-agents running the twin, served ``blob`` by a learner that does not train."""
     import time
 
@@ -165,7 +167,7 @@ def real_path(blob: WeightsBlob, cfg: EvalConfig, task: str, dynamics: dict[str,
 
     t0 = time.monotonic()
     root.mkdir(parents=True, exist_ok=True)
-    probe = FetchRobot(FetchConfig(**robot_options(task, cfg.seed, dynamics)))
+    probe = FetchRobot(FetchConfig(**robot_options(task, cfg.seed, dynamics, extra)))
     try:
         spec = probe.describe().episode_spec()
         horizon = _loaded(blob, probe).horizon  # a policy the robots would refuse fails here, with the loader's message
@@ -176,7 +178,7 @@ def real_path(blob: WeightsBlob, cfg: EvalConfig, task: str, dynamics: dict[str,
     with realpath.learner(root, "eval-learner", policy=blob) as (url, data_dir):
         cmds = []
         for i, n in enumerate(want):
-            path = realpath.agent_config(root, f"eval-{i}", url, robot_options(task, cfg.seed + i, dynamics),
+            path = realpath.agent_config(root, f"eval-{i}", url, robot_options(task, cfg.seed + i, dynamics, extra),
                                          {"max_episodes": n + slack, "deterministic": True, "seed": cfg.seed + i,
                                           "rate_hz": cfg.rate_hz}, policy=cfg.robot_policy(horizon))
             cmds.append(([sys.executable, "-m", "edge_agent", "run", "--config", str(path), "--drain-timeout", "60"],

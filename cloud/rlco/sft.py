@@ -1,7 +1,8 @@
 """Stage I's trainer: the policy co-trained by SFT on D_sim and D_real with weight alpha.
 
-Two policy kinds (``sft.policy``): the Gaussian actor, whose SFT loss is the NLL of the demo
-action (``losses.sft_loss``), and the flow-matching head, whose SFT loss is the flow learner's
+Three policy kinds (``sft.policy``): the Gaussian actor, whose SFT loss is the NLL of the demo
+action (``losses.sft_loss``), the camera actor (``cnn_gaussian``, the same NLL over frames and
+state: ``images.cnn_sft_loss``), and the flow-matching head, whose SFT loss is the flow learner's
 own (``FlowSFT.loss``) on chunks of demo actions. Either way one Adam step per pair of batches,
 weighted by alpha exactly (``losses.cotrain``) or mixed into one batch (``weighting = "batch"``).
 
@@ -12,7 +13,7 @@ Fetch mixes metre-scale positions with centimetre-scale velocities, and BC on ra
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -20,11 +21,12 @@ from torch import Tensor
 
 from cloud.learner.flow_sft import FlowSFT
 from cloud.learner.normalize import ObsNormalizer
-from shared.policy import GaussianActor, PolicyActor, build_gaussian
+from shared.policy import CNNActor, GaussianActor, PolicyActor, View, build_gaussian
 from shared.policy import mlp as mlp_kind
 
 from . import rngstate
 from .config import SFTConfig
+from .images import cnn_arch, cnn_sft_loss
 from .losses import Batch, Sampler, cotrain, mixed_batch, sft_loss
 
 
@@ -116,7 +118,34 @@ class FlowSFTTrainer(SFTTrainer):
         self.flow.generator.set_state(d["generator"])
 
 
-def make_trainer(obs_dim: int, act_dim: int, cfg: SFTConfig, norm: ObsNormalizer, seed: int = 0) -> SFTTrainer:
-    """Stage I's trainer for ``cfg.policy``."""
+class CNNSFTTrainer(SFTTrainer):
+    """The same co-training of the camera actor (``sft.policy = "cnn"``): batches carry each row's frames
+    (:class:`~cloud.rlco.images.ImageDemos`), the loss is the Gaussian NLL over frames and state."""
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg: SFTConfig, norm: ObsNormalizer, seed: int = 0,
+                 views: Sequence[View] = ()):
+        if not views:
+            raise ValueError("the cnn trainer needs at least one camera view")
+        self.views = list(views)
+        super().__init__(obs_dim, act_dim, cfg, norm, seed)
+
+    def _build(self, obs_dim: int, act_dim: int, seed: int) -> tuple[PolicyActor, torch.optim.Optimizer]:
+        c = self.cfg
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            actor = build_gaussian(cnn_arch(obs_dim, act_dim, c.hidden, self.views, c.cnn_channels, c.cnn_latent))
+        assert isinstance(actor, CNNActor)
+        self.gaussian = self.cnn = actor
+        return actor, torch.optim.Adam(actor.parameters(), lr=c.lr)
+
+    def loss(self, batch: Batch) -> Tensor:
+        return cnn_sft_loss(self.cnn, batch)
+
+
+def make_trainer(obs_dim: int, act_dim: int, cfg: SFTConfig, norm: ObsNormalizer, seed: int = 0,
+                 views: Sequence[View] = ()) -> SFTTrainer:
+    """Stage I's trainer for ``cfg.policy`` (``views``: the cameras a cnn policy reads, name and HxWxC)."""
+    if cfg.policy == "cnn":
+        return CNNSFTTrainer(obs_dim, act_dim, cfg, norm, seed, views)
     kind = FlowSFTTrainer if cfg.policy == "flow" else SFTTrainer
     return kind(obs_dim, act_dim, cfg, norm, seed)

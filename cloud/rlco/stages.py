@@ -8,10 +8,10 @@ and tests). A SIGKILL anywhere loses at most the work since the last checkpoint:
 skips finished stages, continues the interrupted one from its checkpoint and never regenerates
 datasets (they are versioned files, reused by their settings' hash).
 
-Stage I trains the policy ``sft.policy`` names: the Gaussian actor or the flow-matching head
-(on chunks of demo actions). Stage II trains the Gaussian actor only, so a flow recipe is Stage I
-and its evaluation; ``--stage rl`` with a flow policy is refused (ConfigError) before anything is
-written.
+Stage I trains the policy ``sft.policy`` names: the Gaussian actor, the flow-matching head
+(on chunks of demo actions) or the camera actor (``cnn_gaussian``, on each row's frames and state).
+Stage II trains the state Gaussian actor only, so a flow or cnn recipe is Stage I and its
+evaluation; ``--stage rl`` with such a policy is refused (ConfigError) before anything is written.
 
 Stage II's sim envs are seeded from the iteration they start at, so a resumed stage meets new
 episodes, not the ones before the kill: a resumed Stage II is a valid continuation, not a bitwise
@@ -121,7 +121,7 @@ class Recipe:
         torch.set_num_threads(self.cfg.threads)
         if stage in (None, "sft"):
             self.stage_sft()
-        if stage == "rl" or stage is None and self.cfg.sft.policy != "flow":
+        if stage == "rl" or stage is None and self.cfg.sft.policy == "gaussian":
             self.stage_rl()
         if stage in (None, "eval"):
             self.stage_eval()
@@ -151,6 +151,13 @@ class Recipe:
     def training_sets(self) -> tuple[Sampler, Sampler]:
         """D_sim and D_real as Stage I's policy trains on them: rows, or action chunks for the flow head."""
         sft = self.cfg.sft
+        if sft.policy == "cnn":
+            from .images import image_demos
+
+            d = self.datasets()
+            names = [c.name for c in self.cfg.cameras]
+            sim, real = self.demos()
+            return image_demos(d["sim"].table(), sim, names), image_demos(d["real"].table(), real, names)
         if sft.policy != "flow":
             return self.demos()
         d = self.datasets()
@@ -166,7 +173,8 @@ class Recipe:
         ckpt.parent.mkdir(exist_ok=True)
         from .sft import fit_normalizer
 
-        trainer = make_trainer(sim.obs.shape[1], sim.act_dim, cfg.sft, fit_normalizer(sim, real), cfg.seed)
+        trainer = make_trainer(sim.obs.shape[1], sim.act_dim, cfg.sft, fit_normalizer(sim, real), cfg.seed,
+                               views=self._views(sim))
         if ckpt.exists():
             trainer.load_state_dict(checkpoint.load(ckpt))
         self.event(event="stage_start", stage="sft", start=trainer.updates, total=cfg.sft.updates)
@@ -182,12 +190,27 @@ class Recipe:
         self._write_stage("sft", trainer.actor.state_dict(), trainer.actor.arch(), trainer.norm, metrics)
         self._finish("sft")
 
+    @staticmethod
+    def _views(sim: Sampler) -> list[tuple[str, tuple[int, int, int]]]:
+        """The cameras a cnn policy reads, name and HxWxC, as the datasets hold them (none for state sets)."""
+        from .images import ImageDemos
+
+        if not isinstance(sim, ImageDemos):
+            return []
+        return [(n, (int(f.shape[1]), int(f.shape[2]), int(f.shape[3]))) for n, f in sim.images.items()]
+
     def _write_stage(self, name: str, actor: dict[str, torch.Tensor], arch: dict[str, Any], norm: ObsNormalizer,
                      metrics: dict[str, float]) -> None:
         out = self.dir / "stages" / name
         out.mkdir(parents=True, exist_ok=True)
         checkpoint.save(out / "actor.ckpt", {"actor": actor, "arch": arch, "norm": norm.state_dict()})
-        blob = encode_weights(norm.fold(actor), WEIGHTS_VERSION[name], {"actor": arch, "obs_fields": list(data.obs_fields())})
+        if arch.get("images"):  # cnn_gaussian: the state columns of the trunk's first layer
+            from .images import fold_state_columns
+
+            folded = fold_state_columns(norm, actor, int(arch["latent"]) * len(arch["images"]))
+        else:
+            folded = norm.fold(actor)
+        blob = encode_weights(folded, WEIGHTS_VERSION[name], {"actor": arch, "obs_fields": list(data.obs_fields())})
         atomic_write(out / "policy.safetensors", blob.data)
         atomic_write(out / "train.json", json.dumps(metrics).encode())
 
@@ -205,6 +228,11 @@ class Recipe:
         return WeightsBlob(WEIGHTS_VERSION[name], sha256(data_), data_)
 
     def _check_rl(self) -> None:
+        if self.cfg.sft.policy == "cnn":
+            raise ConfigError("sft.policy = \"cnn\": Stage II (rl.algorithm ppo or sac) trains the state Gaussian actor "
+                              "only; RL over rendered frames is not implemented (docs/rlco.md, \"The CNN policy\"). "
+                              "A cnn recipe is Stage I and its evaluation (--stage sft, --stage eval, "
+                              "eval.after = [\"sft\"])")
         if self.cfg.sft.policy == "flow":
             raise ConfigError("sft.policy = \"flow\": Stage II (rl.algorithm ppo or sac) trains the Gaussian actor only; "
                               "flow-policy RL is not implemented. A flow recipe is Stage I and its evaluation "
@@ -267,14 +295,15 @@ class Recipe:
             self.event(event="stage_start", stage=key, via=cfg.eval.via)
             self.progress(f"Eval after {name}", 0, cfg.eval.episodes, {})
             if cfg.eval.via == "real_path":
-                res = evaluate.real_path(blob, cfg.eval, cfg.task, dyn, self.dir / "eval" / name)
+                res = evaluate.real_path(blob, cfg.eval, cfg.task, dyn, self.dir / "eval" / name,
+                                         extra=cfg.robot_extra())
             else:
                 what = f"Eval after {name}"
 
                 def tick(d: int, n: int, what: str = what) -> None:
                     self.progress(what, d, n, {})
 
-                res = evaluate.in_process(blob, cfg.eval, cfg.task, dyn, tick)
+                res = evaluate.in_process(blob, cfg.eval, cfg.task, dyn, tick, extra=cfg.robot_extra())
             self.progress(f"Eval after {name}", cfg.eval.episodes, cfg.eval.episodes, {"real_success": res.success})
             atomic_write(self.dir / "stages" / name / "eval.json", json.dumps(res.to_dict()).encode())
             self._finish(key)
