@@ -36,16 +36,34 @@ where EGL finds no device, `MUJOCO_GL=osmesa PYOPENGL_PLATFORM=osmesa` with
 """
 
 
+def documented_sections(text: str) -> dict[str, str]:
+    """Each benchmark's section of the page as it stands (``### name`` up to the next heading)."""
+    out: dict[str, str] = {}
+    for name in NAMES:
+        start = text.find(f"\n### {name}\n")
+        if start < 0:
+            continue
+        ends = [i for i in (text.find("\n### ", start + 1), text.find("\n## ", start + 1)) if i >= 0]
+        out[name] = text[start + 1 : min(ends) + 1 if ends else len(text)].rstrip("\n") + "\n"
+    return out
+
+
 def write_docs(total_s: float | None = None) -> None:
+    """Rewrite the page from the results on this machine; a benchmark with no results file here keeps its
+    section as the page has it (results files are git-ignored: a clone holds none of the earlier runs)."""
     from .analysis import ANALYSIS
 
+    page = C.ROOT / "docs" / "benchmarks.md"
+    kept = documented_sections(page.read_text()) if page.exists() else {}
     out = [HEAD, "## Latest results\n"]
     machine = None
+    fresh = []
     for name in NAMES:
         path = C.RESULTS / f"{name}.json"
         if not path.exists():
-            out.append(f"### {name}\n\nnot run yet\n")
+            out.append(kept.get(name, f"### {name}\n\nnot run yet\n"))
             continue
+        fresh.append(name)
         d = json.loads(path.read_text())
         machine = machine or (d["machine"], d["versions"])
         res = C.Result(name, d["quick"], rows=[C.Row(**r) for r in d["rows"]], notes=d["notes"],
@@ -60,7 +78,8 @@ def write_docs(total_s: float | None = None) -> None:
         out.append("")
     if machine:
         m, v = machine
-        out.append(f"Machine: {m['cpus']} CPUs ({m['cpu_model']}), {m['mem_mb']} MB RAM, Linux {m['kernel']}; "
+        which = "" if len(fresh) == len(NAMES) else f" ({', '.join(fresh)})"
+        out.append(f"Machine{which}: {m['cpus']} CPUs ({m['cpu_model']}), {m['mem_mb']} MB RAM, Linux {m['kernel']}; "
                    + ", ".join(f"{k} {x}" for k, x in v.items()) + "\n")
     marker = C.RESULTS / "all-seconds.json"  # results/*.json are git-ignored
     if total_s is not None:
@@ -69,7 +88,7 @@ def write_docs(total_s: float | None = None) -> None:
     if marker.exists():
         out.append(f"The last full `python -m bench all` took {json.loads(marker.read_text())['seconds']} s on this machine.\n")
     out.append(ANALYSIS)
-    (C.ROOT / "docs" / "benchmarks.md").write_text("\n".join(out))
+    page.write_text("\n".join(out))
 
 
 def table_md(res: C.Result) -> list[str]:
