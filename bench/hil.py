@@ -322,6 +322,9 @@ def report(res: C.Result, vs: list[Variant], minutes: float, quick: bool) -> Non
     if not quick and [v.name for v in vs] == list(VARIANTS):  # docs/ shows the whole comparison only
         shutil.copyfile(png, DOCS_PNG)
         res.notes.append(f"curves: {DOCS_PNG.relative_to(C.ROOT)}")
+    elif len(vs) < len(VARIANTS):
+        res.notes.append(f"only {', '.join(v.name for v in vs)} ran (--variants): the other variants' last figures "
+                         "are in docs/hil.md")
     res.notes.append(f"each variant: a fresh learner (CPU, 1 thread), {ROBOTS} training FetchPush robots and one "
                      f"evaluation robot ({EVAL}: the policy's mean action, never an operator) for {minutes:g} min; "
                      "success = the episode's last success flag in the learner's stored segments, over the last "
