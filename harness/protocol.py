@@ -5,12 +5,13 @@ decoder refuses them) and a pair of connections already past the handshake."""
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from typing import Any
 
 import msgpack
 
-from shared.protocol import CloudConnection, EdgeConnection, State
+from shared.protocol import ActChunk, CloudConnection, EdgeConnection, Reject, State
 
 HEADER = struct.Struct(">2sBBII")  # magic, frame version, type, meta length, body length
 
@@ -29,3 +30,12 @@ def open_link(spec: dict[str, Any], features: tuple[str, ...]) -> tuple[EdgeConn
     edge.receive(cloud.welcome("run", 0, 0))
     assert edge.state is State.OPEN and cloud.state is State.OPEN
     return edge, cloud
+
+
+async def next_chunk(ws: Any, conn: EdgeConnection, timeout: float = 10.0) -> ActChunk:
+    """The robot side's next ActChunk on a websocket (``ws.recv()``), skipping other messages; a Reject fails."""
+    while True:
+        msg = conn.receive(await asyncio.wait_for(ws.recv(), timeout))
+        if isinstance(msg, ActChunk):
+            return msg
+        assert not isinstance(msg, Reject), msg

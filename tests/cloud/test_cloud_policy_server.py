@@ -19,6 +19,7 @@ from cloud.keys import CONFIG, POLICY_SERVER, REGISTRY
 from cloud.robots import RobotRegistry
 from harness.inproc import serving
 from harness.policies import flow_policy_file
+from harness.protocol import next_chunk
 from shared.config import LearnerConfig
 from shared.config_inference import AgentPolicyConfig, InferenceConfig
 from shared.protocol import ActChunk, EdgeConnection, Limits, Reject, Welcome, inference
@@ -70,11 +71,7 @@ async def link(url: str, robot_id: str, features: tuple[str, ...] = (inference.F
 
 
 async def answer(ws: Any, conn: EdgeConnection) -> ActChunk:
-    while True:
-        msg = conn.receive(await asyncio.wait_for(ws.recv(), TIMEOUT))
-        if isinstance(msg, ActChunk):
-            return msg
-        assert not isinstance(msg, Reject), msg
+    return await next_chunk(ws, conn, TIMEOUT)
 
 
 async def test_robots_get_chunks_of_the_served_policy_batched_together(tmp_path: Path) -> None:

@@ -18,10 +18,11 @@ from cloud.app import make_app, snapshot
 from cloud.keys import POLICY_SERVER
 from harness.inproc import serving
 from harness.policies import cnn_policy_file
+from harness.protocol import next_chunk
 from shared.config import LearnerConfig
 from shared.observations import image_shapes, state_sizes
 from shared.policy_runner import load_policy
-from shared.protocol import ActChunk, ActRequest, EdgeConnection, Limits, Reject, Welcome, inference
+from shared.protocol import ActChunk, ActRequest, EdgeConnection, Limits, Welcome, inference
 from shared.protocol import act_cameras as ac
 from shared.protocol.frames import MsgType, encode_frame
 from shared.schema import EpisodeSpec, FieldSpec
@@ -73,11 +74,7 @@ async def link(ws: Any) -> EdgeConnection:
 
 
 async def answer(ws: Any, conn: EdgeConnection) -> ActChunk:
-    while True:
-        msg = conn.receive(await asyncio.wait_for(ws.recv(), TIMEOUT))
-        if isinstance(msg, ActChunk):
-            return msg
-        assert not isinstance(msg, Reject), msg
+    return await next_chunk(ws, conn, TIMEOUT)
 
 
 def expected(weights: Path, obs: dict[str, np.ndarray]) -> np.ndarray:
