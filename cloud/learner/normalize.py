@@ -59,13 +59,18 @@ class ObsNormalizer:
                 return prefix
         raise ValueError(f"no first linear layer among the actor's tensors {sorted(state)[:6]}")
 
-    def fold(self, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Actor tensors trained on normalised inputs -> the same function of raw inputs."""
+    def fold(self, state: Mapping[str, Tensor], features: int = 0) -> dict[str, Tensor]:
+        """Actor tensors trained on normalised inputs -> the same function of raw inputs. ``features``: the
+        first layer's leading inputs that are not the state (a camera actor's trunk reads [image features,
+        state]); only the state's columns are rescaled."""
         p = self.first_layer(state)
         out = dict(state)
-        w = state[p + ".weight"] / self.std.to(state[p + ".weight"].device)
-        out[p + ".weight"] = w
-        out[p + ".bias"] = state[p + ".bias"] - w @ self.mean.to(w.device)
+        w = state[p + ".weight"]
+        if w.shape[1] != features + len(self.mean):
+            raise ValueError(f"{p} reads {w.shape[1]} inputs, not {features} features + {len(self.mean)} state")
+        ws = w[:, features:] / self.std.to(w.device)
+        out[p + ".weight"] = torch.cat([w[:, :features], ws], dim=1) if features else ws
+        out[p + ".bias"] = state[p + ".bias"] - ws @ self.mean.to(w.device)
         return out
 
     def unfold(self, state: Mapping[str, Tensor]) -> dict[str, Tensor]:

@@ -16,7 +16,7 @@ trunk's first layer (the image features come first in its input), so robots run 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -24,7 +24,6 @@ import torch
 from torch import Tensor
 
 from cloud.learner.bc import action_nll
-from cloud.learner.normalize import ObsNormalizer
 from shared.frames import decode_frames
 from shared.policy import CNNActor
 from shared.policy import cnn as cnn_kind
@@ -95,16 +94,3 @@ def cnn_arch(obs_dim: int, act_dim: int, hidden: Sequence[int], views: Sequence[
     return {"kind": cnn_kind.KIND, "version": cnn_kind.VERSION, "obs_dim": int(obs_dim), "act_dim": int(act_dim),
             "hidden": [int(h) for h in hidden], "images": [[n, *map(int, hwc)] for n, hwc in views],
             "channels": [int(c) for c in channels], "latent": int(latent)}
-
-
-def fold_state_columns(norm: ObsNormalizer, state: Mapping[str, Tensor], features: int) -> dict[str, Tensor]:
-    """A camera actor trained on standardised state -> the same function of raw state: the trunk's first
-    layer reads [features, state], and only its last ``len(norm.mean)`` columns are rescaled."""
-    out = dict(state)
-    w = state["trunk.0.weight"]
-    if w.shape[1] != features + len(norm.mean):
-        raise ValueError(f"trunk.0 reads {w.shape[1]} inputs, not {features} features + {len(norm.mean)} state")
-    ws = w[:, features:] / norm.std.to(w.device)
-    out["trunk.0.weight"] = torch.cat([w[:, :features], ws], dim=1)
-    out["trunk.0.bias"] = state["trunk.0.bias"] - ws @ norm.mean.to(w.device)
-    return out

@@ -204,12 +204,8 @@ class Recipe:
         out = self.dir / "stages" / name
         out.mkdir(parents=True, exist_ok=True)
         checkpoint.save(out / "actor.ckpt", {"actor": actor, "arch": arch, "norm": norm.state_dict()})
-        if arch.get("images"):  # cnn_gaussian: the state columns of the trunk's first layer
-            from .images import fold_state_columns
-
-            folded = fold_state_columns(norm, actor, int(arch["latent"]) * len(arch["images"]))
-        else:
-            folded = norm.fold(actor)
+        # cnn_gaussian: only the state columns of the trunk's first layer (it reads [image features, state])
+        folded = norm.fold(actor, int(arch.get("latent", 0)) * len(arch.get("images", [])))
         blob = encode_weights(folded, WEIGHTS_VERSION[name], {"actor": arch, "obs_fields": list(data.obs_fields())})
         atomic_write(out / "policy.safetensors", blob.data)
         atomic_write(out / "train.json", json.dumps(metrics).encode())

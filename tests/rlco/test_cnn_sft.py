@@ -11,7 +11,7 @@ import torch
 from cloud.learner.normalize import ObsNormalizer
 from cloud.rlco.config import RLCoConfig, SFTConfig
 from cloud.rlco.datasets import expert_episodes, open_version, write_version
-from cloud.rlco.images import IMAGE_KEY, ImageDemos, fold_state_columns, image_demos
+from cloud.rlco.images import IMAGE_KEY, ImageDemos, image_demos
 from cloud.rlco.losses import Demos, cotrain, mixed_batch
 from cloud.rlco.sft import CNNSFTTrainer, make_trainer
 from shared.errors import ConfigError
@@ -123,7 +123,7 @@ def test_published_weights_fold_the_state_normalisation_exactly():
     images = {name: _batch(4, 5)[IMAGE_KEY + name] for name, _ in VIEWS}
     want = t.cnn.act((raw - norm.mean) / norm.std, deterministic=True, images=images)
     folded = _trainer(seed=1).cnn  # another init, given the folded tensors
-    folded.load_state_dict(fold_state_columns(norm, t.cnn.state_dict(), t.cnn.encoder.feature_dim))
+    folded.load_state_dict(norm.fold(t.cnn.state_dict(), t.cnn.encoder.feature_dim))
     assert torch.allclose(folded.act(raw, deterministic=True, images=images), want, atol=1e-5)
 
 
