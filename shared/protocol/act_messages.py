@@ -5,6 +5,7 @@ observation and the learner's answer, a chunk of actions or a refusal. Their fie
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any, ClassVar
 
 from . import act_cameras, inference
@@ -27,15 +28,20 @@ class ActRequest:
     cameras: dict[str, act_cameras.CameraFrame] = field(default_factory=dict)  # camera field -> frame
     refusal: tuple[str, str] | None = None  # (code, message): the cameras do not fit the negotiated spec
 
+    @cached_property
+    def packed(self) -> tuple[list[dict[str, Any]], bytes]:
+        """The cameras' meta list and body, built once (the robot checks them, then sends them)."""
+        return act_cameras.pack(self.cameras)
+
     def meta(self) -> dict[str, Any]:
         m = {"id": self.id, "step": self.step, "obs": self.obs, "policy_version": self.policy_version}
         if self.cameras:  # absent without cameras: a state-only request is the same bytes as before cameras
-            m["cameras"] = act_cameras.pack(self.cameras)[0]
+            m["cameras"] = self.packed[0]
         return m
 
     @property
     def body(self) -> bytes:
-        return act_cameras.pack(self.cameras)[1] if self.cameras else b""
+        return self.packed[1] if self.cameras else b""
 
     @classmethod
     def parse(cls, f: Frame) -> "ActRequest":

@@ -163,7 +163,7 @@ class EdgeConnection(_Base):
         obs = inference.check_observation(obs, cameras=bool(cams))
         msg = ActRequest(request_id, step, obs, policy_version, cams)
         if cams:
-            act_cameras.parse(msg.meta()["cameras"], msg.body, inference.FIELD_NAME, obs)
+            act_cameras.parse(*msg.packed, inference.FIELD_NAME, obs)
             try:
                 act_cameras.check(cams, act_cameras.spec_shapes(self.spec), self.limits.max_act_camera_bytes)
             except act_cameras.Refused as e:
