@@ -209,7 +209,7 @@ def test_torn_tail_in_the_length_prefix_is_cut(tmp_path):
     sp2.close()
 
 
-@pytest.mark.parametrize("garbage", [b"\x00" * 64, os.urandom(333), b"\xff" * 8 + b"junk"])
+@pytest.mark.parametrize("garbage", [b"\x00" * 64, os.urandom(333), b"\xff" * 8 + b"junk"], ids=["zeros", "random", "ff-junk"])
 def test_garbage_tail_is_cut_and_complete_records_kept(tmp_path, garbage):
     sp = Spool(tmp_path)
     _append(sp, 5)

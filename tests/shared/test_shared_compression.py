@@ -36,7 +36,8 @@ def zeros_frame():
     return zstd.ZstdCompressor(write_content_size=True).compress(b"\0" * (100 << 20))
 
 
-@pytest.mark.parametrize("data", [b"", b"x", b"hello world" * 1000, os.urandom(70_000), bytes(range(256)) * 300])
+@pytest.mark.parametrize("data", [b"", b"x", b"hello world" * 1000, os.urandom(70_000), bytes(range(256)) * 300],
+                         ids=["empty", "one-byte", "repetitive", "random-70k", "byte-ramp"])  # stable ids: xdist workers must collect alike
 @pytest.mark.parametrize("level", [1, 3, 19])
 def test_round_trip(data, level):
     blob = compress(data, level)
