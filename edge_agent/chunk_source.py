@@ -15,6 +15,7 @@ without chunks (horizon 1, the Gaussian ones) is not routed here at all (:meth:`
 from __future__ import annotations
 
 import base64
+import logging
 import time
 from collections import deque
 from typing import Any, Callable, Mapping
@@ -24,9 +25,13 @@ import numpy as np
 from shared.actions import ActionScale
 
 from shared.chunk_exec import ChunkExecutor, ChunkStep, Hold
+from shared.lograte import LogLimiter
 from shared.protocol.inference import BAD_OBSERVATION
 from .policy_holder import LoadedPolicy, PolicyHolder
 from .status import ChunkReport
+
+log = logging.getLogger("fleetrl.chunks")
+_LATE = LogLimiter(5.0)  # a late tick is counted in status; its context is logged at most every 5 s
 
 # (request id, tick, state field -> base64 float32, camera field -> [[H, W, C], base64 uint8]) -> posted to the link
 Send = Callable[[int, int, dict[str, str], dict[str, list[Any]]], Any]
@@ -105,7 +110,13 @@ class ChunkSource:
                 ex.receive(rid, tick, acts[: ex.horizon], policy.version, tick, now)
             else:
                 ex.refused(rid, "no_policy", tick)
-        return ex.act(tick, hold)
+        late = ex.counters.late_ticks
+        step = ex.act(tick, hold)
+        if ex.counters.late_ticks > late:
+            ctx = ex.why_late(tick, now)
+            _LATE.log(log, logging.WARNING, "late", "event=chunk_late action=%s %s", ex.on_late,
+                      " ".join(f"{k}={v}" for k, v in ctx.items()))
+        return step
 
     def _take(self, tick: int, now: float) -> None:
         ex = self.executor

@@ -207,6 +207,16 @@ class ChunkExecutor:
         """Requests out, awaiting their chunks."""
         return len(self._pending)
 
+    def why_late(self, tick: int, now: float) -> dict[str, float | int]:
+        """What an operator needs to see about a late tick: how the robot was asking (lead, window,
+        requests out and the age of the oldest) against the round trips it had measured."""
+        recent = sorted(self._rtts)
+        oldest = min((r.sent for r in self._pending.values()), default=now)
+        return {"tick": tick, "lead": self.lead, "window": self.window, "in_flight": len(self._pending),
+                "oldest_out_ms": round((now - oldest) * 1e3, 1),
+                "rtt_max_ms": round(recent[-1] * 1e3, 1) if recent else 0.0,
+                "rtt_median_ms": round(recent[len(recent) // 2] * 1e3, 1) if recent else 0.0}
+
     def _planned_end(self) -> int | None:
         """The first tick the newest plan has no action for, counting requests still out as the plans
         they will bring (``horizon`` ticks from their own); None with no plan and nothing out."""

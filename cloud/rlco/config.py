@@ -90,8 +90,8 @@ class RLConfig(Strict):
         "ppo: exploration noise (pre-tanh log std) the Stage I actor starts Stage II with; SFT on near-deterministic "
         "demos shrinks it to ~e^-3, too little to explore (None: keep the actor's)"))
     critic_warmup: int = Field(2, ge=0, description=(
-        "ppo: first iterations that train the critic only: a fresh critic's advantages are noise, and PPO steps "
-        "on them would undo Stage I before the critic knows anything"))
+        "first iterations that train the critic(s) only: a fresh critic's advantages (ppo) or Q values (sac) are "
+        "noise, and actor steps on them would undo Stage I before the critic knows anything"))
     sac_updates_per_step: float = Field(1.0, gt=0, description="sac: gradient steps per env step")
     checkpoint_every: int = Field(5, ge=1, description="iterations between in-stage checkpoints")
 

@@ -56,17 +56,21 @@ class Replay:
 
 def sac_update(sac: SAC, batch: dict[str, torch.Tensor], beta: float, real: dict[str, torch.Tensor] | None
                ) -> dict[str, float]:
-    """One SAC step with the actor loss L_actor + beta * SFT(D_real)."""
-    critic_loss, actor_loss, alpha_loss, _ = sac.losses(batch)
-    sft = sft_loss(sac.actor, real) if beta > 0 and real is not None else None
-    total = critic_loss + stage2_loss(actor_loss, beta, sft) + alpha_loss
+    """One SAC step with the actor loss L_actor + beta * SFT(D_real). During the critic warm-up
+    (``rl.critic_warmup`` iterations) only the critics learn: a fresh critic's Q would pull Stage I's
+    actor anywhere, and Adam leaves parameters without a gradient as they are."""
+    warm = sac.warming_up
+    critic_loss, actor_loss, alpha_loss, _ = sac.losses(batch, actor=not warm)
+    sft = sft_loss(sac.actor, real) if beta > 0 and real is not None and not warm else None
+    total = critic_loss if warm else critic_loss + stage2_loss(actor_loss, beta, sft) + alpha_loss
     sac.optim.zero_grad(set_to_none=True)
     total.backward()
     sac.optim.step()
     with torch.no_grad():
         torch._foreach_lerp_(sac._target_params, sac._critic_params, sac.cfg.tau)
     sac.updates += 1
-    out = {"critic_loss": float(critic_loss.detach()), "actor_loss": float(actor_loss.detach())}
+    out = {"critic_loss": float(critic_loss.detach()), "actor_loss": float(actor_loss.detach()),
+           **({"critic_warmup": 1.0} if warm else {})}
     if sft is not None:
         out["sft_real"] = float(sft.detach())
     return out
@@ -77,7 +81,9 @@ def run_sac(recipe: "Recipe", actor: GaussianActor, norm: ObsNormalizer, real: D
     from . import data
 
     cfg, rl = recipe.cfg, recipe.cfg.rl
-    sac = SAC(actor.obs_dim, actor.act_dim, SACConfig(hidden=tuple(cfg.sft.hidden), lr=rl.lr, gamma=rl.gamma),
+    per_iteration = int(rl.sac_updates_per_step * rl.steps * rl.envs)
+    sac = SAC(actor.obs_dim, actor.act_dim, SACConfig(hidden=tuple(cfg.sft.hidden), lr=rl.lr, gamma=rl.gamma,
+                                                      critic_warmup_updates=rl.critic_warmup * per_iteration),
               seed=cfg.seed)
     sac.actor.load_state_dict(actor.state_dict())
     replay = Replay(max(1, rl.iterations * rl.envs * rl.steps), actor.obs_dim, actor.act_dim)
@@ -104,7 +110,7 @@ def run_sac(recipe: "Recipe", actor: GaussianActor, norm: ObsNormalizer, real: D
                 replay.add(obs=obs, action=a, reward=s.reward, next_obs=(s.next_obs - mean) / std,
                            terminated=s.terminated.astype(np.float32))
                 steps += envs.n
-            for _ in range(int(rl.sac_updates_per_step * rl.steps * rl.envs)):
+            for _ in range(per_iteration):
                 rb = None
                 if rl.beta > 0:
                     r = real.sample(rl.minibatch, rng)
