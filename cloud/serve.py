@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -38,6 +39,11 @@ async def serve(cfg: LearnerConfig, resume: bool = False) -> int:
         "url": url, "status": f"{admin}/status", "admin": f"{admin}/admin", "pid": os.getpid(),
         "metrics": metrics[1] if metrics else None,
     }).encode())
+    # Start-up built ~200k objects (torch, the app, the buffer's index). A full collection, set off later by
+    # the objects requests make, would walk them all holding the GIL for ~100 ms: every robot's chunk answer
+    # and ack waits behind it (bench inference: 4 robots missed ticks at the same instant). Keep them out.
+    gc.collect()
+    gc.freeze()
     log.info("event=learner_ready url=%s data_dir=%s", url, cfg.data_dir)
     print(f"READY {url}", flush=True)  # the demo (and scripts) wait for this line
     stop = asyncio.Event()

@@ -114,7 +114,7 @@ class ChunkSource:
         step = ex.act(tick, hold)
         if ex.counters.late_ticks > late:
             ctx = ex.why_late(tick, now)
-            _LATE.log(log, logging.WARNING, "late", "event=chunk_late action=%s %s", ex.on_late,
+            _LATE.log(log, logging.WARNING, ("late", id(self)), "event=chunk_late action=%s %s", ex.on_late,
                       " ".join(f"{k}={v}" for k, v in ctx.items()))
         return step
 
