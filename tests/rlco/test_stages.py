@@ -135,7 +135,7 @@ def test_stage_two_with_sac_runs_in_process(tmp_path):
     cfg = RLCoConfig.model_validate({
         "run_dir": str(tmp_path / "run"), **TINY, "datasets": {**TINY["datasets"], "dir": str(tmp_path / "datasets")},
         "rl": {"algorithm": "sac", "envs": 2, "iterations": 2, "steps": 10, "minibatch": 16, "checkpoint_every": 1,
-               "sac_updates_per_step": 0.5}})
+               "sac_updates_per_step": 0.5, "critic_warmup": 1}})  # iteration 1 warms the critics, 2 trains the actor
     seen = []
     summary = Recipe(cfg, lambda what, done, total, m: seen.append(what)).run()
     assert summary["done"] == ["sft", "rl", "eval_sft", "eval_rl"]
