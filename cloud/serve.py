@@ -40,8 +40,8 @@ async def serve(cfg: LearnerConfig, resume: bool = False) -> int:
         "metrics": metrics[1] if metrics else None,
     }).encode())
     # Start-up built ~200k objects (torch, the app, the buffer's index). A full collection, set off later by
-    # the objects requests make, would walk them all holding the GIL for ~100 ms: every robot's chunk answer
-    # and ack waits behind it (bench inference: 4 robots missed ticks at the same instant). Keep them out.
+    # the objects requests make, would walk them all holding the GIL (~110 ms measured on a 2-core machine):
+    # every robot's chunk answers and acks would wait behind it at once. Keep them out of collections.
     gc.collect()
     gc.freeze()
     log.info("event=learner_ready url=%s data_dir=%s", url, cfg.data_dir)
