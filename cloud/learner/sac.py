@@ -78,14 +78,9 @@ class SACConfig:
 
 def actor_arch(obs_dim: int, act_dim: int, cfg: SACConfig) -> dict[str, Any]:
     """The arch dict ``shared.policy.build_actor`` turns into this config's actor."""
-    hidden = [int(h) for h in cfg.hidden]
     if not cfg.images:
-        return {"kind": mlp.KIND, "version": mlp.VERSION, "obs_dim": int(obs_dim), "act_dim": int(act_dim), "hidden": hidden}
-    return {
-        "kind": cnn.KIND, "version": cnn.VERSION, "obs_dim": int(obs_dim), "act_dim": int(act_dim),
-        "hidden": hidden, "images": [[str(n), *(int(x) for x in hwc)] for n, hwc in cfg.images],
-        "channels": [int(c) for c in cfg.encoder_channels], "latent": int(cfg.encoder_latent),
-    }
+        return mlp.arch(obs_dim, act_dim, cfg.hidden)
+    return cnn.arch(obs_dim, act_dim, cfg.hidden, cfg.images, cfg.encoder_channels, cfg.encoder_latent)
 
 
 class QEnsemble(nn.Module):

@@ -16,7 +16,7 @@ trunk's first layer (the image features come first in its input), so robots run 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -26,7 +26,6 @@ from torch import Tensor
 from cloud.learner.bc import action_nll
 from shared.frames import decode_frames
 from shared.policy import CNNActor
-from shared.policy import cnn as cnn_kind
 from shared.schema import OBS_PREFIX, FieldSpec
 
 from .losses import Batch, Demos
@@ -87,10 +86,3 @@ def cnn_sft_loss(actor: CNNActor, batch: Batch) -> Tensor:
     mean, log_std = actor(batch["obs"].to(torch.float32), images=batch_images(batch))
     return action_nll(mean, log_std, batch["action"].to(torch.float32))
 
-
-def cnn_arch(obs_dim: int, act_dim: int, hidden: Sequence[int], views: Sequence[tuple[str, tuple[int, int, int]]],
-             channels: Sequence[int], latent: int) -> dict[str, Any]:
-    """The ``cnn_gaussian`` arch robots rebuild (``shared/policy/cnn.py``)."""
-    return {"kind": cnn_kind.KIND, "version": cnn_kind.VERSION, "obs_dim": int(obs_dim), "act_dim": int(act_dim),
-            "hidden": [int(h) for h in hidden], "images": [[n, *map(int, hwc)] for n, hwc in views],
-            "channels": [int(c) for c in channels], "latent": int(latent)}

@@ -22,17 +22,13 @@ from torch import Tensor
 from cloud.learner.flow_sft import FlowSFT
 from cloud.learner.normalize import ObsNormalizer
 from shared.policy import CNNActor, GaussianActor, PolicyActor, View, build_gaussian
+from shared.policy import cnn as cnn_kind
 from shared.policy import mlp as mlp_kind
 
 from . import rngstate
 from .config import SFTConfig
-from .images import cnn_arch, cnn_sft_loss
+from .images import cnn_sft_loss
 from .losses import Batch, Sampler, cotrain, mixed_batch, sft_loss
-
-
-def actor_arch(obs_dim: int, act_dim: int, hidden: list[int]) -> dict[str, Any]:
-    return {"kind": mlp_kind.KIND, "version": mlp_kind.VERSION, "obs_dim": int(obs_dim), "act_dim": int(act_dim),
-            "hidden": [int(h) for h in hidden]}
 
 
 def fit_normalizer(*datasets: Sampler) -> ObsNormalizer:
@@ -52,7 +48,7 @@ class SFTTrainer:
     def _build(self, obs_dim: int, act_dim: int, seed: int) -> tuple[PolicyActor, torch.optim.Optimizer]:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.gaussian: GaussianActor = build_gaussian(actor_arch(obs_dim, act_dim, self.cfg.hidden))
+            self.gaussian: GaussianActor = build_gaussian(mlp_kind.arch(obs_dim, act_dim, self.cfg.hidden))
         return self.gaussian, torch.optim.Adam(self.gaussian.parameters(), lr=self.cfg.lr)
 
     def loss(self, batch: Batch) -> Tensor:
@@ -133,7 +129,7 @@ class CNNSFTTrainer(SFTTrainer):
         c = self.cfg
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            actor = build_gaussian(cnn_arch(obs_dim, act_dim, c.hidden, self.views, c.cnn_channels, c.cnn_latent))
+            actor = build_gaussian(cnn_kind.arch(obs_dim, act_dim, c.hidden, self.views, c.cnn_channels, c.cnn_latent))
         assert isinstance(actor, CNNActor)
         self.gaussian = self.cnn = actor
         return actor, torch.optim.Adam(actor.parameters(), lr=c.lr)

@@ -36,3 +36,9 @@ class Actor(GaussianActor):
 
     def arch(self) -> dict[str, Any]:
         return self._arch(KIND, VERSION)
+
+
+def arch(obs_dim: int, act_dim: int, hidden: Sequence[int]) -> dict[str, Any]:
+    """The arch dict ``build_gaussian`` turns into an untrained actor of this kind (what ``Actor.arch`` says)."""
+    return {"kind": KIND, "version": VERSION, "obs_dim": int(obs_dim), "act_dim": int(act_dim),
+            "hidden": [int(h) for h in hidden]}

@@ -153,7 +153,7 @@ def test_in_process_evaluation_plays_flow_chunks_as_robots_do():
     assert act.executor is not None and act.executor.counters.requests == 4
     # a Gaussian actor acts with its mean action every tick, no executor
     from shared.policy import build_gaussian
-    from cloud.rlco.sft import actor_arch
+    from shared.policy.mlp import arch as actor_arch
 
     g = LoadedPolicy(1, build_gaussian(actor_arch(2, 1, [8])).eval(), ("x",))
     assert Acting(g, EvalConfig(), action_dim=1).executor is None

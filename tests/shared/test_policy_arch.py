@@ -354,3 +354,13 @@ def test_a_cnn_that_would_take_seconds_per_action_is_refused_as_too_large_before
     assert e.value.code == "too_large"
     small = {**arch, "images": [["cam", 64, 64, 3]], "channels": [32, 32, 32, 32]}  # what the demos train
     check_arch(small)
+
+
+def test_each_kinds_arch_function_describes_the_actor_it_builds() -> None:
+    """``mlp.arch`` and ``cnn.arch`` (what the learners and RL-Co build from) say what the built actor's own
+    ``arch()`` says, so a published policy's arch is the one it was built from."""
+    from shared.policy import build_gaussian, cnn, mlp
+
+    for spec in (mlp.arch(5, 2, [16, 8]),
+                 cnn.arch(3, 2, [16], [("front", (16, 16, 3)), ("wrist", (24, 24, 1))], [8, 8], 12)):
+        assert build_gaussian(spec).arch() == spec
