@@ -3,8 +3,9 @@
 Any nest of dicts (any scalar keys), lists, tensors and JSON scalars packs
 into one safetensors file whose metadata holds the structure; the file is
 written under a temporary name, fsynced and renamed, so a kill -9 mid-write
-leaves the previous checkpoint intact. Also here: reading
-``learner.encoder_weights`` (initial encoder tensors, a local safetensors file).
+leaves the previous checkpoint intact. Also here, the other files a start reads: the published
+policy a resume builds on, and ``learner.encoder_weights`` (initial encoder tensors, a local
+safetensors file).
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ from safetensors.torch import load as st_load
 from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 
-from shared.errors import ConfigError
+from shared.errors import ConfigError, WeightsError
 from shared.faults import crash_point
 from shared.fsutil import fsync_dir
+from shared.weights import WeightsBlob, decode_weights
+
+from .normalize import ObsNormalizer
 
 FORMAT = "fleetrl.checkpoint.v1"
 
@@ -74,6 +78,19 @@ def load(path: Path) -> dict[str, Any]:
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not a fleetrl checkpoint")
     return unpack(json.loads(meta["state"]), st_load(data))
+
+
+def published_actor(blob: WeightsBlob, obs_fields: list[str], actor_arch: dict[str, Any],
+                    norm: ObsNormalizer | None) -> dict[str, torch.Tensor]:
+    """The actor tensors of a policy this run published, for an actor trained on normalised inputs when
+    ``norm`` is given (the inverse of publishing's fold). WeightsError if it is not this run's kind of policy."""
+    weights = decode_weights(blob.data, blob.sha256, len(blob.data))
+    if weights.arch.get("obs_fields") != obs_fields:
+        raise WeightsError(f"observation fields {weights.arch.get('obs_fields')} differ from this run's {obs_fields}")
+    ours = json.loads(json.dumps(actor_arch))
+    if weights.arch.get("actor") != ours:
+        raise WeightsError(f"policy arch {weights.arch.get('actor')} differs from this run's {ours}")
+    return weights.tensors if norm is None else norm.unfold(weights.tensors)
 
 
 def check_encoder_weights_file(path: Path) -> None:

@@ -18,7 +18,6 @@ learner restarted and a trainer waiting for robots does not. With
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -32,7 +31,7 @@ from shared.config import LearnerAlgoConfig
 from shared.devices import resolve_device
 from shared.errors import ConfigError, WeightsError
 from shared.faults import hang_point
-from shared.weights import WeightsBlob, decode_weights, encode_weights
+from shared.weights import WeightsBlob, encode_weights
 
 from ..buffer import Dims, SampleSource
 from ..buffer.prefetch import Prefetcher
@@ -169,14 +168,7 @@ class Trainer(threading.Thread):
             return
         what = "resume_without_checkpoint" if self.resumed_from is None else "checkpoint_behind_published_policy"
         try:
-            weights = decode_weights(blob.data, blob.sha256, len(blob.data))
-            if weights.arch.get("obs_fields") != self._obs_fields():
-                raise WeightsError(f"observation fields {weights.arch.get('obs_fields')} differ from this run's "
-                                   f"{self._obs_fields()}")
-            ours = json.loads(json.dumps(sac.actor.arch()))
-            if weights.arch.get("actor") != ours:
-                raise WeightsError(f"policy arch {weights.arch.get('actor')} differs from this run's {ours}")
-            tensors = weights.tensors if self._norm is None else self._norm.unfold(weights.tensors)
+            tensors = checkpoint.published_actor(blob, self._obs_fields(), sac.actor.arch(), self._norm)
             with torch.no_grad():
                 sac.actor.load_state_dict(tensors)
         except (WeightsError, RuntimeError) as e:
