@@ -46,12 +46,9 @@ class ImageDemos(Demos):
                 raise ValueError(f"camera {name!r}: frames must be uint8 [{len(self.obs)}, H, W, C], "
                                  f"got {frames.dtype} {frames.shape}")
 
-    def sample(self, n: int, rng: np.random.Generator) -> dict[str, Tensor]:
-        """``n`` rows drawn uniformly with replacement: state, action and every camera's frames."""
-        if not len(self):
-            raise ValueError("cannot sample from an empty dataset")
-        idx = rng.integers(0, len(self), n)
-        out = {"obs": torch.from_numpy(self.obs[idx]), "action": torch.from_numpy(self.action[idx])}
+    def rows(self, idx: np.ndarray) -> dict[str, Tensor]:
+        """The batch of rows ``idx``: state, action and every camera's frames."""
+        out = super().rows(idx)
         out.update({IMAGE_KEY + name: torch.from_numpy(frames[idx]) for name, frames in self.images.items()})
         return out
 

@@ -71,7 +71,10 @@ class Demos:
         """``n`` rows drawn uniformly with replacement."""
         if not len(self):
             raise ValueError("cannot sample from an empty dataset")
-        idx = rng.integers(0, len(self), n)
+        return self.rows(rng.integers(0, len(self), n))
+
+    def rows(self, idx: np.ndarray) -> dict[str, Tensor]:
+        """The batch of rows ``idx``."""
         return {"obs": torch.from_numpy(self.obs[idx]), "action": torch.from_numpy(self.action[idx])}
 
 
