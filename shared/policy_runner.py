@@ -93,7 +93,7 @@ class LoadedPolicy:
             if dev.type != "cpu":
                 x, images = x.to(dev), {k: v.to(dev) for k, v in images.items()}
             if isinstance(self.actor, FlowActor):
-                out = self.actor.sample(x, deterministic=deterministic)
+                out = self.actor.sample(x, deterministic=deterministic, images=images or None)
                 out = out if chunk else out[:, 0]
             else:
                 out = self.actor.act(x, deterministic=deterministic, images=images or None)

@@ -22,13 +22,7 @@ from shared.policy import FlowActor
 from .bc import check_fits
 from .chunks import CHUNK, CHUNK_VALID, Chunks
 
-__all__ = ["CHUNK", "CHUNK_VALID", "FlowSFT", "chunk_batch", "flow_arch", "train_offline"]
-
-
-def flow_arch(obs_dim: int, act_dim: int, hidden: tuple[int, ...] | list[int], horizon: int, steps: int) -> dict[str, Any]:
-    """The arch dict ``shared.policy.build_actor`` turns into this learner's flow policy."""
-    return {"kind": "flow", "version": 1, "obs_dim": int(obs_dim), "act_dim": int(act_dim),
-            "hidden": [int(h) for h in hidden], "horizon": int(horizon), "steps": int(steps)}
+__all__ = ["CHUNK", "CHUNK_VALID", "FlowSFT", "chunk_batch", "train_offline"]
 
 
 class FlowSFT:

@@ -3,12 +3,14 @@
 Robots receive weights plus the ``arch`` dict and rebuild the exact module with
 :func:`build_actor`; the registry (``registry.py``) knows each kind and version:
 ``mlp_gaussian`` (state vector), ``cnn_gaussian`` (camera views + state) and
-``flow`` (a flow-matching head emitting action chunks over the state vector).
+``flow`` (a flow-matching head emitting action chunks over the state vector)
+and ``cnn_flow`` (the same head over camera views + state).
 """
 
 from __future__ import annotations
 
 from .cnn import CNNActor, ImageEncoder, View
+from .cnn_flow import CNNFlowActor
 from .flow import FlowActor
 from .gaussian import LOG_STD_MAX, LOG_STD_MIN, GaussianActor, squashed_act, squashed_sample
 from .mlp import KIND as ARCH_KIND
@@ -37,6 +39,7 @@ __all__ = [
     "Actor",
     "ArchTooLarge",
     "CNNActor",
+    "CNNFlowActor",
     "FlowActor",
     "GaussianActor",
     "ImageEncoder",

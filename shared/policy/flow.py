@@ -10,17 +10,19 @@ so a robot's action is reproducible) and clamps to [-1, 1], the normalised
 action range every policy kind shares. A chunk lets the control loop execute
 several actions per inference (receding horizon); :meth:`FlowActor.act` returns
 the first action so code that wants one action per call keeps working.
+:mod:`.cnn_flow` is the same head over camera views (``cnn_flow``): it only
+changes :meth:`FlowActor.features`, what the field is conditioned on.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from .gaussian import mlp
+from .gaussian import Images, mlp
 
 KIND = "flow"
 VERSION = 1
@@ -41,24 +43,34 @@ class FlowActor(nn.Module):
     """Flow-matching policy over the state vector: obs ``[B, obs_dim]`` -> chunk ``[B, horizon, act_dim]``."""
 
     def __init__(self, obs_dim: int, act_dim: int, horizon: int = 10, hidden: Sequence[int] = (256, 256),
-                 steps: int = 10) -> None:
+                 steps: int = 10, image_features: int = 0) -> None:
+        """``image_features``: width of camera features a subclass puts before the state vector (``cnn_flow``)."""
         super().__init__()
         self.obs_dim = int(obs_dim)
         self.act_dim = int(act_dim)
         self.horizon = int(horizon)
         self.steps = int(steps)
         self.hidden = [int(h) for h in hidden]
-        if min(self.obs_dim, self.act_dim, self.horizon, self.steps) < 1 or not self.hidden:
-            raise ValueError(f"a flow policy needs obs_dim, act_dim, horizon, steps >= 1 and a hidden layer, got "
+        if (min(self.act_dim, self.horizon, self.steps) < 1 or self.obs_dim + int(image_features) < 1
+                or self.obs_dim < 0 or not self.hidden):
+            raise ValueError(f"a flow policy needs act_dim, horizon, steps >= 1, an input and a hidden layer, got "
                              f"obs_dim={obs_dim} act_dim={act_dim} horizon={horizon} steps={steps} hidden={hidden}")
         flat = self.horizon * self.act_dim
-        self.encoder, feat = mlp(self.obs_dim, self.hidden)
+        self.encoder, feat = mlp(int(image_features) + self.obs_dim, self.hidden)
         self.velocity, last = mlp(feat + flat + TIME_FEATURES, self.hidden)
         self.head = nn.Linear(last, flat)
 
     def _check(self, obs: Tensor) -> None:
         if obs.dim() != 2 or obs.shape[1] != self.obs_dim:
             raise ValueError(f"a flow policy reads obs [B, {self.obs_dim}], got {list(obs.shape)}")
+
+    def features(self, obs: Tensor, images: Images | None = None) -> Tensor:
+        """What the velocity field is conditioned on, computed once per chunk (not once per Euler step)."""
+        self._check(obs)
+        if images:
+            raise ValueError(f"a {KIND} policy reads no images, got {sorted(images)[:8]}")
+        out: Tensor = self.encoder(obs)
+        return out
 
     def field(self, features: Tensor, x: Tensor, t: Tensor) -> Tensor:
         """Velocity ``[B, horizon, act_dim]`` at chunk ``x`` and times ``t`` ``[B]``, given encoded obs."""
@@ -67,7 +79,7 @@ class FlowActor(nn.Module):
         return out.view(-1, self.horizon, self.act_dim)
 
     def loss(self, obs: Tensor, chunk: Tensor, generator: torch.Generator | None = None,
-             mask: Tensor | None = None) -> Tensor:
+             mask: Tensor | None = None, images: Images | None = None) -> Tensor:
         """Scalar conditional flow-matching loss of demonstrated ``chunk`` ``[B, horizon, act_dim]``.
 
         ``mask`` ``[B, horizon]`` (optional, 1 = counted) leaves padded steps out of the mean.
@@ -79,7 +91,7 @@ class FlowActor(nn.Module):
         x0 = torch.randn(chunk.shape, dtype=chunk.dtype, device=chunk.device, generator=generator)
         t = torch.rand((b,), dtype=chunk.dtype, device=chunk.device, generator=generator)
         xt = (1 - t)[:, None, None] * x0 + t[:, None, None] * chunk
-        err = (self.field(self.encoder(obs), xt, t) - (chunk - x0)).pow(2).mean(-1)  # [B, horizon]
+        err = (self.field(self.features(obs, images), xt, t) - (chunk - x0)).pow(2).mean(-1)  # [B, horizon]
         if mask is None:
             return err.mean()
         m = mask.to(err.dtype)
@@ -87,7 +99,7 @@ class FlowActor(nn.Module):
 
     @torch.no_grad()
     def sample(self, obs: Tensor, steps: int | None = None, generator: torch.Generator | None = None,
-               deterministic: bool = False) -> Tensor:
+               deterministic: bool = False, images: Images | None = None) -> Tensor:
         """Chunk ``[B, horizon, act_dim]`` in [-1, 1] by ``steps`` Euler steps (default: the arch's)."""
         self._check(obs)
         n = self.steps if steps is None else int(steps)
@@ -98,7 +110,7 @@ class FlowActor(nn.Module):
             x = torch.zeros(shape, dtype=obs.dtype, device=obs.device)
         else:
             x = torch.randn(shape, dtype=obs.dtype, device=obs.device, generator=generator)
-        features = self.encoder(obs)
+        features = self.features(obs, images)
         dt = 1.0 / n
         for i in range(n):
             t = torch.full((shape[0],), i * dt, dtype=obs.dtype, device=obs.device)
@@ -106,13 +118,16 @@ class FlowActor(nn.Module):
         return x.clamp(-1.0, 1.0)
 
     @torch.no_grad()
-    def act(self, obs: Tensor, deterministic: bool = False, images: Mapping[str, Tensor] | None = None) -> Tensor:
+    def act(self, obs: Tensor, deterministic: bool = False, images: Images | None = None) -> Tensor:
         """The chunk's first action ``[B, act_dim]``: for callers that take one action per inference."""
-        if images:
-            raise ValueError(f"a {KIND} policy reads no images, got {sorted(images)[:8]}")
-        return self.sample(obs, deterministic=deterministic)[:, 0]
+        return self.sample(obs, deterministic=deterministic, images=images)[:, 0]
 
     def arch(self) -> dict[str, Any]:
         """JSON-able description that ``build_actor`` turns back into this module."""
-        return {"kind": KIND, "version": VERSION, "obs_dim": self.obs_dim, "act_dim": self.act_dim,
-                "hidden": list(self.hidden), "horizon": self.horizon, "steps": self.steps}
+        return arch(self.obs_dim, self.act_dim, self.hidden, self.horizon, self.steps)
+
+
+def arch(obs_dim: int, act_dim: int, hidden: Sequence[int], horizon: int, steps: int) -> dict[str, Any]:
+    """The arch dict ``build_actor`` turns into an untrained actor of this kind (what ``FlowActor.arch`` says)."""
+    return {"kind": KIND, "version": VERSION, "obs_dim": int(obs_dim), "act_dim": int(act_dim),
+            "hidden": [int(h) for h in hidden], "horizon": int(horizon), "steps": int(steps)}

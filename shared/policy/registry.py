@@ -16,11 +16,13 @@ from typing import Any, Callable
 
 import torch
 
-from . import cnn, flow, mlp
+from . import cnn, cnn_flow, flow, mlp
+from .cnn_flow import CNNFlowActor
 from .flow import FlowActor
 from .gaussian import GaussianActor
 
-# Any registered actor: a Gaussian (one action per call, SAC's and BC's) or a flow head (action chunks).
+# Any registered actor: a Gaussian (one action per call, SAC's and BC's) or a flow head (action chunks;
+# CNNFlowActor is one).
 # Both have ``obs_dim``, ``act_dim``, ``act(obs, deterministic, images)`` and ``arch()``.
 PolicyActor = GaussianActor | FlowActor
 
@@ -110,10 +112,8 @@ def image_views(arch: dict[str, Any]) -> list[cnn.View]:
     return out
 
 
-def _check_cnn(arch: dict[str, Any]) -> None:
-    _int(arch, "obs_dim", 0)  # 0: a pure-pixel policy
-    _int(arch, "act_dim", 1)
-    _int_list(arch, "hidden", 1, MAX_HIDDEN_LAYERS, what="hidden layers")
+def _check_cameras(arch: dict[str, Any]) -> list[cnn.View]:
+    """The camera fields a pixel kind shares (images, channels, latent), checked; its views."""
     views = image_views(arch)
     channels = _int_list(arch, "channels", 1, MAX_CONV_LAYERS, hi=MAX_CONV_CHANNELS, what="conv layers")
     if not channels:
@@ -127,6 +127,14 @@ def _check_cnn(arch: dict[str, Any]) -> None:
     if macs > MAX_CONV_MACS:
         raise ArchTooLarge(f"policy arch's conv encoders take {macs:.3g} multiply-adds per action, "
                            f"more than {MAX_CONV_MACS:.3g}")
+    return views
+
+
+def _check_cnn(arch: dict[str, Any]) -> None:
+    _int(arch, "obs_dim", 0)  # 0: a pure-pixel policy
+    _int(arch, "act_dim", 1)
+    _int_list(arch, "hidden", 1, MAX_HIDDEN_LAYERS, what="hidden layers")
+    _check_cameras(arch)
 
 
 def conv_macs(h: int, w: int, c: int, channels: list[int]) -> int:
@@ -144,12 +152,13 @@ def _build_cnn(arch: dict[str, Any]) -> PolicyActor:
                         arch["channels"], arch["latent"])
 
 
-def _check_flow(arch: dict[str, Any]) -> None:
-    _int(arch, "obs_dim", 1)
+def _check_chunk_head(arch: dict[str, Any], min_obs_dim: int) -> None:
+    """The fields of a flow head (state-only or over cameras)."""
+    _int(arch, "obs_dim", min_obs_dim)
     act_dim = _int(arch, "act_dim", 1)
     _int_list(arch, "hidden", 1, MAX_HIDDEN_LAYERS, what="hidden layers")
     if not arch["hidden"]:
-        raise ValueError("policy arch field 'hidden' of a flow policy must name at least one layer")
+        raise ValueError(f"policy arch field 'hidden' of a {arch['kind']} policy must name at least one layer")
     horizon = _int(arch, "horizon", 1, flow.MAX_HORIZON)
     _int(arch, "steps", 1, flow.MAX_STEPS)
     if act_dim * horizon > MAX_WIDTH:
@@ -157,15 +166,31 @@ def _check_flow(arch: dict[str, Any]) -> None:
                            f"({MAX_WIDTH})")
 
 
+def _check_flow(arch: dict[str, Any]) -> None:
+    _check_chunk_head(arch, 1)
+
+
 def _build_flow(arch: dict[str, Any]) -> PolicyActor:
     return FlowActor(arch["obs_dim"], arch["act_dim"], arch["horizon"], arch["hidden"], arch["steps"])
+
+
+def _check_cnn_flow(arch: dict[str, Any]) -> None:
+    _check_chunk_head(arch, 0)  # 0: a pure-pixel policy
+    _check_cameras(arch)
+
+
+def _build_cnn_flow(arch: dict[str, Any]) -> PolicyActor:
+    return CNNFlowActor(arch["obs_dim"], arch["act_dim"], image_views(arch), arch["horizon"], arch["hidden"],
+                        arch["steps"], arch["channels"], arch["latent"])
 
 
 KINDS: dict[str, ArchKind] = {
     mlp.KIND: ArchKind(mlp.VERSION, _check_mlp, _build_mlp),
     cnn.KIND: ArchKind(cnn.VERSION, _check_cnn, _build_cnn),
     flow.KIND: ArchKind(flow.VERSION, _check_flow, _build_flow),
+    cnn_flow.KIND: ArchKind(cnn_flow.VERSION, _check_cnn_flow, _build_cnn_flow),
 }
+PIXEL_KINDS = frozenset({cnn.KIND, cnn_flow.KIND})  # kinds whose arch lists the camera views they read
 
 
 def check_arch(arch: dict[str, Any]) -> ArchKind:
@@ -187,7 +212,7 @@ def check_arch(arch: dict[str, Any]) -> ArchKind:
 def actor_images(arch: dict[str, Any]) -> list[cnn.View]:
     """The camera views (name, (H, W, C)) the actor ``arch`` reads, in order; [] for a state-only kind."""
     check_arch(arch)
-    return image_views(arch) if arch["kind"] == cnn.KIND else []
+    return image_views(arch) if arch["kind"] in PIXEL_KINDS else []
 
 
 def actor_shapes(arch: dict[str, Any]) -> dict[str, tuple[int, ...]]:
