@@ -207,7 +207,10 @@ class LearnerAlgoConfig(_Strict):
                                  f'"{self.algorithm}" needs a Gaussian policy (its log-probabilities); use '
                                  'algorithm = "bc" or "hg_dagger" with policy = "flow", or policy = "mlp_gaussian"')
             if self.image_fields:
-                raise ValueError('policy = "flow" reads state only; drop image_fields or use "cnn_gaussian"')
+                raise ValueError('policy = "flow" reads state only (the live learner keeps demonstrations for '
+                                 'state-only runs); a flow head over cameras, cnn_flow, is trained offline by the '
+                                 'RL-Co recipe (cloud-learner rlco, [sft] policy = "cnn_flow") and served with '
+                                 '[inference]; drop image_fields or use "cnn_gaussian"')
             if self.bc_pretrain_updates:
                 raise ValueError(f'policy = "flow" with bc_pretrain_updates = {self.bc_pretrain_updates}: the warm '
                                  'start is for SAC and RLPD; set bc_pretrain_updates = 0')
