@@ -8,6 +8,8 @@ bench/ alike (from the repository root); not part of the installed product.
 - ledger: stored rows read from Parquet, assert_exactly_once, count_exactly_once
 - logs: assert_logs_quiet, log_events
 - notify: NotifySocket (what systemd sees of a Type=notify daemon)
+- policies: small random-weight policy files (flow, cnn_gaussian, cnn_flow) for ``inference.weights``
+- pixel_mass: a point mass with a numpy-drawn camera, and PixelAgent running it (camera benchmarks)
 """
 
 from .ledger import RobotState, assert_exactly_once, count_exactly_once, stored_count, stored_rows

@@ -185,7 +185,11 @@ class Agent:
     """``python -m edge_agent run`` for one simulated robot, on fast link settings.
 
     The robot is MuJoCo Fetch unless ``driver`` names another; ``driver_options`` is its
-    [robot.options] table as given (default: a seed derived from the robot id)."""
+    [robot.options] table as given (default: a seed derived from the robot id). ``MODULE`` is what
+    ``python -m`` runs: a subclass may name a module that registers a driver first
+    (:class:`harness.pixel_mass.PixelAgent`)."""
+
+    MODULE = ["edge_agent"]
 
     def __init__(self, root: Path, robot_id: str, urls: list[str], episodes: int, rate_hz: float = 0,
                  chunk_steps: int = 10, spool: dict[str, Any] | None = None, spool_dir: Path | None = None,
@@ -226,7 +230,7 @@ class Agent:
 
     def start(self, drain_timeout: float = 120, env: dict[str, str] | None = None) -> "Agent":
         self.write_config()
-        self.proc = spawn([sys.executable, "-m", "edge_agent", "run", "--config", str(self.cfg),
+        self.proc = spawn([sys.executable, "-m", *self.MODULE, "run", "--config", str(self.cfg),
                            "--drain-timeout", str(drain_timeout)], self.log, env=env)
         return self
 

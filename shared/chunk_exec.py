@@ -96,12 +96,13 @@ class ChunkCounters:
     stale: int = 0  # chunks dropped: late answers, duplicates, or all in the past
     blended: int = 0  # seams crossfaded
     refused: Counter[str] = field(default_factory=Counter)  # refusals by reason code
+    policy_version: int = 0  # the version that planned the latest chunk taken (cloud: the served one, not the robot's)
     rtt_s: float = 0.0  # the latest round trip
     rtts: deque[float] = field(default_factory=lambda: deque(maxlen=2000))  # recent round trips, for p50/p99
 
     def as_dict(self) -> dict[str, float | int]:
-        d: dict[str, float | int] = {k: getattr(self, k) for k in
-                                     ("requests", "chunks", "late_ticks", "start_ticks", "lost", "stale", "blended")}
+        d: dict[str, float | int] = {k: getattr(self, k) for k in ("requests", "chunks", "late_ticks", "start_ticks",
+                                                                   "lost", "stale", "blended", "policy_version")}
         d["refused"] = sum(self.refused.values())
         d["rtt_ms"] = round(self.rtt_s * 1e3, 2)
         recent = sorted(self.rtts)
@@ -277,6 +278,7 @@ class ChunkExecutor:
         self._plan = new
         self._started = True
         self.counters.chunks += 1
+        self.counters.policy_version = version
         return True
 
     def refused(self, request_id: int, code: str, tick: int) -> None:

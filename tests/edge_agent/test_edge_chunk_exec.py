@@ -64,6 +64,7 @@ def test_a_cloud_chunk_lands_a_round_trip_later_and_is_played_from_where_the_rob
     # The first chunk needs a round trip (start ticks); after that no tick is late: the lead hides it.
     assert ex.counters.start_ticks == 3 and ex.counters.late_ticks == 0 and ex.counters.lost == 0
     assert ex.lead >= 4
+    assert ex.counters.as_dict()["policy_version"] == 1  # the chunks' (served) version, in status.json
     steady = executed[3:]
     assert all(abs(s.action[0] - t / 100) < 1e-6 for s, t in zip(steady, range(3, 80)))
     assert executed[3].chunk_index == 3  # the round trip used the first three
