@@ -14,9 +14,11 @@ request that cannot be answered within ``latency_budget_ms`` of arriving is refu
 (``latency_budget``) rather than served late: a robot acts on time or takes its safe action, it
 never acts on an old plan it believes is new.
 
-The policy is each group's latest published weights (loaded again when a newer version is
-published), or ``inference.weights`` (a local file, e.g. a pretrained flow policy), on the
-learner's device.
+The policy is each group's latest published weights, or ``inference.weights`` (a local file, e.g.
+a pretrained flow policy), on the learner's device. A newer published version is loaded in a
+thread of its own while the one loaded keeps serving, and swapped in between two batches: robots
+are never refused, nor answered late, because weights moved. A version that cannot be loaded is
+logged and tried once; the one before it keeps serving, and status says which version serves.
 """
 
 from __future__ import annotations
@@ -104,8 +106,11 @@ class PolicyServer:
         self._full = asyncio.Event()
         self._robots: dict[str, _Robot] = {}
         self._policies: dict[int, LoadedPolicy] = {}  # id(group) -> loaded policy
+        self._loading: set[int] = set()  # groups with a newer version loading in the background
+        self._unusable: dict[int, int] = {}  # id(group) -> the published version that failed to load
         self._file_weights: Any = None
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="policy-server")
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix="policy-loader")  # never delays a batch
 
     # ---------------------------------------------------------------- from the gateway (event loop)
 
@@ -233,26 +238,54 @@ class PolicyServer:
             self.latency.observe(took)
 
     async def _policy_for(self, group: Any) -> LoadedPolicy | None:
-        """The group's policy: its latest published weights (reloaded when a newer version is out), or the
-        configured file. Loaded in the worker thread."""
-        loaded = self._policies.get(id(group))
+        """The group's policy: the configured file, or its latest published weights. Only the first load is
+        waited for (there is nothing to serve before it); a newer version loads in the background."""
+        key = id(group)
+        loaded = self._policies.get(key)
         spec = group.buffer.spec
         if spec is None:
             return None
+        loop = asyncio.get_running_loop()
         if self.cfg.weights is not None:
             if loaded is None:
-                loaded = await asyncio.get_running_loop().run_in_executor(self._worker, self._load_file, spec)
-                self._policies[id(group)] = loaded
+                loaded = self._policies[key] = await loop.run_in_executor(self._loader, self._load_file, spec)
             return loaded
         blob = group.publisher.latest
-        if blob is None:
-            return None
-        if loaded is None or loaded.version < blob.version:
-            loaded = await asyncio.get_running_loop().run_in_executor(self._worker, self._load_blob, blob, spec)
-            self._policies[id(group)] = loaded
-            log.info("event=inference_policy_loaded group=%s version=%d horizon=%d device=%s", group.name,
-                     loaded.version, getattr(loaded, "horizon", 1), self.device)
+        if blob is None or (loaded is not None and loaded.version >= blob.version):
+            return loaded
+        if loaded is None:
+            loaded = self._policies[key] = await loop.run_in_executor(self._loader, self._load_blob, blob, spec)
+            self._loaded(group, loaded)
+        elif key not in self._loading and self._unusable.get(key) != blob.version:
+            self._loading.add(key)
+            loop.run_in_executor(self._loader, self._load_blob, blob, spec).add_done_callback(
+                lambda f: self._reloaded(group, blob.version, f))
         return loaded
+
+    def _reloaded(self, group: Any, version: int, done: "asyncio.Future[LoadedPolicy]") -> None:
+        """A background load ended (on the event loop): swap the new policy in, or keep serving the old one."""
+        key = id(group)
+        self._loading.discard(key)
+        if done.cancelled():
+            return
+        err = done.exception()
+        if err is not None:
+            self._unusable[key] = version
+            old = self._policies.get(key)
+            LOGS.log(log, logging.ERROR, ("policy_unusable", key), "event=inference_policy_unusable group=%s "
+                     "version=%d serving=%s error=%r", getattr(group, "name", "?"), version,
+                     old.version if old else None, f"{type(err).__name__}: {err}")
+            return
+        new = done.result()
+        old = self._policies.get(key)
+        if old is None or old.version < new.version:
+            self._policies[key] = new
+            self._unusable.pop(key, None)
+            self._loaded(group, new)
+
+    def _loaded(self, group: Any, policy: LoadedPolicy) -> None:
+        log.info("event=inference_policy_loaded group=%s version=%d horizon=%d device=%s", group.name,
+                 policy.version, policy.horizon, self.device)
 
     def _load_blob(self, blob: Any, spec: Any) -> LoadedPolicy:
         weights = decode_weights(blob.data, blob.sha256, 1 << 40)
@@ -266,7 +299,7 @@ class PolicyServer:
         policy = load_policy(self._file_weights, state_sizes(spec), spec.action_dim, self.max_params,
                              "inference.weights", image_fields=image_shapes(spec), device=self.device)
         log.info("event=inference_policy_loaded file=%s version=%d horizon=%d device=%s", path, policy.version,
-                 getattr(policy, "horizon", 1), self.device)
+                 policy.horizon, self.device)
         return policy
 
     def forget(self, robot_id: str) -> None:
@@ -275,6 +308,7 @@ class PolicyServer:
 
     def close(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)
+        self._loader.shutdown(wait=False, cancel_futures=True)
 
     # ---------------------------------------------------------------- figures
 
@@ -282,6 +316,8 @@ class PolicyServer:
         p50, p99 = self.latency.quantile(0.5), self.latency.quantile(0.99)
         return {
             "enabled": self.cfg.enabled, "requests": self.requests, "served": self.served,
+            "policy_versions": sorted(p.version for p in self._policies.values()),  # what serves, per group
+            "unusable_versions": sorted(self._unusable.values()),  # published, refused by the loader, not served
             "refusals": dict(self.refusals), "batches": self.batch.n,
             "camera_frames": dict(self.camera_frames), "camera_bytes": self.camera_bytes,
             "mean_batch": round(self.batch.total / self.batch.n, 2) if self.batch.n else None,
