@@ -38,14 +38,15 @@ def _flow_file(tmp: Path) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def serve(tmp: Path, inference_cfg: dict[str, Any] | None = None, auth: str = "open"):
-    weights = await asyncio.to_thread(_flow_file, tmp)
+async def serve(tmp: Path, inference_cfg: dict[str, Any] | None = None, auth: str = "open", from_file: bool = True):
+    """A learner serving a flow policy file (``from_file``) or, without it, whatever the test publishes."""
+    weights = {"weights": str(await asyncio.to_thread(_flow_file, tmp))} if from_file else {}
     cfg = LearnerConfig(
         data_dir=tmp / "run", server={"host": "127.0.0.1", "port": 0, "auth": auth},
         learner={"learning_starts": 10**9, "hidden": [16, 16], "batch_size": 8},
         # A generous budget: the first request waits for the policy's load, which a loaded machine can stretch
         # past the default 100 ms; the budget's own test sets a tight one.
-        inference={"enabled": True, "weights": str(weights), "batch_window_ms": 5, "latency_budget_ms": 30_000,
+        inference={"enabled": True, **weights, "batch_window_ms": 5, "latency_budget_ms": 30_000,
                    **(inference_cfg or {})},
     )
     app = make_app(cfg)

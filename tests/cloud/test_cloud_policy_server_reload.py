@@ -6,21 +6,18 @@ real published blobs; the only hook holds the loader thread until the test lets 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cloud.app import make_app, snapshot
+from cloud.app import snapshot
 from cloud.keys import POLICY_SERVER, PUBLISHER
-from harness.inproc import serving
-from shared.config import LearnerConfig
 from shared.policy import FlowActor
 from shared.weights import WeightsBlob, encode_weights
 
-from .test_cloud_policy_server import OBS, OPEN, answer, link
+from .test_cloud_policy_server import OBS, answer, link, serve
 
 TIMEOUT = 10.0
 
@@ -29,24 +26,6 @@ def _blob(version: int, act_dim: int = 4) -> WeightsBlob:
     torch.manual_seed(version)
     actor = FlowActor(6, act_dim, horizon=10, hidden=(16, 16), steps=2)
     return encode_weights(actor.state_dict(), version, {"actor": actor.arch(), "obs_fields": ["goal", "pos"]})
-
-
-@contextlib.asynccontextmanager
-async def serve(tmp: Path):
-    cfg = LearnerConfig(
-        data_dir=tmp / "run", server={"host": "127.0.0.1", "port": 0, "auth": "open"},
-        learner={"learning_starts": 10**9, "hidden": [16, 16], "batch_size": 8},
-        # Generous: a loaded machine must not turn this test into one about the budget (which has its own).
-        inference={"enabled": True, "batch_window_ms": 5, "latency_budget_ms": 30_000},
-    )
-    app = make_app(cfg)
-    async with serving(app) as base:
-        try:
-            yield app, base.replace("http", "ws", 1) + "/ws"
-        finally:
-            for ws in OPEN:
-                await ws.close()
-            OPEN.clear()
 
 
 def hold_loads(app: Any) -> threading.Event:
@@ -81,7 +60,7 @@ async def until_version(ws: Any, conn: Any, version: int, first_id: int) -> int:
 
 
 async def test_requests_during_a_reload_are_answered_by_the_loaded_version_then_the_new_one(tmp_path: Path) -> None:
-    async with serve(tmp_path) as (app, url):
+    async with serve(tmp_path, from_file=False) as (app, url):
         ws, conn = await link(url, "arm-1")
         assert await app[PUBLISHER].publish(_blob(1))
         first = await ask(ws, conn, 1)
@@ -99,7 +78,7 @@ async def test_requests_during_a_reload_are_answered_by_the_loaded_version_then_
 
 
 async def test_an_unloadable_version_leaves_the_one_before_it_serving_and_says_so(tmp_path: Path) -> None:
-    async with serve(tmp_path) as (app, url):
+    async with serve(tmp_path, from_file=False) as (app, url):
         ws, conn = await link(url, "arm-1")
         assert await app[PUBLISHER].publish(_blob(1))
         assert (await ask(ws, conn, 1)).policy_version == 1

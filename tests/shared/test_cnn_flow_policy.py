@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from shared.errors import WeightsError
-from shared.observations import flatten_batch, image_shapes, state_sizes
+from shared.observations import image_shapes, state_sizes
 from shared.policy import (
     ArchTooLarge,
     CNNFlowActor,
@@ -22,19 +22,10 @@ from shared.policy import (
 )
 from shared.policy import cnn_flow
 from shared.policy_runner import load_policy
-from shared.schema import EpisodeSpec, FieldSpec
 from shared.weights import decode_weights, encode_weights
 
-SPEC = EpisodeSpec(
-    {
-        "joints": FieldSpec((3,)),
-        "goal": FieldSpec((2,)),
-        "front": FieldSpec((16, 16, 3), "uint8", codec="raw"),
-        "wrist": FieldSpec((12, 20, 1), "uint8", codec="png"),
-    },
-    action_dim=2,
-)
-VIEWS = [("wrist", (12, 20, 1)), ("front", (16, 16, 3))]  # not the spec's order: the arch's order rules
+from .test_policy_arch import SPEC, VIEWS, _obs, _tensors
+
 FIELDS = ["goal", "joints"]
 
 
@@ -42,17 +33,6 @@ def _actor(obs_dim: int = 5, seed: int = 7, **kw: object) -> CNNFlowActor:
     torch.manual_seed(seed)
     args: dict = {"horizon": 4, "hidden": (16, 16), "steps": 3, "channels": (4, 6), "latent": 5, **kw}
     return CNNFlowActor(obs_dim, 2, VIEWS, **args)
-
-
-def _obs(rng: np.random.Generator) -> dict[str, np.ndarray]:
-    return {"joints": rng.normal(size=3).astype(np.float32), "goal": rng.normal(size=2).astype(np.float32),
-            "front": rng.integers(0, 256, (16, 16, 3), dtype=np.uint8),
-            "wrist": rng.integers(0, 256, (12, 20, 1), dtype=np.uint8)}
-
-
-def _tensors(obs: list[dict[str, np.ndarray]], fields: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    x = torch.from_numpy(flatten_batch(obs, fields)) if fields else torch.zeros(len(obs), 0)
-    return x, {k: torch.from_numpy(np.stack([o[k] for o in obs])) for k in ("front", "wrist")}
 
 
 def _load(actor: FlowActor, fields: list[str], cameras=None):
@@ -115,15 +95,6 @@ def test_inputs_it_cannot_read_are_refused() -> None:
         actor.sample(x[:, :3], images=images)
     with pytest.raises(ValueError, match="reads no images"):  # the state-only head still says so
         FlowActor(5, 2, horizon=4, hidden=(8,)).sample(x, images=images)
-
-
-@pytest.fixture
-def one_thread():
-    """Small nets train several times faster on one thread than on a shared machine's few."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_training_learns_a_chunk_that_only_the_camera_shows(one_thread: None) -> None:

@@ -58,15 +58,6 @@ def test_bad_inputs_are_refused_with_the_expected_shape() -> None:
         actor.act(torch.zeros(1, 5), images={"cam": torch.zeros(1, 8, 8, 3)})
 
 
-@pytest.fixture
-def one_thread():
-    """Small nets train several times faster on one thread than on a shared machine's few."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_training_fits_a_fixed_obs_to_chunk_mapping(one_thread: None) -> None:
     torch.manual_seed(1)
     g = torch.Generator().manual_seed(2)
