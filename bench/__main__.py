@@ -17,7 +17,8 @@ from .report import write_docs
 
 NAMES = {"compress": "compress", "ingest": "ingest", "weights": "weights", "jitter": "jitter",
          "async": "async_pipeline", "wan": "wan", "buffer": "buffer", "pixels": "pixels",
-         "hil": "hil", "hil_reward": "hil_reward", "flow_sft": "flow_sft", "inference": "inference", "rlco": "rlco"}
+         "hil": "hil", "hil_reward": "hil_reward", "flow_sft": "flow_sft", "inference": "inference", "rlco": "rlco",
+         "lora_sft": "lora_sft"}
 
 
 def run_one(name: str, quick: bool) -> C.Result:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 
@@ -167,6 +168,25 @@ class LearnerAlgoConfig(_Strict):
         10, ge=1, le=100, description='policy = "flow": Euler integration steps per sampled chunk on the robot '
         "(more: closer to the learned flow, slower inference)",
     )
+    init_policy: Path | None = Field(
+        None, description="start from this pretrained policy instead of fresh weights: a local weights file in the "
+        "format robots load (one an earlier run published); its policy arch (kind, dims, hidden, flow_horizon, "
+        "flow_steps) and obs_fields must be this run's; with normalize_observations its first layer is rewritten for "
+        "normalised inputs (the same function of raw ones). A checkpoint (--resume) or a newer published policy "
+        "takes precedence. Nothing is downloaded",
+    )
+    finetune: Literal["full", "lora"] = Field(
+        "full", description="full: train every weight of the policy; lora: train low-rank adapters on its Linear "
+        'layers, the rest frozen (needs init_policy, algorithm = "bc" or "hg_dagger" and the peft package: '
+        "pip install 'fleetrl[lora]'); robots receive plain weights either way (adapters merged)",
+    )
+    lora_rank: int = Field(8, ge=1, le=4096, description='finetune = "lora": the rank r of each adapter')
+    lora_alpha: int = Field(16, ge=1, le=1 << 20, description='finetune = "lora": adapters are scaled by lora_alpha / lora_rank')
+    lora_targets: list[str] | None = Field(
+        None, description='finetune = "lora": the Linear layers to adapt, by module name or prefix (flow: '
+        '"encoder", "velocity", "head"; mlp_gaussian: "trunk", "head"; or one layer, e.g. "velocity.0"); '
+        "not set: every Linear layer",
+    )
     image_fields: list[str] = Field(
         default_factory=list, description="camera fields the policy sees (each through its own conv encoder); "
         "empty: state only",
@@ -233,6 +253,29 @@ class LearnerAlgoConfig(_Strict):
         if self.reward == "classifier" and self.classifier is None:
             raise ValueError('reward = "classifier" needs classifier (the trained classifier file, '
                              "from `cloud-learner classifier train`)")
+        return self
+
+    @model_validator(mode="after")
+    def _finetune_fits(self) -> "LearnerAlgoConfig":
+        """LoRA is refused where it cannot run, here rather than once training starts: no peft, nothing
+        pretrained to adapt, or an RL algorithm (its critics and temperature are not adapters)."""
+        if self.finetune == "full":
+            if self.lora_targets is not None:
+                raise ValueError('lora_targets chooses the layers finetune = "lora" adapts; finetune is "full": '
+                                 'set finetune = "lora" or drop lora_targets')
+            return self
+        if self.algorithm not in ("bc", "hg_dagger"):
+            raise ValueError(f'finetune = "lora" trains adapters by supervised fine-tuning: algorithm = '
+                             f'"{self.algorithm}" is not supported with it; use algorithm = "bc" or "hg_dagger", '
+                             'or finetune = "full"')
+        if self.init_policy is None:
+            raise ValueError('finetune = "lora" adapts a pretrained policy: set init_policy (a local weights '
+                             'file), or use finetune = "full" to train from fresh weights')
+        if self.lora_targets is not None and not self.lora_targets:
+            raise ValueError("lora_targets is empty: name at least one Linear layer, or leave it out (all of them)")
+        if importlib.util.find_spec("peft") is None:
+            raise ValueError("finetune = \"lora\" needs the peft package, which is not installed here: "
+                             "pip install 'fleetrl[lora]'")
         return self
 
     @property

@@ -41,7 +41,11 @@ def action_nll(mean: Tensor, log_std: Tensor, action: Tensor) -> Tensor:
 
 
 def check_fits(d: dict[str, Any], obs_dim: int, act_dim: int, arch: dict[str, Any]) -> None:
-    """ValueError when a cloning checkpoint's dims or policy arch differ from this learner's (BC, flow SFT)."""
+    """ValueError when a cloning checkpoint's dims or policy arch differ from this learner's (BC, flow SFT), or
+    when it trained LoRA adapters (``cloud.learner.lora`` strips its own entry before it gets here)."""
+    if d.get("lora") is not None:
+        raise ValueError(f"the checkpoint trained LoRA adapters {d['lora']}; this run trains every weight "
+                         '(learner.finetune = "full")')
     if (d["obs_dim"], d["act_dim"]) != (obs_dim, act_dim):
         raise ValueError(f"checkpoint dims (obs={d['obs_dim']}, act={d['act_dim']}) do not match "
                          f"this learner (obs={obs_dim}, act={act_dim})")

@@ -35,7 +35,7 @@ from shared.weights import WeightsBlob, encode_weights
 
 from ..buffer import Dims, SampleSource
 from ..buffer.prefetch import Prefetcher
-from . import algorithms, checkpoint
+from . import algorithms, checkpoint, finetune
 from .algorithms import Algorithm
 from .normalize import ObsNormalizer
 from .rewards import RewardSource, build_reward
@@ -170,7 +170,7 @@ class Trainer(threading.Thread):
         try:
             tensors = checkpoint.published_actor(blob, self._obs_fields(), sac.actor.arch(), self._norm)
             with torch.no_grad():
-                sac.actor.load_state_dict(tensors)
+                finetune.load_actor(sac, tensors)
         except (WeightsError, RuntimeError) as e:
             log.error("event=%s checkpoint_version=%d published_version=%d error=%r action=training_without_it; "
                       "v%d onwards will not build on v%d", what, ckpt_version, blob.version, str(e), blob.version + 1,
@@ -183,11 +183,10 @@ class Trainer(threading.Thread):
                 "from the checkpoint" if self.resumed_from is not None else "start fresh")
 
     def start(self) -> None:
-        """Check what can be checked before any data (the device, the encoder file) and say at once what a
+        """Check what can be checked before any data (the device, the weights files) and say at once what a
         start without a checkpoint will train from: training itself waits for data, possibly for hours."""
         self.device = resolve_device(self.cfg.device)  # ConfigError now, not once learning_starts rows are in
-        if self.cfg.encoder_weights is not None:
-            checkpoint.check_encoder_weights_file(Path(self.cfg.encoder_weights))
+        finetune.check_files(self.cfg)  # encoder_weights, init_policy: a ConfigError now, not once data is in
         algorithms.check_source(self.cfg, self.buffer, self.buffer.dims)
         self._source = algorithms.source_for(self.cfg, self.buffer)
         if self.cfg.sync_robots and not hasattr(self.buffer, "episodes_total"):
@@ -207,7 +206,7 @@ class Trainer(threading.Thread):
                             self.published.version)
             elif self.resume:
                 log.warning("event=resume_without_checkpoint checkpoint=none published_policy=none "
-                            "action=training_starts_from_fresh_weights")
+                            "action=training_starts_from_%s", "init_policy" if self.cfg.init_policy else "fresh_weights")
         super().start()
 
     @property
@@ -346,6 +345,7 @@ class Trainer(threading.Thread):
             torch.cuda.set_device(sac.device)
         rng = np.random.default_rng(self.cfg.seed)
         self._norm = self._normalizer(sac)
+        sac = finetune.prepare(sac, self.cfg, self._obs_fields(), self._norm)  # init_policy, LoRA adapters
         self._restore(sac, rng)
         self._sac, self._rng = sac, rng
         if self._bc_pretrained == 0 and self.resumed_from is None and self.cfg.algorithm not in algorithms.CLONING:
