@@ -35,6 +35,7 @@ run) for the smoke test. Plot: ``docs/rlco.png`` (full) or ``bench/results/rlco-
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -231,6 +232,8 @@ def run(quick: bool = False, variants: list[str] | None = None, seeds: tuple[int
     base, default_seeds = (QUICK, QUICK_SEEDS) if quick else (REDUCED if reduced else FULL, SEEDS)
     seeds = seeds or default_seeds
     chosen = pick(variants, quick)
+    if any(v.cameras for v in chosen):  # MuJoCo picks its GL backend at its first import, which a state
+        os.environ.setdefault("MUJOCO_GL", "egl")  # variant's robot would otherwise do without one
     res = C.Result("rlco-reduced" if reduced else "rlco" if variants is None else "rlco-variants", quick)
     root = Path(tempfile.mkdtemp(prefix="fleetrl-bench-rlco-"))
     stage1_runs: dict[tuple[float, str, int], Path] = {}
