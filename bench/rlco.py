@@ -29,7 +29,8 @@ run) for the smoke test. Plot: ``docs/rlco.png`` (full) or ``bench/results/rlco-
     python -m bench rlco [--quick]
     python -m bench.rlco --variants stage1,stage1_flow [--seeds 0,1,2] [--quick | --reduced]   (some variants
         only; printed and saved as bench/results/rlco-variants.json, not the docs' rlco results; --reduced: the
-        Stage I comparisons' budgets, D_sim 60 and D_real 20 in process, 800 updates, 20 episodes in process)
+        Stage I comparisons' budgets, D_sim 60 and D_real 20 in process, 800 updates, 20 episodes in process;
+        --eval-episodes N: a larger evaluation set)
 """
 
 from __future__ import annotations
@@ -225,11 +226,13 @@ def pick(names: list[str] | None, quick: bool = False) -> tuple[Variant, ...]:
 
 
 def run(quick: bool = False, variants: list[str] | None = None, seeds: tuple[int, ...] | None = None,
-        reduced: bool = False) -> C.Result:
+        reduced: bool = False, eval_episodes: int | None = None) -> C.Result:
     import torch
 
     torch.set_num_threads(1)
     base, default_seeds = (QUICK, QUICK_SEEDS) if quick else (REDUCED if reduced else FULL, SEEDS)
+    if eval_episodes is not None:
+        base = {**base, "eval": {**base["eval"], "episodes": eval_episodes}}
     seeds = seeds or default_seeds
     chosen = pick(variants, quick)
     if any(v.cameras for v in chosen):  # MuJoCo picks its GL backend at its first import, which a state
@@ -282,12 +285,16 @@ def main(argv: list[str] | None = None) -> None:
     how = ap.add_mutually_exclusive_group()
     how.add_argument("--quick", action="store_true", help="the quick run's budgets")
     how.add_argument("--reduced", action="store_true", help="the Stage I comparisons' budgets (see above)")
+    ap.add_argument("--eval-episodes", type=int, default=None, metavar="N",
+                    help="episodes in the evaluation set (default: the budgets'; the first of each twin's are the same)")
     a = ap.parse_args(argv)
     try:
         chosen = pick(a.variants, a.quick)
     except ValueError as e:
         ap.error(str(e))
-    res = run(a.quick, [v.name for v in chosen] if a.variants else None, a.seeds, a.reduced)
+    if a.eval_episodes is not None and not 1 <= a.eval_episodes <= 10_000:
+        ap.error(f"--eval-episodes must be in 1..10000, got {a.eval_episodes}")
+    res = run(a.quick, [v.name for v in chosen] if a.variants else None, a.seeds, a.reduced, a.eval_episodes)
     C.print_result(res)
     print(f"  json: {C.save_result(res).relative_to(C.ROOT)}")
 
