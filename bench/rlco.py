@@ -12,6 +12,10 @@ learner; quick run: the twin stepped in process):
 - ``stage1``: Stage I co-training only (alpha), no RL.
 - ``stage1_flow``: Stage I co-training of the flow-matching head (``sft.policy = "flow"``, chunks of
   4, 2 run then it replans), no RL (Stage II trains the Gaussian only).
+- ``stage1_cnn``, ``stage1_cnn_flow``: Stage I co-training of the camera policies (``sft.policy = "cnn"``,
+  the cnn_gaussian actor; ``"cnn_flow"``, the flow head over the same conv encoder) on one 32x32
+  ``external_camera_0`` view and the state, no RL. Only when named (``--variants``) or in the quick
+  run: at the full budgets their Stage I is ~10 min per seed on a 2-core CPU.
 - ``rlco``: Stage I, then Stage II with beta * SFT(D_real).
 - ``no_real_rl`` (beta = 0): Stage I, then RL without the real-SFT term.
 - ``no_real`` (alpha = 1, beta = 0): no real supervision in either stage.
@@ -23,13 +27,16 @@ variant; a ratio row (Stage II env steps/s against raw single-env steps/s, measu
 run) for the smoke test. Plot: ``docs/rlco.png`` (full) or ``bench/results/rlco-quick.png``.
 
     python -m bench rlco [--quick]
-    python -m bench.rlco --variants stage1,stage1_flow [--seeds 0,1,2] [--quick]   (some variants only;
-        printed and saved as bench/results/rlco-variants.json, not the docs' rlco results)
+    python -m bench.rlco --variants stage1,stage1_flow [--seeds 0,1,2] [--quick | --reduced]   (some variants
+        only; printed and saved as bench/results/rlco-variants.json, not the docs' rlco results; --reduced: the
+        Stage I comparisons' budgets, D_sim 60 and D_real 20 in process, 800 updates, 20 episodes in process;
+        --eval-episodes N: a larger evaluation set)
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -44,6 +51,7 @@ from . import common as C
 SEEDS, QUICK_SEEDS = (0, 1, 2), (0,)
 ALPHA, BETA = 0.5, 0.1
 FLOW_LR = 3e-3  # the flow loss (an MSE on a noisy target) trains best with larger steps: bench/flow_sft.py
+CAMERA = {"name": "overhead", "view": "external_camera_0", "size": 32}  # the camera variants' one view
 DATASETS = C.RESULTS / "rlco-datasets"
 DOCS_PNG = C.ROOT / "docs" / "rlco.png"
 
@@ -58,6 +66,14 @@ QUICK: dict[str, Any] = {
     "sft": {"updates": 100, "checkpoint_every": 100, "hidden": [64, 64]},
     "rl": {"envs": 2, "iterations": 1, "steps": 20, "minibatch": 40, "epochs": 1, "checkpoint_every": 1},
     "eval": {"episodes": 2, "robots": 1, "via": "in_process"},
+    "camera": {"size": 16}, "cnn": {"cnn_channels": [4, 4], "cnn_latent": 8, "batch_size": 32},
+}
+# Stage I comparisons on the shared 2-core machine (the flow and camera tables of docs/rlco.md): no Stage II
+REDUCED: dict[str, Any] = {
+    "datasets": {"sim_episodes": 60, "real_episodes": 20, "real_via": "in_process"},
+    "sft": {"updates": 800, "checkpoint_every": 400},
+    "rl": FULL["rl"],
+    "eval": {"episodes": 20, "robots": 4, "via": "in_process", "rate_hz": 50.0},
 }
 
 
@@ -69,12 +85,19 @@ class Variant:
     beta: float
     rl: bool
     policy: str = "gaussian"
+    lr: float | None = None  # Stage I's (None: the config's default)
+
+    @property
+    def cameras(self) -> bool:
+        return self.policy in ("cnn", "cnn_flow")
 
 
 VARIANTS = (
     Variant("sft_real", "SFT on D_real only", 0.0, 0.0, False),
     Variant("stage1", "Stage I co-training only", ALPHA, 0.0, False),
-    Variant("stage1_flow", "Stage I co-training, flow head", ALPHA, 0.0, False, "flow"),
+    Variant("stage1_flow", "Stage I co-training, flow head", ALPHA, 0.0, False, "flow", FLOW_LR),
+    Variant("stage1_cnn", "Stage I co-training, CNN (camera + state)", ALPHA, 0.0, False, "cnn"),
+    Variant("stage1_cnn_flow", "Stage I co-training, CNN flow head", ALPHA, 0.0, False, "cnn_flow", FLOW_LR),
     Variant("rlco", "RL-Co (Stage I + II)", ALPHA, BETA, True),
     Variant("no_real_rl", "ablation: beta = 0", ALPHA, 0.0, True),
     Variant("no_real", "ablation: alpha = 1, beta = 0", 1.0, 0.0, True),
@@ -89,9 +112,13 @@ def _config(base: dict[str, Any], root: Path, v: Variant, seed: int) -> Any:
     d["run_dir"] = str(root / f"{v.name}-s{seed}")
     d["seed"] = seed
     d["datasets"]["dir"] = str(DATASETS)
-    d["sft"]["alpha"] = v.alpha
-    if v.policy == "flow":
-        d["sft"].update(policy="flow", lr=FLOW_LR)
+    camera, cnn = d.pop("camera", {}), d.pop("cnn", {})
+    d["sft"].update(alpha=v.alpha, policy=v.policy)
+    if v.lr is not None:
+        d["sft"]["lr"] = v.lr
+    if v.cameras:
+        d["cameras"] = [{**CAMERA, **camera}]
+        d["sft"].update(cnn)
     d["rl"]["beta"] = v.beta
     d["eval"]["after"] = ["rl"] if v.rl else ["sft"]
     return RLCoConfig.model_validate(d)
@@ -165,7 +192,7 @@ def plot(rows: list[dict[str, Any]], path: Path, variants: tuple[Variant, ...] =
     d.text((left, 12), "RL-Co on FetchPush: success on the real twin (bars: mean, whiskers: std, dots: seeds)",
            fill=(30, 30, 30), font=font)
     colours = [(153, 153, 153), (102, 153, 204), (68, 119, 170), (34, 170, 102), (238, 153, 68), (204, 68, 68),
-               (170, 119, 204)]
+               (170, 119, 204), (119, 85, 51), (68, 170, 170)]
     slot = (w - 20 - left) / len(variants)
     for i, v in enumerate(variants):
         pts = [r["success"] for r in rows if r["variant"] == v.name]
@@ -186,10 +213,11 @@ def plot(rows: list[dict[str, Any]], path: Path, variants: tuple[Variant, ...] =
     img.save(path)
 
 
-def pick(names: list[str] | None) -> tuple[Variant, ...]:
-    """The variants named (all when None), in the table's order; ValueError naming an unknown one."""
+def pick(names: list[str] | None, quick: bool = False) -> tuple[Variant, ...]:
+    """The variants named, in the table's order (None: all in the quick run, the full run leaves out the camera
+    variants); ValueError naming an unknown one."""
     if names is None:
-        return VARIANTS
+        return tuple(v for v in VARIANTS if quick or not v.cameras)
     known = {v.name for v in VARIANTS}
     unknown = [n for n in names if n not in known]
     if unknown or not names:
@@ -197,14 +225,19 @@ def pick(names: list[str] | None) -> tuple[Variant, ...]:
     return tuple(v for v in VARIANTS if v.name in names)
 
 
-def run(quick: bool = False, variants: list[str] | None = None, seeds: tuple[int, ...] | None = None) -> C.Result:
+def run(quick: bool = False, variants: list[str] | None = None, seeds: tuple[int, ...] | None = None,
+        reduced: bool = False, eval_episodes: int | None = None) -> C.Result:
     import torch
 
     torch.set_num_threads(1)
-    base, default_seeds = (QUICK, QUICK_SEEDS) if quick else (FULL, SEEDS)
+    base, default_seeds = (QUICK, QUICK_SEEDS) if quick else (REDUCED if reduced else FULL, SEEDS)
+    if eval_episodes is not None:
+        base = {**base, "eval": {**base["eval"], "episodes": eval_episodes}}
     seeds = seeds or default_seeds
-    chosen = pick(variants)
-    res = C.Result("rlco" if variants is None else "rlco-variants", quick)
+    chosen = pick(variants, quick)
+    if any(v.cameras for v in chosen):  # MuJoCo picks its GL backend at its first import, which a state
+        os.environ.setdefault("MUJOCO_GL", "egl")  # variant's robot would otherwise do without one
+    res = C.Result("rlco-reduced" if reduced else "rlco" if variants is None else "rlco-variants", quick)
     root = Path(tempfile.mkdtemp(prefix="fleetrl-bench-rlco-"))
     stage1_runs: dict[tuple[float, str, int], Path] = {}
     rows: list[dict[str, Any]] = []
@@ -213,7 +246,7 @@ def run(quick: bool = False, variants: list[str] | None = None, seeds: tuple[int
         for v in chosen:
             r = run_variant(base, root, v, seed, stage1_runs)
             rows.append(r)
-            print(f"  rlco seed {seed} {v.name:<11} real success {r['success']:.2f} ({r['episodes']} episodes, "
+            print(f"  rlco seed {seed} {v.name:<15} real success {r['success']:.2f} ({r['episodes']} episodes, "
                   f"{r['via']}, {r['seconds']:.0f} s)", flush=True)
     for v in chosen:
         s = [r["success"] for r in rows if r["variant"] == v.name]
@@ -232,7 +265,7 @@ def run(quick: bool = False, variants: list[str] | None = None, seeds: tuple[int
     res.extra = {"rows": rows, "budgets": base, "alpha": ALPHA, "beta": BETA, "seconds": time.monotonic() - t0,
                  "datasets": {k: {f: m.get(f) for f in ("rows", "episodes", "recorded", "succeeded", "kept", "seconds")}
                               for k, m in ds.items() if k in used}}
-    png = (C.RESULTS / f"{res.name}-quick.png" if quick else DOCS_PNG if variants is None
+    png = (C.RESULTS / f"{res.name}-quick.png" if quick else DOCS_PNG if res.name == "rlco"
            else C.RESULTS / f"{res.name}.png")
     plot(rows, png, chosen)
     res.notes.append(f"plot: {png.relative_to(C.ROOT)}")
@@ -249,13 +282,19 @@ def main(argv: list[str] | None = None) -> None:
                     help=f"comma-separated, from {','.join(v.name for v in VARIANTS)} (default: all)")
     ap.add_argument("--seeds", type=lambda v: tuple(int(x) for x in v.split(",")), default=None,
                     help="comma-separated seeds (default: 0,1,2; quick: 0)")
-    ap.add_argument("--quick", action="store_true", help="the quick run's budgets")
+    how = ap.add_mutually_exclusive_group()
+    how.add_argument("--quick", action="store_true", help="the quick run's budgets")
+    how.add_argument("--reduced", action="store_true", help="the Stage I comparisons' budgets (see above)")
+    ap.add_argument("--eval-episodes", type=int, default=None, metavar="N",
+                    help="episodes in the evaluation set (default: the budgets'; the first of each twin's are the same)")
     a = ap.parse_args(argv)
     try:
-        chosen = pick(a.variants)
+        chosen = pick(a.variants, a.quick)
     except ValueError as e:
         ap.error(str(e))
-    res = run(a.quick, [v.name for v in chosen] if a.variants else None, a.seeds)
+    if a.eval_episodes is not None and not 1 <= a.eval_episodes <= 10_000:
+        ap.error(f"--eval-episodes must be in 1..10000, got {a.eval_episodes}")
+    res = run(a.quick, [v.name for v in chosen] if a.variants else None, a.seeds, a.reduced, a.eval_episodes)
     C.print_result(res)
     print(f"  json: {C.save_result(res).relative_to(C.ROOT)}")
 

@@ -22,6 +22,9 @@ from hal_drivers.mujoco_fetch.twin import Dynamics
 from shared.config_base import Strict
 from shared.policy.flow import MAX_HORIZON, MAX_STEPS
 
+PIXEL_POLICIES = ("cnn", "cnn_flow")  # sft.policy values that read the frames of `cameras`
+FLOW_POLICIES = ("flow", "cnn_flow")  # sft.policy values that plan chunks of flow_horizon actions
+
 # The twin of docs/drivers.md ("A sim/real twin"): the scripted push expert succeeds 100% in sim, ~61% here.
 DEFAULT_REAL = {"object_mass_scale": 3.0, "friction_scale": 2.0, "damping_scale": 2.0, "action_gain": 0.7,
                 "action_latency_steps": 2, "action_noise": 0.1, "obs_noise": 0.005, "seed": 0}
@@ -42,19 +45,25 @@ class DatasetsConfig(Strict):
 
 
 class SFTConfig(Strict):
-    """Stage I: supervised co-training of the policy (Gaussian, flow head or CNN) on both datasets."""
+    """Stage I: supervised co-training of the policy (Gaussian, flow head, CNN or CNN flow head) on both datasets."""
 
-    policy: Literal["gaussian", "flow", "cnn"] = Field("gaussian", description=(
+    policy: Literal["gaussian", "flow", "cnn", "cnn_flow"] = Field("gaussian", description=(
         "gaussian: the tanh-Gaussian MLP, SFT = NLL of the demo action; flow: the flow-matching action head "
         "(pi0.5's kind, shared/policy/flow.py), SFT = flow-matching loss on chunks of flow_horizon demo actions; "
         "cnn: the cnn_gaussian actor (a conv encoder per camera of `cameras`, fused with the state), SFT = NLL "
-        "of the demo action. Stage II trains the state Gaussian only: with flow or cnn, eval.after must not name rl"))
+        "of the demo action; cnn_flow: the flow head over the same per-camera conv encoders and the state "
+        "(shared/policy/cnn_flow.py), SFT = the flow-matching loss on chunks, each with its first step's frames. "
+        "Stage II trains the state Gaussian only: with flow, cnn or cnn_flow, eval.after must not name rl"))
     flow_horizon: int = Field(4, ge=1, le=MAX_HORIZON, description=(
-        "flow: actions per chunk (a chunk never crosses an episode's end; padded steps are left out of the loss)"))
-    flow_steps: int = Field(10, ge=1, le=MAX_STEPS, description="flow: Euler steps integrating a chunk from noise")
+        "flow, cnn_flow: actions per chunk (a chunk never crosses an episode's end; padded steps are left out "
+        "of the loss)"))
+    flow_steps: int = Field(10, ge=1, le=MAX_STEPS,
+                            description="flow, cnn_flow: Euler steps integrating a chunk from noise")
     cnn_channels: list[int] = Field(default_factory=lambda: [16, 16, 16, 16], min_length=1, max_length=8,
-                                    description="cnn: conv channels per camera (3x3 kernels, the first with stride 2)")
-    cnn_latent: int = Field(50, ge=1, le=1024, description="cnn: features per camera (Linear + LayerNorm + tanh)")
+                                    description=("cnn, cnn_flow: conv channels per camera (3x3 kernels, the first "
+                                                 "with stride 2)"))
+    cnn_latent: int = Field(50, ge=1, le=1024,
+                            description="cnn, cnn_flow: features per camera (Linear + LayerNorm + tanh)")
 
     alpha: float = Field(0.5, ge=0, le=1, description=(
         "weight of SFT(D_sim); 1 - alpha weighs SFT(D_real). 0: SFT on D_real only (the 'no Stage I' ablation); "
@@ -104,17 +113,17 @@ class EvalConfig(Strict):
     seed: int = Field(1000, description="robot i's env is seeded seed + i: the set is the same for every policy")
     via: Literal["real_path", "in_process"] = Field("real_path", description=(
         "real_path: a learner serves the stage's weights (training off) to edge-agents running the twin; "
-        "in_process: the twin env stepped here with the policy's mean action (a flow policy's chunks run through "
-        "the robots' chunk executor, shared/chunk_exec.py, with the same settings)"))
+        "in_process: the twin env stepped here with the policy's mean action (a flow or cnn_flow policy's chunks "
+        "run through the robots' chunk executor, shared/chunk_exec.py, with the same settings)"))
     rate_hz: float = Field(25.0, gt=0, le=1000, description=(
         "real_path: the robots' control rate (the twin's own is 25 Hz, as a real arm's loop would run); an agent "
         "acts before its link is up, so it runs slack episodes for about link_up_s and those are skipped"))
     link_up_s: float = Field(6.0, gt=0, le=120, description="real_path: time allowed for an agent's link to come up")
     chunk_overlap: int = Field(2, ge=0, le=1023, description=(
-        "flow: the robots' policy.overlap: a new chunk is planned when this many actions of the current one are "
+        "flow, cnn_flow: the robots' policy.overlap: a new chunk is planned when this many actions of the current one are "
         "left (with flow_horizon 4: 2 of each chunk run, then it replans); must be below sft.flow_horizon"))
     chunk_blend_steps: int = Field(0, ge=0, le=1023, description=(
-        "flow: the robots' policy.blend_steps: ticks over which the old and the new chunk are crossfaded"))
+        "flow, cnn_flow: the robots' policy.blend_steps: ticks over which the old and the new chunk are crossfaded"))
     after: list[Literal["sft", "rl"]] = Field(default_factory=lambda: ["sft", "rl"],  # type: ignore[arg-type]
                                              description="stages evaluated (the summary table's columns)")
 
@@ -135,10 +144,10 @@ class RLCoConfig(Strict):
     task: Literal["push", "reach"] = "push"
     threads: int = Field(1, ge=1, le=256, description="torch CPU threads")
     cameras: list[CameraView] = Field(default_factory=list, description=(
-        "cnn: the views every Fetch robot of the recipe renders (D_sim, D_real, evaluation; the mujoco driver's "
+        "cnn, cnn_flow: the views every Fetch robot of the recipe renders (D_sim, D_real, evaluation; the mujoco driver's "
         "[robot.options] cameras, e.g. {name = \"overhead\", view = \"external_camera_0\", size = 32}); "
         "empty for state policies"))
-    camera_antialias: bool = Field(False, description="cnn: multisample anti-aliasing of the views (off: ~3x faster)")
+    camera_antialias: bool = Field(False, description="cnn, cnn_flow: multisample anti-aliasing of the views (off: ~3x faster)")
     real: Dynamics = Field(default_factory=lambda: Dynamics(**DEFAULT_REAL),
                            description="the real twin's dynamics ([robot.options.dynamics] of the mujoco driver)")
     datasets: DatasetsConfig = Field(default_factory=DatasetsConfig)
@@ -154,13 +163,15 @@ class RLCoConfig(Strict):
 
     @model_validator(mode="after")
     def _cnn_fits(self) -> "RLCoConfig":
-        if self.sft.policy != "cnn":
+        policy = self.sft.policy
+        if policy not in PIXEL_POLICIES:
             if self.cameras:
-                raise ValueError(f"cameras: set, but sft.policy = \"{self.sft.policy}\" reads no frames (every "
-                                 "robot would render them for nothing); set sft.policy = \"cnn\" or cameras = []")
+                raise ValueError(f"cameras: set, but sft.policy = \"{policy}\" reads no frames (every robot "
+                                 "would render them for nothing); set sft.policy = \"cnn\" or \"cnn_flow\", "
+                                 "or cameras = []")
             return self
         if not self.cameras:
-            raise ValueError("sft.policy = \"cnn\" needs cameras: at least one view, e.g. cameras = "
+            raise ValueError(f"sft.policy = \"{policy}\" needs cameras: at least one view, e.g. cameras = "
                              "[{name = \"overhead\", view = \"external_camera_0\", size = 32}]")
         names = [c.name for c in self.cameras]
         if len(set(names)) != len(names):
@@ -171,8 +182,9 @@ class RLCoConfig(Strict):
         if clash:
             raise ValueError(f"cameras: {clash} name state fields of the Fetch arm; pick other camera names")
         if "rl" in self.eval.after:
-            raise ValueError("sft.policy = \"cnn\" with eval.after naming rl: Stage II (PPO/SAC) trains the state "
-                             "Gaussian actor only (RL over rendered frames is not implemented); set eval.after = [\"sft\"]")
+            raise ValueError(f"sft.policy = \"{policy}\" with eval.after naming rl: Stage II (PPO/SAC) trains the "
+                             "state Gaussian actor only (RL over rendered frames is not implemented); set "
+                             "eval.after = [\"sft\"]")
         from shared.policy.cnn import conv_out
 
         small = [c.name for c in self.cameras if conv_out(c.size, len(self.sft.cnn_channels)) < 1]
@@ -190,11 +202,12 @@ class RLCoConfig(Strict):
 
     @model_validator(mode="after")
     def _flow_fits(self) -> "RLCoConfig":
-        if self.sft.policy != "flow":
+        if self.sft.policy not in FLOW_POLICIES:
             return self
         if "rl" in self.eval.after:
-            raise ValueError("sft.policy = \"flow\" with eval.after naming rl: Stage II (PPO/SAC) trains the Gaussian "
-                             "actor only (flow-policy RL is not implemented); set eval.after = [\"sft\"]")
+            raise ValueError(f"sft.policy = \"{self.sft.policy}\" with eval.after naming rl: Stage II (PPO/SAC) "
+                             "trains the Gaussian actor only (flow-policy RL is not implemented); set "
+                             "eval.after = [\"sft\"]")
         h = self.sft.flow_horizon
         for name, value in (("chunk_overlap", self.eval.chunk_overlap), ("chunk_blend_steps", self.eval.chunk_blend_steps)):
             if h > 1 and value >= h:

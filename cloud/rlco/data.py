@@ -4,7 +4,7 @@ D_sim: the scripted expert on the unperturbed simulator, stepped in this process
 D_real: the same expert as the ``scripted_fetch`` operator on the real twin, recorded through the
 real path (``realpath.record``) or, with ``datasets.real_via = "in_process"``, stepped here.
 Both are versioned by every setting that shapes their rows (``datasets``, and the ``cameras``
-whose frames they carry when the policy is the CNN).
+whose frames they carry when the policy reads cameras: cnn, cnn_flow).
 """
 
 from __future__ import annotations

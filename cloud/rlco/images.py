@@ -1,4 +1,5 @@
-"""Stage I with the camera policy (``sft.policy = "cnn"``): frames in the datasets, batches and the loss.
+"""Stage I with the camera policies (``sft.policy = "cnn"`` or ``"cnn_flow"``): frames in the datasets and
+batches, and the cnn's loss.
 
 D_sim and D_real rows hold each camera's frame in ``obs.<camera>`` (the stored-row schema, frames
 stored once: the frame a step saw is always on its own row, so SFT needs no ``next_obs`` frame).
@@ -8,9 +9,14 @@ stored once: the frame a step saw is always on its own row, so SFT needs no ``ne
 NLL ``bc_loss`` uses) of the ``cnn_gaussian`` head over frames and state; the encoder is trained by
 this loss (SFT has no critic to train it, unlike the learner's pixel SAC).
 
+``cnn_flow`` trains on action chunks (:class:`ImageChunkDemos`): each pair carries the frames of its
+first observation (the one the chunk is planned from), under the same keys; its loss is the flow
+learner's (``FlowSFT.loss``, which reads those keys).
+
 Only the state is standardised; publishing folds the statistics into the state columns of the
-trunk's first layer (the image features come first in its input), so robots run the plain
-``cnn_gaussian`` architecture on raw observations, as they run the state actor.
+first layer that reads it (the image features come first in its input: the trunk of
+``cnn_gaussian``, the flow head's ``encoder`` of ``cnn_flow``), so robots run the plain
+architecture on raw observations, as they run the state actor.
 """
 
 from __future__ import annotations
@@ -23,14 +29,26 @@ import pyarrow as pa
 import torch
 from torch import Tensor
 
+from cloud.buffer.source import IMAGES
 from cloud.learner.bc import action_nll
+from cloud.learner.chunks import order_rows, table_chunks
 from shared.frames import decode_frames
-from shared.policy import CNNActor
+from shared.policy import CNNActor, View
 from shared.schema import OBS_PREFIX, FieldSpec
 
-from .losses import Batch, Demos
+from .losses import Batch, ChunkDemos, Demos, Sampler
 
-IMAGE_KEY = "images."  # batch key prefix of a camera's frames
+IMAGE_KEY = IMAGES  # batch key prefix of a camera's frames: the replay buffer's, which FlowSFT reads
+
+
+def _check_frames(images: dict[str, np.ndarray], n: int) -> None:
+    for name, frames in images.items():
+        if frames.dtype != np.uint8 or frames.ndim != 4 or len(frames) != n:
+            raise ValueError(f"camera {name!r}: frames must be uint8 [{n}, H, W, C], got {frames.dtype} {frames.shape}")
+
+
+def _frame_rows(images: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, Tensor]:
+    return {IMAGE_KEY + name: torch.from_numpy(frames[idx]) for name, frames in images.items()}
 
 
 @dataclass(frozen=True)
@@ -41,16 +59,31 @@ class ImageDemos(Demos):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name, frames in self.images.items():
-            if frames.dtype != np.uint8 or frames.ndim != 4 or len(frames) != len(self.obs):
-                raise ValueError(f"camera {name!r}: frames must be uint8 [{len(self.obs)}, H, W, C], "
-                                 f"got {frames.dtype} {frames.shape}")
+        _check_frames(self.images, len(self.obs))
 
     def rows(self, idx: np.ndarray) -> dict[str, Tensor]:
         """The batch of rows ``idx``: state, action and every camera's frames."""
-        out = super().rows(idx)
-        out.update({IMAGE_KEY + name: torch.from_numpy(frames[idx]) for name, frames in self.images.items()})
-        return out
+        return {**super().rows(idx), **_frame_rows(self.images, idx)}
+
+
+@dataclass(frozen=True)
+class ImageChunkDemos(ChunkDemos):
+    """:class:`ChunkDemos` with the camera frames of each pair's first observation, uint8 [n, H, W, C]."""
+
+    images: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_frames(self.images, len(self.obs))
+
+    def rows(self, idx: np.ndarray) -> dict[str, Tensor]:
+        """The batch of pairs ``idx``: state, action chunk, valid mask and every camera's frames."""
+        return {**super().rows(idx), **_frame_rows(self.images, idx)}
+
+
+def views(dataset: Sampler) -> list[View]:
+    """The cameras a dataset's frames show, name and HxWxC (none for a state dataset)."""
+    images: dict[str, np.ndarray] = getattr(dataset, "images", {})
+    return [(n, (int(f.shape[1]), int(f.shape[2]), int(f.shape[3]))) for n, f in images.items()]
 
 
 def frame_spec(table: pa.Table, name: str) -> FieldSpec:
@@ -65,13 +98,26 @@ def frame_spec(table: pa.Table, name: str) -> FieldSpec:
     return FieldSpec(shape, "uint8", codec)
 
 
-def image_demos(table: pa.Table, demos: Demos, cameras: Sequence[str]) -> ImageDemos:
-    """``demos`` (the table's state and actions) with each row's frame of every camera."""
+def _frames(table: pa.Table, cameras: Sequence[str]) -> dict[str, np.ndarray]:
+    """Each row's frame of every camera, in the table's row order."""
     images = {}
     for name in cameras:
         spec = frame_spec(table, name)  # names a missing camera before the column is looked up
         images[name] = np.ascontiguousarray(decode_frames(table.column(OBS_PREFIX + name), spec)[0])
-    return ImageDemos(demos.obs, demos.action, images)
+    return images
+
+
+def image_demos(table: pa.Table, demos: Demos, cameras: Sequence[str]) -> ImageDemos:
+    """``demos`` (the table's state and actions) with each row's frame of every camera."""
+    return ImageDemos(demos.obs, demos.action, _frames(table, cameras))
+
+
+def image_chunks(table: pa.Table, fields: Sequence[str], horizon: int, cameras: Sequence[str]) -> ImageChunkDemos:
+    """The table's action-chunk pairs (``table_chunks``: one per row, rows ordered by episode and step) with
+    the frames of each pair's first observation: the rows are ordered first, so pair i and frame i are row i."""
+    ordered = order_rows(table)
+    c = table_chunks(ordered, list(fields), horizon)  # ordering ordered rows (unique keys) keeps their order
+    return ImageChunkDemos(c.obs, c.actions, c.valid, _frames(ordered, cameras))
 
 
 def batch_images(batch: Batch) -> dict[str, Tensor]:

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from cloud.learner.bc import bc_loss
 from cloud.learner.chunks import Chunks
-from cloud.learner.flow_sft import chunk_batch
+from cloud.learner.flow_sft import chunk_rows
 from shared.policy import GaussianActor
 
 Batch = Mapping[str, Tensor]
@@ -88,8 +88,15 @@ class ChunkDemos(Chunks):
         return int(self.actions.shape[2])
 
     def sample(self, n: int, rng: np.random.Generator) -> dict[str, Tensor]:
-        """``n`` pairs drawn uniformly with replacement: ``obs``, ``action_chunk``, ``chunk_valid``."""
-        return chunk_batch(self, n, rng)
+        """``n`` pairs drawn uniformly with replacement (as the flow learner's ``chunk_batch`` draws them):
+        ``obs``, ``action_chunk``, ``chunk_valid``."""
+        if not len(self):
+            raise ValueError("cannot sample action chunks: there are no training pairs")
+        return self.rows(rng.integers(0, len(self), n))
+
+    def rows(self, idx: np.ndarray) -> dict[str, Tensor]:
+        """The batch of pairs ``idx``."""
+        return chunk_rows(self, idx)
 
 
 def sft_loss(actor: GaussianActor, batch: Batch, device: torch.device | str = "cpu") -> Tensor:

@@ -1,10 +1,11 @@
 """Stage I's trainer: the policy co-trained by SFT on D_sim and D_real with weight alpha.
 
-Three policy kinds (``sft.policy``): the Gaussian actor, whose SFT loss is the NLL of the demo
+Four policy kinds (``sft.policy``): the Gaussian actor, whose SFT loss is the NLL of the demo
 action (``losses.sft_loss``), the camera actor (``cnn_gaussian``, the same NLL over frames and
-state: ``images.cnn_sft_loss``), and the flow-matching head, whose SFT loss is the flow learner's
-own (``FlowSFT.loss``) on chunks of demo actions. Either way one Adam step per pair of batches,
-weighted by alpha exactly (``losses.cotrain``) or mixed into one batch (``weighting = "batch"``).
+state: ``images.cnn_sft_loss``), and the flow-matching head over the state (``flow``) or over
+frames and state (``cnn_flow``), whose SFT loss is the flow learner's own (``FlowSFT.loss``) on
+chunks of demo actions. Every kind takes one Adam step per pair of batches, weighted by alpha
+exactly (``losses.cotrain``) or mixed into one batch (``weighting = "batch"``).
 
 Observations are standardised with statistics of both datasets, fixed here for the whole recipe
 (Stage II keeps them; publishing folds them into the first layer, ``ObsNormalizer.fold``):
@@ -26,7 +27,7 @@ from shared.policy import cnn as cnn_kind
 from shared.policy import mlp as mlp_kind
 
 from . import rngstate
-from .config import SFTConfig
+from .config import PIXEL_POLICIES, SFTConfig
 from .images import cnn_sft_loss
 from .losses import Batch, Sampler, cotrain, mixed_batch, sft_loss
 
@@ -39,8 +40,13 @@ def fit_normalizer(*datasets: Sampler) -> ObsNormalizer:
 class SFTTrainer:
     """alpha * SFT(D_sim) + (1 - alpha) * SFT(D_real) of the Gaussian actor, one Adam step per pair of batches."""
 
-    def __init__(self, obs_dim: int, act_dim: int, cfg: SFTConfig, norm: ObsNormalizer, seed: int = 0):
-        self.cfg, self.norm = cfg, norm
+    def __init__(self, obs_dim: int, act_dim: int, cfg: SFTConfig, norm: ObsNormalizer, seed: int = 0,
+                 views: Sequence[View] = ()):
+        """``views``: the cameras (name, HxWxC) a camera policy reads; a state policy takes none."""
+        if bool(views) != (cfg.policy in PIXEL_POLICIES):
+            raise ValueError(f"sft.policy = {cfg.policy!r} reads {'cameras' if not views else 'no cameras'}, "
+                             f"given views {[n for n, _ in views]}")
+        self.cfg, self.norm, self.views = cfg, norm, list(views)
         self.actor, self.optim = self._build(obs_dim, act_dim, seed)
         self.rng = np.random.default_rng(seed)
         self.updates = 0
@@ -91,13 +97,15 @@ class SFTTrainer:
 
 
 class FlowSFTTrainer(SFTTrainer):
-    """The same co-training of the flow-matching head (``sft.policy = "flow"``): batches are action chunks
-    (:class:`~cloud.rlco.losses.ChunkDemos`), the loss and its noise are the flow learner's (``FlowSFT``)."""
+    """The same co-training of the flow-matching head (``sft.policy = "flow"``, or ``"cnn_flow"`` over the
+    frames of ``views`` too): batches are action chunks (:class:`~cloud.rlco.losses.ChunkDemos`; with
+    cameras :class:`~cloud.rlco.images.ImageChunkDemos`, each pair with its first observation's frames),
+    the loss and its noise are the flow learner's (``FlowSFT``)."""
 
     def _build(self, obs_dim: int, act_dim: int, seed: int) -> tuple[PolicyActor, torch.optim.Optimizer]:
         c = self.cfg
         self.flow = FlowSFT(obs_dim, act_dim, horizon=c.flow_horizon, steps=c.flow_steps, hidden=tuple(c.hidden),
-                            lr=c.lr, seed=seed)
+                            lr=c.lr, seed=seed, views=self.views, channels=c.cnn_channels, latent=c.cnn_latent)
         return self.flow.actor, self.flow.optim
 
     def loss(self, batch: Batch) -> Tensor:
@@ -118,13 +126,6 @@ class CNNSFTTrainer(SFTTrainer):
     """The same co-training of the camera actor (``sft.policy = "cnn"``): batches carry each row's frames
     (:class:`~cloud.rlco.images.ImageDemos`), the loss is the Gaussian NLL over frames and state."""
 
-    def __init__(self, obs_dim: int, act_dim: int, cfg: SFTConfig, norm: ObsNormalizer, seed: int = 0,
-                 views: Sequence[View] = ()):
-        if not views:
-            raise ValueError("the cnn trainer needs at least one camera view")
-        self.views = list(views)
-        super().__init__(obs_dim, act_dim, cfg, norm, seed)
-
     def _build(self, obs_dim: int, act_dim: int, seed: int) -> tuple[PolicyActor, torch.optim.Optimizer]:
         c = self.cfg
         with torch.random.fork_rng(devices=[]):
@@ -140,8 +141,7 @@ class CNNSFTTrainer(SFTTrainer):
 
 def make_trainer(obs_dim: int, act_dim: int, cfg: SFTConfig, norm: ObsNormalizer, seed: int = 0,
                  views: Sequence[View] = ()) -> SFTTrainer:
-    """Stage I's trainer for ``cfg.policy`` (``views``: the cameras a cnn policy reads, name and HxWxC)."""
-    if cfg.policy == "cnn":
-        return CNNSFTTrainer(obs_dim, act_dim, cfg, norm, seed, views)
-    kind = FlowSFTTrainer if cfg.policy == "flow" else SFTTrainer
-    return kind(obs_dim, act_dim, cfg, norm, seed)
+    """Stage I's trainer for ``cfg.policy`` (``views``: the cameras a cnn or cnn_flow policy reads, name and
+    HxWxC)."""
+    kind = {"cnn": CNNSFTTrainer, "flow": FlowSFTTrainer, "cnn_flow": FlowSFTTrainer}.get(cfg.policy, SFTTrainer)
+    return kind(obs_dim, act_dim, cfg, norm, seed, views)

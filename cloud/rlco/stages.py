@@ -9,8 +9,9 @@ skips finished stages, continues the interrupted one from its checkpoint and nev
 datasets (they are versioned files, reused by their settings' hash).
 
 Stage I trains the policy ``sft.policy`` names: the Gaussian actor, the flow-matching head
-(on chunks of demo actions) or the camera actor (``cnn_gaussian``, on each row's frames and state).
-Stage II trains the state Gaussian actor only, so a flow or cnn recipe is Stage I and its
+(on chunks of demo actions), the camera actor (``cnn_gaussian``, on each row's frames and state)
+or the flow head over cameras (``cnn_flow``, on chunks with their first step's frames).
+Stage II trains the state Gaussian actor only, so any other recipe is Stage I and its
 evaluation; ``--stage rl`` with such a policy is refused (ConfigError) before anything is written.
 
 Stage II's sim envs are seeded from the iteration they start at, so a resumed stage meets new
@@ -32,11 +33,11 @@ from cloud.learner.normalize import ObsNormalizer
 from shared.errors import ConfigError
 from shared.faults import crash_point
 from shared.fsutil import atomic_write
-from shared.policy import build_gaussian
+from shared.policy import actor_images, build_gaussian
 from shared.weights import WeightsBlob, encode_weights
 
 from . import data, evaluate
-from .config import RLCoConfig
+from .config import FLOW_POLICIES, PIXEL_POLICIES, RLCoConfig
 from .datasets import Dataset
 from .losses import Demos, Sampler
 from .ppo import PPO, set_log_std
@@ -149,13 +150,19 @@ class Recipe:
         return self._demos
 
     def training_sets(self) -> tuple[Sampler, Sampler]:
-        """D_sim and D_real as Stage I's policy trains on them: rows, or action chunks for the flow head."""
-        sft = self.cfg.sft
+        """D_sim and D_real as Stage I's policy trains on them: rows, or action chunks for a flow head; with
+        each row's (each chunk's first step's) frames for a camera policy."""
+        sft, names = self.cfg.sft, [c.name for c in self.cfg.cameras]
+        if sft.policy == "cnn_flow":
+            from .images import image_chunks
+
+            d = self.datasets()
+            return (image_chunks(d["sim"].table(), data.obs_fields(), sft.flow_horizon, names),
+                    image_chunks(d["real"].table(), data.obs_fields(), sft.flow_horizon, names))
         if sft.policy == "cnn":
             from .images import image_demos
 
             d = self.datasets()
-            names = [c.name for c in self.cfg.cameras]
             sim, real = self.demos()
             return image_demos(d["sim"].table(), sim, names), image_demos(d["real"].table(), real, names)
         if sft.policy != "flow":
@@ -171,10 +178,11 @@ class Recipe:
         sim, real = self.training_sets()
         ckpt = self.dir / "ckpt" / "sft.ckpt"
         ckpt.parent.mkdir(exist_ok=True)
+        from .images import views
         from .sft import fit_normalizer
 
         trainer = make_trainer(sim.obs.shape[1], sim.act_dim, cfg.sft, fit_normalizer(sim, real), cfg.seed,
-                               views=self._views(sim))
+                               views=views(sim))
         if ckpt.exists():
             trainer.load_state_dict(checkpoint.load(ckpt))
         self.event(event="stage_start", stage="sft", start=trainer.updates, total=cfg.sft.updates)
@@ -190,22 +198,14 @@ class Recipe:
         self._write_stage("sft", trainer.actor.state_dict(), trainer.actor.arch(), trainer.norm, metrics)
         self._finish("sft")
 
-    @staticmethod
-    def _views(sim: Sampler) -> list[tuple[str, tuple[int, int, int]]]:
-        """The cameras a cnn policy reads, name and HxWxC, as the datasets hold them (none for state sets)."""
-        from .images import ImageDemos
-
-        if not isinstance(sim, ImageDemos):
-            return []
-        return [(n, (int(f.shape[1]), int(f.shape[2]), int(f.shape[3]))) for n, f in sim.images.items()]
-
     def _write_stage(self, name: str, actor: dict[str, torch.Tensor], arch: dict[str, Any], norm: ObsNormalizer,
                      metrics: dict[str, float]) -> None:
         out = self.dir / "stages" / name
         out.mkdir(parents=True, exist_ok=True)
         checkpoint.save(out / "actor.ckpt", {"actor": actor, "arch": arch, "norm": norm.state_dict()})
-        # cnn_gaussian: only the state columns of the trunk's first layer (it reads [image features, state])
-        folded = norm.fold(actor, int(arch.get("latent", 0)) * len(arch.get("images", [])))
+        # cnn_gaussian and cnn_flow: only the state columns of the first layer that reads the state (the trunk's,
+        # the flow head's encoder's), which reads [image features, state]
+        folded = norm.fold(actor, int(arch.get("latent", 0)) * len(actor_images(arch)))
         blob = encode_weights(folded, WEIGHTS_VERSION[name], {"actor": arch, "obs_fields": list(data.obs_fields())})
         atomic_write(out / "policy.safetensors", blob.data)
         atomic_write(out / "train.json", json.dumps(metrics).encode())
@@ -224,15 +224,15 @@ class Recipe:
         return WeightsBlob(WEIGHTS_VERSION[name], sha256(data_), data_)
 
     def _check_rl(self) -> None:
-        if self.cfg.sft.policy == "cnn":
-            raise ConfigError("sft.policy = \"cnn\": Stage II (rl.algorithm ppo or sac) trains the state Gaussian actor "
-                              "only; RL over rendered frames is not implemented (docs/rlco.md, \"The CNN policy\"). "
-                              "A cnn recipe is Stage I and its evaluation (--stage sft, --stage eval, "
-                              "eval.after = [\"sft\"])")
-        if self.cfg.sft.policy == "flow":
-            raise ConfigError("sft.policy = \"flow\": Stage II (rl.algorithm ppo or sac) trains the Gaussian actor only; "
-                              "flow-policy RL is not implemented. A flow recipe is Stage I and its evaluation "
-                              "(--stage sft, --stage eval, eval.after = [\"sft\"])")
+        policy = self.cfg.sft.policy
+        if policy == "gaussian":
+            return
+        missing = [w for w, kinds in (("RL over rendered frames", PIXEL_POLICIES), ("flow-policy RL", FLOW_POLICIES))
+                   if policy in kinds]
+        raise ConfigError(f"sft.policy = \"{policy}\": Stage II (rl.algorithm ppo or sac) trains the state Gaussian "
+                          f"actor only; {' and '.join(missing)} {'are' if len(missing) > 1 else 'is'} not implemented "
+                          f"(docs/rlco.md). A {policy} recipe is Stage I and its evaluation (--stage sft, "
+                          "--stage eval, eval.after = [\"sft\"])")
 
     def stage_rl(self) -> None:
         self._check_rl()

@@ -56,6 +56,20 @@ def test_real_path_records_demos_and_evaluates_like_in_process(tmp_path):
     # horizon 4, overlap 2: each chunk's first two actions ran, then the robot replanned
     assert _chunk_indices(tmp_path / "eval-flow" / "eval-learner", 1) == {0, 1}
 
+    # a cnn_flow Stage I (camera datasets stepped in process): robots rendering the same camera load the
+    # `cnn_flow` weights and play its chunks from their frames
+    cam = {"name": "overhead", "view": "external_camera_0", "size": 16}
+    cnn_cfg = flow_cfg.model_validate({
+        **flow_cfg.model_dump(mode="json"), "run_dir": str(tmp_path / "cnn-flow-run"), "cameras": [cam],
+        "datasets": {**flow_cfg.datasets.model_dump(mode="json"), "real_via": "in_process"},
+        "sft": {**flow_cfg.sft.model_dump(mode="json"), "policy": "cnn_flow", "cnn_channels": [4, 4], "cnn_latent": 8}})
+    cnn = Recipe(cnn_cfg)
+    cnn.run(stage="sft")
+    res = real_path(cnn.blob("sft"), cnn_cfg.eval, cfg.task, cfg.real.model_dump(mode="json"), tmp_path / "eval-cnn",
+                    extra=cnn_cfg.robot_extra())
+    assert res.via == "real_path" and res.episodes == 1
+    assert _chunk_indices(tmp_path / "eval-cnn" / "eval-learner", 1) == {0, 1}
+
 
 def _chunk_indices(data_dir, version):
     """The chunk_index of every stored step the policy of ``version`` acted (not the slack before it arrived)."""

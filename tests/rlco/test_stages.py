@@ -27,12 +27,14 @@ TINY = {
 
 
 FLOW = {"sft": {**TINY["sft"], "policy": "flow", "flow_horizon": 4}, "eval": {**TINY["eval"], "after": ["sft"]}}
+CNN_FLOW = {"sft": {**FLOW["sft"], "policy": "cnn_flow", "cnn_channels": [4, 4], "cnn_latent": 8},
+            "eval": FLOW["eval"], "cameras": [{"name": "overhead", "view": "external_camera_0", "size": 16}]}
 
 
 def _config(tmp_path: Path, run: str, policy: str = "gaussian") -> Path:
     cfg = tmp_path / f"{run}.toml"
     d = {"run_dir": run, **TINY, "datasets": {**TINY["datasets"], "dir": "datasets"}}
-    cfg.write_text(tomli_w.dumps({**d, **FLOW} if policy == "flow" else d))
+    cfg.write_text(tomli_w.dumps({**d, **{"flow": FLOW, "cnn_flow": CNN_FLOW}.get(policy, {})}))
     return cfg
 
 
@@ -81,7 +83,7 @@ def test_kill_between_stages_and_within_a_stage_then_resume(tmp_path):
     assert [s["episodes"] for s in summary["stages"]] == [2, 2]
 
 
-@pytest.mark.parametrize("policy", ["gaussian", "flow"])
+@pytest.mark.parametrize("policy", ["gaussian", "flow", "cnn_flow"])
 def test_kill_within_stage_one_resumes_to_the_same_policy(tmp_path, policy):
     whole, killed = _config(tmp_path, "whole", policy), _config(tmp_path, "killed", policy)
     p = _rlco(killed, "--stage", "sft", crash="rlco_sft_checkpoint:2")
@@ -97,10 +99,10 @@ def test_kill_within_stage_one_resumes_to_the_same_policy(tmp_path, policy):
     b = checkpoint.load(tmp_path / "killed" / "stages" / "sft" / "actor.ckpt")["actor"]
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)  # Stage I replays exactly
     arch = checkpoint.load(tmp_path / "killed" / "stages" / "sft" / "actor.ckpt")["arch"]
-    assert arch["kind"] == ("flow" if policy == "flow" else "mlp_gaussian")
-    if policy == "flow":  # Stage II trains the Gaussian only: refused, naming the field, nothing written
+    assert arch["kind"] == ("mlp_gaussian" if policy == "gaussian" else policy)
+    if policy != "gaussian":  # Stage II trains the Gaussian only: refused, naming the field, nothing written
         p = _rlco(killed, "--stage", "rl", "--resume")
-        assert p.returncode == 2 and 'sft.policy = "flow": Stage II' in p.stderr
+        assert p.returncode == 2 and f'sft.policy = "{policy}": Stage II' in p.stderr
         assert "rl" not in json.loads((tmp_path / "killed" / "state.json").read_text())["done"]
         return
     # Stage II needs Stage I's output: a clear error on a run without it
