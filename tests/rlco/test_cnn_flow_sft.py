@@ -9,16 +9,17 @@ import pyarrow as pa
 import pytest
 import torch
 
-from cloud.learner import checkpoint
 from cloud.learner.flow_sft import FlowSFT
 from cloud.learner.normalize import ObsNormalizer
 from cloud.rlco.config import RLCoConfig, SFTConfig
 from cloud.rlco.datasets import episode_rows, expert_episodes, open_version, to_table, write_version
 from cloud.rlco.images import IMAGE_KEY, ImageChunkDemos, image_chunks, views
-from cloud.rlco.losses import cotrain, mixed_batch
+from cloud.rlco.losses import mixed_batch
 from cloud.rlco.sft import FlowSFTTrainer, make_trainer
 from shared.errors import ConfigError
 from shared.policy import CNNFlowActor
+
+from .test_flow_sft import assert_gradient_is_the_weighted_sum, assert_weighting_is_exact, resume_matches_an_unbroken_run
 
 H = 3
 VIEWS = [("left", (16, 16, 3)), ("right", (16, 20, 3))]
@@ -43,17 +44,6 @@ def _batch(n: int, seed: int, value: float | None = None, valid: list[int] | Non
     return out
 
 
-def _by_hand(batch: dict[str, torch.Tensor], g: torch.Generator) -> float:
-    """The flow-matching loss with a zero velocity field (frames then change nothing), drawing noise and
-    times as FlowActor.loss does."""
-    x1 = batch["action_chunk"].numpy().astype(np.float64)
-    x0 = torch.randn(batch["action_chunk"].shape, generator=g).numpy().astype(np.float64)
-    torch.rand((x1.shape[0],), generator=g)
-    err = ((x1 - x0) ** 2).mean(-1)
-    m = batch["chunk_valid"].numpy()
-    return float((err * m).sum() / m.sum())
-
-
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
 def test_cnn_flow_cotrain_weighting_is_exact(alpha):
     t = _trainer()
@@ -61,31 +51,14 @@ def test_cnn_flow_cotrain_weighting_is_exact(alpha):
         t.flow.actor.head.weight.zero_()
         t.flow.actor.head.bias.zero_()
     sim, real = _batch(8, 1, 0.5), _batch(3, 2, -0.25, valid=[1, 1, 0])  # sizes differ; real is padded
-    g = torch.Generator().manual_seed(0)
-    g.set_state(t.flow.generator.get_state())
-    l_sim = _by_hand(sim, g) if alpha > 0 else None
-    l_real = _by_hand(real, g) if alpha < 1 else None
-    total, parts = cotrain(t.loss, alpha, sim if alpha > 0 else None, real if alpha < 1 else None)
-    want = (alpha * l_sim if l_sim is not None else 0.0) + ((1 - alpha) * l_real if l_real is not None else 0.0)
-    assert total.item() == pytest.approx(want, rel=1e-5)
-    assert parts == pytest.approx({k: v for k, v in (("sft_sim", l_sim), ("sft_real", l_real)) if v is not None},
-                                  rel=1e-5)
+    assert_weighting_is_exact(t, alpha, sim, real)  # frames change nothing through a zero field
 
 
 def test_cnn_flow_gradient_is_the_weighted_sum_and_reaches_the_encoder():
     t = _trainer()
     sim, real = _batch(8, 3), _batch(4, 4)
-    params = list(t.actor.parameters())
-
-    def grad(loss):
-        t.actor.zero_grad()
-        loss.backward()
-        return torch.cat([p.grad.flatten() for p in params])
-
     start = t.flow.generator.get_state()
-    g = grad(cotrain(t.loss, 0.3, sim, real)[0])
-    t.flow.generator.set_state(start)  # the same noise for the parts, drawn in the same order
-    assert torch.allclose(g, 0.3 * grad(t.loss(sim)) + 0.7 * grad(t.loss(real)), atol=1e-6)
+    assert_gradient_is_the_weighted_sum(t, sim, real)
     t.actor.zero_grad()
     t.loss(sim).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in t.flow.actor.cameras.parameters())
@@ -155,18 +128,7 @@ def _demos(n: int, seed: int) -> ImageChunkDemos:
 
 def test_cnn_flow_trainer_resumes_exactly_from_its_checkpoint(tmp_path):
     sim, real = _demos(12, 6), _demos(5, 7)
-    whole, killed = _trainer(seed=3, batch_size=8), _trainer(seed=3, batch_size=8)
-    for _ in range(4):
-        whole.step(0.5, sim, real)
-    for _ in range(2):
-        killed.step(0.5, sim, real)
-    checkpoint.save(tmp_path / "sft.ckpt", killed.state_dict())
-    resumed = _trainer(seed=3, batch_size=8)
-    resumed.load_state_dict(checkpoint.load(tmp_path / "sft.ckpt"))
-    for _ in range(2):
-        resumed.step(0.5, sim, real)
-    a, b = whole.actor.state_dict(), resumed.actor.state_dict()
-    assert resumed.updates == 4 and all(torch.equal(a[k], b[k]) for k in a)
+    a = resume_matches_an_unbroken_run(lambda: _trainer(seed=3, batch_size=8), sim, real, 4, tmp_path)
     conv = "cameras.stacks.0.convs.0.weight"
     assert not torch.equal(a[conv], _trainer(seed=3).actor.state_dict()[conv])  # the encoder trained
 

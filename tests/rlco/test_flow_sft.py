@@ -2,6 +2,8 @@
 chunks that never cross an episode's end, a flow policy is evaluated by playing its chunks as robots do,
 and a flow config refuses Stage II."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -49,6 +51,11 @@ def _by_hand(batch: dict[str, torch.Tensor], g: torch.Generator) -> float:
 def test_flow_cotrain_weighting_is_exact(alpha):
     t = _zero_field(_trainer())
     sim, real = _chunks(0.5, 8), _chunks(-0.25, 3, valid=[1, 1, 0])  # sizes differ; the real chunks are padded
+    assert_weighting_is_exact(t, alpha, sim, real)
+
+
+def assert_weighting_is_exact(t, alpha: float, sim: dict, real: dict) -> None:
+    """``cotrain``'s total and parts against :func:`_by_hand` for a trainer whose velocity field is zero."""
     g = torch.Generator().manual_seed(0)
     g.set_state(t.flow.generator.get_state())
     l_sim = _by_hand(sim, g) if alpha > 0 else None
@@ -65,6 +72,11 @@ def test_flow_cotrain_gradient_is_the_weighted_sum_of_gradients():
     t = _trainer()
     sim = {"obs": torch.randn(16, 2), "action_chunk": torch.rand(16, H, 1) * 2 - 1, "chunk_valid": torch.ones(16, H)}
     real = {"obs": torch.randn(4, 2), "action_chunk": torch.rand(4, H, 1) * 2 - 1, "chunk_valid": torch.ones(4, H)}
+    assert_gradient_is_the_weighted_sum(t, sim, real)
+
+
+def assert_gradient_is_the_weighted_sum(t, sim: dict, real: dict) -> None:
+    """The co-training loss's gradient (alpha 0.3) is 0.3 x sim's + 0.7 x real's, with the same noise."""
     params = list(t.actor.parameters())
 
     def grad(loss):
@@ -104,21 +116,28 @@ def test_chunk_demos_batches_and_mixed_batches_keep_datasets_and_episodes_apart(
 
 
 def test_flow_trainer_resumes_exactly_from_its_checkpoint(tmp_path):
+    sim, real = _episodes(4, 6, 0.5, 0.0), _episodes(2, 6, -0.5, 1.0)
+    resume_matches_an_unbroken_run(lambda: _trainer(seed=3, batch_size=8), sim, real, 6, tmp_path)
+
+
+def resume_matches_an_unbroken_run(make, sim, real, steps: int, tmp: Path) -> dict:
+    """``steps`` updates in one go, and half of them, a checkpoint file, a fresh trainer and the rest, give
+    bit-identical weights; the unbroken run's weights."""
     from cloud.learner import checkpoint
 
-    sim, real = _episodes(4, 6, 0.5, 0.0), _episodes(2, 6, -0.5, 1.0)
-    whole, killed = _trainer(seed=3, batch_size=8), _trainer(seed=3, batch_size=8)
-    for _ in range(6):
+    whole, killed = make(), make()
+    for _ in range(steps):
         whole.step(0.5, sim, real)
-    for _ in range(3):
+    for _ in range(steps // 2):
         killed.step(0.5, sim, real)
-    checkpoint.save(tmp_path / "sft.ckpt", killed.state_dict())
-    resumed = _trainer(seed=3, batch_size=8)
-    resumed.load_state_dict(checkpoint.load(tmp_path / "sft.ckpt"))
-    for _ in range(3):
+    checkpoint.save(tmp / "sft.ckpt", killed.state_dict())
+    resumed = make()
+    resumed.load_state_dict(checkpoint.load(tmp / "sft.ckpt"))
+    for _ in range(steps - steps // 2):
         resumed.step(0.5, sim, real)
     a, b = whole.actor.state_dict(), resumed.actor.state_dict()
-    assert resumed.updates == 6 and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.updates == steps and all(torch.equal(a[k], b[k]) for k in a)
+    return a
 
 
 def test_a_flow_config_refuses_stage_two(tmp_path):
