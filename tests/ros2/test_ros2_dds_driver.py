@@ -11,7 +11,6 @@ bytes with rosbags.
 import json
 import os
 import queue
-import random
 import subprocess
 import sys
 import threading
@@ -22,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.dds import LOOPBACK
+from harness.dds import LOOPBACK, domain_ids
 
-DOMAIN = random.SystemRandom().randint(1, 230)
+DOMAIN = domain_ids()[0]
 H, W = 48, 64
 ACTION_TOPICS = {"/arm/joint_trajectory": "JointTrajectory_", "/base/cmd_vel": "Twist_", "/gripper/cmd": "Float64MultiArray_"}
 
