@@ -36,10 +36,9 @@ def load_trainer_imports() -> None:
     """What the trainer's first build would import on its thread, imported now (before READY).
 
     Making the first optimizer imports ``torch._dynamo`` (torch loads it lazily): ~2 s of one
-    import on an idle 2-core machine, many times that on a loaded one. On the trainer thread it
-    is one step with no heartbeat in between, so a busy host could stretch it past WatchdogSec
-    and have systemd restart a healthy learner (again at every start). systemd arms the watchdog
-    at READY; one-off start-up work belongs before it."""
+    import on an idle 2-core machine, several times that on a loaded one. On the trainer thread
+    it is one step with no heartbeat in between, which a short WatchdogSec would count as a hung
+    trainer. systemd arms the watchdog at READY: one-off start-up work belongs before it."""
     import torch._dynamo  # noqa: F401
 
 
