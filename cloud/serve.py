@@ -22,13 +22,16 @@ from .admission import serve_robot_port
 from .app import make_app, snapshot
 from .keys import GROUPS, POLICY_SERVER
 from .metrics import start_metrics
-from .service import LearnerWatchdog
+from .service import LearnerWatchdog, load_trainer_imports
 
 log = logging.getLogger("fleetrl.serve")
 
 
 async def serve(cfg: LearnerConfig, resume: bool = False) -> int:
     notifier = Notifier()  # a no-op unless systemd set NOTIFY_SOCKET
+    if notifier.enabled and watchdog_period() is not None:  # before the trainer thread starts (cloud.service)
+        notifier.status("starting: loading torch")
+        load_trainer_imports()
     notifier.status("starting: recovering the replay buffer")
     app = make_app(cfg, resume)
     runner, url = await serve_robot_port(app, cfg.server, shutdown_timeout=5.0)  # TLS, socket caps, header deadline

@@ -32,6 +32,16 @@ log = logging.getLogger("fleetrl.service")
 STATUS_EVERY_S = 5.0
 
 
+def load_trainer_imports() -> None:
+    """What the trainer's first build would import on its thread, imported now (before READY).
+
+    Making the first optimizer imports ``torch._dynamo`` (torch loads it lazily): ~2 s of one
+    import on an idle 2-core machine, several times that on a loaded one. On the trainer thread
+    it is one step with no heartbeat in between, which a short WatchdogSec would count as a hung
+    trainer. systemd arms the watchdog at READY: one-off start-up work belongs before it."""
+    import torch._dynamo  # noqa: F401
+
+
 def status_line(s: LearnerStatus) -> str:
     """What ``systemctl status cloud-learner`` shows on its Status: line."""
     parts = [f"{s['updates_per_s']:.1f} updates/s", f"{s['buffer_rows']} rows", f"{s['episodes']} episodes",

@@ -17,7 +17,16 @@ LOOPBACK = (
 )
 
 
+def domain_ids(count: int = 1, lo: int = 1, hi: int = 230) -> list[int]:
+    """``count`` distinct random DDS domain ids in [lo, hi] that no other pytest-xdist worker of this run
+    can draw (worker k of n draws ids = k mod n): test files running side by side never share a domain.
+    Random within that, so two runs on one machine rarely meet."""
+    n = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    k = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    return random.SystemRandom().sample([d for d in range(lo, hi + 1) if d % n == k % n], count)
+
+
 def loopback_domain() -> int:
-    """Point this process's DDS at loopback and pick a random domain id (tests of one run do not meet)."""
+    """Point this process's DDS at loopback and pick a domain id of its own (:func:`domain_ids`)."""
     os.environ["CYCLONEDDS_URI"] = LOOPBACK
-    return random.SystemRandom().randint(1, 230)
+    return domain_ids()[0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import selectors
 import signal
 import socket
@@ -26,10 +27,33 @@ FAST_LINK = {"reconnect_min_s": 0.05, "reconnect_max_s": 0.3, "ping_interval_s":
              "connect_timeout_s": 3.0}
 
 
+PORTS = range(20000, 32768)  # below Linux's ephemeral range (32768-60999 by default): see free_port
+_next_port: list[int] = []
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port on 127.0.0.1 for a server a test starts (or restarts) later, or for a URL nobody serves.
+
+    Not one the kernel hands out itself (bind to port 0, the source port of an outgoing connection): a
+    robot redialling a stopped learner's port could otherwise be given that very port as its source and
+    connect to itself, holding it, and a port picked that way can be taken by anything in the meantime.
+    pytest-xdist worker k of n draws only ports = k mod n, each once per process (so a test that asks
+    twice before binding gets two), starting at a random place."""
+    n = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    k = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    mine = range(PORTS.start + (k - PORTS.start) % n, PORTS.stop, n)
+    if not _next_port:
+        _next_port.append(random.SystemRandom().randrange(len(mine)))
+    for _ in range(len(mine)):
+        port = mine[_next_port[0] % len(mine)]
+        _next_port[0] += 1
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use (another program's fixed port, a server of this test run)
+            return port
+    raise RuntimeError(f"no free port in {mine}")
 
 
 def spawn(args: list[str], log: Path, stdout: int | IO[Any] = subprocess.DEVNULL, env: dict[str, str] | None = None,

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
 from shared import config as cfgmod
 from shared.errors import FleetError
 
-from .config import RLCoConfig
+if TYPE_CHECKING:  # imported when used: the config's limits come from shared.policy (torch), and every
+    from .config import RLCoConfig  # cloud-learner command (robots add, ...) imports this module
 
 
 def load_config(path: Path) -> RLCoConfig:
     """rlco.toml, checked (ConfigError naming the bad field); relative paths resolve against the file."""
+    from .config import RLCoConfig
+
     return cfgmod.load(RLCoConfig, path)
 
 

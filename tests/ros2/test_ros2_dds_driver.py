@@ -11,7 +11,6 @@ bytes with rosbags.
 import json
 import os
 import queue
-import random
 import subprocess
 import sys
 import threading
@@ -22,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.dds import LOOPBACK
+from harness.dds import LOOPBACK, domain_ids
 
-DOMAIN = random.SystemRandom().randint(1, 230)
+DOMAIN = domain_ids()[0]
 H, W = 48, 64
 ACTION_TOPICS = {"/arm/joint_trajectory": "JointTrajectory_", "/base/cmd_vel": "Twist_", "/gripper/cmd": "Float64MultiArray_"}
 
@@ -275,17 +274,24 @@ def test_observations_arrive_at_the_control_rate(make_robot):
     assert d.observation["cam"].shape == (H, W, 3) and d.observation["q"].shape == (4,)
     k0 = _check_obs(robot.reset())
     t0 = time.monotonic()
-    ks = []
+    ks, ts = [], [t0]
     for _ in range(10):
         res = robot.step(np.zeros(5, np.float32))
+        ts.append(time.monotonic())
         assert "stale" not in res.info and robot.state == "running"
         ks.append(_check_obs(res.observation))
-    elapsed = time.monotonic() - t0
+    elapsed = ts[-1] - t0
     # 10 ticks at 20 Hz (idle: 0.5 s); the lower bound guards the rate, the upper one only a stall (3x, for
     # a loaded 2-core box): a slow tick is caught by the per-tick message count below
     assert 0.45 <= elapsed <= 1.5, elapsed
-    steps = np.diff([k0, *ks])
-    assert (steps > 0).all(), ks  # a newer message at every tick
+    steps, gaps = np.diff([k0, *ks]), np.diff(ts)
+    assert (steps >= 0).all(), ks  # never an older message than the tick before
+    # A newer message at every tick, at the control rate. A tick that came late (a loaded machine) is followed
+    # by one on the original schedule, possibly at once, with nothing newer published in between: those are not
+    # judged; a paced tick (>= 4 of the peer's 10 ms periods after the one before) must see a newer message.
+    paced = gaps >= 0.04
+    assert paced.sum() >= 5, gaps  # most ticks are paced, even loaded
+    assert (steps[paced] > 0).all(), (ks, gaps.round(3))
     assert 2 <= np.median(steps) <= 8  # ~5 peer messages (100 Hz) per 50 ms tick
 
 

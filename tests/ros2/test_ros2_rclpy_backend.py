@@ -2,15 +2,16 @@
 
 import importlib.util
 import queue
-import random
 import time
 
 import numpy as np
 import pytest
 
+from harness.dds import domain_ids
+
 HAVE_RCLPY = importlib.util.find_spec("rclpy") is not None
 needs_rclpy = pytest.mark.skipif(not HAVE_RCLPY, reason="rclpy is not importable (no sourced ROS 2 install on this machine)")
-DOMAIN = random.SystemRandom().randint(1, 230)
+DOMAIN = domain_ids()[0]
 
 
 def test_auto_picks_a_backend_that_exists():

@@ -177,7 +177,8 @@ def test_revocation_closes_an_open_link_at_once_and_expiry_refuses(tmp_path: Pat
         assert "revoked" in listing.split("doomed")[1].splitlines()[0]
 
         short = add_robot(learner, "brief", "--expires-days", "0.00001")  # ~1 s
-        late = Agent(tmp_path, "brief", [learner.url], episodes=1, rate_hz=0)
+        late = Agent(tmp_path, "brief", [learner.url], episodes=0, rate_hz=50)  # runs until refused: one episode
+        # can end (drained) before its link was even tried
         late.write_config()
         (late.state_dir).mkdir(parents=True, exist_ok=True)
         cred_file = late.state_dir / "credential"
@@ -186,6 +187,7 @@ def test_revocation_closes_an_open_link_at_once_and_expiry_refuses(tmp_path: Pat
         wait_for(lambda: json.loads((learner.data_dir / "robots.json").read_text())["robots"]["brief"]["expires"]
                  < __import__("time").time(), 5, "the credential to expire")
         late.start(drain_timeout=1)
-        wait_for(lambda: "code=credential_expired" in late.log.read_text(), 30, "the expired credential to be refused")
+        wait_for(lambda: "code=credential_expired" in late.log.read_text(), 60, "the expired credential to be refused")
+        late.kill()
     finally:
         learner.stop()

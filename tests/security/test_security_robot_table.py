@@ -87,6 +87,13 @@ def test_robots_list_shows_a_broken_entry(tmp_path: Path) -> None:
     assert "INVALID" in r.stdout and "revoked" in r.stdout
 
 
+def test_the_operators_commands_load_no_torch() -> None:
+    """``cloud-learner robots add/list/revoke`` are typed at a prompt on the learner host (and run by
+    every security test): the CLI imports torch only in the commands that train or serve."""
+    code = "import sys, cloud.cli\nassert 'torch' not in sys.modules, 'cloud.cli imported torch'\n"
+    subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], check=True, timeout=60)
+
+
 def test_enroll_writes_the_credential_0600_even_over_a_loose_leftover_temp_file(tmp_path: Path) -> None:
     import os
     import stat

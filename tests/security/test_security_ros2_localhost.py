@@ -5,7 +5,6 @@ with a stock (network) configuration plays a host on the LAN."""
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 import sys
 import threading
@@ -14,6 +13,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+
+from harness.dds import domain_ids
 
 pytest.importorskip("cyclonedds")
 
@@ -125,7 +126,7 @@ def test_bridge_config_defaults_to_loopback_dds() -> None:
 
 
 def test_a_lan_participant_cannot_command_the_default_bridge() -> None:
-    domain = random.SystemRandom().randint(100, 230)
+    domain, other = domain_ids(2, 100, 230)
     # Control: a bridge opened to the network hears a stock participant (a LAN host) on this machine.
     bridge = _Bridge(domain, "false")
     try:
@@ -140,13 +141,13 @@ def test_a_lan_participant_cannot_command_the_default_bridge() -> None:
     if not reached:
         pytest.skip("no DDS path over this host's network interface: the LAN case cannot be shown here")
     # The default: the same stock participant for longer than the control needed gets nothing through ...
-    bridge = _Bridge(domain + 1, "default")
+    bridge = _Bridge(other, "default")
     try:
-        sender = _send(domain + 1, max(8.0, 3 * took), None)
+        sender = _send(other, max(8.0, 3 * took), None)
         assert sender.wait(60) == 0
         assert bridge.commands() == 0, "a participant on the network commanded the bridge"
         # ... while a participant kept on loopback (a ROS tool on the robot computer) does.
-        local = _send(domain + 1, 20, LOOPBACK_PEER)
+        local = _send(other, 20, LOOPBACK_PEER)
         assert bridge.got.wait(20), "a loopback participant should reach the bridge: " + "".join(bridge.lines)
         local.kill()
         local.wait(10)
@@ -169,7 +170,7 @@ except ConfigError as e:
 else:
     print("JOINED")
 """
-    domain = random.SystemRandom().randint(100, 230)
+    (domain,) = domain_ids(1, 100, 230)
     r = subprocess.run([sys.executable, "-c", code, str(domain)], capture_output=True, text=True, timeout=60,
                        env=_env(None))
     assert "REFUSED" in r.stdout and "localhost_only" in r.stdout and "domain_id" in r.stdout, r.stdout + r.stderr

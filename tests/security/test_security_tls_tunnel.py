@@ -67,14 +67,15 @@ def test_wss_with_a_pinned_certificate_and_impostors_refused(tmp_path: Path) -> 
 
         # The same robot pointed at impostors: one with another certificate, one over plain ws
         # that lets anyone in but cannot sign the welcome. Neither gets a byte of data.
+        # It runs until refused, as before (episodes=0): a run of one episode can end, drained, before its link
+        # was even tried on a loaded machine.
         robot.urls = [impostor_tls.url]
-        robot.episodes = 1
         robot.start(drain_timeout=2)
-        wait_for(lambda: "code=pin_mismatch" in robot.log.read_text(), 30, "the pin check to refuse the impostor")
+        wait_for(lambda: "code=pin_mismatch" in robot.log.read_text(), 60, "the pin check to refuse the impostor")
         robot.kill()
         robot.urls = [impostor_plain.url]
         robot.start(drain_timeout=2)
-        wait_for(lambda: "code=learner_unverified" in robot.log.read_text(), 30, "the robot to refuse an unsigned welcome")
+        wait_for(lambda: "code=learner_unverified" in robot.log.read_text(), 60, "the robot to refuse an unsigned welcome")
         robot.kill()
         assert impostor_tls.status()["buffer_rows"] == 0
         assert impostor_plain.chunks == 0 and impostor_plain.hellos > 0
