@@ -118,13 +118,18 @@ class CNNActor(GaussianActor):
         return squashed_sample(mean, log_std, generator)
 
     def arch(self) -> dict[str, Any]:
-        return self._arch(KIND, VERSION, images=[[name, h, w, c] for name, (h, w, c) in self.encoder.views],
-                          channels=list(self.encoder.channels), latent=self.encoder.latent)
+        e = self.encoder
+        return self._arch(KIND, VERSION, **camera_arch(e.views, e.channels, e.latent))
+
+
+def camera_arch(views: Sequence[View], channels: Sequence[int], latent: int) -> dict[str, Any]:
+    """The arch fields of the per-view conv encoders (``images``, ``channels``, ``latent``): every pixel kind's."""
+    return {"images": [[str(n), *(int(x) for x in hwc)] for n, hwc in views],
+            "channels": [int(c) for c in channels], "latent": int(latent)}
 
 
 def arch(obs_dim: int, act_dim: int, hidden: Sequence[int], views: Sequence[View], channels: Sequence[int],
          latent: int) -> dict[str, Any]:
     """The arch dict ``build_gaussian`` turns into an untrained actor of this kind (what ``CNNActor.arch`` says)."""
     return {"kind": KIND, "version": VERSION, "obs_dim": int(obs_dim), "act_dim": int(act_dim),
-            "hidden": [int(h) for h in hidden], "images": [[str(n), *(int(x) for x in hwc)] for n, hwc in views],
-            "channels": [int(c) for c in channels], "latent": int(latent)}
+            "hidden": [int(h) for h in hidden], **camera_arch(views, channels, latent)}

@@ -16,7 +16,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from .cnn import DEFAULT_CHANNELS, DEFAULT_LATENT, ImageEncoder, View
+from . import flow
+from .cnn import DEFAULT_CHANNELS, DEFAULT_LATENT, ImageEncoder, View, camera_arch
 from .flow import FlowActor
 from .gaussian import Images
 
@@ -50,7 +51,5 @@ class CNNFlowActor(FlowActor):
 def arch(obs_dim: int, act_dim: int, hidden: Sequence[int], horizon: int, steps: int, views: Sequence[View],
          channels: Sequence[int] = DEFAULT_CHANNELS, latent: int = DEFAULT_LATENT) -> dict[str, Any]:
     """The arch dict ``build_actor`` turns into an untrained actor of this kind (what ``CNNFlowActor.arch`` says)."""
-    return {"kind": KIND, "version": VERSION, "obs_dim": int(obs_dim), "act_dim": int(act_dim),
-            "hidden": [int(h) for h in hidden], "horizon": int(horizon), "steps": int(steps),
-            "images": [[str(n), *(int(x) for x in hwc)] for n, hwc in views],
-            "channels": [int(c) for c in channels], "latent": int(latent)}
+    return {**flow.arch(obs_dim, act_dim, hidden, horizon, steps), "kind": KIND, "version": VERSION,
+            **camera_arch(views, channels, latent)}
